@@ -1,1 +1,272 @@
-fn main() {}
+//! Benchmarks of the ring kernels and of every protocol at the shapes of network A
+//! (784→128→128→10) over the in-memory transport. Protocol benchmarks time the servers' online
+//! phase (the helper deals first) and print bytes sent per party and online rounds.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use sotto_core::linear::{Bilinear, PoolShape};
+use sotto_core::local::{no_client, run_local, LocalRun, LocalTransport};
+use sotto_core::prg::Prg;
+use sotto_core::protocols as p;
+use sotto_core::session::{Dealer, Server};
+use sotto_core::transport::PartyId;
+use sotto_core::{ring, share};
+
+type T = LocalTransport;
+
+fn report<R>(name: &str, run: &LocalRun<R, ()>, offline_time: Duration) {
+    let s = &run.sent;
+    println!(
+        "{name}: online {:.3} ms (helper dealing took {:.3} ms); online bytes P0→P1 {} P1→P0 {}; \
+         rounds {}; helper material to P0 {} B, to P1 {} B",
+        run.server_time.as_secs_f64() * 1e3,
+        offline_time.as_secs_f64() * 1e3,
+        s[0].bytes_to(PartyId::P1),
+        s[1].bytes_to(PartyId::P0),
+        s[0].messages_to(PartyId::P1),
+        s[2].bytes_to(PartyId::P0),
+        s[2].bytes_to(PartyId::P1),
+    );
+}
+
+/// Runs a session with the helper first; returns the run and the whole wall time.
+fn session<HF, SF, R>(
+    helper: impl FnOnce(Dealer<T>) -> HF + Send,
+    server: impl Fn(Server<T>) -> SF + Send + Sync,
+) -> (LocalRun<R, ()>, Duration)
+where
+    HF: std::future::Future<Output = sotto_core::Result<()>>,
+    SF: std::future::Future<Output = sotto_core::Result<R>>,
+    R: Send,
+{
+    let t = Instant::now();
+    let run = run_local(helper, server, no_client, true).expect("session runs");
+    let total = t.elapsed();
+    let offline = total.saturating_sub(run.server_time);
+    (run, offline)
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ring_matmul");
+    let mut prg = Prg::from_os().expect("os rng");
+    for &(m, k, n) in &[
+        (1usize, 784usize, 128usize),
+        (100, 784, 128),
+        (100, 128, 128),
+    ] {
+        let a = prg.vec_u64(m * k);
+        let b = prg.vec_u64(k * n);
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("{m}x{k}x{n}")),
+            &(),
+            |bch, _| bch.iter(|| ring::matmul(&a, &b, m, k, n).expect("fits")),
+        );
+    }
+    g.finish();
+}
+
+/// Private dense 784→128 followed by ReLU (with the fused truncation), private weights.
+fn bench_dense_relu(c: &mut Criterion) {
+    let mut g = c.benchmark_group("private_dense784x128_relu");
+    g.sample_size(10);
+    let mut prg = Prg::from_os().expect("os rng");
+    let w = share::share(&prg.vec_u64(784 * 128), &mut prg);
+    for batch in [1usize, 100] {
+        let x = share::share(
+            &prg.vec_u64(batch * 784)
+                .iter()
+                .map(|v| v >> 48)
+                .collect::<Vec<_>>(),
+            &mut prg,
+        );
+        let op = Bilinear::MatMul {
+            m: batch,
+            k: 784,
+            n: 128,
+        };
+        // Model load happens once; the benchmark times the queries.
+        let run_once = || {
+            session(
+                |mut d: Dealer<T>| async move {
+                    let mask = p::deal_weight_mask(&mut d, op.w_len()).await?;
+                    p::deal_bilinear_private(&mut d, &op, &mask).await?;
+                    p::deal_relu(&mut d, op.out_len(), 16).await
+                },
+                |mut s: Server<T>| {
+                    let (x, w) = (&x, &w);
+                    async move {
+                        let me = s.id() == PartyId::P0;
+                        let pw =
+                            p::load_private_weight(&mut s, if me { &w.0 } else { &w.1 }).await?;
+                        let t = Instant::now();
+                        let z = p::bilinear_private(&mut s, &op, if me { &x.0 } else { &x.1 }, &pw)
+                            .await?;
+                        p::relu(&mut s, &z, 16).await?;
+                        Ok(t.elapsed())
+                    }
+                },
+            )
+        };
+        let (run, off) = run_once();
+        report(
+            &format!("private dense 784x128 + ReLU, batch {batch} (incl. model load)"),
+            &run,
+            off,
+        );
+        println!("  query part alone: {:.3} ms", run.p0.as_secs_f64() * 1e3);
+        g.bench_function(BenchmarkId::from_parameter(batch), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| run_once().0.p0.max(Duration::ZERO))
+                    .sum()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_gate<HF, SF>(
+    c: &mut Criterion,
+    group: &str,
+    label: String,
+    helper: impl Fn(Dealer<T>) -> HF + Send + Sync + Copy,
+    server: impl Fn(Server<T>) -> SF + Send + Sync + Copy,
+) where
+    HF: std::future::Future<Output = sotto_core::Result<()>>,
+    SF: std::future::Future<Output = sotto_core::Result<Vec<u64>>>,
+{
+    let (run, off) = session(helper, server);
+    report(&format!("{group} {label}"), &run, off);
+    let mut g = c.benchmark_group(group);
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function(BenchmarkId::from_parameter(label), |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| session(helper, server).0.server_time)
+                .sum()
+        })
+    });
+    g.finish();
+}
+
+fn input(n: usize, bits: u32) -> (Vec<u64>, Vec<u64>) {
+    let mut prg = Prg::from_os().expect("os rng");
+    let x: Vec<u64> = prg
+        .vec_u64(n)
+        .iter()
+        .map(|v| ((*v as i64) >> (64 - bits)) as u64)
+        .collect();
+    share::share(&x, &mut prg)
+}
+
+fn pick(s: &Server<T>, x: &(Vec<u64>, Vec<u64>)) -> Vec<u64> {
+    if s.id() == PartyId::P0 {
+        x.0.clone()
+    } else {
+        x.1.clone()
+    }
+}
+
+fn bench_relu(c: &mut Criterion) {
+    for n in [128usize, 4096, 65536] {
+        let x = input(n, 40);
+        let x = &x;
+        bench_gate(
+            c,
+            "relu",
+            format!("{n}"),
+            move |mut d: Dealer<T>| async move { p::deal_relu(&mut d, n, 16).await },
+            move |mut s: Server<T>| async move {
+                let v = pick(&s, x);
+                p::relu(&mut s, &v, 16).await
+            },
+        );
+    }
+}
+
+fn bench_truncate(c: &mut Criterion) {
+    for n in [128usize, 65536] {
+        let x = input(n, 60);
+        let x = &x;
+        bench_gate(
+            c,
+            "truncate",
+            format!("{n}"),
+            move |mut d: Dealer<T>| async move { p::deal_truncate(&mut d, n, 16).await },
+            move |mut s: Server<T>| async move {
+                let v = pick(&s, x);
+                p::truncate(&mut s, &v, 16).await
+            },
+        );
+    }
+}
+
+fn bench_pools(c: &mut Criterion) {
+    // 65,536 windows of 2×2: 16 channels of 128×128 pixels.
+    let shape = PoolShape::square(1, 16, 128, 128, 2);
+    let x = input(shape.in_len(), 40);
+    let x = &x;
+    bench_gate(
+        c,
+        "maxpool2x2",
+        format!("{}windows", shape.windows()),
+        move |mut d: Dealer<T>| async move { p::deal_maxpool(&mut d, &shape).await },
+        move |mut s: Server<T>| async move {
+            let v = pick(&s, x);
+            p::maxpool(&mut s, &v, &shape).await
+        },
+    );
+    bench_gate(
+        c,
+        "avgpool2x2",
+        format!("{}windows", shape.windows()),
+        move |mut d: Dealer<T>| async move { p::deal_avgpool(&mut d, &shape).await },
+        move |mut s: Server<T>| async move {
+            let v = pick(&s, x);
+            p::avgpool(&mut s, &v, &shape).await
+        },
+    );
+}
+
+fn bench_network_a_layers(c: &mut Criterion) {
+    // The other layers of network A, batch 1 and 100: dense 128→128 and 128→10, argmax over 10.
+    for batch in [1usize, 100] {
+        let x = input(batch * 10, 40);
+        let x = &x;
+        bench_gate(
+            c,
+            "argmax10",
+            format!("batch{batch}"),
+            move |mut d: Dealer<T>| async move { p::deal_argmax(&mut d, batch, 10).await },
+            move |mut s: Server<T>| async move {
+                let v = pick(&s, x);
+                p::argmax(&mut s, &v, batch, 10).await
+            },
+        );
+        let x = input(batch * 10, 40);
+        let x = &x;
+        bench_gate(
+            c,
+            "sigmoid",
+            format!("{}", batch * 10),
+            move |mut d: Dealer<T>| async move { p::deal_sigmoid(&mut d, batch * 10, 32, 16).await },
+            move |mut s: Server<T>| async move {
+                let v = pick(&s, x);
+                p::sigmoid(&mut s, &v, 32, 16).await
+            },
+        );
+    }
+}
+
+criterion_group!(
+    benches,
+    bench_matmul,
+    bench_dense_relu,
+    bench_relu,
+    bench_truncate,
+    bench_pools,
+    bench_network_a_layers
+);
+criterion_main!(benches);

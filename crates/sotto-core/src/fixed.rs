@@ -99,7 +99,9 @@ pub fn encode_with(x: f64, frac_bits: u32) -> Result<u64> {
     }
     let v = (x * (1u64 << frac_bits) as f64).round();
     if v.abs() >= MAX_ENCODED as f64 {
-        return Err(err("outside the format's range (|x · 2^f| must stay below 2^62)"));
+        return Err(err(
+            "outside the format's range (|x · 2^f| must stay below 2^62)",
+        ));
     }
     Ok((v as i64) as u64)
 }

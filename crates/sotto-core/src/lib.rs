@@ -4,8 +4,13 @@
 pub mod dcf;
 pub mod error;
 pub mod fixed;
+pub mod linear;
+pub mod local;
+pub mod plain;
 pub mod prg;
+pub mod protocols;
 pub mod ring;
+pub mod session;
 pub mod share;
 pub mod tensor;
 pub mod transport;

@@ -29,9 +29,9 @@ impl Seed {
 
     /// A seed from untrusted bytes (exactly 32).
     pub fn from_bytes(bytes: &[u8]) -> Result<Seed> {
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| CoreError::decode("seed", format!("{} bytes instead of 32", bytes.len())))?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| {
+            CoreError::decode("seed", format!("{} bytes instead of 32", bytes.len()))
+        })?;
         Ok(Seed(arr))
     }
 }

@@ -9,7 +9,9 @@ fn same_len(what: &str, a: usize, b: usize) -> Result<()> {
     if a == b {
         Ok(())
     } else {
-        Err(CoreError::Shape(format!("{what}: lengths {a} and {b} differ")))
+        Err(CoreError::Shape(format!(
+            "{what}: lengths {a} and {b} differ"
+        )))
     }
 }
 
@@ -85,7 +87,14 @@ const NB: usize = 512;
 ///
 /// The loop order (i, p, j) streams rows of `b` and `out`, which the compiler vectorises; the
 /// shared and column dimensions are blocked so that the touched part of `b` stays in cache.
-pub fn matmul_acc(a: &[u64], b: &[u64], out: &mut [u64], m: usize, k: usize, n: usize) -> Result<()> {
+pub fn matmul_acc(
+    a: &[u64],
+    b: &[u64],
+    out: &mut [u64],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Result<()> {
     check_matmul(a, b, out, m, k, n)?;
     for j0 in (0..n).step_by(NB) {
         let j1 = (j0 + NB).min(n);
@@ -173,7 +182,11 @@ pub fn from_le_bytes(bytes: &[u8], expected: usize) -> Result<Vec<u64>> {
     if Some(bytes.len()) != expected.checked_mul(8) {
         return Err(CoreError::decode(
             "ring elements",
-            format!("expected {expected} elements ({} bytes), got {} bytes", expected.saturating_mul(8), bytes.len()),
+            format!(
+                "expected {expected} elements ({} bytes), got {} bytes",
+                expected.saturating_mul(8),
+                bytes.len()
+            ),
         ));
     }
     Ok(bytes
@@ -216,7 +229,10 @@ mod tests {
         for &(m, k, n) in &[(1, 1, 1), (3, 257, 5), (2, 600, 513), (7, 3, 1030)] {
             let a: Vec<u64> = (0..m * k).map(|_| next()).collect();
             let b: Vec<u64> = (0..k * n).map(|_| next()).collect();
-            assert_eq!(matmul(&a, &b, m, k, n).expect("shapes fit"), naive(&a, &b, m, k, n));
+            assert_eq!(
+                matmul(&a, &b, m, k, n).expect("shapes fit"),
+                naive(&a, &b, m, k, n)
+            );
         }
     }
 
@@ -226,6 +242,9 @@ mod tests {
         assert!(add_assign(&mut [1], &[1, 2]).is_err());
         assert!(from_le_bytes(&[0; 7], 1).is_err());
         assert!(from_le_bytes(&[0; 16], 1).is_err());
-        assert_eq!(from_le_bytes(&to_le_bytes(&[5, u64::MAX]), 2).expect("fits"), vec![5, u64::MAX]);
+        assert_eq!(
+            from_le_bytes(&to_le_bytes(&[5, u64::MAX]), 2).expect("fits"),
+            vec![5, u64::MAX]
+        );
     }
 }

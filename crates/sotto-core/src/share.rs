@@ -31,7 +31,10 @@ pub fn expand_seed(seed: &Seed, n: usize) -> Vec<u64> {
 /// P0's share of a seed-compressed sharing: `x - PRG(seed)`.
 pub fn share_with_seed(x: &[u64], seed: &Seed) -> Vec<u64> {
     let mask = expand_seed(seed, x.len());
-    x.iter().zip(&mask).map(|(a, b)| a.wrapping_sub(*b)).collect()
+    x.iter()
+        .zip(&mask)
+        .map(|(a, b)| a.wrapping_sub(*b))
+        .collect()
 }
 
 /// What a client sends: the full share for P0, the seed for P1.

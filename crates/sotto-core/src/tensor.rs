@@ -106,7 +106,10 @@ impl RingTensor {
 
     /// Encodes a float array in fixed point.
     pub fn encode(a: &ArrayD<f64>, fp: FixedPoint) -> Result<Self> {
-        let data = a.iter().map(|&x| fp.encode(x)).collect::<Result<Vec<_>>>()?;
+        let data = a
+            .iter()
+            .map(|&x| fp.encode(x))
+            .collect::<Result<Vec<_>>>()?;
         RingTensor::new(a.shape().to_vec(), data)
     }
 
@@ -172,7 +175,10 @@ impl RingTensor {
             .ok_or_else(|| CoreError::decode(what, "empty buffer"))?;
         let rank = rank as usize;
         if rank > MAX_DIMS {
-            return Err(CoreError::decode(what, format!("{rank} dimensions (at most {MAX_DIMS})")));
+            return Err(CoreError::decode(
+                what,
+                format!("{rank} dimensions (at most {MAX_DIMS})"),
+            ));
         }
         if rest.len() < 4 * rank {
             return Err(CoreError::decode(what, "truncated shape"));
@@ -194,8 +200,16 @@ impl RingTensor {
                 ));
             }
         }
-        let data = ring::from_le_bytes(body, n)
-            .map_err(|_| CoreError::decode(what, format!("shape {shape:?} needs {} data bytes, got {}", 8 * n, body.len())))?;
+        let data = ring::from_le_bytes(body, n).map_err(|_| {
+            CoreError::decode(
+                what,
+                format!(
+                    "shape {shape:?} needs {} data bytes, got {}",
+                    8 * n,
+                    body.len()
+                ),
+            )
+        })?;
         Ok(RingTensor { shape, data })
     }
 }
@@ -212,7 +226,10 @@ mod tests {
         assert_eq!(RingTensor::from_bytes(&b, Some(&[2, 3])).expect("valid"), t);
         assert!(RingTensor::from_bytes(&b, Some(&[3, 2])).is_err());
         for cut in 0..b.len() {
-            assert!(RingTensor::from_bytes(&b[..cut], None).is_err(), "cut at {cut}");
+            assert!(
+                RingTensor::from_bytes(&b[..cut], None).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut long = b.clone();
         long.push(0);

@@ -62,7 +62,8 @@ pub trait Transport: Send + Sync {
     /// The party this endpoint belongs to.
     fn id(&self) -> PartyId;
     /// Sends `data` to `to` under `tag`.
-    fn send(&self, to: PartyId, tag: Tag, data: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
+    fn send(&self, to: PartyId, tag: Tag, data: Vec<u8>)
+        -> impl Future<Output = Result<()>> + Send;
     /// Receives the message from `from` with `tag`.
     fn recv(&self, from: PartyId, tag: Tag) -> impl Future<Output = Result<Vec<u8>>> + Send;
 }
@@ -134,7 +135,12 @@ impl Transport for MemoryTransport {
         self.me
     }
 
-    fn send(&self, to: PartyId, tag: Tag, data: Vec<u8>) -> impl Future<Output = Result<()>> + Send {
+    fn send(
+        &self,
+        to: PartyId,
+        tag: Tag,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send {
         let res = (|| {
             let mut st = self.hub.lock();
             if st.closed[to.index()] {
@@ -264,7 +270,12 @@ impl<T: Transport> Transport for Counting<T> {
     fn id(&self) -> PartyId {
         self.inner.id()
     }
-    fn send(&self, to: PartyId, tag: Tag, data: Vec<u8>) -> impl Future<Output = Result<()>> + Send {
+    fn send(
+        &self,
+        to: PartyId,
+        tag: Tag,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send {
         self.counters.bytes[to.index()].fetch_add(data.len() as u64, Ordering::Relaxed);
         self.counters.messages[to.index()].fetch_add(1, Ordering::Relaxed);
         self.inner.send(to, tag, data)
@@ -274,11 +285,33 @@ impl<T: Transport> Transport for Counting<T> {
     }
 }
 
+impl<T: Transport> Transport for Arc<T> {
+    fn id(&self) -> PartyId {
+        (**self).id()
+    }
+    fn send(
+        &self,
+        to: PartyId,
+        tag: Tag,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send {
+        (**self).send(to, tag, data)
+    }
+    fn recv(&self, from: PartyId, tag: Tag) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        (**self).recv(from, tag)
+    }
+}
+
 impl<T: Transport> Transport for &T {
     fn id(&self) -> PartyId {
         (**self).id()
     }
-    fn send(&self, to: PartyId, tag: Tag, data: Vec<u8>) -> impl Future<Output = Result<()>> + Send {
+    fn send(
+        &self,
+        to: PartyId,
+        tag: Tag,
+        data: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send {
         (**self).send(to, tag, data)
     }
     fn recv(&self, from: PartyId, tag: Tag) -> impl Future<Output = Result<Vec<u8>>> + Send {
@@ -310,7 +343,10 @@ mod tests {
     #[test]
     fn a_party_that_goes_away_fails_pending_receives() {
         let [p0, p1, _h, _c] = memory_mesh();
-        let t = Tag { session: 1, step: 0 };
+        let t = Tag {
+            session: 1,
+            step: 0,
+        };
         let waiter = std::thread::spawn(move || block_on(p1.recv(PartyId::P0, t)));
         std::thread::sleep(std::time::Duration::from_millis(20));
         drop(p0);

@@ -1,0 +1,751 @@
+//! The three-party protocols (DESIGN §4, PROTOCOLS.md). Each protocol is a pair of `async fn`s:
+//! `deal_*` runs on the helper, the plain name runs on P0 and P1 over their shares. The helper
+//! and the servers must call the pairs in the same order with the same shapes.
+//!
+//! Costs per call (online: what P0 and P1 exchange; `n` elements, 8 bytes each):
+//!
+//! | protocol | online rounds | bytes sent online, per server | helper material |
+//! |---|---|---|---|
+//! | [`load_private_weight`] (once per model) | 1 | 8·|W| | none (seeds) |
+//! | [`bilinear_private`] (dense, conv) | 1 | 8·|X| | 8·|Y| to P1 |
+//! | [`bilinear_public`] | 0 (local) | 0 | none |
+//! | [`truncate`] | 1 | 8n | 16n to P1 |
+//! | [`drelu`] | 1 | 8n | 8n to P1, a DCF key (m = 1) to each |
+//! | [`relu`] (with truncation by f, fused) | 1 | 8n | 24n to P1, a DCF key (m = 3) to each |
+//! | [`maxpool`] k×k | ⌈log2 k²⌉ | 8·(k²−1)·windows | per comparison as [`relu`] with f = 0 (m = 2) |
+//! | [`avgpool`] | 1 | 8·windows | as [`truncate`] |
+//! | [`sigmoid`], [`tanh`] | 1 | 8·pieces·n | per piece as [`relu`] |
+//! | [`argmax`] over c classes | ⌈log2 c⌉ | 8·(c−1) per row | as [`maxpool`] |
+//! | [`output`] | 0 (one message to the client) | 8n to the client | 8n to P1 |
+//!
+//! A DCF key on the 63-bit domain is about 63 × (17 + 8m) bytes (see [`crate::dcf`]).
+
+use crate::dcf;
+use crate::error::{CoreError, Result};
+use crate::fixed;
+use crate::linear::{Bilinear, PoolShape};
+use crate::ring;
+use crate::session::{Dealer, Server};
+use crate::transport::Transport;
+
+const LOW63: u64 = (1 << 63) - 1;
+/// Domain of every comparison: the low 63 bits of the masked value.
+const CMP_BITS: u32 = 63;
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got != want {
+        return Err(CoreError::Shape(format!(
+            "{what}: got {got} elements, expected {want}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_shift(f: u32) -> Result<()> {
+    if f > 62 {
+        return Err(CoreError::Param(format!(
+            "truncation by {f} bits (at most 62)"
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Private and public weights
+// ---------------------------------------------------------------------------------------------
+
+/// The helper's per-model mask `B` of one private weight (DESIGN §4): kept for the model's
+/// lifetime; every query's triple uses it.
+pub struct WeightMask {
+    b: Vec<u64>,
+}
+
+impl std::fmt::Debug for WeightMask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeightMask({} elements)", self.b.len())
+    }
+}
+
+/// A server's private weight: its share `W_i` and the opened mask difference `F = W − B`.
+pub struct PrivateWeight {
+    w: Vec<u64>,
+    f: Vec<u64>,
+}
+
+impl std::fmt::Debug for PrivateWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PrivateWeight({} elements)", self.w.len())
+    }
+}
+
+impl PrivateWeight {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.w.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.w.is_empty()
+    }
+}
+
+/// Helper side of [`load_private_weight`]: draws `B = B0 + B1` from the session seeds.
+pub async fn deal_weight_mask<T: Transport>(d: &mut Dealer<T>, len: usize) -> Result<WeightMask> {
+    let mut g = d.gate()?;
+    let b = g.random(len);
+    g.finish().await?;
+    Ok(WeightMask { b })
+}
+
+/// Once per loaded model: opens `F = W − B`. `F` is uniform (B is), so it reveals nothing.
+pub async fn load_private_weight<T: Transport>(
+    s: &mut Server<T>,
+    w_share: &[u64],
+) -> Result<PrivateWeight> {
+    let mut g = s.gate().await?;
+    let b = g.random(w_share.len());
+    let f = g.open(&ring::sub(w_share, &b)?).await?;
+    g.finish()?;
+    Ok(PrivateWeight {
+        w: w_share.to_vec(),
+        f,
+    })
+}
+
+/// Helper side of [`bilinear_private`]: a fresh `A`, and `C = op(A, B)` dealt.
+pub async fn deal_bilinear_private<T: Transport>(
+    d: &mut Dealer<T>,
+    op: &Bilinear,
+    mask: &WeightMask,
+) -> Result<()> {
+    check_len("weight mask", mask.b.len(), op.w_len())?;
+    let mut g = d.gate()?;
+    let a = g.random(op.x_len());
+    let c = op.apply(&a, &mask.b)?;
+    g.value(&c);
+    g.finish().await
+}
+
+/// `op(X, W)` with X and W both secret (Beaver product with the once-per-model mask):
+/// open `E = X − A`, then `Z_i = op(E, W_i) + op(A_i, F) + C_i`. One round.
+pub async fn bilinear_private<T: Transport>(
+    s: &mut Server<T>,
+    op: &Bilinear,
+    x: &[u64],
+    w: &PrivateWeight,
+) -> Result<Vec<u64>> {
+    check_len("bilinear input", x.len(), op.x_len())?;
+    check_len("bilinear weight", w.w.len(), op.w_len())?;
+    let mut g = s.gate().await?;
+    let a = g.random(op.x_len());
+    let c = g.value(op.out_len())?;
+    let e = g.open(&ring::sub(x, &a)?).await?;
+    g.finish()?;
+    let mut z = op.apply(&e, &w.w)?;
+    ring::add_assign(&mut z, &op.apply(&a, &w.f)?)?;
+    ring::add_assign(&mut z, &c)?;
+    Ok(z)
+}
+
+/// `op(X_i, W)` with public weights: local, no round, no helper material.
+pub fn bilinear_public(op: &Bilinear, x: &[u64], w: &[u64]) -> Result<Vec<u64>> {
+    op.apply(x, w)
+}
+
+/// Adds a bias to a share with `rows` rows: a public bias is added by P0 only; a shared
+/// bias (private weights) is added by both.
+pub fn add_bias<T: Transport>(
+    s: &Server<T>,
+    x: &mut [u64],
+    bias: &[u64],
+    public: bool,
+) -> Result<()> {
+    if bias.is_empty() || x.len() % bias.len() != 0 {
+        return Err(CoreError::Shape(format!(
+            "bias of {} elements does not divide {} outputs",
+            bias.len(),
+            x.len()
+        )));
+    }
+    if public && !s.is_p0() {
+        return Ok(());
+    }
+    for row in x.chunks_mut(bias.len()) {
+        ring::add_assign(row, bias)?;
+    }
+    Ok(())
+}
+
+/// Adds a bias to the channel planes of an NCHW tensor (conv bias): `bias[c]` to every
+/// element of channel `c`; `plane` is `H · W`.
+pub fn add_channel_bias<T: Transport>(
+    s: &Server<T>,
+    x: &mut [u64],
+    plane: usize,
+    bias: &[u64],
+    public: bool,
+) -> Result<()> {
+    let channels = bias.len();
+    if channels == 0 || plane == 0 || x.len() % (channels * plane) != 0 {
+        return Err(CoreError::Shape(format!(
+            "channel bias of {channels} elements with planes of {plane} for {} outputs",
+            x.len()
+        )));
+    }
+    if public && !s.is_p0() {
+        return Ok(());
+    }
+    for (i, chunk) in x.chunks_mut(plane).enumerate() {
+        ring::add_scalar_assign(chunk, bias[i % channels]);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Truncation
+// ---------------------------------------------------------------------------------------------
+
+/// Helper side of [`truncate`].
+pub async fn deal_truncate<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32) -> Result<()> {
+    check_shift(f)?;
+    let mut g = d.gate()?;
+    let r = g.random(n);
+    let rh: Vec<u64> = r.iter().map(|&v| v >> 63).collect();
+    let rs: Vec<u64> = r.iter().map(|&v| v >> f).collect();
+    g.value(&rh);
+    g.value(&rs);
+    g.finish().await
+}
+
+/// `x >> f` (arithmetic; floor division by 2^f) for |x| < 2^62, exact up to one unit in the
+/// last place, never a large error (PROTOCOLS §6). One round.
+pub async fn truncate<T: Transport>(s: &mut Server<T>, x: &[u64], f: u32) -> Result<Vec<u64>> {
+    check_shift(f)?;
+    let n = x.len();
+    let mut g = s.gate().await?;
+    let r = g.random(n);
+    let rh = g.value(n)?;
+    let rs = g.value(n)?;
+    let c = g.open(&ring::add(x, &r)?).await?;
+    g.finish()?;
+    let sub_off = g_const(s.is_p0(), (1u64 << 62) >> f);
+    let big = if f == 0 { 0 } else { 1u64 << (64 - f) };
+    Ok((0..n)
+        .map(|i| {
+            let cp = c[i].wrapping_add(1 << 62);
+            // w = msb(r)·(1 − msb(c')): the sum y + r wrapped.
+            let w = rh[i].wrapping_mul(1 - (cp >> 63));
+            g_const(s.is_p0(), cp >> f)
+                .wrapping_sub(rs[i])
+                .wrapping_add(big.wrapping_mul(w))
+                .wrapping_sub(sub_off)
+        })
+        .collect())
+}
+
+fn g_const(p0: bool, k: u64) -> u64 {
+    if p0 {
+        k
+    } else {
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparisons by function secret sharing
+// ---------------------------------------------------------------------------------------------
+
+/// What a sign gate outputs besides `d = [x ≥ 0]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SignOut {
+    /// Only `d`.
+    Bit,
+    /// `d` and `y = d · (x >> f)`, i.e. `ReLU(x) >> f`.
+    Relu(u32),
+}
+
+impl SignOut {
+    fn payload_len(self) -> usize {
+        match self {
+            SignOut::Bit => 1,
+            SignOut::Relu(0) => 2,
+            SignOut::Relu(_) => 3,
+        }
+    }
+}
+
+/// Helper side of a sign gate over `n` elements.
+async fn deal_sign<T: Transport>(d: &mut Dealer<T>, n: usize, out: SignOut) -> Result<()> {
+    let m = out.payload_len();
+    let mut g = d.gate()?;
+    let r = g.random(n);
+    let rh: Vec<u64> = r.iter().map(|&v| v >> 63).collect();
+    g.value(&rh);
+    let v: Vec<u64> = match out {
+        SignOut::Bit => Vec::new(),
+        SignOut::Relu(f) => {
+            let v: Vec<u64> = r.iter().map(|&x| x >> f).collect();
+            if f > 0 {
+                g.value(&v);
+            }
+            let rhv: Vec<u64> = rh.iter().zip(&v).map(|(a, b)| a.wrapping_mul(*b)).collect();
+            g.value(&rhv);
+            v
+        }
+    };
+    let alphas: Vec<u64> = r.iter().map(|&x| x & LOW63).collect();
+    let mut payload = Vec::with_capacity(n * m);
+    for i in 0..n {
+        let s = 1u64.wrapping_sub(2 * rh[i]);
+        payload.push(s);
+        if m >= 2 {
+            payload.push(s.wrapping_mul(v[i]));
+        }
+        if m >= 3 {
+            payload.push(rh[i].wrapping_neg());
+        }
+    }
+    let (k0, k1) = dcf::gen(CMP_BITS, &alphas, &payload, m, g.rng())?;
+    g.keys(&k0, &k1);
+    g.finish().await
+}
+
+/// A sign gate: one opening of `c = x + r`, then local DCF evaluation (PROTOCOLS §4–§5).
+/// Returns shares of `d = [x ≥ 0]` and, for `SignOut::Relu(f)`, of `d · (x >> f)`.
+/// Requires |x| < 2^62.
+async fn sign<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    out: SignOut,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let n = x.len();
+    let m = out.payload_len();
+    let mut g = s.gate().await?;
+    let r = g.random(n);
+    let rh = g.value(n)?;
+    let (v, rhv) = match out {
+        SignOut::Bit => (Vec::new(), Vec::new()),
+        SignOut::Relu(f) => {
+            let v = if f > 0 { g.value(n)? } else { r.clone() };
+            (v, g.value(n)?)
+        }
+    };
+    let keys = g.keys()?;
+    if keys.len() != n || keys.payload_len() != m || keys.n_bits() != CMP_BITS {
+        return Err(CoreError::Protocol(format!(
+            "helper sent {} DCF keys (m = {}, {} bits) for {n} comparisons (m = {m})",
+            keys.len(),
+            keys.payload_len(),
+            keys.n_bits()
+        )));
+    }
+    let c = g.open(&ring::add(x, &r)?).await?;
+    g.finish()?;
+    let low: Vec<u64> = c.iter().map(|&v| v & LOW63).collect();
+    let mut o = vec![0u64; n * m];
+    dcf::eval(&keys, &low, &mut o)?;
+    let p0 = s.is_p0();
+    let mut d = vec![0u64; n];
+    let mut y = match out {
+        SignOut::Bit => Vec::new(),
+        SignOut::Relu(_) => vec![0u64; n],
+    };
+    for i in 0..n {
+        let ch = c[i] >> 63;
+        let k0 = 1 - ch;
+        let k1 = (2 * ch).wrapping_sub(1);
+        let oi = &o[i * m..(i + 1) * m];
+        // u = r_H ⊕ b, d = 1 − (c_H ⊕ u) = k0 + k1·u
+        let u = rh[i].wrapping_add(oi[0]);
+        d[i] = g_const(p0, k0).wrapping_add(k1.wrapping_mul(u));
+        if let SignOut::Relu(f) = out {
+            let dv = k0
+                .wrapping_mul(v[i])
+                .wrapping_add(k1.wrapping_mul(rhv[i]))
+                .wrapping_add(k1.wrapping_mul(oi[1]));
+            y[i] = if f == 0 {
+                c[i].wrapping_mul(d[i]).wrapping_sub(dv)
+            } else {
+                // x ≥ 0 ⇒ x = c − r + 2^64·r_H·(1 − c_H); d·(x >> f) up to one ulp.
+                let drh = ch.wrapping_mul(rh[i]).wrapping_add(k1.wrapping_mul(oi[2]));
+                let wrap = (1 - ch).wrapping_mul(1u64 << (64 - f));
+                (c[i] >> f)
+                    .wrapping_mul(d[i])
+                    .wrapping_sub(dv)
+                    .wrapping_add(wrap.wrapping_mul(drh))
+            };
+        }
+    }
+    Ok((d, y))
+}
+
+/// Helper side of [`drelu`].
+pub async fn deal_drelu<T: Transport>(d: &mut Dealer<T>, n: usize) -> Result<()> {
+    deal_sign(d, n, SignOut::Bit).await
+}
+
+/// `DReLU(x) = [x ≥ 0]` as shares of 0/1, for |x| < 2^62. One round.
+pub async fn drelu<T: Transport>(s: &mut Server<T>, x: &[u64]) -> Result<Vec<u64>> {
+    Ok(sign(s, x, SignOut::Bit).await?.0)
+}
+
+/// Helper side of [`relu`].
+pub async fn deal_relu<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32) -> Result<()> {
+    check_shift(f)?;
+    deal_sign(d, n, SignOut::Relu(f)).await
+}
+
+/// `ReLU(x) >> f` for |x| < 2^62: with `f = 0` an exact ReLU; with `f > 0` the truncation
+/// after a product fused into the same round (exact up to one unit in the last place).
+/// One round, 8 bytes per element per server.
+pub async fn relu<T: Transport>(s: &mut Server<T>, x: &[u64], f: u32) -> Result<Vec<u64>> {
+    check_shift(f)?;
+    Ok(sign(s, x, SignOut::Relu(f)).await?.1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Max, maxpool, argmax, average pool
+// ---------------------------------------------------------------------------------------------
+
+/// Number of rounds of a max tree over `k` values.
+pub fn max_tree_rounds(k: usize) -> u32 {
+    let mut rounds = 0;
+    let mut k = k;
+    while k > 1 {
+        k = k.div_ceil(2);
+        rounds += 1;
+    }
+    rounds
+}
+
+async fn deal_max_tree<T: Transport>(d: &mut Dealer<T>, k: usize, len: usize) -> Result<()> {
+    let mut k = k;
+    while k > 1 {
+        deal_sign(d, (k / 2) * len, SignOut::Relu(0)).await?;
+        k = k.div_ceil(2);
+    }
+    Ok(())
+}
+
+/// Element-wise maximum of `cols` (each of the same length) by a tree of
+/// `max(a, b) = b + ReLU(a − b)`; ties keep the earlier column.
+async fn max_tree<T: Transport>(s: &mut Server<T>, mut cols: Vec<Vec<u64>>) -> Result<Vec<u64>> {
+    let len = cols.first().map_or(0, Vec::len);
+    while cols.len() > 1 {
+        let pairs = cols.len() / 2;
+        let mut diff = Vec::with_capacity(pairs * len);
+        for p in 0..pairs {
+            diff.extend_from_slice(&ring::sub(&cols[2 * p], &cols[2 * p + 1])?);
+        }
+        let (_, y) = sign(s, &diff, SignOut::Relu(0)).await?;
+        let mut next = Vec::with_capacity(cols.len().div_ceil(2));
+        for p in 0..pairs {
+            next.push(ring::add(&cols[2 * p + 1], &y[p * len..(p + 1) * len])?);
+        }
+        if cols.len() % 2 == 1 {
+            next.push(cols.pop().unwrap_or_default());
+        }
+        cols = next;
+    }
+    Ok(cols.pop().unwrap_or_default())
+}
+
+/// Helper side of [`maxpool`].
+pub async fn deal_maxpool<T: Transport>(d: &mut Dealer<T>, shape: &PoolShape) -> Result<()> {
+    deal_max_tree(d, shape.kernel_h * shape.kernel_w, shape.windows()).await
+}
+
+/// Max pooling (NCHW, no padding) by a comparison tree: ⌈log2(kh·kw)⌉ rounds. Inputs must
+/// satisfy |a − b| < 2^62 for any two values of a window.
+pub async fn maxpool<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    shape: &PoolShape,
+) -> Result<Vec<u64>> {
+    let cols = shape.window_columns(x)?;
+    max_tree(s, cols).await
+}
+
+/// Fractional bits of the reciprocal in [`avgpool`].
+pub const AVG_RECIP_BITS: u32 = 16;
+
+/// The public factor `round(2^16 / area)` used by average pooling.
+pub fn avg_factor(shape: &PoolShape) -> u64 {
+    let area = (shape.kernel_h * shape.kernel_w).max(1) as u64;
+    ((1u64 << AVG_RECIP_BITS) + area / 2) / area
+}
+
+/// Helper side of [`avgpool`].
+pub async fn deal_avgpool<T: Transport>(d: &mut Dealer<T>, shape: &PoolShape) -> Result<()> {
+    deal_truncate(d, shape.windows(), AVG_RECIP_BITS).await
+}
+
+/// Average pooling: window sums times `round(2^16/area)`, truncated by 16 bits. One round;
+/// the output keeps the input's scale. Needs |sum · factor| < 2^62.
+pub async fn avgpool<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    shape: &PoolShape,
+) -> Result<Vec<u64>> {
+    let mut sums = shape.window_sums(x)?;
+    ring::scale_assign(&mut sums, avg_factor(shape));
+    truncate(s, &sums, AVG_RECIP_BITS).await
+}
+
+/// Bits of the index field used by [`argmax`] over `classes` classes.
+pub fn argmax_bits(classes: usize) -> u32 {
+    (usize::BITS - classes.saturating_sub(1).leading_zeros()).max(1)
+}
+
+/// Helper side of [`argmax`].
+pub async fn deal_argmax<T: Transport>(
+    d: &mut Dealer<T>,
+    rows: usize,
+    classes: usize,
+) -> Result<()> {
+    deal_max_tree(d, classes, rows).await
+}
+
+/// Index of the largest of `classes` values in each of `rows` rows (the first one on ties),
+/// as shares **modulo 2^k**, `k = argmax_bits(classes)`. Each value `v` is turned into the key
+/// `v · 2^k + (2^k − 1 − index)`, the keys go through a max tree (⌈log2 classes⌉ rounds), and
+/// the low `k` bits of the winning key, which additive shares give locally, hold the index.
+/// Needs |v| < 2^(61 − k).
+pub async fn argmax<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    rows: usize,
+    classes: usize,
+) -> Result<Vec<u64>> {
+    check_len("argmax input", x.len(), rows * classes)?;
+    if classes == 0 {
+        return Err(CoreError::Shape("argmax over zero classes".into()));
+    }
+    let k = argmax_bits(classes);
+    let top = (1u64 << k) - 1;
+    let p0 = s.is_p0();
+    let cols: Vec<Vec<u64>> = (0..classes)
+        .map(|j| {
+            (0..rows)
+                .map(|r| (x[r * classes + j] << k).wrapping_add(g_const(p0, top - j as u64)))
+                .collect()
+        })
+        .collect();
+    let best = max_tree(s, cols).await?;
+    Ok(best
+        .iter()
+        .map(|&v| g_const(p0, top).wrapping_sub(v) & top)
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sigmoid and tanh by piecewise-linear approximation
+// ---------------------------------------------------------------------------------------------
+
+/// Fractional bits of the slopes of a [`PiecewiseLinear`].
+pub const SLOPE_BITS: u32 = 12;
+
+/// A continuous piecewise-linear function `g(x) = g0 + Σ_j s_j · ReLU(x − t_j)`, encoded for
+/// an input with `in_frac` and an output with `out_frac` fractional bits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PiecewiseLinear {
+    /// `g0` with `out_frac` fractional bits.
+    pub base: u64,
+    /// Knots `t_j` with `in_frac` fractional bits.
+    pub knots: Vec<u64>,
+    /// `|s_j|` with [`SLOPE_BITS`] fractional bits.
+    pub slopes: Vec<u64>,
+    /// Sign of each `s_j` (true for negative).
+    pub negative: Vec<bool>,
+    /// Fractional bits of the input.
+    pub in_frac: u32,
+    /// Fractional bits of the output.
+    pub out_frac: u32,
+}
+
+impl PiecewiseLinear {
+    /// Interpolates `func` linearly between `points` (sorted), constant outside them.
+    pub fn interpolate(
+        func: impl Fn(f64) -> f64,
+        points: &[f64],
+        in_frac: u32,
+        out_frac: u32,
+    ) -> Result<Self> {
+        if points.len() < 2 || points.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(CoreError::Param(
+                "need at least two increasing knots".into(),
+            ));
+        }
+        if in_frac + SLOPE_BITS < out_frac {
+            return Err(CoreError::Param(
+                "output has more fractional bits than input and slope".into(),
+            ));
+        }
+        let vals: Vec<f64> = points.iter().map(|&p| func(p)).collect();
+        let mut slopes = Vec::new();
+        let mut prev = 0.0;
+        for j in 0..points.len() {
+            let next = if j + 1 < points.len() {
+                (vals[j + 1] - vals[j]) / (points[j + 1] - points[j])
+            } else {
+                0.0
+            };
+            slopes.push(next - prev);
+            prev = next;
+        }
+        Ok(PiecewiseLinear {
+            base: fixed::encode_with(vals[0], out_frac)?,
+            knots: points
+                .iter()
+                .map(|&p| fixed::encode_with(p, in_frac))
+                .collect::<Result<_>>()?,
+            slopes: slopes
+                .iter()
+                .map(|s| fixed::encode_with(s.abs(), SLOPE_BITS))
+                .collect::<Result<_>>()?,
+            negative: slopes.iter().map(|s| *s < 0.0).collect(),
+            in_frac,
+            out_frac,
+        })
+    }
+
+    /// The sigmoid approximation used by [`sigmoid`] (max error about 0.005 on the real line).
+    pub fn sigmoid(in_frac: u32, out_frac: u32) -> Result<Self> {
+        let pts = [
+            -8.0, -6.0, -5.0, -4.0, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0,
+            2.5, 3.0, 4.0, 5.0, 6.0, 8.0,
+        ];
+        Self::interpolate(|x| 1.0 / (1.0 + (-x).exp()), &pts, in_frac, out_frac)
+    }
+
+    /// The tanh approximation used by [`tanh`].
+    pub fn tanh(in_frac: u32, out_frac: u32) -> Result<Self> {
+        let pts = [
+            -4.0, -3.0, -2.5, -2.0, -1.5, -1.25, -1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75,
+            1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0,
+        ];
+        Self::interpolate(f64::tanh, &pts, in_frac, out_frac)
+    }
+
+    /// Shift applied after each `|s_j|·(x − t_j)`.
+    pub fn shift(&self) -> u32 {
+        self.in_frac + SLOPE_BITS - self.out_frac
+    }
+
+    /// The pieces' inputs `|s_j| · (x − t_j)`, piece-major (`pieces × x.len()`); `p0` says
+    /// whether this holder adds public constants.
+    pub(crate) fn piece_inputs(&self, x: &[u64], p0: bool) -> Vec<u64> {
+        let mut out = Vec::with_capacity(x.len() * self.knots.len());
+        for (t, s) in self.knots.iter().zip(&self.slopes) {
+            let t = g_const(p0, *t);
+            out.extend(x.iter().map(|v| v.wrapping_sub(t).wrapping_mul(*s)));
+        }
+        out
+    }
+
+    /// Sums the pieces' ReLU outputs with their signs, plus the base.
+    pub(crate) fn combine(&self, y: &[u64], n: usize, p0: bool) -> Vec<u64> {
+        let mut out = vec![g_const(p0, self.base); n];
+        for (j, neg) in self.negative.iter().enumerate() {
+            let piece = &y[j * n..(j + 1) * n];
+            for (o, v) in out.iter_mut().zip(piece) {
+                *o = if *neg {
+                    o.wrapping_sub(*v)
+                } else {
+                    o.wrapping_add(*v)
+                };
+            }
+        }
+        out
+    }
+}
+
+/// Helper side of [`piecewise`].
+pub async fn deal_piecewise<T: Transport>(
+    d: &mut Dealer<T>,
+    n: usize,
+    g: &PiecewiseLinear,
+) -> Result<()> {
+    deal_sign(d, n * g.knots.len(), SignOut::Relu(g.shift())).await
+}
+
+/// Evaluates a [`PiecewiseLinear`] function: all pieces go through one sign gate (one round,
+/// `8 · pieces` bytes per element per server). Exact up to one unit per piece. Needs
+/// |s_j · (x − t_j)| < 2^62 in the encoded scale.
+pub async fn piecewise<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    g: &PiecewiseLinear,
+) -> Result<Vec<u64>> {
+    let inputs = g.piece_inputs(x, s.is_p0());
+    let (_, y) = sign(s, &inputs, SignOut::Relu(g.shift())).await?;
+    Ok(g.combine(&y, x.len(), s.is_p0()))
+}
+
+/// Sigmoid of `x` (with `in_frac` fractional bits) into `out_frac` fractional bits.
+pub async fn sigmoid<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    in_frac: u32,
+    out_frac: u32,
+) -> Result<Vec<u64>> {
+    piecewise(s, x, &PiecewiseLinear::sigmoid(in_frac, out_frac)?).await
+}
+
+/// Helper side of [`sigmoid`].
+pub async fn deal_sigmoid<T: Transport>(
+    d: &mut Dealer<T>,
+    n: usize,
+    in_frac: u32,
+    out_frac: u32,
+) -> Result<()> {
+    deal_piecewise(d, n, &PiecewiseLinear::sigmoid(in_frac, out_frac)?).await
+}
+
+/// Tanh of `x` (with `in_frac` fractional bits) into `out_frac` fractional bits.
+pub async fn tanh<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    in_frac: u32,
+    out_frac: u32,
+) -> Result<Vec<u64>> {
+    piecewise(s, x, &PiecewiseLinear::tanh(in_frac, out_frac)?).await
+}
+
+/// Helper side of [`tanh`].
+pub async fn deal_tanh<T: Transport>(
+    d: &mut Dealer<T>,
+    n: usize,
+    in_frac: u32,
+    out_frac: u32,
+) -> Result<()> {
+    deal_piecewise(d, n, &PiecewiseLinear::tanh(in_frac, out_frac)?).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+// ---------------------------------------------------------------------------------------------
+
+/// Helper side of [`output`]: a fresh sharing of zero.
+pub async fn deal_output<T: Transport>(d: &mut Dealer<T>, n: usize) -> Result<()> {
+    let mut g = d.gate()?;
+    g.value(&vec![0u64; n]);
+    g.finish().await
+}
+
+/// Re-randomises a share with a fresh sharing of zero (so that what the client sees from
+/// each server is uniform; PROTOCOLS §8) and sends it to the client. `modulus_bits` < 64
+/// reduces the share modulo `2^modulus_bits` (for [`argmax`] results).
+pub async fn output<T: Transport>(s: &mut Server<T>, y: &[u64], modulus_bits: u32) -> Result<()> {
+    let mut g = s.gate().await?;
+    let z = g.value(y.len())?;
+    g.finish()?;
+    let mut out = ring::add(y, &z)?;
+    if modulus_bits < 64 {
+        let mask = (1u64 << modulus_bits) - 1;
+        for v in out.iter_mut() {
+            *v &= mask;
+        }
+    }
+    s.send_output(&out).await
+}

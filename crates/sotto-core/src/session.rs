@@ -1,0 +1,395 @@
+//! Sessions: how the helper's correlated randomness reaches the servers, and how servers open
+//! values to each other.
+//!
+//! A session (one prediction, or one model load) starts with the helper drawing two fresh
+//! 32-byte seeds `k0`, `k1` from the OS and sending `k_i` to server `P_i`. Every protocol is a
+//! *gate*; the helper and both servers run the same sequence of gates, so they number them
+//! alike. Inside a gate:
+//!
+//! - a **random** tensor `r` is `PRG(k0) + PRG(k1)`: each server expands its own part and
+//!   nothing is sent;
+//! - a **dealt value** `v` (such as `A·B` or `msb(r)`) is shared as `v0 = PRG(k0)` for P0 and
+//!   `v1 = v - v0`, which the helper sends to P1: only P1 receives elements;
+//! - **DCF keys** cannot be compressed into seeds, so both servers receive their key.
+//!
+//! The helper sends each server one message per gate (tag step `gate << 8`), before the gate's
+//! online part; servers open values to each other with tag steps `gate << 8 | k`, `k >= 1`.
+
+use crate::dcf::DcfKeys;
+use crate::error::{CoreError, Result};
+use crate::prg::{Prg, Seed};
+use crate::ring;
+use crate::share;
+use crate::transport::{PartyId, Tag, Transport};
+
+/// Tag step of the client's input messages.
+pub const INPUT_STEP: u32 = u32::MAX - 1;
+/// Tag step of the servers' output messages.
+pub const OUTPUT_STEP: u32 = u32::MAX;
+
+/// Client side: shares an encoded input with a fresh OS seed and sends `x - PRG(s)` to P0 and
+/// `s` to P1.
+pub async fn client_send_input<T: Transport>(t: &T, session: u128, x: &[u64]) -> Result<()> {
+    let sh = share::share_input(x)?;
+    let tag = Tag {
+        session,
+        step: INPUT_STEP,
+    };
+    t.send(PartyId::P0, tag, ring::to_le_bytes(&sh.to_p0))
+        .await?;
+    t.send(PartyId::P1, tag, sh.to_p1.0.to_vec()).await
+}
+
+/// Client side: receives both output shares of `n` elements and adds them (modulo
+/// `2^modulus_bits` when it is below 64, as for argmax labels).
+pub async fn client_receive_output<T: Transport>(
+    t: &T,
+    session: u128,
+    n: usize,
+    modulus_bits: u32,
+) -> Result<Vec<u64>> {
+    let tag = Tag {
+        session,
+        step: OUTPUT_STEP,
+    };
+    let a = ring::from_le_bytes(&t.recv(PartyId::P0, tag).await?, n)?;
+    let b = ring::from_le_bytes(&t.recv(PartyId::P1, tag).await?, n)?;
+    let mut y = ring::add(&a, &b)?;
+    if modulus_bits < 64 {
+        for v in y.iter_mut() {
+            *v &= (1u64 << modulus_bits) - 1;
+        }
+    }
+    Ok(y)
+}
+
+/// Most rounds (openings) one gate may use.
+const MAX_SUBSTEPS: u32 = 255;
+
+fn stream_id(gate: u32, counter: u32) -> u64 {
+    (u64::from(gate) << 32) | u64::from(counter)
+}
+
+fn tag(session: u128, gate: u32, sub: u32) -> Tag {
+    Tag {
+        session,
+        step: (gate << 8) | sub,
+    }
+}
+
+/// A server's (P0's or P1's) side of a session.
+pub struct Server<T> {
+    t: T,
+    me: PartyId,
+    peer: PartyId,
+    session: u128,
+    seed: Seed,
+    gate: u32,
+}
+
+impl<T> std::fmt::Debug for Server<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Server({:?}, session {:x}, gate {})",
+            self.me, self.session, self.gate
+        )
+    }
+}
+
+impl<T: Transport> Server<T> {
+    /// Joins session `session`: waits for this server's seed from the helper.
+    pub async fn start(t: T, session: u128) -> Result<Self> {
+        let me = t.id();
+        let peer = me.peer()?;
+        let bytes = t.recv(PartyId::Helper, tag(session, 0, 0)).await?;
+        let seed = Seed::from_bytes(&bytes)?;
+        Ok(Server {
+            t,
+            me,
+            peer,
+            session,
+            seed,
+            gate: 0,
+        })
+    }
+
+    /// This server's id (P0 or P1).
+    pub fn id(&self) -> PartyId {
+        self.me
+    }
+
+    /// True for P0, the server that adds public constants.
+    pub fn is_p0(&self) -> bool {
+        self.me == PartyId::P0
+    }
+
+    /// The session id.
+    pub fn session(&self) -> u128 {
+        self.session
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.t
+    }
+
+    /// Starts the next gate: receives this server's material from the helper.
+    pub(crate) async fn gate(&mut self) -> Result<ServerGate<'_, T>> {
+        self.gate = self
+            .gate
+            .checked_add(1)
+            .filter(|g| *g < (1 << 24))
+            .ok_or_else(|| CoreError::Protocol("too many gates in one session".into()))?;
+        let msg = self
+            .t
+            .recv(PartyId::Helper, tag(self.session, self.gate, 0))
+            .await?;
+        Ok(ServerGate {
+            s: self,
+            msg,
+            pos: 0,
+            counter: 0,
+            sub: 0,
+        })
+    }
+
+    /// Receives the client's input of `n` elements (tag step [`INPUT_STEP`]): P0 gets the full
+    /// share `x - PRG(s)`, P1 only the 32-byte seed `s`, which it expands.
+    pub async fn receive_input(&self, n: usize) -> Result<Vec<u64>> {
+        let bytes = self
+            .t
+            .recv(
+                PartyId::Client,
+                Tag {
+                    session: self.session,
+                    step: INPUT_STEP,
+                },
+            )
+            .await?;
+        if self.is_p0() {
+            ring::from_le_bytes(&bytes, n)
+        } else {
+            Ok(share::expand_seed(&Seed::from_bytes(&bytes)?, n))
+        }
+    }
+
+    /// Sends this server's share of an output to the client (tag step [`OUTPUT_STEP`]).
+    pub async fn send_output(&self, share: &[u64]) -> Result<()> {
+        self.t
+            .send(
+                PartyId::Client,
+                Tag {
+                    session: self.session,
+                    step: OUTPUT_STEP,
+                },
+                ring::to_le_bytes(share),
+            )
+            .await
+    }
+}
+
+/// One gate on a server: reads the helper's material and opens values with the peer.
+pub(crate) struct ServerGate<'a, T> {
+    s: &'a Server<T>,
+    msg: Vec<u8>,
+    pos: usize,
+    counter: u32,
+    sub: u32,
+}
+
+impl<T: Transport> ServerGate<'_, T> {
+    fn next_prg(&mut self) -> Prg {
+        let p = Prg::new(&self.s.seed, stream_id(self.s.gate, self.counter));
+        self.counter += 1;
+        p
+    }
+
+    /// This server's part of a random tensor of `n` elements.
+    pub(crate) fn random(&mut self, n: usize) -> Vec<u64> {
+        self.next_prg().vec_u64(n)
+    }
+
+    /// This server's share of a dealt value of `n` elements.
+    pub(crate) fn value(&mut self, n: usize) -> Result<Vec<u64>> {
+        let mut prg = self.next_prg();
+        if self.s.is_p0() {
+            Ok(prg.vec_u64(n))
+        } else {
+            let bytes = self.take(
+                n.checked_mul(8)
+                    .ok_or_else(|| CoreError::Param("dealt value too large".into()))?,
+            )?;
+            ring::from_le_bytes(bytes, n)
+        }
+    }
+
+    /// This server's DCF keys.
+    pub(crate) fn keys(&mut self) -> Result<DcfKeys> {
+        let len_bytes = self.take(4)?;
+        let len =
+            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        let bytes = self.take(len)?;
+        let keys = DcfKeys::from_bytes(bytes)?;
+        if u64::from(keys.party()) != self.s.me.index() as u64 {
+            return Err(CoreError::Protocol("DCF keys for the other server".into()));
+        }
+        Ok(keys)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.msg.len())
+            .ok_or_else(|| {
+                CoreError::decode("helper material", "message is shorter than the gate needs")
+            })?;
+        let out = &self.msg[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    /// Opens a shared vector: sends this share to the peer, receives the peer's, adds them.
+    /// One round, `8 · x.len()` bytes sent.
+    pub(crate) async fn open(&mut self, x: &[u64]) -> Result<Vec<u64>> {
+        self.sub += 1;
+        if self.sub > MAX_SUBSTEPS {
+            return Err(CoreError::Protocol("too many rounds in one gate".into()));
+        }
+        let t = tag(self.s.session, self.s.gate, self.sub);
+        self.s.t.send(self.s.peer, t, ring::to_le_bytes(x)).await?;
+        let theirs = self.s.t.recv(self.s.peer, t).await?;
+        let theirs = ring::from_le_bytes(&theirs, x.len()).map_err(|_| {
+            CoreError::Protocol(format!(
+                "peer opened {} bytes where {} were expected",
+                theirs.len(),
+                8 * x.len()
+            ))
+        })?;
+        ring::add(x, &theirs)
+    }
+
+    /// Ends the gate; the helper's message must have been used up exactly.
+    pub(crate) fn finish(self) -> Result<()> {
+        if self.pos != self.msg.len() {
+            return Err(CoreError::decode(
+                "helper material",
+                format!("{} unexpected trailing bytes", self.msg.len() - self.pos),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The helper's side of a session.
+pub struct Dealer<T> {
+    t: T,
+    session: u128,
+    seeds: [Seed; 2],
+    rng: Prg,
+    gate: u32,
+}
+
+impl<T> std::fmt::Debug for Dealer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Dealer(session {:x}, gate {})", self.session, self.gate)
+    }
+}
+
+impl<T: Transport> Dealer<T> {
+    /// Starts session `session`: draws fresh seeds from the OS and sends one to each server.
+    pub async fn start(t: T, session: u128) -> Result<Self> {
+        let seeds = [Seed::random()?, Seed::random()?];
+        let rng = Prg::from_os()?;
+        for (p, s) in [PartyId::P0, PartyId::P1].iter().zip(&seeds) {
+            t.send(*p, tag(session, 0, 0), s.0.to_vec()).await?;
+        }
+        Ok(Dealer {
+            t,
+            session,
+            seeds,
+            rng,
+            gate: 0,
+        })
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.t
+    }
+
+    pub(crate) fn gate(&mut self) -> Result<DealerGate<'_, T>> {
+        self.gate = self
+            .gate
+            .checked_add(1)
+            .filter(|g| *g < (1 << 24))
+            .ok_or_else(|| CoreError::Protocol("too many gates in one session".into()))?;
+        Ok(DealerGate {
+            d: self,
+            msgs: [Vec::new(), Vec::new()],
+            counter: 0,
+        })
+    }
+}
+
+/// One gate on the helper: collects each server's material, then sends it.
+pub(crate) struct DealerGate<'a, T> {
+    d: &'a mut Dealer<T>,
+    msgs: [Vec<u8>; 2],
+    counter: u32,
+}
+
+impl<T: Transport> DealerGate<'_, T> {
+    fn next_prgs(&mut self) -> [Prg; 2] {
+        let id = stream_id(self.d.gate, self.counter);
+        self.counter += 1;
+        [
+            Prg::new(&self.d.seeds[0], id),
+            Prg::new(&self.d.seeds[1], id),
+        ]
+    }
+
+    /// A random tensor `r = r0 + r1` whose parts the servers expand from their seeds.
+    pub(crate) fn random(&mut self, n: usize) -> Vec<u64> {
+        let [mut p0, mut p1] = self.next_prgs();
+        let mut r = p0.vec_u64(n);
+        let r1 = p1.vec_u64(n);
+        for (a, b) in r.iter_mut().zip(&r1) {
+            *a = a.wrapping_add(*b);
+        }
+        r
+    }
+
+    /// Deals `v`: P0's share comes from its seed, P1 receives `v - v0`.
+    pub(crate) fn value(&mut self, v: &[u64]) {
+        let [mut p0, _] = self.next_prgs();
+        let v0 = p0.vec_u64(v.len());
+        self.msgs[1].reserve(8 * v.len());
+        for (a, b) in v.iter().zip(&v0) {
+            self.msgs[1].extend_from_slice(&a.wrapping_sub(*b).to_le_bytes());
+        }
+    }
+
+    /// Deals a pair of DCF keys.
+    pub(crate) fn keys(&mut self, k0: &DcfKeys, k1: &DcfKeys) {
+        for (msg, k) in self.msgs.iter_mut().zip([k0, k1]) {
+            let bytes = k.to_bytes();
+            msg.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            msg.extend_from_slice(&bytes);
+        }
+    }
+
+    /// The helper's private generator (fresh from the OS for this session).
+    pub(crate) fn rng(&mut self) -> &mut Prg {
+        &mut self.d.rng
+    }
+
+    /// Sends the gate's material to both servers.
+    pub(crate) async fn finish(self) -> Result<()> {
+        let t = tag(self.d.session, self.d.gate, 0);
+        let [m0, m1] = self.msgs;
+        self.d.t.send(PartyId::P0, t, m0).await?;
+        self.d.t.send(PartyId::P1, t, m1).await
+    }
+}

@@ -1,0 +1,323 @@
+//! Every protocol against its plaintext twin on random shapes and values.
+
+use proptest::prelude::*;
+use sotto_core::linear::{conv_weight_matrix, Bilinear, Conv2dShape, PoolShape};
+use sotto_core::local::{no_client, run_local, LocalRun};
+use sotto_core::prg::Prg;
+use sotto_core::protocols as p;
+use sotto_core::session::{Dealer, Server};
+use sotto_core::transport::PartyId;
+use sotto_core::{plain, ring, share, Result};
+
+type T = sotto_core::local::LocalTransport;
+
+fn rng() -> Prg {
+    Prg::from_os().expect("os rng")
+}
+
+fn shares(x: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    share::share(x, &mut rng())
+}
+
+fn mine<'a>(s: &Server<T>, x: &'a (Vec<u64>, Vec<u64>)) -> &'a [u64] {
+    if s.id() == PartyId::P0 {
+        &x.0
+    } else {
+        &x.1
+    }
+}
+
+fn revealed(run: &LocalRun<Vec<u64>, ()>) -> Vec<u64> {
+    share::reveal(&run.p0, &run.p1).expect("same length")
+}
+
+/// Signed values with |v| < 2^bits, biased towards edges.
+fn values(n: impl Into<prop::collection::SizeRange>, bits: u32) -> impl Strategy<Value = Vec<u64>> {
+    let max = (1i64 << bits) - 1;
+    prop::collection::vec(
+        prop_oneof![
+            3 => -max..=max,
+            1 => Just(0i64),
+            1 => Just(-1i64),
+            1 => Just(1i64),
+            1 => Just(max),
+            1 => Just(-max),
+            1 => -1000i64..1000,
+        ],
+        n,
+    )
+    .prop_map(|v| v.into_iter().map(|x| x as u64).collect())
+}
+
+fn assert_close(got: &[u64], want: &[u64], tol: i64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let d = (g.wrapping_sub(*w) as i64).abs();
+        assert!(
+            d <= tol,
+            "{what}[{i}]: got {} want {} (diff {d} > {tol})",
+            *g as i64,
+            *w as i64
+        );
+    }
+}
+
+fn cfg() -> ProptestConfig {
+    ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    #[test]
+    fn truncate_matches_twin(x in values(1..200, 62), f in 1u32..40) {
+        let xs = shares(&x);
+        let n = x.len();
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_truncate(&mut d, n, f).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::truncate(&mut s, &v, f).await } },
+            no_client, false).expect("runs");
+        assert_close(&revealed(&run), &plain::truncate(&x, f), 1, "truncate");
+        prop_assert_eq!(run.sent[0].messages_to(PartyId::P1), 1, "one round");
+    }
+
+    #[test]
+    fn drelu_matches_twin(x in values(1..200, 62)) {
+        let xs = shares(&x);
+        let n = x.len();
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_drelu(&mut d, n).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::drelu(&mut s, &v).await } },
+            no_client, false).expect("runs");
+        prop_assert_eq!(revealed(&run), plain::drelu(&x));
+        prop_assert_eq!(run.sent[0].bytes_to(PartyId::P1), 8 * n as u64);
+    }
+
+    #[test]
+    fn relu_matches_twin(x in values(1..200, 62), f in prop_oneof![Just(0u32), 1u32..40]) {
+        let xs = shares(&x);
+        let n = x.len();
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_relu(&mut d, n, f).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::relu(&mut s, &v, f).await } },
+            no_client, false).expect("runs");
+        let tol = if f == 0 { 0 } else { 1 };
+        assert_close(&revealed(&run), &plain::relu(&x, f), tol, "relu");
+        prop_assert_eq!(run.sent[0].messages_to(PartyId::P1), 1, "one round");
+        prop_assert_eq!(run.sent[1].bytes_to(PartyId::P0), 8 * n as u64, "64 bits per element per server");
+    }
+
+    #[test]
+    fn private_matmul_matches_twin(m in 1usize..5, k in 1usize..40, n in 1usize..20, seed in any::<u64>()) {
+        let mut g = rng();
+        let x: Vec<u64> = g.vec_u64(m * k);
+        let w: Vec<u64> = g.vec_u64(k * n).iter().map(|v| v ^ seed).collect();
+        let op = Bilinear::MatMul { m, k, n };
+        let (xs, ws) = (shares(&x), shares(&w));
+        let run = run_local(
+            |mut d: Dealer<T>| async move {
+                let mask = p::deal_weight_mask(&mut d, k * n).await?;
+                p::deal_bilinear_private(&mut d, &op, &mask).await?;
+                p::deal_bilinear_private(&mut d, &op, &mask).await
+            },
+            |mut s: Server<T>| { let (xs, ws) = (&xs, &ws); async move {
+                let wm = mine(&s, ws).to_vec();
+                let pw = p::load_private_weight(&mut s, &wm).await?;
+                let v = mine(&s, xs).to_vec();
+                let a = p::bilinear_private(&mut s, &op, &v, &pw).await?;
+                let b = p::bilinear_private(&mut s, &op, &v, &pw).await?;
+                Ok::<_, sotto_core::CoreError>(ring::sub(&a, &b)?.into_iter().chain(a).collect::<Vec<u64>>())
+            } },
+            no_client, false).expect("runs");
+        let out = revealed(&run);
+        let (zero, z) = out.split_at(m * n);
+        prop_assert!(zero.iter().all(|&v| v == 0), "two queries agree");
+        prop_assert_eq!(z.to_vec(), plain::bilinear(&op, &x, &w).expect("fits"));
+    }
+
+    #[test]
+    fn private_conv_matches_twin(c in 1usize..3, h in 3usize..8, w in 3usize..8, o in 1usize..4,
+                                 kh in 1usize..4, kw in 1usize..4, st in 1usize..3, pad in 0usize..2) {
+        let s = Conv2dShape { batch: 2, in_channels: c, height: h, width: w, out_channels: o,
+            kernel_h: kh.min(h), kernel_w: kw.min(w), stride_h: st, stride_w: st,
+            pad_top: pad, pad_left: pad, pad_bottom: pad, pad_right: pad };
+        let op = Bilinear::Conv2d(s);
+        let mut g = rng();
+        let x = g.vec_u64(op.x_len());
+        let wt = conv_weight_matrix(&g.vec_u64(op.w_len()), &s).expect("fits");
+        let (xs, ws) = (shares(&x), shares(&wt));
+        let run = run_local(
+            |mut d: Dealer<T>| async move {
+                let mask = p::deal_weight_mask(&mut d, op.w_len()).await?;
+                p::deal_bilinear_private(&mut d, &op, &mask).await
+            },
+            |mut srv: Server<T>| { let (xs, ws) = (&xs, &ws); async move {
+                let wm = mine(&srv, ws).to_vec();
+                let pw = p::load_private_weight(&mut srv, &wm).await?;
+                let v = mine(&srv, xs).to_vec();
+                p::bilinear_private(&mut srv, &op, &v, &pw).await
+            } },
+            no_client, false).expect("runs");
+        prop_assert_eq!(revealed(&run), plain::bilinear(&op, &x, &wt).expect("fits"));
+        // Public weights: local and exact.
+        let y0 = p::bilinear_public(&op, &xs.0, &wt).expect("fits");
+        let y1 = p::bilinear_public(&op, &xs.1, &wt).expect("fits");
+        prop_assert_eq!(share::reveal(&y0, &y1).expect("len"), plain::bilinear(&op, &x, &wt).expect("fits"));
+    }
+
+    #[test]
+    fn maxpool_matches_twin(c in 1usize..3, h in 2usize..9, w in 2usize..9, k in 2usize..4, st in 1usize..3, seed in values(1, 40)) {
+        let shape = PoolShape { batch: 1, channels: c, height: h.max(k), width: w.max(k),
+            kernel_h: k, kernel_w: k, stride_h: st, stride_w: st };
+        let mut g = rng();
+        let x: Vec<u64> = g.vec_u64(shape.in_len()).iter().map(|v| ((*v as i64) >> 24) as u64 ^ seed[0]).collect();
+        let xs = shares(&x);
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_maxpool(&mut d, &shape).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::maxpool(&mut s, &v, &shape).await } },
+            no_client, false).expect("runs");
+        prop_assert_eq!(revealed(&run), plain::maxpool(&x, &shape).expect("fits"));
+        prop_assert_eq!(run.sent[0].messages_to(PartyId::P1), u64::from(p::max_tree_rounds(k * k)));
+    }
+
+    #[test]
+    fn avgpool_matches_twin(c in 1usize..3, h in 2usize..9, w in 2usize..9, k in 1usize..4, x in values(200, 36)) {
+        let shape = PoolShape::square(1, c, h.max(k), w.max(k), k);
+        let x: Vec<u64> = x.iter().cycle().take(shape.in_len()).copied().collect();
+        let xs = shares(&x);
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_avgpool(&mut d, &shape).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::avgpool(&mut s, &v, &shape).await } },
+            no_client, false).expect("runs");
+        assert_close(&revealed(&run), &plain::avgpool(&x, &shape).expect("fits"), 1, "avgpool");
+    }
+
+    #[test]
+    fn argmax_matches_twin(rows in 1usize..6, classes in 1usize..17, x in values(200, 40)) {
+        let x: Vec<u64> = x.iter().cycle().take(rows * classes).copied().collect();
+        let xs = shares(&x);
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_argmax(&mut d, rows, classes).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::argmax(&mut s, &v, rows, classes).await } },
+            no_client, false).expect("runs");
+        let k = p::argmax_bits(classes);
+        let got: Vec<u64> = revealed(&run).iter().map(|v| v & ((1 << k) - 1)).collect();
+        prop_assert_eq!(got, plain::argmax(&x, rows, classes).expect("fits"));
+    }
+
+    #[test]
+    fn sigmoid_and_tanh_match_twins(x in values(1..100, 42)) {
+        // inputs with 32 fractional bits (a product before truncation), |x| < 2^10
+        let xs = shares(&x);
+        let n = x.len();
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_sigmoid(&mut d, n, 32, 16).await?; p::deal_tanh(&mut d, n, 32, 16).await },
+            |mut s: Server<T>| { let xs = &xs; async move {
+                let v = mine(&s, xs).to_vec();
+                let a = p::sigmoid(&mut s, &v, 32, 16).await?;
+                let b = p::tanh(&mut s, &v, 32, 16).await?;
+                Ok::<_, sotto_core::CoreError>([a, b].concat())
+            } },
+            no_client, false).expect("runs");
+        let out = revealed(&run);
+        let pieces = p::PiecewiseLinear::sigmoid(32, 16).expect("valid").knots.len() as i64;
+        assert_close(&out[..n], &plain::sigmoid(&x, 32, 16).expect("valid"), pieces, "sigmoid");
+        assert_close(&out[n..], &plain::tanh(&x, 32, 16).expect("valid"), pieces, "tanh");
+        // and the twin approximates the real functions
+        for (i, v) in x.iter().enumerate() {
+            let real = (*v as i64) as f64 / 2f64.powi(32);
+            let s = (out[i] as i64) as f64 / 65536.0;
+            let t = (out[n + i] as i64) as f64 / 65536.0;
+            prop_assert!((s - 1.0 / (1.0 + (-real).exp())).abs() < 0.01, "sigmoid({real}) = {s}");
+            prop_assert!((t - real.tanh()).abs() < 0.02, "tanh({real}) = {t}");
+        }
+    }
+}
+
+#[test]
+fn truncation_over_a_million_edge_values_is_within_one_ulp() {
+    let n = 1_000_000;
+    let mut g = rng();
+    // |x| just below 2^62, the edge of the bit budget, and both signs
+    let x: Vec<u64> = g
+        .vec_u64(n)
+        .iter()
+        .map(|v| {
+            let mag = (1i64 << 62) - 1 - (v >> 44) as i64;
+            (if v & 1 == 0 { mag } else { -mag }) as u64
+        })
+        .collect();
+    let xs = shares(&x);
+    for f in [12u32, 16, 32] {
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_truncate(&mut d, n, f).await },
+            |mut s: Server<T>| {
+                let xs = &xs;
+                async move {
+                    let v = mine(&s, xs).to_vec();
+                    p::truncate(&mut s, &v, f).await
+                }
+            },
+            no_client,
+            false,
+        )
+        .expect("runs");
+        let got = revealed(&run);
+        let want = plain::truncate(&x, f);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a.wrapping_sub(*b) as i64).abs())
+            .max()
+            .unwrap_or(0);
+        assert!(worst <= 1, "f = {f}: worst error {worst} ulp");
+    }
+}
+
+#[test]
+fn client_input_and_output_round_trip_with_rerandomised_shares() {
+    let x: Vec<u64> = vec![5, u64::MAX, 1 << 40, 0];
+    let n = x.len();
+    let run = run_local(
+        |mut d: Dealer<T>| async move { p::deal_output(&mut d, n).await },
+        |mut s: Server<T>| async move {
+            let v = s.receive_input(n).await?;
+            p::output(&mut s, &v, 64).await?;
+            Ok(v)
+        },
+        |t: T, session| {
+            let x = x.clone();
+            async move {
+                sotto_core::session::client_send_input(&t, session, &x).await?;
+                sotto_core::session::client_receive_output(&t, session, n, 64).await
+            }
+        },
+        false,
+    )
+    .expect("runs");
+    assert_eq!(run.client, x);
+    // P1 received only a 32-byte seed from the client.
+    assert_eq!(run.sent[3].bytes_to(PartyId::P1), 32);
+    assert_eq!(run.sent[3].bytes_to(PartyId::P0), 8 * n as u64);
+}
+
+#[test]
+fn wrong_shapes_are_errors_not_panics() {
+    let run: Result<LocalRun<Vec<u64>, ()>> = run_local(
+        |mut d: Dealer<T>| async move { p::deal_relu(&mut d, 4, 0).await },
+        |mut s: Server<T>| async move { p::relu(&mut s, &[1, 2, 3], 0).await },
+        no_client,
+        false,
+    );
+    assert!(run.is_err(), "3 inputs against keys for 4 must fail");
+    let run: Result<LocalRun<Vec<u64>, ()>> = run_local(
+        |mut d: Dealer<T>| async move { p::deal_truncate(&mut d, 2, 70).await },
+        |mut s: Server<T>| async move { p::truncate(&mut s, &[1, 2], 70).await },
+        no_client,
+        false,
+    );
+    assert!(run.is_err());
+}
