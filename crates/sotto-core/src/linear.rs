@@ -356,7 +356,7 @@ mod tests {
                                 for kx in 0..2 {
                                     let iy = (oy * 2 + ky) as isize - 1;
                                     let ix = (ox + kx) as isize;
-                                    if iy < 0 || iy >= 5 || ix >= 4 {
+                                    if !(0..5).contains(&iy) || ix >= 4 {
                                         continue;
                                     }
                                     acc += x[((n * 2 + c) * 5 + iy as usize) * 4 + ix as usize]

@@ -7,7 +7,7 @@
 //! | protocol | online rounds | bytes sent online, per server | helper material |
 //! |---|---|---|---|
 //! | [`load_private_weight`] (once per model) | 1 | 8·|W| | none (seeds) |
-//! | [`bilinear_private`] (dense, conv) | 1 | 8·|X| | 8·|Y| to P1 |
+//! | [`bilinear_private`] (dense, conv; `op(A_i, F)` can be prepared offline) | 1 | 8·|X| | 8·|Y| to P1 |
 //! | [`bilinear_public`] | 0 (local) | 0 | none |
 //! | [`truncate`] | 1 | 8n | 16n to P1 |
 //! | [`drelu`] | 1 | 8n | 8n to P1, a DCF key (m = 1) to each |
@@ -25,7 +25,7 @@ use crate::error::{CoreError, Result};
 use crate::fixed;
 use crate::linear::{Bilinear, PoolShape};
 use crate::ring;
-use crate::session::{Dealer, Server};
+use crate::session::{Dealer, Deferred, Server};
 use crate::transport::Transport;
 
 const LOW63: u64 = (1 << 63) - 1;
@@ -126,8 +126,57 @@ pub async fn deal_bilinear_private<T: Transport>(
     g.finish().await
 }
 
+/// A private product whose input-independent part is done: `A_i`, and `op(A_i, F) + C_i`.
+#[derive(Debug)]
+pub struct PreparedProduct {
+    op: Bilinear,
+    a: Vec<u64>,
+    partial: Vec<u64>,
+    gate: Deferred,
+}
+
+/// Offline part of [`bilinear_private`]: receives the gate's material and computes
+/// `op(A_i, F) + C_i` before the input exists. Call it in the gate order the helper dealt.
+pub async fn prepare_bilinear_private<T: Transport>(
+    s: &mut Server<T>,
+    op: &Bilinear,
+    w: &PrivateWeight,
+) -> Result<PreparedProduct> {
+    check_len("bilinear weight", w.w.len(), op.w_len())?;
+    let mut g = s.gate().await?;
+    let a = g.random(op.x_len());
+    let c = g.value(op.out_len())?;
+    let gate = g.defer()?;
+    let mut partial = op.apply(&a, &w.f)?;
+    ring::add_assign(&mut partial, &c)?;
+    Ok(PreparedProduct {
+        op: *op,
+        a,
+        partial,
+        gate,
+    })
+}
+
+/// Online part of [`bilinear_private`]: opens `E = X − A` and adds `op(E, W_i)`.
+pub async fn finish_bilinear_private<T: Transport>(
+    s: &mut Server<T>,
+    mut prep: PreparedProduct,
+    x: &[u64],
+    w: &PrivateWeight,
+) -> Result<Vec<u64>> {
+    check_len("bilinear input", x.len(), prep.op.x_len())?;
+    check_len("bilinear weight", w.w.len(), prep.op.w_len())?;
+    let e = s
+        .open_deferred(&mut prep.gate, &ring::sub(x, &prep.a)?)
+        .await?;
+    let mut z = prep.op.apply(&e, &w.w)?;
+    ring::add_assign(&mut z, &prep.partial)?;
+    Ok(z)
+}
+
 /// `op(X, W)` with X and W both secret (Beaver product with the once-per-model mask):
-/// open `E = X − A`, then `Z_i = op(E, W_i) + op(A_i, F) + C_i`. One round.
+/// open `E = X − A`, then `Z_i = op(E, W_i) + op(A_i, F) + C_i`. One round. The same as
+/// [`prepare_bilinear_private`] followed by [`finish_bilinear_private`].
 pub async fn bilinear_private<T: Transport>(
     s: &mut Server<T>,
     op: &Bilinear,
@@ -135,16 +184,8 @@ pub async fn bilinear_private<T: Transport>(
     w: &PrivateWeight,
 ) -> Result<Vec<u64>> {
     check_len("bilinear input", x.len(), op.x_len())?;
-    check_len("bilinear weight", w.w.len(), op.w_len())?;
-    let mut g = s.gate().await?;
-    let a = g.random(op.x_len());
-    let c = g.value(op.out_len())?;
-    let e = g.open(&ring::sub(x, &a)?).await?;
-    g.finish()?;
-    let mut z = op.apply(&e, &w.w)?;
-    ring::add_assign(&mut z, &op.apply(&a, &w.f)?)?;
-    ring::add_assign(&mut z, &c)?;
-    Ok(z)
+    let prep = prepare_bilinear_private(s, op, w).await?;
+    finish_bilinear_private(s, prep, x, w).await
 }
 
 /// `op(X_i, W)` with public weights: local, no round, no helper material.

@@ -146,6 +146,7 @@ impl<T: Transport> Server<T> {
             .recv(PartyId::Helper, tag(self.session, self.gate, 0))
             .await?;
         Ok(ServerGate {
+            gate: self.gate,
             s: self,
             msg,
             pos: 0,
@@ -192,6 +193,7 @@ impl<T: Transport> Server<T> {
 /// One gate on a server: reads the helper's material and opens values with the peer.
 pub(crate) struct ServerGate<'a, T> {
     s: &'a Server<T>,
+    gate: u32,
     msg: Vec<u8>,
     pos: usize,
     counter: u32,
@@ -200,7 +202,7 @@ pub(crate) struct ServerGate<'a, T> {
 
 impl<T: Transport> ServerGate<'_, T> {
     fn next_prg(&mut self) -> Prg {
-        let p = Prg::new(&self.s.seed, stream_id(self.s.gate, self.counter));
+        let p = Prg::new(&self.s.seed, stream_id(self.gate, self.counter));
         self.counter += 1;
         p
     }
@@ -254,20 +256,19 @@ impl<T: Transport> ServerGate<'_, T> {
     /// One round, `8 · x.len()` bytes sent.
     pub(crate) async fn open(&mut self, x: &[u64]) -> Result<Vec<u64>> {
         self.sub += 1;
-        if self.sub > MAX_SUBSTEPS {
-            return Err(CoreError::Protocol("too many rounds in one gate".into()));
-        }
-        let t = tag(self.s.session, self.s.gate, self.sub);
-        self.s.t.send(self.s.peer, t, ring::to_le_bytes(x)).await?;
-        let theirs = self.s.t.recv(self.s.peer, t).await?;
-        let theirs = ring::from_le_bytes(&theirs, x.len()).map_err(|_| {
-            CoreError::Protocol(format!(
-                "peer opened {} bytes where {} were expected",
-                theirs.len(),
-                8 * x.len()
-            ))
-        })?;
-        ring::add(x, &theirs)
+        self.s.open_at(self.gate, self.sub, x).await
+    }
+
+    /// Ends the material part of the gate and keeps what its online part needs, so that the
+    /// gate's openings can run later (see [`Deferred`]).
+    pub(crate) fn defer(self) -> Result<Deferred> {
+        let d = Deferred {
+            session: self.s.session,
+            gate: self.gate,
+            sub: self.sub,
+        };
+        self.finish()?;
+        Ok(d)
     }
 
     /// Ends the gate; the helper's message must have been used up exactly.
@@ -279,6 +280,45 @@ impl<T: Transport> ServerGate<'_, T> {
             ));
         }
         Ok(())
+    }
+}
+
+/// A gate whose material was received and preprocessed before its input was known; its
+/// openings run later with [`Server::open_deferred`].
+#[derive(Debug)]
+pub struct Deferred {
+    session: u128,
+    gate: u32,
+    sub: u32,
+}
+
+impl<T: Transport> Server<T> {
+    /// Opens `x` in a deferred gate's next round.
+    pub(crate) async fn open_deferred(&self, d: &mut Deferred, x: &[u64]) -> Result<Vec<u64>> {
+        if d.session != self.session {
+            return Err(CoreError::Protocol(
+                "prepared material of another session".into(),
+            ));
+        }
+        d.sub += 1;
+        self.open_at(d.gate, d.sub, x).await
+    }
+
+    async fn open_at(&self, gate: u32, sub: u32, x: &[u64]) -> Result<Vec<u64>> {
+        if sub > MAX_SUBSTEPS {
+            return Err(CoreError::Protocol("too many rounds in one gate".into()));
+        }
+        let t = tag(self.session, gate, sub);
+        self.t.send(self.peer, t, ring::to_le_bytes(x)).await?;
+        let theirs = self.t.recv(self.peer, t).await?;
+        let theirs = ring::from_le_bytes(&theirs, x.len()).map_err(|_| {
+            CoreError::Protocol(format!(
+                "peer opened {} bytes where {} were expected",
+                theirs.len(),
+                8 * x.len()
+            ))
+        })?;
+        ring::add(x, &theirs)
     }
 }
 

@@ -16,12 +16,15 @@ use sotto_core::session::{Dealer, Server};
 use sotto_core::transport::{memory_mesh, PartyId, Tag, Transport};
 use sotto_core::{ring, share, Result};
 
+/// Per step: the share P1 sent and the share P0 sent.
+type Openings = HashMap<u32, (Vec<u8>, Vec<u8>)>;
+
 /// Records what its party (P1) receives, and the values it opens with P0 (its own share plus
 /// P0's, per step).
 struct Recording<T> {
     inner: T,
     received: Mutex<Vec<u8>>,
-    opened: Mutex<HashMap<u32, (Vec<u8>, Vec<u8>)>>,
+    opened: Mutex<Openings>,
 }
 
 impl<T: Transport> Transport for Recording<T> {

@@ -152,9 +152,9 @@ fn run() -> Result<bool> {
             }
             for l in 0..3 {
                 p::deal_bilinear_private(&mut d, &ops[l], &masks[l]).await?;
-                if l < 2 {
-                    p::deal_relu(&mut d, ops[l].out_len(), f).await?;
-                }
+            }
+            for op in &ops[..2] {
+                p::deal_relu(&mut d, op.out_len(), f).await?;
             }
             p::deal_output(&mut d, out_len).await
         }
@@ -167,9 +167,14 @@ fn run() -> Result<bool> {
             for l in 0..3 {
                 weights.push(p::load_private_weight(&mut s, &shared.w[me][l]).await?);
             }
-            let mut h = s.receive_input(batch * 784).await?;
+            // Input-independent work first, then the query.
+            let mut prepared = Vec::new();
             for l in 0..3 {
-                let mut z = p::bilinear_private(&mut s, &ops[l], &h, &weights[l]).await?;
+                prepared.push(p::prepare_bilinear_private(&mut s, &ops[l], &weights[l]).await?);
+            }
+            let mut h = s.receive_input(batch * 784).await?;
+            for (l, prep) in prepared.into_iter().enumerate() {
+                let mut z = p::finish_bilinear_private(&mut s, prep, &h, &weights[l]).await?;
                 p::add_bias(&s, &mut z, &shared.b[me][l], false)?;
                 h = if l < 2 {
                     p::relu(&mut s, &z, f).await?
