@@ -321,3 +321,83 @@ fn wrong_shapes_are_errors_not_panics() {
     );
     assert!(run.is_err());
 }
+
+/// A helper that sends material of the wrong size, or a peer that opens garbage, gives an
+/// error on the servers, never a panic or a hang.
+#[test]
+fn malformed_material_and_openings_are_errors() {
+    use sotto_core::local::block_on;
+    use sotto_core::transport::{memory_mesh, Tag, Transport};
+    for bad in [vec![1u8, 2, 3], vec![0u8; 4000], Vec::new()] {
+        let [t0, t1, th, _c] = memory_mesh();
+        let session = 3;
+        let gate1 = Tag {
+            session,
+            step: 1 << 8,
+        };
+        let res = std::thread::scope(|sc| {
+            let bad = bad.clone();
+            sc.spawn(move || {
+                block_on(async {
+                    for (p, seed) in [(PartyId::P0, [1u8; 32]), (PartyId::P1, [2u8; 32])] {
+                        th.send(p, Tag { session, step: 0 }, seed.to_vec()).await?;
+                        th.send(p, gate1, bad.clone()).await?;
+                    }
+                    Ok::<_, sotto_core::CoreError>(())
+                })
+                .expect("sends");
+                // keep the helper alive until the servers are done
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            });
+            let j = sc.spawn(|| {
+                block_on(async {
+                    let mut s = Server::start(&t1, session).await?;
+                    p::relu(&mut s, &[1, 2], 8).await
+                })
+            });
+            let r0 = block_on(async {
+                let mut s = Server::start(&t0, session).await?;
+                p::relu(&mut s, &[1, 2], 8).await
+            });
+            t0.close();
+            (r0, j.join().expect("no panic"))
+        });
+        assert!(
+            res.0.is_err() && res.1.is_err(),
+            "material of {} bytes accepted",
+            bad.len()
+        );
+    }
+    // A peer that opens the wrong number of elements.
+    let [t0, t1, th, _c] = memory_mesh();
+    let res = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            block_on(async {
+                let mut d = Dealer::start(&th, 4).await?;
+                p::deal_truncate(&mut d, 2, 8).await
+            })
+        });
+        sc.spawn(|| {
+            block_on(async {
+                let s = Server::start(&t1, 4).await?;
+                // P1 misbehaves: opens 3 elements where 2 are expected.
+                s.transport()
+                    .send(
+                        PartyId::P0,
+                        Tag {
+                            session: 4,
+                            step: (1 << 8) | 1,
+                        },
+                        vec![0u8; 24],
+                    )
+                    .await
+            })
+        });
+        block_on(async {
+            let mut s = Server::start(&t0, 4).await?;
+            p::truncate(&mut s, &[1, 2], 8).await
+        })
+    });
+    let err = res.expect_err("a wrong-sized opening must fail");
+    assert!(err.to_string().contains("expected"), "{err}");
+}
