@@ -91,7 +91,7 @@ fn bench_dense_relu(c: &mut Criterion) {
                 |mut d: Dealer<T>| async move {
                     let mask = p::deal_weight_mask(&mut d, op.w_len()).await?;
                     p::deal_bilinear_private(&mut d, &op, &mask).await?;
-                    p::deal_relu(&mut d, op.out_len(), 16).await
+                    p::deal_relu(&mut d, op.out_len(), 16, p::FULL_BITS).await
                 },
                 |mut s: Server<T>| {
                     let (x, w) = (&x, &w);
@@ -104,7 +104,7 @@ fn bench_dense_relu(c: &mut Criterion) {
                         let prepared = t.elapsed();
                         let xi = if me { &x.0 } else { &x.1 };
                         let z = p::finish_bilinear_private(&mut s, prep, xi, &pw).await?;
-                        p::relu(&mut s, &z, 16).await?;
+                        p::relu(&mut s, &z, 16, p::FULL_BITS).await?;
                         Ok((prepared, t.elapsed() - prepared))
                     }
                 },
@@ -172,19 +172,21 @@ fn pick(s: &Server<T>, x: &(Vec<u64>, Vec<u64>)) -> Vec<u64> {
 }
 
 fn bench_relu(c: &mut Criterion) {
-    for n in [128usize, 4096, 65536] {
-        let x = input(n, 40);
-        let x = &x;
-        bench_gate(
-            c,
-            "relu",
-            format!("{n}"),
-            move |mut d: Dealer<T>| async move { p::deal_relu(&mut d, n, 16).await },
-            move |mut s: Server<T>| async move {
-                let v = pick(&s, x);
-                p::relu(&mut s, &v, 16).await
-            },
-        );
+    for bits in [64u32, 40] {
+        for n in [128usize, 4096, 65536] {
+            let x = input(n, 39);
+            let x = &x;
+            bench_gate(
+                c,
+                &format!("relu_{bits}bit"),
+                format!("{n}"),
+                move |mut d: Dealer<T>| async move { p::deal_relu(&mut d, n, 16, bits).await },
+                move |mut s: Server<T>| async move {
+                    let v = pick(&s, x);
+                    p::relu(&mut s, &v, 16, bits).await
+                },
+            );
+        }
     }
 }
 
@@ -208,18 +210,20 @@ fn bench_truncate(c: &mut Criterion) {
 fn bench_pools(c: &mut Criterion) {
     // 65,536 windows of 2×2: 16 channels of 128×128 pixels.
     let shape = PoolShape::square(1, 16, 128, 128, 2);
-    let x = input(shape.in_len(), 40);
+    let x = input(shape.in_len(), 38);
     let x = &x;
-    bench_gate(
-        c,
-        "maxpool2x2",
-        format!("{}windows", shape.windows()),
-        move |mut d: Dealer<T>| async move { p::deal_maxpool(&mut d, &shape).await },
-        move |mut s: Server<T>| async move {
-            let v = pick(&s, x);
-            p::maxpool(&mut s, &v, &shape).await
-        },
-    );
+    for bits in [64u32, 40] {
+        bench_gate(
+            c,
+            &format!("maxpool2x2_{bits}bit"),
+            format!("{}windows", shape.windows()),
+            move |mut d: Dealer<T>| async move { p::deal_maxpool(&mut d, &shape, bits).await },
+            move |mut s: Server<T>| async move {
+                let v = pick(&s, x);
+                p::maxpool(&mut s, &v, &shape, bits).await
+            },
+        );
+    }
     bench_gate(
         c,
         "avgpool2x2",

@@ -55,10 +55,10 @@
 //! let x = fp.encode_slice(&[-1.5, 0.0, 2.25]).unwrap();
 //! let (x0, x1) = share::share(&x, &mut Prg::from_os().unwrap());
 //! let run = run_local(
-//!     |mut d: Dealer<LocalTransport>| async move { deal_relu(&mut d, 3, 0).await },
+//!     |mut d: Dealer<LocalTransport>| async move { deal_relu(&mut d, 3, 0, 64).await },
 //!     |mut s: Server<LocalTransport>| {
 //!         let mine = if s.is_p0() { x0.clone() } else { x1.clone() };
-//!         async move { relu(&mut s, &mine, 0).await }
+//!         async move { relu(&mut s, &mine, 0, 64).await }
 //!     },
 //!     no_client,
 //!     false,

@@ -28,10 +28,6 @@ use crate::ring;
 use crate::session::{Dealer, Deferred, Server};
 use crate::transport::Transport;
 
-const LOW63: u64 = (1 << 63) - 1;
-/// Domain of every comparison: the low 63 bits of the masked value.
-const CMP_BITS: u32 = 63;
-
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
     if got != want {
         return Err(CoreError::Shape(format!(
@@ -315,74 +311,122 @@ impl SignOut {
     }
 }
 
+/// Bits of the comparison domain by default: the whole ring (|x| < 2^62 suffices).
+pub const FULL_BITS: u32 = 64;
+
+fn check_bits(bits: u32) -> Result<()> {
+    if !(2..=64).contains(&bits) {
+        return Err(CoreError::Param(format!(
+            "comparison on {bits} bits (2 to 64 are supported)"
+        )));
+    }
+    Ok(())
+}
+
+/// The masked value's sign bit and low bits when only `bits` bits are compared: for
+/// |x| < 2^(bits−1), the sign of `x` is the top bit of `x mod 2^bits`.
+fn split(v: u64, bits: u32) -> (u64, u64) {
+    let low_mask = (1u64 << (bits - 1)) - 1;
+    ((v >> (bits - 1)) & 1, v & low_mask)
+}
+
 /// Helper side of a sign gate over `n` elements.
-async fn deal_sign<T: Transport>(d: &mut Dealer<T>, n: usize, out: SignOut) -> Result<()> {
+async fn deal_sign<T: Transport>(
+    d: &mut Dealer<T>,
+    n: usize,
+    out: SignOut,
+    bits: u32,
+) -> Result<()> {
+    check_bits(bits)?;
     let m = out.payload_len();
     let mut g = d.gate()?;
     let r = g.random(n);
-    let rh: Vec<u64> = r.iter().map(|&v| v >> 63).collect();
-    g.value(&rh);
-    let v: Vec<u64> = match out {
-        SignOut::Bit => Vec::new(),
-        SignOut::Relu(f) => {
-            let v: Vec<u64> = r.iter().map(|&x| x >> f).collect();
-            if f > 0 {
-                g.value(&v);
-            }
-            let rhv: Vec<u64> = rh.iter().zip(&v).map(|(a, b)| a.wrapping_mul(*b)).collect();
-            g.value(&rhv);
-            v
+    // t = top bit of r mod 2^bits (the comparison's), w = bit 63 of r (the ring's wrap).
+    let t: Vec<u64> = r.iter().map(|&v| split(v, bits).0).collect();
+    g.value(&t);
+    let mut v = Vec::new();
+    if let SignOut::Relu(f) = out {
+        v = r.iter().map(|&x| x >> f).collect();
+        if f > 0 {
+            g.value(&v);
         }
-    };
-    let alphas: Vec<u64> = r.iter().map(|&x| x & LOW63).collect();
-    let mut payload = Vec::with_capacity(n * m);
-    for i in 0..n {
-        let s = 1u64.wrapping_sub(2 * rh[i]);
-        payload.push(s);
-        if m >= 2 {
-            payload.push(s.wrapping_mul(v[i]));
-        }
-        if m >= 3 {
-            payload.push(rh[i].wrapping_neg());
+        g.value(&mul(&t, &v));
+        if f > 0 && bits < 64 {
+            let w: Vec<u64> = r.iter().map(|&x| x >> 63).collect();
+            g.value(&w);
+            g.value(&mul(&t, &w));
         }
     }
-    let (k0, k1) = dcf::gen(CMP_BITS, &alphas, &payload, m, g.rng())?;
+    let alphas: Vec<u64> = r.iter().map(|&x| split(x, bits).1).collect();
+    let mut payload = Vec::with_capacity(n * m);
+    for i in 0..n {
+        let sgn = 1u64.wrapping_sub(2 * t[i]);
+        payload.push(sgn);
+        if m >= 2 {
+            payload.push(sgn.wrapping_mul(v[i]));
+        }
+        if m >= 3 {
+            payload.push(sgn.wrapping_mul(r[i] >> 63));
+        }
+    }
+    let (k0, k1) = dcf::gen(bits - 1, &alphas, &payload, m, g.rng())?;
     g.keys(&k0, &k1);
     g.finish().await
 }
 
+fn mul(a: &[u64], b: &[u64]) -> Vec<u64> {
+    a.iter().zip(b).map(|(x, y)| x.wrapping_mul(*y)).collect()
+}
+
 /// A sign gate: one opening of `c = x + r`, then local DCF evaluation (PROTOCOLS §4–§5).
 /// Returns shares of `d = [x ≥ 0]` and, for `SignOut::Relu(f)`, of `d · (x >> f)`.
-/// Requires |x| < 2^62.
+/// Requires |x| < 2^(bits−1) and |x| < 2^62.
+///
+/// With `t` the top bit of `r mod 2^bits` and `b = [c_L < r_L]` from the DCF on the low
+/// `bits − 1` bits, `u = t ⊕ b` and `d = 1 − (c_t ⊕ u) = k0 + k1·u` with public
+/// `k0 = 1 − c_t`, `k1 = 2c_t − 1`. For a dealt `V`, `d·V = k0·V + k1·(t·V) + k1·(1−2t)·V·b`,
+/// where the last term is a DCF payload slot. `ReLU(x) >> f = d·((c >> f) − (r >> f) +
+/// 2^(64−f)·w·(1 − c_63))` with `w = r_63` (x ≥ 0 makes the wrap exactly that).
 async fn sign<T: Transport>(
     s: &mut Server<T>,
     x: &[u64],
     out: SignOut,
+    bits: u32,
 ) -> Result<(Vec<u64>, Vec<u64>)> {
+    check_bits(bits)?;
     let n = x.len();
     let m = out.payload_len();
     let mut g = s.gate().await?;
     let r = g.random(n);
-    let rh = g.value(n)?;
-    let (v, rhv) = match out {
-        SignOut::Bit => (Vec::new(), Vec::new()),
-        SignOut::Relu(f) => {
-            let v = if f > 0 { g.value(n)? } else { r.clone() };
-            (v, g.value(n)?)
+    let t = g.value(n)?;
+    let (mut v, mut tv, mut w, mut tw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    if let SignOut::Relu(f) = out {
+        v = if f > 0 { g.value(n)? } else { r.clone() };
+        tv = g.value(n)?;
+        if f > 0 {
+            if bits < 64 {
+                w = g.value(n)?;
+                tw = g.value(n)?;
+            } else {
+                // the comparison's top bit is the ring's: t·t = t
+                w = t.clone();
+                tw = t.clone();
+            }
         }
-    };
+    }
     let keys = g.keys()?;
-    if keys.len() != n || keys.payload_len() != m || keys.n_bits() != CMP_BITS {
+    if keys.len() != n || keys.payload_len() != m || keys.n_bits() != bits - 1 {
         return Err(CoreError::Protocol(format!(
-            "helper sent {} DCF keys (m = {}, {} bits) for {n} comparisons (m = {m})",
+            "helper sent {} DCF keys (m = {}, {} bits) for {n} comparisons (m = {m}, {} bits)",
             keys.len(),
             keys.payload_len(),
-            keys.n_bits()
+            keys.n_bits(),
+            bits - 1
         )));
     }
     let c = g.open(&ring::add(x, &r)?).await?;
     g.finish()?;
-    let low: Vec<u64> = c.iter().map(|&v| v & LOW63).collect();
+    let low: Vec<u64> = c.iter().map(|&v| split(v, bits).1).collect();
     let mut o = vec![0u64; n * m];
     dcf::eval(&keys, &low, &mut o)?;
     let p0 = s.is_p0();
@@ -392,28 +436,29 @@ async fn sign<T: Transport>(
         SignOut::Relu(_) => vec![0u64; n],
     };
     for i in 0..n {
-        let ch = c[i] >> 63;
-        let k0 = 1 - ch;
-        let k1 = (2 * ch).wrapping_sub(1);
+        let ct = split(c[i], bits).0;
+        let k0 = 1 - ct;
+        let k1 = (2 * ct).wrapping_sub(1);
         let oi = &o[i * m..(i + 1) * m];
-        // u = r_H ⊕ b, d = 1 − (c_H ⊕ u) = k0 + k1·u
-        let u = rh[i].wrapping_add(oi[0]);
+        let u = t[i].wrapping_add(oi[0]);
         d[i] = g_const(p0, k0).wrapping_add(k1.wrapping_mul(u));
         if let SignOut::Relu(f) = out {
             let dv = k0
                 .wrapping_mul(v[i])
-                .wrapping_add(k1.wrapping_mul(rhv[i]))
+                .wrapping_add(k1.wrapping_mul(tv[i]))
                 .wrapping_add(k1.wrapping_mul(oi[1]));
             y[i] = if f == 0 {
                 c[i].wrapping_mul(d[i]).wrapping_sub(dv)
             } else {
-                // x ≥ 0 ⇒ x = c − r + 2^64·r_H·(1 − c_H); d·(x >> f) up to one ulp.
-                let drh = ch.wrapping_mul(rh[i]).wrapping_add(k1.wrapping_mul(oi[2]));
-                let wrap = (1 - ch).wrapping_mul(1u64 << (64 - f));
+                let dw = k0
+                    .wrapping_mul(w[i])
+                    .wrapping_add(k1.wrapping_mul(tw[i]))
+                    .wrapping_add(k1.wrapping_mul(oi[2]));
+                let wrap = (1 - (c[i] >> 63)).wrapping_mul(1u64 << (64 - f));
                 (c[i] >> f)
                     .wrapping_mul(d[i])
                     .wrapping_sub(dv)
-                    .wrapping_add(wrap.wrapping_mul(drh))
+                    .wrapping_add(wrap.wrapping_mul(dw))
             };
         }
     }
@@ -421,27 +466,34 @@ async fn sign<T: Transport>(
 }
 
 /// Helper side of [`drelu`].
-pub async fn deal_drelu<T: Transport>(d: &mut Dealer<T>, n: usize) -> Result<()> {
-    deal_sign(d, n, SignOut::Bit).await
+pub async fn deal_drelu<T: Transport>(d: &mut Dealer<T>, n: usize, bits: u32) -> Result<()> {
+    deal_sign(d, n, SignOut::Bit, bits).await
 }
 
-/// `DReLU(x) = [x ≥ 0]` as shares of 0/1, for |x| < 2^62. One round.
-pub async fn drelu<T: Transport>(s: &mut Server<T>, x: &[u64]) -> Result<Vec<u64>> {
-    Ok(sign(s, x, SignOut::Bit).await?.0)
+/// `DReLU(x) = [x ≥ 0]` as shares of 0/1, for |x| < 2^(bits−1) (and < 2^62). One round.
+/// Use [`FULL_BITS`] unless a bit budget proves a smaller bound: the comparison key shrinks
+/// and its evaluation speeds up in proportion to `bits`.
+pub async fn drelu<T: Transport>(s: &mut Server<T>, x: &[u64], bits: u32) -> Result<Vec<u64>> {
+    Ok(sign(s, x, SignOut::Bit, bits).await?.0)
 }
 
 /// Helper side of [`relu`].
-pub async fn deal_relu<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32) -> Result<()> {
+pub async fn deal_relu<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32) -> Result<()> {
     check_shift(f)?;
-    deal_sign(d, n, SignOut::Relu(f)).await
+    deal_sign(d, n, SignOut::Relu(f), bits).await
 }
 
-/// `ReLU(x) >> f` for |x| < 2^62: with `f = 0` an exact ReLU; with `f > 0` the truncation
-/// after a product fused into the same round (exact up to one unit in the last place).
-/// One round, 8 bytes per element per server.
-pub async fn relu<T: Transport>(s: &mut Server<T>, x: &[u64], f: u32) -> Result<Vec<u64>> {
+/// `ReLU(x) >> f` for |x| < 2^(bits−1) (and < 2^62): with `f = 0` an exact ReLU; with
+/// `f > 0` the truncation after a product fused into the same round (exact up to one unit in
+/// the last place). One round, 8 bytes per element per server. See [`drelu`] for `bits`.
+pub async fn relu<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    f: u32,
+    bits: u32,
+) -> Result<Vec<u64>> {
     check_shift(f)?;
-    Ok(sign(s, x, SignOut::Relu(f)).await?.1)
+    Ok(sign(s, x, SignOut::Relu(f), bits).await?.1)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -459,10 +511,15 @@ pub fn max_tree_rounds(k: usize) -> u32 {
     rounds
 }
 
-async fn deal_max_tree<T: Transport>(d: &mut Dealer<T>, k: usize, len: usize) -> Result<()> {
+async fn deal_max_tree<T: Transport>(
+    d: &mut Dealer<T>,
+    k: usize,
+    len: usize,
+    bits: u32,
+) -> Result<()> {
     let mut k = k;
     while k > 1 {
-        deal_sign(d, (k / 2) * len, SignOut::Relu(0)).await?;
+        deal_sign(d, (k / 2) * len, SignOut::Relu(0), bits).await?;
         k = k.div_ceil(2);
     }
     Ok(())
@@ -470,7 +527,11 @@ async fn deal_max_tree<T: Transport>(d: &mut Dealer<T>, k: usize, len: usize) ->
 
 /// Element-wise maximum of `cols` (each of the same length) by a tree of
 /// `max(a, b) = b + ReLU(a − b)`; ties keep the earlier column.
-async fn max_tree<T: Transport>(s: &mut Server<T>, mut cols: Vec<Vec<u64>>) -> Result<Vec<u64>> {
+async fn max_tree<T: Transport>(
+    s: &mut Server<T>,
+    mut cols: Vec<Vec<u64>>,
+    bits: u32,
+) -> Result<Vec<u64>> {
     let len = cols.first().map_or(0, Vec::len);
     while cols.len() > 1 {
         let pairs = cols.len() / 2;
@@ -478,7 +539,7 @@ async fn max_tree<T: Transport>(s: &mut Server<T>, mut cols: Vec<Vec<u64>>) -> R
         for p in 0..pairs {
             diff.extend_from_slice(&ring::sub(&cols[2 * p], &cols[2 * p + 1])?);
         }
-        let (_, y) = sign(s, &diff, SignOut::Relu(0)).await?;
+        let (_, y) = sign(s, &diff, SignOut::Relu(0), bits).await?;
         let mut next = Vec::with_capacity(cols.len().div_ceil(2));
         for p in 0..pairs {
             next.push(ring::add(&cols[2 * p + 1], &y[p * len..(p + 1) * len])?);
@@ -492,19 +553,24 @@ async fn max_tree<T: Transport>(s: &mut Server<T>, mut cols: Vec<Vec<u64>>) -> R
 }
 
 /// Helper side of [`maxpool`].
-pub async fn deal_maxpool<T: Transport>(d: &mut Dealer<T>, shape: &PoolShape) -> Result<()> {
-    deal_max_tree(d, shape.kernel_h * shape.kernel_w, shape.windows()).await
+pub async fn deal_maxpool<T: Transport>(
+    d: &mut Dealer<T>,
+    shape: &PoolShape,
+    bits: u32,
+) -> Result<()> {
+    deal_max_tree(d, shape.kernel_h * shape.kernel_w, shape.windows(), bits).await
 }
 
-/// Max pooling (NCHW, no padding) by a comparison tree: ⌈log2(kh·kw)⌉ rounds. Inputs must
-/// satisfy |a − b| < 2^62 for any two values of a window.
+/// Max pooling (NCHW, no padding) by a comparison tree: ⌈log2(kh·kw)⌉ rounds. Any two values
+/// `a`, `b` of a window must satisfy |a − b| < 2^(bits−1) (and < 2^62); see [`drelu`].
 pub async fn maxpool<T: Transport>(
     s: &mut Server<T>,
     x: &[u64],
     shape: &PoolShape,
+    bits: u32,
 ) -> Result<Vec<u64>> {
     let cols = shape.window_columns(x)?;
-    max_tree(s, cols).await
+    max_tree(s, cols, bits).await
 }
 
 /// Fractional bits of the reciprocal in [`avgpool`].
@@ -544,7 +610,7 @@ pub async fn deal_argmax<T: Transport>(
     rows: usize,
     classes: usize,
 ) -> Result<()> {
-    deal_max_tree(d, classes, rows).await
+    deal_max_tree(d, classes, rows, FULL_BITS).await
 }
 
 /// Index of the largest of `classes` values in each of `rows` rows (the first one on ties),
@@ -572,7 +638,7 @@ pub async fn argmax<T: Transport>(
                 .collect()
         })
         .collect();
-    let best = max_tree(s, cols).await?;
+    let best = max_tree(s, cols, FULL_BITS).await?;
     Ok(best
         .iter()
         .map(|&v| g_const(p0, top).wrapping_sub(v) & top)
@@ -707,7 +773,7 @@ pub async fn deal_piecewise<T: Transport>(
     n: usize,
     g: &PiecewiseLinear,
 ) -> Result<()> {
-    deal_sign(d, n * g.knots.len(), SignOut::Relu(g.shift())).await
+    deal_sign(d, n * g.knots.len(), SignOut::Relu(g.shift()), FULL_BITS).await
 }
 
 /// Evaluates a [`PiecewiseLinear`] function: all pieces go through one sign gate (one round,
@@ -719,7 +785,7 @@ pub async fn piecewise<T: Transport>(
     g: &PiecewiseLinear,
 ) -> Result<Vec<u64>> {
     let inputs = g.piece_inputs(x, s.is_p0());
-    let (_, y) = sign(s, &inputs, SignOut::Relu(g.shift())).await?;
+    let (_, y) = sign(s, &inputs, SignOut::Relu(g.shift()), FULL_BITS).await?;
     Ok(g.combine(&y, x.len(), s.is_p0()))
 }
 

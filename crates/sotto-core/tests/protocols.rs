@@ -85,24 +85,27 @@ proptest! {
     }
 
     #[test]
-    fn drelu_matches_twin(x in values(1..200, 62)) {
+    fn drelu_matches_twin(x in values(1..200, 62), bits in prop_oneof![Just(64u32), 2u32..64]) {
+        let x: Vec<u64> = x.iter().map(|v| ((*v as i64) >> (64 - bits)) as u64).collect();
         let xs = shares(&x);
         let n = x.len();
         let run = run_local(
-            |mut d: Dealer<T>| async move { p::deal_drelu(&mut d, n).await },
-            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::drelu(&mut s, &v).await } },
+            |mut d: Dealer<T>| async move { p::deal_drelu(&mut d, n, bits).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::drelu(&mut s, &v, bits).await } },
             no_client, false).expect("runs");
         prop_assert_eq!(revealed(&run), plain::drelu(&x));
         prop_assert_eq!(run.sent[0].bytes_to(PartyId::P1), 8 * n as u64);
     }
 
     #[test]
-    fn relu_matches_twin(x in values(1..200, 62), f in prop_oneof![Just(0u32), 1u32..40]) {
+    fn relu_matches_twin(x in values(1..200, 62), f in prop_oneof![Just(0u32), 1u32..40],
+                         bits in prop_oneof![Just(64u32), 20u32..64]) {
+        let x: Vec<u64> = x.iter().map(|v| ((*v as i64) >> (64 - bits)) as u64).collect();
         let xs = shares(&x);
         let n = x.len();
         let run = run_local(
-            |mut d: Dealer<T>| async move { p::deal_relu(&mut d, n, f).await },
-            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::relu(&mut s, &v, f).await } },
+            |mut d: Dealer<T>| async move { p::deal_relu(&mut d, n, f, bits).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::relu(&mut s, &v, f, bits).await } },
             no_client, false).expect("runs");
         let tol = if f == 0 { 0 } else { 1 };
         assert_close(&revealed(&run), &plain::relu(&x, f), tol, "relu");
@@ -169,15 +172,16 @@ proptest! {
     }
 
     #[test]
-    fn maxpool_matches_twin(c in 1usize..3, h in 2usize..9, w in 2usize..9, k in 2usize..4, st in 1usize..3, seed in values(1, 40)) {
+    fn maxpool_matches_twin(c in 1usize..3, h in 2usize..9, w in 2usize..9, k in 2usize..4, st in 1usize..3, seed in values(1, 40),
+                            bits in prop_oneof![Just(64u32), Just(42u32)]) {
         let shape = PoolShape { batch: 1, channels: c, height: h.max(k), width: w.max(k),
             kernel_h: k, kernel_w: k, stride_h: st, stride_w: st };
         let mut g = rng();
         let x: Vec<u64> = g.vec_u64(shape.in_len()).iter().map(|v| ((*v as i64) >> 24) as u64 ^ seed[0]).collect();
         let xs = shares(&x);
         let run = run_local(
-            |mut d: Dealer<T>| async move { p::deal_maxpool(&mut d, &shape).await },
-            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::maxpool(&mut s, &v, &shape).await } },
+            |mut d: Dealer<T>| async move { p::deal_maxpool(&mut d, &shape, bits).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::maxpool(&mut s, &v, &shape, bits).await } },
             no_client, false).expect("runs");
         prop_assert_eq!(revealed(&run), plain::maxpool(&x, &shape).expect("fits"));
         prop_assert_eq!(run.sent[0].messages_to(PartyId::P1), u64::from(p::max_tree_rounds(k * k)));
@@ -307,8 +311,8 @@ fn client_input_and_output_round_trip_with_rerandomised_shares() {
 #[test]
 fn wrong_shapes_are_errors_not_panics() {
     let run: Result<LocalRun<Vec<u64>, ()>> = run_local(
-        |mut d: Dealer<T>| async move { p::deal_relu(&mut d, 4, 0).await },
-        |mut s: Server<T>| async move { p::relu(&mut s, &[1, 2, 3], 0).await },
+        |mut d: Dealer<T>| async move { p::deal_relu(&mut d, 4, 0, 64).await },
+        |mut s: Server<T>| async move { p::relu(&mut s, &[1, 2, 3], 0, 64).await },
         no_client,
         false,
     );
@@ -352,12 +356,12 @@ fn malformed_material_and_openings_are_errors() {
             let j = sc.spawn(|| {
                 block_on(async {
                     let mut s = Server::start(&t1, session).await?;
-                    p::relu(&mut s, &[1, 2], 8).await
+                    p::relu(&mut s, &[1, 2], 8, 64).await
                 })
             });
             let r0 = block_on(async {
                 let mut s = Server::start(&t0, session).await?;
-                p::relu(&mut s, &[1, 2], 8).await
+                p::relu(&mut s, &[1, 2], 8, 64).await
             });
             t0.close();
             (r0, j.join().expect("no panic"))

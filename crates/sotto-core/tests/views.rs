@@ -84,7 +84,7 @@ fn p1_view(x: &[u64], w: &[u64], k: usize, n: usize) -> (Vec<u8>, Vec<u8>) {
         sc.spawn(|| {
             block_on(async {
                 let mut d = Dealer::start(&th, session).await?;
-                p::deal_relu(&mut d, x.len(), 8).await?;
+                p::deal_relu(&mut d, x.len(), 8, 64).await?;
                 let mask = p::deal_weight_mask(&mut d, k * n).await?;
                 p::deal_bilinear_private(&mut d, &op, &mask).await
             })
@@ -119,7 +119,7 @@ async fn serve<T: Transport>(
     op: Bilinear,
 ) -> Result<Vec<u64>> {
     let mut s = Server::start(t, session).await?;
-    p::relu(&mut s, &xs, 8).await?;
+    p::relu(&mut s, &xs, 8, 64).await?;
     let pw = p::load_private_weight(&mut s, &ws).await?;
     p::bilinear_private(&mut s, &op, &xs, &pw).await
 }

@@ -154,7 +154,7 @@ fn run() -> Result<bool> {
                 p::deal_bilinear_private(&mut d, &ops[l], &masks[l]).await?;
             }
             for op in &ops[..2] {
-                p::deal_relu(&mut d, op.out_len(), f).await?;
+                p::deal_relu(&mut d, op.out_len(), f, p::FULL_BITS).await?;
             }
             p::deal_output(&mut d, out_len).await
         }
@@ -177,7 +177,7 @@ fn run() -> Result<bool> {
                 let mut z = p::finish_bilinear_private(&mut s, prep, &h, &weights[l]).await?;
                 p::add_bias(&s, &mut z, &shared.b[me][l], false)?;
                 h = if l < 2 {
-                    p::relu(&mut s, &z, f).await?
+                    p::relu(&mut s, &z, f, p::FULL_BITS).await?
                 } else {
                     z
                 };
