@@ -23,7 +23,7 @@ step "tests (release mode: the protocol tests run real cryptography)"
 cargo test --workspace --release
 
 step "benchmarks compile and run once each"
-cargo bench --workspace -- --test
+cargo bench --workspace --benches -- --test
 
 step "the run command works"
 cargo run --release -q -p local-demo -- --check

@@ -387,14 +387,27 @@ fn mul(a: &[u64], b: &[u64]) -> Vec<u64> {
 /// `k0 = 1 − c_t`, `k1 = 2c_t − 1`. For a dealt `V`, `d·V = k0·V + k1·(t·V) + k1·(1−2t)·V·b`,
 /// where the last term is a DCF payload slot. `ReLU(x) >> f = d·((c >> f) − (r >> f) +
 /// 2^(64−f)·w·(1 − c_63))` with `w = r_63` (x ≥ 0 makes the wrap exactly that).
-async fn sign<T: Transport>(
-    s: &mut Server<T>,
-    x: &[u64],
+/// A sign gate whose material has been received and parsed before its input exists.
+struct PreparedSign {
     out: SignOut,
     bits: u32,
-) -> Result<(Vec<u64>, Vec<u64>)> {
+    r: Vec<u64>,
+    t: Vec<u64>,
+    v: Vec<u64>,
+    tv: Vec<u64>,
+    w: Vec<u64>,
+    tw: Vec<u64>,
+    keys: dcf::DcfKeys,
+    gate: Deferred,
+}
+
+async fn prepare_sign<T: Transport>(
+    s: &mut Server<T>,
+    n: usize,
+    out: SignOut,
+    bits: u32,
+) -> Result<PreparedSign> {
     check_bits(bits)?;
-    let n = x.len();
     let m = out.payload_len();
     let mut g = s.gate().await?;
     let r = g.random(n);
@@ -424,8 +437,51 @@ async fn sign<T: Transport>(
             bits - 1
         )));
     }
-    let c = g.open(&ring::add(x, &r)?).await?;
-    g.finish()?;
+    Ok(PreparedSign {
+        out,
+        bits,
+        r,
+        t,
+        v,
+        tv,
+        w,
+        tw,
+        keys,
+        gate: g.defer()?,
+    })
+}
+
+async fn sign<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    out: SignOut,
+    bits: u32,
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let prep = prepare_sign(s, x.len(), out, bits).await?;
+    finish_sign(s, prep, x).await
+}
+
+async fn finish_sign<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedSign,
+    x: &[u64],
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let PreparedSign {
+        out,
+        bits,
+        r,
+        t,
+        v,
+        tv,
+        w,
+        tw,
+        keys,
+        mut gate,
+    } = prep;
+    check_len("comparison input", x.len(), r.len())?;
+    let n = x.len();
+    let m = out.payload_len();
+    let c = s.open_deferred(&mut gate, &ring::add(x, &r)?).await?;
     let low: Vec<u64> = c.iter().map(|&v| split(v, bits).1).collect();
     let mut o = vec![0u64; n * m];
     dcf::eval(&keys, &low, &mut o)?;
@@ -475,6 +531,38 @@ pub async fn deal_drelu<T: Transport>(d: &mut Dealer<T>, n: usize, bits: u32) ->
 /// and its evaluation speeds up in proportion to `bits`.
 pub async fn drelu<T: Transport>(s: &mut Server<T>, x: &[u64], bits: u32) -> Result<Vec<u64>> {
     Ok(sign(s, x, SignOut::Bit, bits).await?.0)
+}
+
+/// A [`relu`] whose helper material is received and parsed, waiting for its input.
+pub struct PreparedRelu(PreparedSign);
+
+impl std::fmt::Debug for PreparedRelu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedRelu({} elements)", self.0.r.len())
+    }
+}
+
+/// Offline part of [`relu`]: receives and parses the gate's material (masks and DCF keys)
+/// for `n` elements. Call it in the gate order the helper dealt.
+pub async fn prepare_relu<T: Transport>(
+    s: &mut Server<T>,
+    n: usize,
+    f: u32,
+    bits: u32,
+) -> Result<PreparedRelu> {
+    check_shift(f)?;
+    Ok(PreparedRelu(
+        prepare_sign(s, n, SignOut::Relu(f), bits).await?,
+    ))
+}
+
+/// Online part of [`relu`]: one opening and the local key evaluation.
+pub async fn finish_relu<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedRelu,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    Ok(finish_sign(s, prep.0, x).await?.1)
 }
 
 /// Helper side of [`relu`].

@@ -167,19 +167,24 @@ fn run() -> Result<bool> {
             for l in 0..3 {
                 weights.push(p::load_private_weight(&mut s, &shared.w[me][l]).await?);
             }
-            // Input-independent work first, then the query.
+            // Input-independent work first (the helper dealt the products, then the ReLUs),
+            // then the query.
             let mut prepared = Vec::new();
             for l in 0..3 {
                 prepared.push(p::prepare_bilinear_private(&mut s, &ops[l], &weights[l]).await?);
             }
+            let mut relus = Vec::new();
+            for op in &ops[..2] {
+                relus.push(p::prepare_relu(&mut s, op.out_len(), f, p::FULL_BITS).await?);
+            }
+            let mut relus = relus.into_iter();
             let mut h = s.receive_input(batch * 784).await?;
             for (l, prep) in prepared.into_iter().enumerate() {
                 let mut z = p::finish_bilinear_private(&mut s, prep, &h, &weights[l]).await?;
                 p::add_bias(&s, &mut z, &shared.b[me][l], false)?;
-                h = if l < 2 {
-                    p::relu(&mut s, &z, f, p::FULL_BITS).await?
-                } else {
-                    z
+                h = match relus.next() {
+                    Some(r) => p::finish_relu(&mut s, r, &z).await?,
+                    None => z,
                 };
             }
             p::output(&mut s, &h, 64).await
