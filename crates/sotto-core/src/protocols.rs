@@ -11,8 +11,8 @@
 //! | [`bilinear_public`] | 0 (local) | 0 | none |
 //! | [`truncate`] | 1 | 8n | 16n to P1 |
 //! | [`drelu`] | 1 | 8n | 8n to P1, a DCF key (m = 1) to each |
-//! | [`relu`] (with truncation by f, fused) | 1 | 8n | 24n to P1, a DCF key (m = 3) to each |
-//! | [`maxpool`] k×k | ⌈log2 k²⌉ | 8·(k²−1)·windows | per comparison as [`relu`] with f = 0 (m = 2) |
+//! | [`relu`] (with truncation by f, fused) | 1 | 8n | 24n to P1 (40n below 64 bits), a DCF key (m = 3) to each |
+//! | [`maxpool`] k×k | ⌈log2 k²⌉ | 8·(k²−1)·windows | per comparison 16 bytes to P1 and a DCF key (m = 2) to each |
 //! | [`avgpool`] | 1 | 8·windows | as [`truncate`] |
 //! | [`sigmoid`], [`tanh`] | 1 | 8·pieces·n | per piece as [`relu`] |
 //! | [`argmax`] over c classes | ⌈log2 c⌉ | 8·(c−1) per row | as [`maxpool`] |
@@ -338,6 +338,9 @@ async fn deal_sign<T: Transport>(
     bits: u32,
 ) -> Result<()> {
     check_bits(bits)?;
+    if let SignOut::Relu(f) = out {
+        check_shift(f)?;
+    }
     let m = out.payload_len();
     let mut g = d.gate()?;
     let r = g.random(n);
@@ -408,6 +411,9 @@ async fn prepare_sign<T: Transport>(
     bits: u32,
 ) -> Result<PreparedSign> {
     check_bits(bits)?;
+    if let SignOut::Relu(f) = out {
+        check_shift(f)?;
+    }
     let m = out.payload_len();
     let mut g = s.gate().await?;
     let r = g.random(n);

@@ -324,6 +324,21 @@ fn wrong_shapes_are_errors_not_panics() {
         false,
     );
     assert!(run.is_err());
+    // A piecewise function whose shift would exceed the ring.
+    let run: Result<LocalRun<Vec<u64>, ()>> = run_local(
+        |mut d: Dealer<T>| async move { p::deal_sigmoid(&mut d, 2, 60, 2).await },
+        |mut s: Server<T>| async move { p::sigmoid(&mut s, &[1, 2], 60, 2).await },
+        no_client,
+        false,
+    );
+    assert!(run.is_err());
+    let run: Result<LocalRun<Vec<u64>, ()>> = run_local(
+        |mut d: Dealer<T>| async move { p::deal_drelu(&mut d, 2, 1).await },
+        |mut s: Server<T>| async move { p::drelu(&mut s, &[1, 2], 1).await },
+        no_client,
+        false,
+    );
+    assert!(run.is_err(), "a 1-bit comparison is refused");
 }
 
 /// A helper that sends material of the wrong size, or a peer that opens garbage, gives an
