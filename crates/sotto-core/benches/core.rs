@@ -238,6 +238,124 @@ fn bench_pools(c: &mut Criterion) {
     );
 }
 
+/// The whole of network A (784→128→128→10, ReLU with fused truncation) on shares, with
+/// private and with public weights; products and ReLUs prepared before the input arrives.
+fn bench_network_a(c: &mut Criterion) {
+    const SIZES: [usize; 4] = [784, 128, 128, 10];
+    let mut prg = Prg::from_os().expect("os rng");
+    let ws: Vec<(Vec<u64>, Vec<u64>)> = (0..3)
+        .map(|l| {
+            let w: Vec<u64> = prg
+                .vec_u64(SIZES[l] * SIZES[l + 1])
+                .iter()
+                .map(|v| ((*v as i64) >> 50) as u64)
+                .collect();
+            share::share(&w, &mut prg)
+        })
+        .collect();
+    for private in [true, false] {
+        for batch in [1usize, 100] {
+            let x = input(batch * 784, 17);
+            let (x, ws) = (&x, &ws);
+            let ops: Vec<Bilinear> = (0..3)
+                .map(|l| Bilinear::MatMul {
+                    m: batch,
+                    k: SIZES[l],
+                    n: SIZES[l + 1],
+                })
+                .collect();
+            let ops = &ops;
+            let run_once = move || {
+                session(
+                    move |mut d: Dealer<T>| async move {
+                        if private {
+                            let mut masks = Vec::new();
+                            for op in ops {
+                                masks.push(p::deal_weight_mask(&mut d, op.w_len()).await?);
+                            }
+                            for (op, mask) in ops.iter().zip(&masks) {
+                                p::deal_bilinear_private(&mut d, op, mask).await?;
+                            }
+                        }
+                        for op in &ops[..2] {
+                            p::deal_relu(&mut d, op.out_len(), 16, p::FULL_BITS).await?;
+                        }
+                        Ok(())
+                    },
+                    move |mut s: Server<T>| async move {
+                        let me = s.id() == PartyId::P0;
+                        let mine =
+                            |v: &(Vec<u64>, Vec<u64>)| if me { v.0.clone() } else { v.1.clone() };
+                        // Public weights: both servers hold the same plain weights.
+                        let plain: Vec<Vec<u64>> = ws
+                            .iter()
+                            .map(|w| ring::add(&w.0, &w.1).expect("same length"))
+                            .collect();
+                        let mut pw = Vec::new();
+                        let mut preps = Vec::new();
+                        if private {
+                            for w in ws {
+                                pw.push(p::load_private_weight(&mut s, &mine(w)).await?);
+                            }
+                            for (op, w) in ops.iter().zip(&pw) {
+                                preps.push(p::prepare_bilinear_private(&mut s, op, w).await?);
+                            }
+                        }
+                        let mut relus = Vec::new();
+                        for op in &ops[..2] {
+                            relus.push(
+                                p::prepare_relu(&mut s, op.out_len(), 16, p::FULL_BITS).await?,
+                            );
+                        }
+                        let t = Instant::now();
+                        let mut h = mine(x);
+                        let mut preps = preps.into_iter();
+                        let mut relus = relus.into_iter();
+                        for (l, op) in ops.iter().enumerate() {
+                            let z = match preps.next() {
+                                Some(prep) => {
+                                    p::finish_bilinear_private(&mut s, prep, &h, &pw[l]).await?
+                                }
+                                None => p::bilinear_public(op, &h, &plain[l])?,
+                            };
+                            h = match relus.next() {
+                                Some(r) => p::finish_relu(&mut s, r, &z).await?,
+                                None => z,
+                            };
+                        }
+                        Ok(t.elapsed())
+                    },
+                )
+            };
+            let mode = if private { "private" } else { "public" };
+            let (run, off) = run_once();
+            report(
+                &format!("network A, {mode} weights, batch {batch} (incl. model load)"),
+                &run,
+                off,
+            );
+            let load = if private { 3 } else { 0 };
+            println!(
+                "  query online: {:.3} ms in {} rounds, {} B sent per server",
+                run.p0.as_secs_f64() * 1e3,
+                run.sent[0].messages_to(PartyId::P1) - load,
+                run.sent[0].bytes_to(PartyId::P1)
+                    - if private {
+                        8 * (784 * 128 + 128 * 128 + 1280)
+                    } else {
+                        0
+                    },
+            );
+            let mut g = c.benchmark_group(format!("network_a_{mode}"));
+            g.sample_size(10);
+            g.bench_function(BenchmarkId::from_parameter(format!("batch{batch}")), |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| run_once().0.p0).sum())
+            });
+            g.finish();
+        }
+    }
+}
+
 fn bench_network_a_layers(c: &mut Criterion) {
     // The other layers of network A, batch 1 and 100: dense 128→128 and 128→10, argmax over 10.
     for batch in [1usize, 100] {
@@ -272,6 +390,7 @@ criterion_group!(
     benches,
     bench_matmul,
     bench_dense_relu,
+    bench_network_a,
     bench_relu,
     bench_truncate,
     bench_pools,
