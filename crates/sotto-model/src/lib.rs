@@ -1,0 +1,21 @@
+//! # sotto-model
+//!
+//! Model import for sotto: ONNX files (as tf2onnx exports Keras and TensorFlow models) become
+//! a chain of layers ([`ir::Model`]) with a float evaluator. Unsupported operators are refused
+//! with the operator's name, the node and the list of supported operators; files that are not
+//! ONNX, or are truncated, are refused as such.
+//!
+//! ```
+//! let err = sotto_model::import(b"definitely not onnx").unwrap_err();
+//! assert!(err.to_string().contains("not an ONNX model"));
+//! ```
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod import;
+pub mod ir;
+pub mod onnx;
+
+pub use error::{ModelError, Result};
+pub use import::{import, supported_ops};
+pub use ir::{Dim, Layer, Model};
