@@ -97,7 +97,10 @@ fn lcg(seed: &mut u64) -> f32 {
 }
 
 /// A two-layer network as tf2onnx writes a Keras Dense stack: MatMul + Add, Relu, ..., Softmax.
-fn dense_net(seed: u64) -> (Vec<u8>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
+/// The file, then w1, b1, w2, b2.
+type DenseNet = (Vec<u8>, Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn dense_net(seed: u64) -> DenseNet {
     let mut s = seed;
     let w1: Vec<f32> = (0..4 * 5).map(|_| lcg(&mut s)).collect();
     let b1: Vec<f32> = (0..5).map(|_| lcg(&mut s)).collect();
