@@ -15,7 +15,10 @@ pub mod error;
 pub mod import;
 pub mod ir;
 pub mod onnx;
+pub mod plan;
+pub mod private;
 
 pub use error::{ModelError, Result};
 pub use import::{import, supported_ops};
 pub use ir::{Dim, Layer, Model};
+pub use plan::Plan;

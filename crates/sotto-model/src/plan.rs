@@ -1,0 +1,279 @@
+//! The fixed-point plan of a model: where products are truncated, which protocol runs each
+//! layer, and the bit budget (DESIGN §3) that proves no value overflows the ring.
+//!
+//! Values carry `f` fractional bits between layers. A dense layer multiplies a value with `f`
+//! bits by weights with `f` bits, giving `2f`; the bias is encoded with `2f` bits and added
+//! there. The next ReLU truncates by `f` in the same round; a sigmoid or tanh reads the `2f`
+//! value directly; a dense layer right after another one gets a truncation first; the last
+//! layer's output stays at `2f` and the client divides exactly.
+//!
+//! The bit budget bounds every value from the declared input bound and the weights
+//! (`|x·W + b|_j ≤ Σ_i |W_ij|·B + |b_j|`), refuses a model whose encoded values could reach
+//! 2^62, and sizes each comparison to the bits its inputs need, which shrinks the FSS keys.
+
+use sotto_core::fixed::{encode_with, FixedPoint};
+use sotto_core::linear::Bilinear;
+use sotto_core::plain;
+use sotto_core::protocols::{PiecewiseLinear, FULL_BITS, SLOPE_BITS};
+
+use crate::error::{ModelError, Result};
+use crate::ir::{Layer, Model};
+
+/// What a plan step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepKind {
+    /// Dense layer number `dense` (0-based among the model's dense layers): product + bias.
+    Dense {
+        /// Index among the dense layers.
+        dense: usize,
+        /// Input features.
+        inputs: usize,
+        /// Output features.
+        outputs: usize,
+    },
+    /// Truncation by `f` bits (a `2f` value feeding a product).
+    Truncate,
+    /// `ReLU(x) >> shift`, comparing on `bits` bits.
+    Relu {
+        /// Truncation fused into the ReLU.
+        shift: u32,
+        /// Comparison width.
+        bits: u32,
+    },
+    /// Sigmoid from `in_frac` fractional bits to `f`.
+    Sigmoid {
+        /// Fractional bits of the input.
+        in_frac: u32,
+    },
+    /// Tanh from `in_frac` fractional bits to `f`.
+    Tanh {
+        /// Fractional bits of the input.
+        in_frac: u32,
+    },
+}
+
+impl StepKind {
+    /// The protocol that runs the step, as `sotto inspect` prints it.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            StepKind::Dense { .. } => "Beaver product (private) / local (public)",
+            StepKind::Truncate => "truncation",
+            StepKind::Relu { .. } => "FSS sign gate (ReLU + truncation)",
+            StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => "FSS piecewise-linear",
+        }
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The ONNX node the step comes from.
+    pub node: String,
+    /// What it does.
+    pub kind: StepKind,
+    /// Elements per example of its output.
+    pub per_example: usize,
+    /// Bound on the real magnitude of its output.
+    pub bound: f64,
+    /// Fractional bits of its output.
+    pub out_frac: u32,
+}
+
+/// A model's fixed-point plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The format between layers.
+    pub fp: FixedPoint,
+    /// Declared bound on the input's magnitude.
+    pub input_bound: f64,
+    /// Elements per input example.
+    pub input_len: usize,
+    /// The steps in order.
+    pub steps: Vec<Step>,
+    /// Fractional bits of the output (the client divides by `2^out_frac`).
+    pub out_frac: u32,
+    /// Elements per output example.
+    pub output_len: usize,
+    /// Dense weights encoded with `f` bits (`inputs × outputs`) and biases with `2f` bits.
+    pub dense: Vec<(Vec<u64>, Vec<u64>)>,
+}
+
+/// Bits needed for an encoded magnitude below `v` plus a sign bit and one bit of margin.
+fn bits_for(v: f64) -> u32 {
+    let b = (v.max(1.0) + 2.0).log2().ceil() as u32 + 2;
+    if b >= 63 {
+        FULL_BITS
+    } else {
+        b.max(2)
+    }
+}
+
+const LIMIT: f64 = (1u64 << 62) as f64;
+
+fn overflow(node: &str, bound: f64, frac: u32) -> ModelError {
+    ModelError::Graph(format!(
+        "layer {node:?} could overflow: its values may reach {bound:.3e}, which with {frac} fractional bits needs more than the ring's 62 bits. Remedy: use fewer fractional bits, or scale the input (or the weights) down"
+    ))
+}
+
+impl Plan {
+    /// Plans `model` with `fp` between layers for inputs bounded by `input_bound` in
+    /// magnitude (1.0 for images scaled to [0, 1]).
+    pub fn new(model: &Model, fp: FixedPoint, input_bound: f64) -> Result<Plan> {
+        if !(input_bound.is_finite() && input_bound > 0.0) {
+            return Err(ModelError::Input(format!(
+                "input bound {input_bound} must be positive"
+            )));
+        }
+        let f = fp.frac_bits();
+        let mut steps = Vec::new();
+        let mut dense = Vec::new();
+        let mut scale = f;
+        let mut bound = input_bound;
+        let mut per = model.input_len();
+        if bound * 2f64.powi(f as i32) >= LIMIT {
+            return Err(overflow("input", bound, f));
+        }
+        for l in &model.layers {
+            let node = l.node.clone();
+            let step = |kind, per, bound, out_frac| Step {
+                node: node.clone(),
+                kind,
+                per_example: per,
+                bound,
+                out_frac,
+            };
+            match &l.layer {
+                Layer::Dense {
+                    inputs,
+                    outputs,
+                    weights,
+                    bias,
+                } => {
+                    if scale != f {
+                        steps.push(step(StepKind::Truncate, per, bound, f));
+                    }
+                    let mut out_bound: f64 = 0.0;
+                    for j in 0..*outputs {
+                        let s: f64 = (0..*inputs)
+                            .map(|i| f64::from(weights[i * outputs + j]).abs())
+                            .sum::<f64>()
+                            * (bound + 2f64.powi(-(f as i32)))
+                            + f64::from(bias[j]).abs();
+                        out_bound = out_bound.max(s);
+                    }
+                    if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(&node, out_bound, 2 * f));
+                    }
+                    let w = weights
+                        .iter()
+                        .map(|v| encode_with(f64::from(*v), f))
+                        .collect::<sotto_core::Result<Vec<_>>>()
+                        .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))?;
+                    let b = bias
+                        .iter()
+                        .map(|v| encode_with(f64::from(*v), 2 * f))
+                        .collect::<sotto_core::Result<Vec<_>>>()
+                        .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))?;
+                    let kind = StepKind::Dense {
+                        dense: dense.len(),
+                        inputs: *inputs,
+                        outputs: *outputs,
+                    };
+                    dense.push((w, b));
+                    bound = out_bound;
+                    per = *outputs;
+                    scale = 2 * f;
+                    steps.push(step(kind, per, bound, scale));
+                }
+                Layer::Relu => {
+                    let shift = scale - f;
+                    let bits = bits_for(bound * 2f64.powi(scale as i32));
+                    scale = f;
+                    steps.push(step(StepKind::Relu { shift, bits }, per, bound, f));
+                }
+                Layer::Sigmoid | Layer::Tanh => {
+                    let pw = if matches!(l.layer, Layer::Sigmoid) {
+                        PiecewiseLinear::sigmoid(scale, f)
+                    } else {
+                        PiecewiseLinear::tanh(scale, f)
+                    }
+                    .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))?;
+                    for (t, s) in pw.knots.iter().zip(&pw.slopes) {
+                        let t = (*t as i64).unsigned_abs() as f64;
+                        let reach = (bound * 2f64.powi(scale as i32) + t) * *s as f64;
+                        if reach >= LIMIT / 2.0 {
+                            return Err(overflow(&node, bound, scale + SLOPE_BITS));
+                        }
+                    }
+                    let kind = if matches!(l.layer, Layer::Sigmoid) {
+                        StepKind::Sigmoid { in_frac: scale }
+                    } else {
+                        StepKind::Tanh { in_frac: scale }
+                    };
+                    bound = 1.0;
+                    scale = f;
+                    steps.push(step(kind, per, bound, f));
+                }
+                Layer::Flatten => {}
+            }
+        }
+        Ok(Plan {
+            fp,
+            input_bound,
+            input_len: model.input_len(),
+            steps,
+            out_frac: scale,
+            output_len: per,
+            dense,
+        })
+    }
+
+    /// Runs the plan in the clear on fixed-point inputs: the plaintext twin of the private
+    /// prediction (each truncation here is exact; the protocol's may differ by one unit).
+    pub fn eval_fixed(&self, x: &[u64], batch: usize) -> Result<Vec<u64>> {
+        if x.len() != batch * self.input_len {
+            return Err(ModelError::Input(format!(
+                "{} values for {batch} inputs of {} elements",
+                x.len(),
+                self.input_len
+            )));
+        }
+        let f = self.fp.frac_bits();
+        let mut h = x.to_vec();
+        for st in &self.steps {
+            h = match st.kind {
+                StepKind::Dense {
+                    dense,
+                    inputs,
+                    outputs,
+                } => {
+                    let (w, b) = &self.dense[dense];
+                    let op = Bilinear::MatMul {
+                        m: batch,
+                        k: inputs,
+                        n: outputs,
+                    };
+                    let mut z = plain::bilinear(&op, &h, w).map_err(core_err)?;
+                    for row in z.chunks_mut(outputs) {
+                        for (v, bv) in row.iter_mut().zip(b) {
+                            *v = v.wrapping_add(*bv);
+                        }
+                    }
+                    z
+                }
+                StepKind::Truncate => plain::truncate(&h, f),
+                StepKind::Relu { shift, .. } => plain::relu(&h, shift),
+                StepKind::Sigmoid { in_frac } => {
+                    plain::sigmoid(&h, in_frac, f).map_err(core_err)?
+                }
+                StepKind::Tanh { in_frac } => plain::tanh(&h, in_frac, f).map_err(core_err)?,
+            };
+        }
+        Ok(h)
+    }
+}
+
+pub(crate) fn core_err(e: sotto_core::CoreError) -> ModelError {
+    ModelError::Graph(format!("engine: {e}"))
+}

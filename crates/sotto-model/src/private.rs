@@ -1,0 +1,209 @@
+//! Running a [`Plan`] with the three-party protocols of `sotto-core`.
+//!
+//! The helper runs [`deal_load`] once per loaded model and [`deal_predict`] per prediction;
+//! each server runs [`load`] and [`predict`] in the same order. In private-weights mode the
+//! servers hold additive shares of the weights ([`share_weights`]); in public-weights mode
+//! both hold them in the clear and only the input is private.
+
+use sotto_core::linear::Bilinear;
+use sotto_core::prg::Prg;
+use sotto_core::protocols as p;
+use sotto_core::session::{Dealer, Server};
+use sotto_core::share;
+use sotto_core::transport::Transport;
+
+use crate::error::{ModelError, Result};
+use crate::plan::{core_err, Plan, StepKind};
+
+/// What one server holds of a model's weights.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerWeights {
+    /// True when the weights are shares (private-weights mode).
+    pub private: bool,
+    /// Per dense layer: weights (`f` bits) and bias (`2f` bits), shares or plain.
+    pub dense: Vec<(Vec<u64>, Vec<u64>)>,
+}
+
+impl std::fmt::Debug for ServerWeights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ServerWeights(private: {}, {} dense layers)",
+            self.private,
+            self.dense.len()
+        )
+    }
+}
+
+/// Splits the plan's weights for P0 and P1: fresh additive shares (private mode, randomness
+/// from the OS) or the plain weights for both (public mode).
+pub fn share_weights(plan: &Plan, private: bool) -> Result<[ServerWeights; 2]> {
+    if !private {
+        let w = ServerWeights {
+            private,
+            dense: plan.dense.clone(),
+        };
+        return Ok([w.clone(), w]);
+    }
+    let mut prg = Prg::from_os().map_err(core_err)?;
+    let mut out = [Vec::new(), Vec::new()];
+    for (w, b) in &plan.dense {
+        let (w0, w1) = share::share(w, &mut prg);
+        let (b0, b1) = share::share(b, &mut prg);
+        out[0].push((w0, b0));
+        out[1].push((w1, b1));
+    }
+    let [d0, d1] = out;
+    Ok([
+        ServerWeights { private, dense: d0 },
+        ServerWeights { private, dense: d1 },
+    ])
+}
+
+/// A server's loaded model: its weights and, in private mode, the opened masks.
+#[derive(Debug)]
+pub struct Loaded {
+    weights: ServerWeights,
+    private: Vec<p::PrivateWeight>,
+}
+
+/// The helper's loaded model: the weight masks of private mode.
+#[derive(Debug)]
+pub struct HelperLoaded {
+    masks: Vec<p::WeightMask>,
+}
+
+fn dense_shapes(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
+    plan.steps.iter().filter_map(|s| match s.kind {
+        StepKind::Dense {
+            inputs, outputs, ..
+        } => Some((inputs, outputs)),
+        _ => None,
+    })
+}
+
+/// Helper side of [`load`].
+pub async fn deal_load<T: Transport>(
+    d: &mut Dealer<T>,
+    plan: &Plan,
+    private: bool,
+) -> Result<HelperLoaded> {
+    let mut masks = Vec::new();
+    if private {
+        for (i, o) in dense_shapes(plan) {
+            masks.push(p::deal_weight_mask(d, i * o).await.map_err(core_err)?);
+        }
+    }
+    Ok(HelperLoaded { masks })
+}
+
+/// Loads a model on a server (private mode: opens `W − B` once per dense layer).
+pub async fn load<T: Transport>(
+    s: &mut Server<T>,
+    plan: &Plan,
+    weights: ServerWeights,
+) -> Result<Loaded> {
+    if weights.dense.len() != plan.dense.len() {
+        return Err(ModelError::Graph(format!(
+            "{} dense layers of weights for a plan with {}",
+            weights.dense.len(),
+            plan.dense.len()
+        )));
+    }
+    let mut private = Vec::new();
+    if weights.private {
+        for (w, _) in &weights.dense {
+            private.push(p::load_private_weight(s, w).await.map_err(core_err)?);
+        }
+    }
+    Ok(Loaded { weights, private })
+}
+
+fn op(batch: usize, inputs: usize, outputs: usize) -> Bilinear {
+    Bilinear::MatMul {
+        m: batch,
+        k: inputs,
+        n: outputs,
+    }
+}
+
+/// Helper side of [`predict`].
+pub async fn deal_predict<T: Transport>(
+    d: &mut Dealer<T>,
+    plan: &Plan,
+    h: &HelperLoaded,
+    batch: usize,
+) -> Result<()> {
+    let f = plan.fp.frac_bits();
+    for st in &plan.steps {
+        let n = batch * st.per_example;
+        match st.kind {
+            StepKind::Dense {
+                dense,
+                inputs,
+                outputs,
+            } => {
+                if let Some(mask) = h.masks.get(dense) {
+                    p::deal_bilinear_private(d, &op(batch, inputs, outputs), mask).await
+                } else {
+                    Ok(())
+                }
+            }
+            StepKind::Truncate => p::deal_truncate(d, n, f).await,
+            StepKind::Relu { shift, bits } => p::deal_relu(d, n, shift, bits).await,
+            StepKind::Sigmoid { in_frac } => p::deal_sigmoid(d, n, in_frac, f).await,
+            StepKind::Tanh { in_frac } => p::deal_tanh(d, n, in_frac, f).await,
+        }
+        .map_err(core_err)?;
+    }
+    Ok(())
+}
+
+/// Runs a prediction on this server's share `x` of `batch` inputs; returns its share of the
+/// output (with `plan.out_frac` fractional bits).
+pub async fn predict<T: Transport>(
+    s: &mut Server<T>,
+    plan: &Plan,
+    m: &Loaded,
+    x: Vec<u64>,
+    batch: usize,
+) -> Result<Vec<u64>> {
+    if batch == 0 || x.len() != batch * plan.input_len {
+        return Err(ModelError::Input(format!(
+            "{} values for {batch} inputs of {} elements",
+            x.len(),
+            plan.input_len
+        )));
+    }
+    let f = plan.fp.frac_bits();
+    let mut h = x;
+    for st in &plan.steps {
+        h = match st.kind {
+            StepKind::Dense {
+                dense,
+                inputs,
+                outputs,
+            } => {
+                let o = op(batch, inputs, outputs);
+                let (w, b) = &m.weights.dense[dense];
+                let mut z = if m.weights.private {
+                    p::bilinear_private(s, &o, &h, &m.private[dense]).await
+                } else {
+                    p::bilinear_public(&o, &h, w)
+                }
+                .map_err(core_err)?;
+                p::add_bias(s, &mut z, b, !m.weights.private).map_err(core_err)?;
+                z
+            }
+            StepKind::Truncate => p::truncate(s, &h, f).await.map_err(core_err)?,
+            StepKind::Relu { shift, bits } => {
+                p::relu(s, &h, shift, bits).await.map_err(core_err)?
+            }
+            StepKind::Sigmoid { in_frac } => {
+                p::sigmoid(s, &h, in_frac, f).await.map_err(core_err)?
+            }
+            StepKind::Tanh { in_frac } => p::tanh(s, &h, in_frac, f).await.map_err(core_err)?,
+        };
+    }
+    Ok(h)
+}
