@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use prost::Message;
 
 use crate::error::{ModelError, Result};
-use crate::ir::{shape_string, Dim, Layer, Model, Named};
+use crate::ir::{shape_string, ConvParams, Dim, Layer, Model, Named, PoolParams};
 use crate::onnx::{data_type, GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// Largest model file accepted.
@@ -55,6 +55,12 @@ type OpFn = fn(&mut Ctx, &NodeProto, usize) -> Result<()>;
 /// The operator registry: ONNX operator name to its importer.
 const OPS: &[(&str, OpFn)] = &[
     ("Add", op_add),
+    ("AveragePool", op_pool),
+    ("BatchNormalization", op_batchnorm),
+    ("Conv", op_conv),
+    ("GlobalAveragePool", op_pool),
+    ("MaxPool", op_pool),
+    ("Transpose", op_transpose),
     ("Cast", op_passthrough),
     ("Concat", op_concat),
     ("Constant", op_constant),
@@ -568,31 +574,29 @@ fn op_add(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()> {
     };
     let shape = ctx.act_input(n, index, ai)?;
     let c = floats(&const_input(ctx, n, index, ci)?, n, index)?;
-    let follows_dense = matches!(
-        ctx.layers.last(),
-        Some(Named { layer: Layer::Dense { .. }, out_shape, .. }) if *out_shape == shape
-    );
-    if !follows_dense {
-        return Err(node_err(
-            n,
-            index,
-            "a bias must follow a MatMul or Gemm directly",
-        ));
-    }
-    if let Some(Named {
-        layer: Layer::Dense { outputs, bias, .. },
-        ..
-    }) = ctx.layers.last_mut()
-    {
-        let add = broadcast_bias(&c, *outputs).ok_or_else(|| {
-            node_err(
+    let last_matches = ctx.layers.last().is_some_and(|l| l.out_shape == shape);
+    match ctx.layers.last_mut() {
+        Some(Named {
+            layer: Layer::Dense { bias, .. } | Layer::Conv2d { bias, .. },
+            ..
+        }) if last_matches => {
+            let add = broadcast_bias(&c, bias.len()).ok_or_else(|| {
+                node_err(
+                    n,
+                    index,
+                    format!("bias of {} elements for {} outputs", c.len(), bias.len()),
+                )
+            })?;
+            for (b, a) in bias.iter_mut().zip(add) {
+                *b += a;
+            }
+        }
+        _ => {
+            return Err(node_err(
                 n,
                 index,
-                format!("bias of {} elements for {} outputs", c.len(), outputs),
-            )
-        })?;
-        for (b, a) in bias.iter_mut().zip(add) {
-            *b += a;
+                "a bias must follow a MatMul, Gemm or Conv directly",
+            ))
         }
     }
     ctx.set(n, index, Val::Act(shape))
@@ -878,4 +882,314 @@ fn op_squeeze_unsqueeze(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()
     // On shape vectors both only change the rank of a 0-D/1-D integer tensor.
     let data = sym_or_ints(ctx, n, index, 0)?;
     ctx.set(n, index, Val::Sym(data))
+}
+
+fn attr_s(n: &NodeProto, name: &str) -> Option<String> {
+    n.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .and_then(|a| a.s.as_ref())
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+fn nchw(shape: &[Dim], n: &NodeProto, index: usize) -> Result<[usize; 3]> {
+    match shape {
+        [Dim::Batch, Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)] => Ok([*c, *h, *w]),
+        _ => Err(node_err(
+            n,
+            index,
+            format!(
+                "expects a [batch, channels, height, width] activation, got {}",
+                shape_string(shape)
+            ),
+        )),
+    }
+}
+
+fn pair(
+    v: Option<Vec<i64>>,
+    default: usize,
+    n: &NodeProto,
+    index: usize,
+    what: &str,
+) -> Result<[usize; 2]> {
+    match v.as_deref() {
+        None | Some([]) => Ok([default, default]),
+        Some([a, b]) if *a > 0 && *b > 0 && *a < 1 << 16 && *b < 1 << 16 => {
+            Ok([*a as usize, *b as usize])
+        }
+        Some(other) => Err(node_err(
+            n,
+            index,
+            format!("{what} {other:?} is not two positive sizes"),
+        )),
+    }
+}
+
+/// Padding `[top, left, bottom, right]` from `pads` or `auto_pad`.
+fn padding(
+    n: &NodeProto,
+    index: usize,
+    hw: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+) -> Result<[usize; 4]> {
+    let auto = attr_s(n, "auto_pad").unwrap_or_else(|| "NOTSET".into());
+    match auto.as_str() {
+        "NOTSET" => match attr_ints(n, "pads").as_deref() {
+            None | Some([]) => Ok([0; 4]),
+            Some(p) if p.len() == 4 && p.iter().all(|v| (0..1 << 16).contains(v)) => {
+                Ok([p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize])
+            }
+            Some(p) => Err(node_err(
+                n,
+                index,
+                format!("pads {p:?} are not four non-negative sizes"),
+            )),
+        },
+        "VALID" => Ok([0; 4]),
+        "SAME_UPPER" | "SAME_LOWER" => {
+            let mut out = [0usize; 4];
+            for a in 0..2 {
+                let o = hw[a].div_ceil(stride[a]);
+                let total = ((o - 1) * stride[a] + kernel[a]).saturating_sub(hw[a]);
+                let small = total / 2;
+                let (begin, end) = if auto == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                };
+                out[a] = begin;
+                out[a + 2] = end;
+            }
+            Ok(out)
+        }
+        other => Err(node_err(
+            n,
+            index,
+            format!("auto_pad {other} is not supported"),
+        )),
+    }
+}
+
+fn op_conv(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()> {
+    let shape = ctx.act_input(n, index, 0)?;
+    let [c, h, w] = nchw(&shape, n, index)?;
+    let wt = const_input(ctx, n, index, 1)?;
+    if wt.dims.len() != 4 || wt.dims[1] != c {
+        return Err(node_err(
+            n,
+            index,
+            format!(
+                "kernel of shape {:?} does not fit {c} input channels",
+                wt.dims
+            ),
+        ));
+    }
+    if attr_i(n, "group").unwrap_or(1) != 1 {
+        return Err(node_err(
+            n,
+            index,
+            "grouped or depthwise convolution (group > 1) is not supported",
+        ));
+    }
+    if attr_ints(n, "dilations").is_some_and(|d| d.iter().any(|v| *v != 1)) {
+        return Err(node_err(n, index, "dilated convolution is not supported"));
+    }
+    let (o, kernel) = (wt.dims[0], [wt.dims[2], wt.dims[3]]);
+    let stride = pair(attr_ints(n, "strides"), 1, n, index, "strides")?;
+    let pads = padding(n, index, [h, w], kernel, stride)?;
+    if h + pads[0] + pads[2] < kernel[0] || w + pads[1] + pads[3] < kernel[1] {
+        return Err(node_err(n, index, "kernel larger than the padded input"));
+    }
+    let weights = floats(&wt, n, index)?;
+    let bias = if n.input.len() > 2 && !n.input[2].is_empty() {
+        let b = floats(&const_input(ctx, n, index, 2)?, n, index)?;
+        broadcast_bias(&b, o).ok_or_else(|| {
+            node_err(
+                n,
+                index,
+                format!("bias of {} elements for {o} channels", b.len()),
+            )
+        })?
+    } else {
+        vec![0.0; o]
+    };
+    let params = ConvParams {
+        in_chw: [c, h, w],
+        out_channels: o,
+        kernel,
+        stride,
+        pads,
+    };
+    let cs = params.core_shape(1);
+    let out = vec![
+        Dim::Batch,
+        Dim::Fixed(o),
+        Dim::Fixed(cs.out_h()),
+        Dim::Fixed(cs.out_w()),
+    ];
+    ctx.push(
+        n,
+        index,
+        Layer::Conv2d {
+            shape: params,
+            weights,
+            bias,
+        },
+        out,
+    )
+}
+
+fn op_pool(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()> {
+    let shape = ctx.act_input(n, index, 0)?;
+    let [c, h, w] = nchw(&shape, n, index)?;
+    let global = op_of(n) == "GlobalAveragePool";
+    let (kernel, stride) = if global {
+        ([h, w], [1, 1])
+    } else {
+        let k =
+            attr_ints(n, "kernel_shape").ok_or_else(|| node_err(n, index, "no kernel_shape"))?;
+        let kernel = pair(Some(k), 1, n, index, "kernel_shape")?;
+        (
+            kernel,
+            pair(attr_ints(n, "strides"), 1, n, index, "strides")?,
+        )
+    };
+    if !global {
+        if padding(n, index, [h, w], kernel, stride)? != [0; 4] {
+            return Err(node_err(
+                n,
+                index,
+                "padded pooling is not supported (use 'valid' pooling in Keras)",
+            ));
+        }
+        if attr_i(n, "ceil_mode").unwrap_or(0) != 0 {
+            return Err(node_err(n, index, "ceil_mode = 1 is not supported"));
+        }
+        if attr_ints(n, "dilations").is_some_and(|d| d.iter().any(|v| *v != 1)) {
+            return Err(node_err(n, index, "dilated pooling is not supported"));
+        }
+    }
+    if kernel[0] > h || kernel[1] > w {
+        return Err(node_err(n, index, "pooling window larger than the input"));
+    }
+    let params = PoolParams {
+        in_chw: [c, h, w],
+        kernel,
+        stride,
+    };
+    let ps = params.core_shape(1);
+    let out = vec![
+        Dim::Batch,
+        Dim::Fixed(c),
+        Dim::Fixed(ps.out_h()),
+        Dim::Fixed(ps.out_w()),
+    ];
+    let layer = if op_of(n) == "MaxPool" {
+        Layer::MaxPool(params)
+    } else {
+        Layer::AvgPool(params)
+    };
+    ctx.push(n, index, layer, out)
+}
+
+fn op_transpose(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()> {
+    let shape = ctx.act_input(n, index, 0)?;
+    let rank = shape.len();
+    let perm: Vec<usize> = match attr_ints(n, "perm") {
+        Some(p) => p.iter().map(|v| *v as usize).collect(),
+        None => (0..rank).rev().collect(),
+    };
+    let mut seen = vec![false; rank];
+    let valid = perm.len() == rank
+        && perm
+            .iter()
+            .all(|&p| p < rank && !std::mem::replace(&mut seen[p], true));
+    if !valid || perm[0] != 0 {
+        return Err(node_err(
+            n,
+            index,
+            format!("permutation {perm:?} must keep the batch axis first"),
+        ));
+    }
+    if perm.iter().enumerate().all(|(i, p)| i == *p) {
+        return ctx.set(n, index, Val::Act(shape));
+    }
+    let out: Vec<Dim> = perm.iter().map(|&p| shape[p]).collect();
+    ctx.push(n, index, Layer::Transpose { perm }, out)
+}
+
+/// `BatchNormalization` (inference): folded into the dense or conv layer right before it.
+fn op_batchnorm(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()> {
+    let shape = ctx.act_input(n, index, 0)?;
+    let eps = f64::from(attr_f(n, "epsilon").unwrap_or(1e-5));
+    let p: Vec<Vec<f32>> = (1..5)
+        .map(|i| const_input(ctx, n, index, i).and_then(|t| floats(&t, n, index)))
+        .collect::<Result<_>>()?;
+    let (scale, shift, mean, var) = (&p[0], &p[1], &p[2], &p[3]);
+    let last_matches = ctx.layers.last().is_some_and(|l| l.out_shape == shape);
+    let fold = |outputs: usize| -> Result<Vec<(f64, f64)>> {
+        if [scale, shift, mean, var].iter().any(|v| v.len() != outputs) {
+            return Err(node_err(
+                n,
+                index,
+                format!("parameters do not have {outputs} channels"),
+            ));
+        }
+        (0..outputs)
+            .map(|o| {
+                let v = f64::from(var[o]) + eps;
+                if v <= 0.0 {
+                    return Err(node_err(n, index, "non-positive variance"));
+                }
+                let a = f64::from(scale[o]) / v.sqrt();
+                Ok((a, f64::from(shift[o]) - f64::from(mean[o]) * a))
+            })
+            .collect()
+    };
+    match ctx.layers.last_mut() {
+        Some(Named {
+            layer:
+                Layer::Dense {
+                    outputs,
+                    weights,
+                    bias,
+                    ..
+                },
+            ..
+        }) if last_matches => {
+            let ab = fold(*outputs)?;
+            for (i, w) in weights.iter_mut().enumerate() {
+                *w = (f64::from(*w) * ab[i % *outputs].0) as f32;
+            }
+            for (b, (a, c)) in bias.iter_mut().zip(ab) {
+                *b = (f64::from(*b) * a + c) as f32;
+            }
+        }
+        Some(Named {
+            layer:
+                Layer::Conv2d {
+                    shape: cp,
+                    weights,
+                    bias,
+                },
+            ..
+        }) if last_matches => {
+            let ab = fold(cp.out_channels)?;
+            let per = weights.len() / cp.out_channels.max(1);
+            for (i, w) in weights.iter_mut().enumerate() {
+                *w = (f64::from(*w) * ab[i / per].0) as f32;
+            }
+            for (b, (a, c)) in bias.iter_mut().zip(ab) {
+                *b = (f64::from(*b) * a + c) as f32;
+            }
+        }
+        _ => return Err(node_err(
+            n,
+            index,
+            "batch normalization must follow a dense or conv layer directly (it is folded into it)",
+        )),
+    }
+    ctx.set(n, index, Val::Act(shape))
 }

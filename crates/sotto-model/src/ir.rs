@@ -42,6 +42,119 @@ pub enum Layer {
     Tanh,
     /// Reshape to `[batch, features]`.
     Flatten,
+    /// 2-D convolution over `[batch, C, H, W]` (NCHW); weights `[O, C, kh, kw]`.
+    Conv2d {
+        /// Shape of one example's convolution (batch 1).
+        shape: ConvParams,
+        /// Weights `[O, C, kh, kw]`.
+        weights: Vec<f32>,
+        /// Bias `[O]`.
+        bias: Vec<f32>,
+    },
+    /// Max pooling over `[batch, C, H, W]` windows (no padding).
+    MaxPool(PoolParams),
+    /// Average pooling over `[batch, C, H, W]` windows (no padding).
+    AvgPool(PoolParams),
+    /// A permutation of the axes that keeps the batch first (a layout change, free on shares).
+    Transpose {
+        /// The permutation, `perm[0] == 0`.
+        perm: Vec<usize>,
+    },
+}
+
+/// A convolution's geometry for one example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams {
+    /// Input channels, height and width.
+    pub in_chw: [usize; 3],
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+    /// Vertical and horizontal stride.
+    pub stride: [usize; 2],
+    /// Padding: top, left, bottom, right.
+    pub pads: [usize; 4],
+}
+
+impl ConvParams {
+    /// The sotto-core shape of this convolution over `batch` examples.
+    pub fn core_shape(&self, batch: usize) -> sotto_core::linear::Conv2dShape {
+        sotto_core::linear::Conv2dShape {
+            batch,
+            in_channels: self.in_chw[0],
+            height: self.in_chw[1],
+            width: self.in_chw[2],
+            out_channels: self.out_channels,
+            kernel_h: self.kernel[0],
+            kernel_w: self.kernel[1],
+            stride_h: self.stride[0],
+            stride_w: self.stride[1],
+            pad_top: self.pads[0],
+            pad_left: self.pads[1],
+            pad_bottom: self.pads[2],
+            pad_right: self.pads[3],
+        }
+    }
+}
+
+/// A pooling window's geometry for one example.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolParams {
+    /// Channels, height and width of the input.
+    pub in_chw: [usize; 3],
+    /// Window height and width.
+    pub kernel: [usize; 2],
+    /// Vertical and horizontal stride.
+    pub stride: [usize; 2],
+}
+
+impl PoolParams {
+    /// The sotto-core shape of this pooling over `batch` examples.
+    pub fn core_shape(&self, batch: usize) -> sotto_core::linear::PoolShape {
+        sotto_core::linear::PoolShape {
+            batch,
+            channels: self.in_chw[0],
+            height: self.in_chw[1],
+            width: self.in_chw[2],
+            kernel_h: self.kernel[0],
+            kernel_w: self.kernel[1],
+            stride_h: self.stride[0],
+            stride_w: self.stride[1],
+        }
+    }
+}
+
+/// Permutes the axes of `batch` examples of shape `dims` (without the batch) by `perm`
+/// (a permutation of all axes with `perm[0] == 0`).
+pub fn permute<T: Copy + Default>(x: &[T], batch: usize, dims: &[usize], perm: &[usize]) -> Vec<T> {
+    let rank = dims.len();
+    let per: usize = dims.iter().product();
+    let out_dims: Vec<usize> = perm[1..].iter().map(|&p| dims[p - 1]).collect();
+    // strides of the input, per axis
+    let mut in_strides = vec![1usize; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        in_strides[i] = in_strides[i + 1] * dims[i + 1];
+    }
+    let src_strides: Vec<usize> = perm[1..].iter().map(|&p| in_strides[p - 1]).collect();
+    let mut out = vec![T::default(); x.len()];
+    let mut idx = vec![0usize; rank];
+    for b in 0..batch {
+        let base = b * per;
+        idx.iter_mut().for_each(|v| *v = 0);
+        for o in 0..per {
+            let src: usize = idx.iter().zip(&src_strides).map(|(i, s)| i * s).sum();
+            out[base + o] = x[base + src];
+            for a in (0..rank).rev() {
+                idx[a] += 1;
+                if idx[a] < out_dims[a] {
+                    break;
+                }
+                idx[a] = 0;
+            }
+        }
+    }
+    out
 }
 
 impl Layer {
@@ -53,6 +166,10 @@ impl Layer {
             Layer::Sigmoid => "Sigmoid",
             Layer::Tanh => "Tanh",
             Layer::Flatten => "Flatten",
+            Layer::Conv2d { .. } => "Conv2D",
+            Layer::MaxPool(_) => "MaxPool",
+            Layer::AvgPool(_) => "AvgPool",
+            Layer::Transpose { .. } => "Transpose",
         }
     }
 }
@@ -112,7 +229,16 @@ impl Model {
             )));
         }
         let mut h: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let mut shape = self.input_shape.clone();
         for l in &self.layers {
+            let dims: Vec<usize> = shape[1..]
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n,
+                    Dim::Batch => 1,
+                })
+                .collect();
+            shape = l.out_shape.clone();
             h = match &l.layer {
                 Layer::Dense {
                     inputs,
@@ -140,6 +266,14 @@ impl Model {
                 Layer::Sigmoid => h.into_iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(),
                 Layer::Tanh => h.into_iter().map(f64::tanh).collect(),
                 Layer::Flatten => h,
+                Layer::Transpose { perm } => permute(&h, batch, &dims, perm),
+                Layer::Conv2d {
+                    shape: c,
+                    weights,
+                    bias,
+                } => conv_f64(&h, batch, c, weights, bias),
+                Layer::MaxPool(pp) => pool_f64(&h, batch, pp, true),
+                Layer::AvgPool(pp) => pool_f64(&h, batch, pp, false),
             };
         }
         Ok(h)
@@ -171,6 +305,67 @@ pub fn softmax(logits: &[f64], cols: usize) -> Vec<f64> {
         let e: Vec<f64> = row.iter().map(|v| (v - m).exp()).collect();
         let s: f64 = e.iter().sum();
         out.extend(e.iter().map(|v| v / s));
+    }
+    out
+}
+
+fn conv_f64(x: &[f64], batch: usize, c: &ConvParams, w: &[f32], bias: &[f32]) -> Vec<f64> {
+    let s = c.core_shape(batch);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let [ci, h, wd] = c.in_chw;
+    let [kh, kw] = c.kernel;
+    let o_ch = c.out_channels;
+    let mut out = vec![0f64; batch * o_ch * oh * ow];
+    for n in 0..batch {
+        for o in 0..o_ch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = f64::from(bias[o]);
+                    for ch in 0..ci {
+                        for ky in 0..kh {
+                            let iy = (oy * c.stride[0] + ky) as isize - c.pads[0] as isize;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ix = (ox * c.stride[1] + kx) as isize - c.pads[1] as isize;
+                                if ix < 0 || ix >= wd as isize {
+                                    continue;
+                                }
+                                acc += x[((n * ci + ch) * h + iy as usize) * wd + ix as usize]
+                                    * f64::from(w[((o * ci + ch) * kh + ky) * kw + kx]);
+                            }
+                        }
+                    }
+                    out[((n * o_ch + o) * oh + oy) * ow + ox] = acc;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn pool_f64(x: &[f64], batch: usize, p: &PoolParams, max: bool) -> Vec<f64> {
+    let s = p.core_shape(batch);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let [c, h, w] = p.in_chw;
+    let [kh, kw] = p.kernel;
+    let mut out = Vec::with_capacity(batch * c * oh * ow);
+    for nc in 0..batch * c {
+        let plane = &x[nc * h * w..(nc + 1) * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let vals = (0..kh).flat_map(|ky| {
+                    (0..kw)
+                        .map(move |kx| plane[(oy * p.stride[0] + ky) * w + ox * p.stride[1] + kx])
+                });
+                out.push(if max {
+                    vals.fold(f64::NEG_INFINITY, f64::max)
+                } else {
+                    vals.sum::<f64>() / (kh * kw) as f64
+                });
+            }
+        }
     }
     out
 }

@@ -12,24 +12,52 @@
 //! 2^62, and sizes each comparison to the bits its inputs need, which shrinks the FSS keys.
 
 use sotto_core::fixed::{encode_with, FixedPoint};
-use sotto_core::linear::Bilinear;
+use sotto_core::linear::{conv_weight_matrix, Bilinear};
 use sotto_core::plain;
 use sotto_core::protocols::{PiecewiseLinear, FULL_BITS, SLOPE_BITS};
 
 use crate::error::{ModelError, Result};
-use crate::ir::{Layer, Model};
+use crate::ir::{per_example, permute, ConvParams, Layer, Model, PoolParams};
 
 /// What a plan step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
-    /// Dense layer number `dense` (0-based among the model's dense layers): product + bias.
+    /// Dense layer: product + bias; `dense` indexes [`Plan::weights`].
     Dense {
-        /// Index among the dense layers.
+        /// Index into [`Plan::weights`].
         dense: usize,
         /// Input features.
         inputs: usize,
         /// Output features.
         outputs: usize,
+    },
+    /// Convolution number `weights` (index into [`Plan::weights`]) + per-channel bias.
+    Conv {
+        /// Index into [`Plan::weights`].
+        weights: usize,
+        /// Geometry.
+        params: ConvParams,
+    },
+    /// Max pooling, comparing on `bits` bits.
+    MaxPool {
+        /// Geometry.
+        params: PoolParams,
+        /// Comparison width.
+        bits: u32,
+    },
+    /// Average pooling (keeps the scale).
+    AvgPool {
+        /// Geometry.
+        params: PoolParams,
+    },
+    /// Axis permutation of the per-example `dims` (local).
+    Transpose {
+        /// Input dimensions without the batch.
+        dims: [usize; 8],
+        /// Rank without the batch.
+        rank: usize,
+        /// Permutation including the batch axis.
+        perm: [usize; 9],
     },
     /// Truncation by `f` bits (a `2f` value feeding a product).
     Truncate,
@@ -56,7 +84,12 @@ impl StepKind {
     /// The protocol that runs the step, as `sotto inspect` prints it.
     pub fn protocol(&self) -> &'static str {
         match self {
-            StepKind::Dense { .. } => "Beaver product (private) / local (public)",
+            StepKind::Dense { .. } | StepKind::Conv { .. } => {
+                "Beaver product (private) / local (public)"
+            }
+            StepKind::MaxPool { .. } => "FSS max tree",
+            StepKind::AvgPool { .. } => "sum + truncation",
+            StepKind::Transpose { .. } => "local permutation",
             StepKind::Truncate => "truncation",
             StepKind::Relu { .. } => "FSS sign gate (ReLU + truncation)",
             StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => "FSS piecewise-linear",
@@ -94,8 +127,9 @@ pub struct Plan {
     pub out_frac: u32,
     /// Elements per output example.
     pub output_len: usize,
-    /// Dense weights encoded with `f` bits (`inputs × outputs`) and biases with `2f` bits.
-    pub dense: Vec<(Vec<u64>, Vec<u64>)>,
+    /// Weights of the dense and conv layers encoded with `f` bits (dense: `inputs ×
+    /// outputs`; conv: the matrix layout `[C·kh·kw, O]`) and biases with `2f` bits.
+    pub weights: Vec<(Vec<u64>, Vec<u64>)>,
 }
 
 /// Bits needed for an encoded magnitude below `v` plus a sign bit and one bit of margin.
@@ -109,6 +143,13 @@ fn bits_for(v: f64) -> u32 {
 }
 
 const LIMIT: f64 = (1u64 << 62) as f64;
+
+fn encode_all(v: &[f32], frac: u32, node: &str) -> Result<Vec<u64>> {
+    v.iter()
+        .map(|x| encode_with(f64::from(*x), frac))
+        .collect::<sotto_core::Result<Vec<_>>>()
+        .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))
+}
 
 fn overflow(node: &str, bound: f64, frac: u32) -> ModelError {
     ModelError::Graph(format!(
@@ -127,13 +168,14 @@ impl Plan {
         }
         let f = fp.frac_bits();
         let mut steps = Vec::new();
-        let mut dense = Vec::new();
+        let mut dense: Vec<(Vec<u64>, Vec<u64>)> = Vec::new();
         let mut scale = f;
         let mut bound = input_bound;
         let mut per = model.input_len();
         if bound * 2f64.powi(f as i32) >= LIMIT {
             return Err(overflow("input", bound, f));
         }
+        let mut prev_shape = model.input_shape.clone();
         for l in &model.layers {
             let node = l.node.clone();
             let step = |kind, per, bound, out_frac| Step {
@@ -216,7 +258,96 @@ impl Plan {
                     steps.push(step(kind, per, bound, f));
                 }
                 Layer::Flatten => {}
+                Layer::Conv2d {
+                    shape: params,
+                    weights,
+                    bias,
+                } => {
+                    if scale != f {
+                        steps.push(step(StepKind::Truncate, per, bound, f));
+                    }
+                    let o = params.out_channels;
+                    let k = weights.len() / o.max(1);
+                    let mut out_bound: f64 = 0.0;
+                    for (ch, row) in weights.chunks(k.max(1)).enumerate() {
+                        let sum: f64 = row.iter().map(|v| f64::from(*v).abs()).sum();
+                        let b = sum * (bound + 2f64.powi(-(f as i32))) + f64::from(bias[ch]).abs();
+                        out_bound = out_bound.max(b);
+                    }
+                    if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(&node, out_bound, 2 * f));
+                    }
+                    let w = encode_all(weights, f, &node)?;
+                    let wm = conv_weight_matrix(&w, &params.core_shape(1)).map_err(core_err)?;
+                    dense.push((wm, encode_all(bias, 2 * f, &node)?));
+                    bound = out_bound;
+                    per = per_example(&l.out_shape);
+                    scale = 2 * f;
+                    let kind = StepKind::Conv {
+                        weights: dense.len() - 1,
+                        params: *params,
+                    };
+                    steps.push(step(kind, per, bound, scale));
+                }
+                Layer::MaxPool(params) => {
+                    let bits = bits_for(2.0 * bound * 2f64.powi(scale as i32));
+                    per = per_example(&l.out_shape);
+                    steps.push(step(
+                        StepKind::MaxPool {
+                            params: *params,
+                            bits,
+                        },
+                        per,
+                        bound,
+                        scale,
+                    ));
+                }
+                Layer::AvgPool(params) => {
+                    let area = (params.kernel[0] * params.kernel[1]) as f64;
+                    if area
+                        * bound
+                        * 2f64.powi((scale + sotto_core::protocols::AVG_RECIP_BITS) as i32)
+                        >= LIMIT / 2.0
+                    {
+                        return Err(overflow(
+                            &node,
+                            area * bound,
+                            scale + sotto_core::protocols::AVG_RECIP_BITS,
+                        ));
+                    }
+                    per = per_example(&l.out_shape);
+                    steps.push(step(
+                        StepKind::AvgPool { params: *params },
+                        per,
+                        bound,
+                        scale,
+                    ));
+                }
+                Layer::Transpose { perm } => {
+                    let in_dims = &prev_shape[1..];
+                    if in_dims.len() > 8 {
+                        return Err(ModelError::Graph(format!(
+                            "layer {node:?}: more than 8 dimensions"
+                        )));
+                    }
+                    let mut dims = [0usize; 8];
+                    let mut pm = [0usize; 9];
+                    for (i, d) in in_dims.iter().enumerate() {
+                        dims[i] = match d {
+                            crate::ir::Dim::Fixed(n) => *n,
+                            crate::ir::Dim::Batch => 1,
+                        };
+                    }
+                    pm[..perm.len()].copy_from_slice(perm);
+                    let kind = StepKind::Transpose {
+                        dims,
+                        rank: in_dims.len(),
+                        perm: pm,
+                    };
+                    steps.push(step(kind, per, bound, scale));
+                }
             }
+            prev_shape = l.out_shape.clone();
         }
         Ok(Plan {
             fp,
@@ -225,7 +356,7 @@ impl Plan {
             steps,
             out_frac: scale,
             output_len: per,
-            dense,
+            weights: dense,
         })
     }
 
@@ -248,7 +379,7 @@ impl Plan {
                     inputs,
                     outputs,
                 } => {
-                    let (w, b) = &self.dense[dense];
+                    let (w, b) = &self.weights[dense];
                     let op = Bilinear::MatMul {
                         m: batch,
                         k: inputs,
@@ -261,6 +392,26 @@ impl Plan {
                         }
                     }
                     z
+                }
+                StepKind::Conv { weights, params } => {
+                    let (w, b) = &self.weights[weights];
+                    let cs = params.core_shape(batch);
+                    let mut z = plain::bilinear(&Bilinear::Conv2d(cs), &h, w).map_err(core_err)?;
+                    let plane = cs.out_h() * cs.out_w();
+                    for (i, chunk) in z.chunks_mut(plane).enumerate() {
+                        let bv = b[i % params.out_channels];
+                        chunk.iter_mut().for_each(|v| *v = v.wrapping_add(bv));
+                    }
+                    z
+                }
+                StepKind::MaxPool { params, .. } => {
+                    plain::maxpool(&h, &params.core_shape(batch)).map_err(core_err)?
+                }
+                StepKind::AvgPool { params } => {
+                    plain::avgpool(&h, &params.core_shape(batch)).map_err(core_err)?
+                }
+                StepKind::Transpose { dims, rank, perm } => {
+                    permute(&h, batch, &dims[..rank], &perm[..rank + 1])
                 }
                 StepKind::Truncate => plain::truncate(&h, f),
                 StepKind::Relu { shift, .. } => plain::relu(&h, shift),

@@ -41,13 +41,13 @@ pub fn share_weights(plan: &Plan, private: bool) -> Result<[ServerWeights; 2]> {
     if !private {
         let w = ServerWeights {
             private,
-            dense: plan.dense.clone(),
+            dense: plan.weights.clone(),
         };
         return Ok([w.clone(), w]);
     }
     let mut prg = Prg::from_os().map_err(core_err)?;
     let mut out = [Vec::new(), Vec::new()];
-    for (w, b) in &plan.dense {
+    for (w, b) in &plan.weights {
         let (w0, w1) = share::share(w, &mut prg);
         let (b0, b1) = share::share(b, &mut prg);
         out[0].push((w0, b0));
@@ -73,13 +73,8 @@ pub struct HelperLoaded {
     masks: Vec<p::WeightMask>,
 }
 
-fn dense_shapes(plan: &Plan) -> impl Iterator<Item = (usize, usize)> + '_ {
-    plan.steps.iter().filter_map(|s| match s.kind {
-        StepKind::Dense {
-            inputs, outputs, ..
-        } => Some((inputs, outputs)),
-        _ => None,
-    })
+fn weight_lens(plan: &Plan) -> impl Iterator<Item = usize> + '_ {
+    plan.weights.iter().map(|(w, _)| w.len())
 }
 
 /// Helper side of [`load`].
@@ -90,8 +85,8 @@ pub async fn deal_load<T: Transport>(
 ) -> Result<HelperLoaded> {
     let mut masks = Vec::new();
     if private {
-        for (i, o) in dense_shapes(plan) {
-            masks.push(p::deal_weight_mask(d, i * o).await.map_err(core_err)?);
+        for len in weight_lens(plan) {
+            masks.push(p::deal_weight_mask(d, len).await.map_err(core_err)?);
         }
     }
     Ok(HelperLoaded { masks })
@@ -103,11 +98,11 @@ pub async fn load<T: Transport>(
     plan: &Plan,
     weights: ServerWeights,
 ) -> Result<Loaded> {
-    if weights.dense.len() != plan.dense.len() {
+    if weights.dense.len() != plan.weights.len() {
         return Err(ModelError::Graph(format!(
             "{} dense layers of weights for a plan with {}",
             weights.dense.len(),
-            plan.dense.len()
+            plan.weights.len()
         )));
     }
     let mut private = Vec::new();
@@ -149,6 +144,19 @@ pub async fn deal_predict<T: Transport>(
                     Ok(())
                 }
             }
+            StepKind::Conv { weights, params } => {
+                if let Some(mask) = h.masks.get(weights) {
+                    p::deal_bilinear_private(d, &Bilinear::Conv2d(params.core_shape(batch)), mask)
+                        .await
+                } else {
+                    Ok(())
+                }
+            }
+            StepKind::MaxPool { params, bits } => {
+                p::deal_maxpool(d, &params.core_shape(batch), bits).await
+            }
+            StepKind::AvgPool { params } => p::deal_avgpool(d, &params.core_shape(batch)).await,
+            StepKind::Transpose { .. } => Ok(()),
             StepKind::Truncate => p::deal_truncate(d, n, f).await,
             StepKind::Relu { shift, bits } => p::deal_relu(d, n, shift, bits).await,
             StepKind::Sigmoid { in_frac } => p::deal_sigmoid(d, n, in_frac, f).await,
@@ -194,6 +202,31 @@ pub async fn predict<T: Transport>(
                 .map_err(core_err)?;
                 p::add_bias(s, &mut z, b, !m.weights.private).map_err(core_err)?;
                 z
+            }
+            StepKind::Conv { weights, params } => {
+                let cs = params.core_shape(batch);
+                let o = Bilinear::Conv2d(cs);
+                let (w, b) = &m.weights.dense[weights];
+                let mut z = if m.weights.private {
+                    p::bilinear_private(s, &o, &h, &m.private[weights]).await
+                } else {
+                    p::bilinear_public(&o, &h, w)
+                }
+                .map_err(core_err)?;
+                p::add_channel_bias(s, &mut z, cs.out_h() * cs.out_w(), b, !m.weights.private)
+                    .map_err(core_err)?;
+                z
+            }
+            StepKind::MaxPool { params, bits } => {
+                p::maxpool(s, &h, &params.core_shape(batch), bits)
+                    .await
+                    .map_err(core_err)?
+            }
+            StepKind::AvgPool { params } => p::avgpool(s, &h, &params.core_shape(batch))
+                .await
+                .map_err(core_err)?,
+            StepKind::Transpose { dims, rank, perm } => {
+                crate::ir::permute(&h, batch, &dims[..rank], &perm[..rank + 1])
             }
             StepKind::Truncate => p::truncate(s, &h, f).await.map_err(core_err)?,
             StepKind::Relu { shift, bits } => {

@@ -111,11 +111,17 @@ fn m2c(e: sotto_model::ModelError) -> sotto_core::CoreError {
 
 fn check(sizes: &[usize], act: &str, private: bool, batch: usize) {
     let mut prg = Prg::from_os().expect("os rng");
-    let model = import(&mlp(sizes, act, &mut prg)).expect("imports");
+    let bytes = mlp(sizes, act, &mut prg);
+    check_model(&bytes, act, private, batch);
+}
+
+fn check_model(bytes: &[u8], act: &str, private: bool, batch: usize) {
+    let mut prg = Prg::from_os().expect("os rng");
+    let model = import(bytes).expect("imports");
     let fp = FixedPoint::default();
     let plan = Plan::new(&model, fp, 1.0).expect("fits the ring");
     let x: Vec<f32> = prg
-        .vec_u64(batch * sizes[0])
+        .vec_u64(batch * model.input_len())
         .iter()
         .map(|v| (*v >> 40) as f32 / (1u64 << 24) as f32)
         .collect();
@@ -229,4 +235,159 @@ fn comparisons_use_the_width_the_budget_allows() {
         "ReLU after a 20-input layer on [0, 1] inputs needs few bits, got {}",
         bits[0]
     );
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn rand_f32(prg: &mut Prg, n: usize, scale: f64) -> Vec<f32> {
+    prg.vec_u64(n)
+        .iter()
+        .map(|v| (((*v >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale) as f32)
+        .collect()
+}
+
+/// A small CNN as tf2onnx exports a Keras NHWC model: Transpose to NCHW, Conv (+BN), Relu,
+/// MaxPool, Conv, Relu, AveragePool, Transpose back, Flatten by Reshape, Dense.
+fn cnn(prg: &mut Prg, global: bool) -> Vec<u8> {
+    let mut nodes = Vec::new();
+    let mut t = node("Transpose", &["x"], "t0");
+    t.attribute = vec![attr_ints("perm", &[0, 3, 1, 2])];
+    nodes.push(t);
+    let mut c1 = node("Conv", &["t0", "k1", "c1b"], "c1");
+    c1.attribute = vec![
+        attr_ints("pads", &[1, 1, 1, 1]),
+        attr_ints("strides", &[1, 1]),
+    ];
+    nodes.push(c1);
+    nodes.push(node(
+        "BatchNormalization",
+        &["c1", "bn_s", "bn_b", "bn_m", "bn_v"],
+        "bn",
+    ));
+    nodes.push(node("Relu", &["bn"], "r1"));
+    let mut mp = node("MaxPool", &["r1"], "p1");
+    mp.attribute = vec![
+        attr_ints("kernel_shape", &[2, 2]),
+        attr_ints("strides", &[2, 2]),
+    ];
+    nodes.push(mp);
+    nodes.push(node("Conv", &["p1", "k2", "c2b"], "c2"));
+    nodes.push(node("Relu", &["c2"], "r2"));
+    if global {
+        nodes.push(node("GlobalAveragePool", &["r2"], "p2"));
+    } else {
+        let mut ap = node("AveragePool", &["r2"], "p2");
+        ap.attribute = vec![
+            attr_ints("kernel_shape", &[2, 2]),
+            attr_ints("strides", &[2, 2]),
+        ];
+        nodes.push(ap);
+    }
+    let mut t2 = node("Transpose", &["p2"], "t2");
+    t2.attribute = vec![attr_ints("perm", &[0, 2, 3, 1])];
+    nodes.push(t2);
+    nodes.push(node("Shape", &["t2"], "sh"));
+    nodes.push(node("Slice", &["sh", "zero", "one"], "n"));
+    nodes.push(node("Concat", &["n", "minus1"], "target"));
+    nodes.push(node("Reshape", &["t2", "target"], "flat"));
+    nodes.push(node("MatMul", &["flat", "wd"], "d"));
+    nodes.push(node("Add", &["d", "bd"], "y"));
+    let i64t = |name: &str, v: &[i64]| TensorProto {
+        dims: vec![v.len() as i64],
+        data_type: Some(data_type::INT64),
+        name: Some(name.into()),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    };
+    // 10x10x1 input: conv same -> 10x10x4, maxpool -> 5x5x4, conv 3x3 valid -> 3x3x6,
+    // avgpool 2x2 -> 1x1x6 (or global -> 1x1x6)
+    let inits = vec![
+        f32_tensor("k1", &[4, 1, 3, 3], &rand_f32(prg, 36, 0.5)),
+        f32_tensor("c1b", &[4], &rand_f32(prg, 4, 0.1)),
+        f32_tensor("bn_s", &[4], &[1.0, 0.5, 2.0, 1.5]),
+        f32_tensor("bn_b", &[4], &[0.1, -0.1, 0.0, 0.2]),
+        f32_tensor("bn_m", &[4], &[0.05, 0.0, -0.05, 0.1]),
+        f32_tensor("bn_v", &[4], &[1.0, 0.25, 4.0, 0.5]),
+        f32_tensor("k2", &[6, 4, 3, 3], &rand_f32(prg, 216, 0.3)),
+        f32_tensor("c2b", &[6], &rand_f32(prg, 6, 0.1)),
+        f32_tensor("wd", &[6, 3], &rand_f32(prg, 18, 0.5)),
+        f32_tensor("bd", &[3], &rand_f32(prg, 3, 0.1)),
+        i64t("zero", &[0]),
+        i64t("one", &[1]),
+        i64t("minus1", &[-1]),
+    ];
+    let input = ValueInfoProto {
+        name: Some("x".into()),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeTensor {
+                elem_type: Some(data_type::FLOAT),
+                shape: Some(TensorShapeProto {
+                    dim: [None, Some(10), Some(10), Some(1)]
+                        .iter()
+                        .map(|d| Dimension {
+                            dim_value: *d,
+                            dim_param: d.is_none().then(|| "N".to_string()),
+                        })
+                        .collect(),
+                }),
+            }),
+        }),
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: None,
+            version: Some(13),
+        }],
+        producer_name: Some("tf2onnx-like".into()),
+        producer_version: None,
+        graph: Some(GraphProto {
+            node: nodes,
+            name: None,
+            initializer: inits,
+            input: vec![input],
+            output: vec![io("y", 3)],
+        }),
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn cnn_with_transposes_batchnorm_and_pools_matches_twin_and_float() {
+    let mut prg = Prg::from_os().expect("os rng");
+    let bytes = cnn(&mut prg, false);
+    let m = import(&bytes).expect("imports");
+    let kinds: Vec<&str> = m.layers.iter().map(|l| l.layer.kind()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            "Transpose",
+            "Conv2D",
+            "ReLU",
+            "MaxPool",
+            "Conv2D",
+            "ReLU",
+            "AvgPool",
+            "Transpose",
+            "Flatten",
+            "Dense"
+        ]
+    );
+    check_model(&bytes, "Relu", true, 2);
+    check_model(&bytes, "Relu", false, 1);
+    check_model(&cnn(&mut prg, true), "Relu", true, 2);
+}
+
+#[test]
+fn permute_moves_channels() {
+    // one example of shape [2 (H), 1 (W), 3 (C)] in NHWC to NCHW [3, 2, 1]
+    let x = [1, 2, 3, 4, 5, 6];
+    let y = sotto_model::ir::permute(&x, 1, &[2, 1, 3], &[0, 3, 1, 2]);
+    assert_eq!(y, vec![1, 4, 2, 5, 3, 6]);
 }
