@@ -25,6 +25,15 @@ cargo test --workspace --release
 step "benchmarks compile and run once each"
 cargo bench --workspace --benches -- --test
 
+step "TensorFlow pipeline in a fresh venv: train, export, and check sotto against the fresh export"
+fresh="$(mktemp -d)"
+rm -rf examples/tensorflow/.venv
+bash examples/tensorflow/run.sh "$fresh"
+SOTTO_MODELS_DIR="$fresh" cargo test --release -p sotto-model --test bundled
+cargo run --release -q -p sotto -- eval --model "$fresh/network_a.onnx" --input "$fresh/mnist_test_images.npy" \
+  --labels "$fresh/mnist_test_labels.npy" --reference "$fresh/network_a_tf_logits.npy" --limit 500
+cargo run --release -q -p sotto -- inspect "$fresh/cnn.onnx"
+
 step "the run command works"
 cargo run --release -q -p local-demo -- --check
 

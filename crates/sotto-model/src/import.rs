@@ -723,11 +723,13 @@ fn op_reshape(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()> {
         out.into_iter().flatten().collect()
     } else if free == 1 && (has_batch || target.len() >= 2) && known > 0 && total % known == 0 {
         let rest = total / known;
-        // With no symbolic batch in the target, -1 absorbs the batch too: accept only
-        // [-1, k] with k = per-example size.
+        // With no symbolic batch in the target, a leading -1 is the batch: accept
+        // [-1, d1, ..] when d1·.. is the per-example size.
         if !has_batch {
-            if target.len() == 2 && target[0] == Sym::Int(-1) && known == total {
-                vec![Dim::Batch, Dim::Fixed(total)]
+            if target[0] == Sym::Int(-1) && known == total {
+                std::iter::once(Dim::Batch)
+                    .chain(out.into_iter().skip(1).flatten())
+                    .collect()
             } else {
                 return Err(node_err(
                     n,
@@ -767,15 +769,8 @@ fn op_reshape(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()> {
     if resolved.len() == 2 {
         return push_flatten(ctx, n, index, shape);
     }
-    Err(node_err(
-        n,
-        index,
-        format!(
-            "reshape of {} to {} is not supported (only flattening is)",
-            shape_string(&shape),
-            shape_string(&resolved)
-        ),
-    ))
+    // Row-major data is unchanged by a reshape that keeps the batch first.
+    ctx.push(n, index, Layer::Reshape, resolved)
 }
 
 fn op_shape(ctx: &mut Ctx, n: &NodeProto, index: usize) -> Result<()> {

@@ -42,6 +42,8 @@ pub enum Layer {
     Tanh,
     /// Reshape to `[batch, features]`.
     Flatten,
+    /// Any other reshape that keeps the batch first (the data does not move).
+    Reshape,
     /// 2-D convolution over `[batch, C, H, W]` (NCHW); weights `[O, C, kh, kw]`.
     Conv2d {
         /// Shape of one example's convolution (batch 1).
@@ -166,6 +168,7 @@ impl Layer {
             Layer::Sigmoid => "Sigmoid",
             Layer::Tanh => "Tanh",
             Layer::Flatten => "Flatten",
+            Layer::Reshape => "Reshape",
             Layer::Conv2d { .. } => "Conv2D",
             Layer::MaxPool(_) => "MaxPool",
             Layer::AvgPool(_) => "AvgPool",
@@ -265,7 +268,7 @@ impl Model {
                 Layer::Relu => h.into_iter().map(|v| v.max(0.0)).collect(),
                 Layer::Sigmoid => h.into_iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(),
                 Layer::Tanh => h.into_iter().map(f64::tanh).collect(),
-                Layer::Flatten => h,
+                Layer::Flatten | Layer::Reshape => h,
                 Layer::Transpose { perm } => permute(&h, batch, &dims, perm),
                 Layer::Conv2d {
                     shape: c,

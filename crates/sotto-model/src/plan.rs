@@ -257,7 +257,7 @@ impl Plan {
                     scale = f;
                     steps.push(step(kind, per, bound, f));
                 }
-                Layer::Flatten => {}
+                Layer::Flatten | Layer::Reshape => {}
                 Layer::Conv2d {
                     shape: params,
                     weights,
@@ -427,4 +427,85 @@ impl Plan {
 
 pub(crate) fn core_err(e: sotto_core::CoreError) -> ModelError {
     ModelError::Graph(format!("engine: {e}"))
+}
+
+/// What one step costs per example (batch 1), per server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cost {
+    /// Online rounds between P0 and P1.
+    pub rounds: u32,
+    /// Bytes each server sends to the other online.
+    pub online_bytes: u64,
+    /// Bytes of helper material each server receives (DCF keys; P1 also gets dealt values,
+    /// counted here).
+    pub helper_bytes: u64,
+}
+
+/// Bytes of one DCF key on `bits − 1` bits with `m` payload elements.
+fn key_bytes(bits: u32, m: u64) -> u64 {
+    16 + u64::from(bits - 1) * (17 + 8 * m) + 8 * m
+}
+
+impl Step {
+    /// The step's cost for one example; `private` is the weights mode.
+    pub fn cost(&self, input_len: usize, private: bool) -> Cost {
+        let n = self.per_example as u64;
+        let in_n = input_len as u64;
+        match self.kind {
+            StepKind::Dense { .. } | StepKind::Conv { .. } if private => Cost {
+                rounds: 1,
+                online_bytes: 8 * in_n,
+                helper_bytes: 8 * n,
+            },
+            StepKind::Dense { .. } | StepKind::Conv { .. } | StepKind::Transpose { .. } => {
+                Cost::default()
+            }
+            StepKind::Truncate => Cost {
+                rounds: 1,
+                online_bytes: 8 * n,
+                helper_bytes: 16 * n,
+            },
+            StepKind::Relu { shift, bits } => {
+                let m = if shift > 0 { 3 } else { 2 };
+                Cost {
+                    rounds: 1,
+                    online_bytes: 8 * n,
+                    helper_bytes: n * (key_bytes(bits, m) + 8 * m),
+                }
+            }
+            StepKind::MaxPool { params, bits } => {
+                let k = params.kernel[0] * params.kernel[1];
+                let cmps = (k as u64 - 1) * n;
+                Cost {
+                    rounds: sotto_core::protocols::max_tree_rounds(k),
+                    online_bytes: 8 * cmps,
+                    helper_bytes: cmps * (key_bytes(bits, 2) + 16),
+                }
+            }
+            StepKind::AvgPool { .. } => Cost {
+                rounds: 1,
+                online_bytes: 8 * n,
+                helper_bytes: 16 * n,
+            },
+            StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => {
+                let pieces = 21 * n;
+                Cost {
+                    rounds: 1,
+                    online_bytes: 8 * pieces,
+                    helper_bytes: pieces * (key_bytes(64, 3) + 24),
+                }
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// Elements per example entering step `i`.
+    pub fn step_input_len(&self, i: usize) -> usize {
+        if i == 0 {
+            self.input_len
+        } else {
+            self.steps[i - 1].per_example
+        }
+    }
 }

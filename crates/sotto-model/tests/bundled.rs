@@ -1,0 +1,120 @@
+//! The bundled models (trained and exported by `examples/tensorflow`) predict privately what
+//! TensorFlow predicts, on TensorFlow's own fixture outputs.
+//!
+//! `SOTTO_MODELS_DIR` points the test at another export (CI runs the Python pipeline in a
+//! fresh venv and checks its output this way); by default it reads the committed `models/`.
+
+use std::path::PathBuf;
+
+use sotto_core::fixed::{decode_with, FixedPoint};
+use sotto_core::local::{run_local, LocalTransport};
+use sotto_core::session::{client_receive_output, client_send_input, Dealer, Server};
+use sotto_core::CoreError;
+use sotto_model::private::{deal_load, deal_predict, load, predict, share_weights};
+use sotto_model::{import, Plan};
+
+fn dir() -> PathBuf {
+    std::env::var_os("SOTTO_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+}
+
+fn npy_f32(path: &PathBuf) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    npyz::NpyFile::new(&bytes[..])
+        .and_then(|f| f.into_vec::<f32>())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn m2c(e: sotto_model::ModelError) -> CoreError {
+    CoreError::Protocol(e.to_string())
+}
+
+fn check(name: &str, private: bool) {
+    let d = dir();
+    let bytes = std::fs::read(d.join(format!("{name}.onnx"))).expect("bundled model");
+    let t = std::time::Instant::now();
+    let model = import(&bytes).expect("imports");
+    let import_ms = t.elapsed().as_secs_f64() * 1e3;
+    let plan = Plan::new(&model, FixedPoint::default(), 1.0).expect("fits the ring");
+    let x = npy_f32(&d.join(format!("{name}_fixture_inputs.npy")));
+    let tf = npy_f32(&d.join(format!("{name}_fixture_logits.npy")));
+    let batch = x.len() / plan.input_len;
+    assert_eq!(batch, 16);
+    let x_enc = plan.fp.encode_f32(&x).expect("pixels encode");
+    let weights = share_weights(&plan, private).expect("os rng");
+    let out_len = batch * plan.output_len;
+    let run = run_local(
+        |mut dl: Dealer<LocalTransport>| {
+            let plan = &plan;
+            async move {
+                let h = deal_load(&mut dl, plan, private).await.map_err(m2c)?;
+                deal_predict(&mut dl, plan, &h, batch).await.map_err(m2c)?;
+                sotto_core::protocols::deal_output(&mut dl, out_len).await
+            }
+        },
+        |mut s: Server<LocalTransport>| {
+            let (plan, weights) = (&plan, &weights);
+            async move {
+                let mine = weights[s.id().index()].clone();
+                let m = load(&mut s, plan, mine).await.map_err(m2c)?;
+                let xs = s.receive_input(batch * plan.input_len).await?;
+                let y = predict(&mut s, plan, &m, xs, batch).await.map_err(m2c)?;
+                sotto_core::protocols::output(&mut s, &y, 64).await
+            }
+        },
+        |t: LocalTransport, session| {
+            let x_enc = &x_enc;
+            async move {
+                client_send_input(&t, session, x_enc).await?;
+                client_receive_output(&t, session, out_len, 64).await
+            }
+        },
+        false,
+    )
+    .expect("private prediction runs");
+    let got: Vec<f64> = run
+        .client
+        .iter()
+        .map(|v| decode_with(*v, plan.out_frac))
+        .collect();
+    let cols = plan.output_len;
+    let mut worst: f64 = 0.0;
+    for b in 0..batch {
+        let (g, w) = (
+            &got[b * cols..(b + 1) * cols],
+            &tf[b * cols..(b + 1) * cols],
+        );
+        let am = |r: &[f64]| (0..cols).fold(0, |best, j| if r[j] > r[best] { j } else { best });
+        let wf: Vec<f64> = w.iter().map(|v| f64::from(*v)).collect();
+        assert_eq!(
+            am(g),
+            am(&wf),
+            "{name}: private label differs from TensorFlow's on fixture {b}"
+        );
+        for (a, c) in g.iter().zip(&wf) {
+            worst = worst.max((a - c).abs());
+        }
+    }
+    println!(
+        "{name} ({}): import {import_ms:.1} ms, max |private - TF| logit {worst:.6}",
+        if private { "private" } else { "public" }
+    );
+    assert!(worst <= 0.01, "{name}: logit error {worst} above 0.01");
+}
+
+#[test]
+fn network_a_matches_tensorflow() {
+    check("network_a", true);
+    check("network_a", false);
+}
+
+#[test]
+fn cnn_matches_tensorflow() {
+    check("cnn", true);
+}
+
+#[test]
+fn logistic_matches_tensorflow() {
+    check("logistic", true);
+}

@@ -1,0 +1,437 @@
+//! The `sotto` command.
+//!
+//! This slice has `inspect` (the per-layer profile of a model) and `eval` (private accuracy
+//! against the float model and, optionally, TensorFlow's own logits). `serve`, `demo`,
+//! `predict`, `bench` and `share-model` come with the serving issue.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use sotto_core::fixed::{decode_with, FixedPoint};
+use sotto_core::local::{run_local, LocalTransport};
+use sotto_core::protocols as p;
+use sotto_core::session::{client_receive_output, client_send_input, Dealer, Server};
+use sotto_core::CoreError;
+use sotto_model::ir::shape_string;
+use sotto_model::private::{deal_load, deal_predict, load, predict, share_weights};
+use sotto_model::{import, Model, Plan};
+
+/// Private prediction: two servers and a helper run a neural network on secret shares.
+#[derive(Debug, Parser)]
+#[command(name = "sotto", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct Numbers {
+    /// Fractional bits of the fixed-point format.
+    #[arg(long, default_value_t = 16)]
+    frac_bits: u32,
+    /// Largest magnitude of any input value (1.0 for pixels scaled to [0, 1]).
+    #[arg(long, default_value_t = 1.0)]
+    input_bound: f64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print one line per layer: shapes, protocol, bit budget, online rounds and bytes.
+    ///
+    /// Example: sotto inspect models/network_a.onnx
+    Inspect {
+        /// The ONNX model.
+        model: PathBuf,
+        #[command(flatten)]
+        numbers: Numbers,
+        /// Cost the model with public weights (only the input is private).
+        #[arg(long)]
+        public_weights: bool,
+    },
+    /// Run every input through the three-party protocol (in one process) and print JSON with
+    /// the private and float accuracy, their agreement and the largest logit error.
+    ///
+    /// Example: sotto eval --model models/network_a.onnx --input x.npy --labels y.npy
+    Eval {
+        /// The ONNX model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Inputs, batch first, float32 (or uint8 pixels, divided by 255).
+        #[arg(long)]
+        input: PathBuf,
+        /// Integer labels, one per input.
+        #[arg(long)]
+        labels: PathBuf,
+        /// TensorFlow's own logits for the same inputs (float32, [n, classes]): also report
+        /// the private model's agreement with them.
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Inputs per private prediction.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Only the first N inputs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Weights in the clear on both servers (only the input is private).
+        #[arg(long)]
+        public_weights: bool,
+        #[command(flatten)]
+        numbers: Numbers,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Inspect {
+            model,
+            numbers,
+            public_weights,
+        } => inspect(&model, &numbers, !public_weights),
+        Command::Eval {
+            model,
+            input,
+            labels,
+            reference,
+            batch,
+            limit,
+            public_weights,
+            numbers,
+        } => eval(&EvalArgs {
+            model,
+            input,
+            labels,
+            reference,
+            batch,
+            limit,
+            private: !public_weights,
+            numbers,
+        }),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_model(path: &Path, numbers: &Numbers) -> Result<(Model, Plan), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let t = Instant::now();
+    let model = import(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let fp = FixedPoint::new(numbers.frac_bits).map_err(|e| e.to_string())?;
+    let plan = Plan::new(&model, fp, numbers.input_bound)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!(
+        "imported {} in {:.1} ms",
+        path.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok((model, plan))
+}
+
+fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> {
+    let (model, plan) = load_model(path, numbers)?;
+    println!(
+        "model {}: input {} ({}), output {} elements at {} fractional bits{}; {} weights",
+        path.display(),
+        model.input_name,
+        shape_string(&model.input_shape),
+        plan.output_len,
+        plan.out_frac,
+        if model.softmax_at_client {
+            ", softmax at the client"
+        } else {
+            ""
+        },
+        if private { "private" } else { "public" },
+    );
+    println!(
+        "{:<28} {:<9} {:<42} {:>8} {:>11} {:>5} {:>6} {:>10} {:>12}",
+        "node",
+        "out/ex",
+        "protocol",
+        "out bits",
+        "|value| <=",
+        "cmp",
+        "rounds",
+        "online B",
+        "helper B"
+    );
+    let mut total = sotto_model::plan::Cost::default();
+    for (i, st) in plan.steps.iter().enumerate() {
+        let c = st.cost(plan.step_input_len(i), private);
+        total.rounds += c.rounds;
+        total.online_bytes += c.online_bytes;
+        total.helper_bytes += c.helper_bytes;
+        let cmp = match st.kind {
+            sotto_model::plan::StepKind::Relu { bits, .. }
+            | sotto_model::plan::StepKind::MaxPool { bits, .. } => bits.to_string(),
+            _ => "-".into(),
+        };
+        let kind = format!("{:?}", st.kind);
+        let kind = kind.split([' ', '{', '(']).next().unwrap_or("").to_string();
+        println!(
+            "{:<28} {:<9} {:<42} {:>8} {:>11.3e} {:>5} {:>6} {:>10} {:>12}",
+            truncate_name(&st.node, 28),
+            st.per_example,
+            format!("{kind}: {}", st.kind.protocol()),
+            st.out_frac,
+            st.bound,
+            cmp,
+            c.rounds,
+            c.online_bytes,
+            c.helper_bytes
+        );
+    }
+    println!(
+        "total per prediction (batch 1): {} server rounds, {} B online per server (+ {} B input from the client to P0, 32 B to P1), {} B of helper material per server",
+        total.rounds,
+        total.online_bytes,
+        8 * plan.input_len,
+        total.helper_bytes
+    );
+    if private {
+        let load: usize = plan.weights.iter().map(|(w, _)| w.len()).sum();
+        println!(
+            "once per loaded model: 1 round per weight tensor, {} B per server (W − B)",
+            8 * load
+        );
+    }
+    Ok(())
+}
+
+fn truncate_name(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(n - 1)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("…{tail}")
+    }
+}
+
+struct EvalArgs {
+    model: PathBuf,
+    input: PathBuf,
+    labels: PathBuf,
+    reference: Option<PathBuf>,
+    batch: usize,
+    limit: Option<usize>,
+    private: bool,
+    numbers: Numbers,
+}
+
+/// Reads a .npy file as f64 values and its shape.
+fn read_npy(path: &Path) -> Result<(Vec<f64>, Vec<usize>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bad = |e: std::io::Error| format!("{}: not a readable .npy file: {e}", path.display());
+    let npy = npyz::NpyFile::new(&bytes[..]).map_err(bad)?;
+    let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
+    let dtype = npy.dtype().descr();
+    let data: Vec<f64> = match dtype.trim_matches('\'') {
+        "<f4" => npy
+            .into_vec::<f32>()
+            .map_err(bad)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        "<f8" => npy.into_vec::<f64>().map_err(bad)?,
+        "|u1" => npy
+            .into_vec::<u8>()
+            .map_err(bad)?
+            .into_iter()
+            .map(|v| f64::from(v) / 255.0)
+            .collect(),
+        "<i8" => npy
+            .into_vec::<i64>()
+            .map_err(bad)?
+            .into_iter()
+            .map(|v| v as f64)
+            .collect(),
+        "<i4" => npy
+            .into_vec::<i32>()
+            .map_err(bad)?
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        other => {
+            return Err(format!(
+            "{}: element type {other} is not supported (float32, float64, uint8, int32, int64 are)",
+            path.display()
+        ))
+        }
+    };
+    Ok((data, shape))
+}
+
+fn argmax(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn eval(a: &EvalArgs) -> Result<(), String> {
+    let (model, plan) = load_model(&a.model, &a.numbers)?;
+    let (x, xshape) = read_npy(&a.input)?;
+    let (labels, lshape) = read_npy(&a.labels)?;
+    let per = plan.input_len;
+    let n_all = xshape.first().copied().unwrap_or(0);
+    let want: Vec<String> = model.input_shape[1..]
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    if xshape.len() < 2 || xshape[1..].iter().product::<usize>() != per {
+        return Err(format!(
+            "{}: shape {:?} does not fit the model's input [N, {}]",
+            a.input.display(),
+            xshape,
+            want.join(", ")
+        ));
+    }
+    if lshape.first().copied() != Some(n_all) {
+        return Err(format!(
+            "{} has {:?} labels for {n_all} inputs",
+            a.labels.display(),
+            lshape
+        ));
+    }
+    let n = a.limit.map_or(n_all, |l| l.min(n_all));
+    if n == 0 || a.batch == 0 {
+        return Err("nothing to evaluate (no inputs, or batch 0)".into());
+    }
+    if let Some(bad) = x[..n * per]
+        .iter()
+        .find(|v| v.abs() > a.numbers.input_bound)
+    {
+        return Err(format!(
+            "an input value {bad} exceeds --input-bound {}",
+            a.numbers.input_bound
+        ));
+    }
+    let reference = match &a.reference {
+        Some(p) => {
+            let (r, rs) = read_npy(p)?;
+            if rs.first().copied() != Some(n_all) || r.len() != n_all * plan.output_len {
+                return Err(format!(
+                    "{}: shape {rs:?} does not fit {n_all} outputs of {}",
+                    p.display(),
+                    plan.output_len
+                ));
+            }
+            Some(r)
+        }
+        None => None,
+    };
+    let fp = plan.fp;
+    let cols = plan.output_len;
+    let weights = share_weights(&plan, a.private).map_err(|e| e.to_string())?;
+    let (mut agree, mut correct_private, mut correct_float, mut agree_ref) =
+        (0usize, 0usize, 0usize, 0usize);
+    let mut max_err: f64 = 0.0;
+    let mut max_err_ref: f64 = 0.0;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let b = a.batch.min(n - done);
+        let xs: Vec<f32> = x[done * per..(done + b) * per]
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
+        let x_enc = fp.encode_f32(&xs).map_err(|e| e.to_string())?;
+        let out_len = b * cols;
+        let m2c = |e: sotto_model::ModelError| CoreError::Protocol(e.to_string());
+        let run = run_local(
+            |mut d: Dealer<LocalTransport>| {
+                let plan = &plan;
+                async move {
+                    let h = deal_load(&mut d, plan, a.private).await.map_err(m2c)?;
+                    deal_predict(&mut d, plan, &h, b).await.map_err(m2c)?;
+                    p::deal_output(&mut d, out_len).await
+                }
+            },
+            |mut s: Server<LocalTransport>| {
+                let (plan, weights) = (&plan, &weights);
+                async move {
+                    let mine = weights[s.id().index()].clone();
+                    let m = load(&mut s, plan, mine).await.map_err(m2c)?;
+                    let xs = s.receive_input(b * plan.input_len).await?;
+                    let y = predict(&mut s, plan, &m, xs, b).await.map_err(m2c)?;
+                    p::output(&mut s, &y, 64).await
+                }
+            },
+            |t: LocalTransport, session| {
+                let x_enc = &x_enc;
+                async move {
+                    client_send_input(&t, session, x_enc).await?;
+                    client_receive_output(&t, session, out_len, 64).await
+                }
+            },
+            false,
+        )
+        .map_err(|e| format!("private prediction failed: {e}"))?;
+        let private: Vec<f64> = run
+            .client
+            .iter()
+            .map(|v| decode_with(*v, plan.out_frac))
+            .collect();
+        let float = model.forward(&xs, b).map_err(|e| e.to_string())?;
+        for i in 0..b {
+            let (pr, fl) = (
+                &private[i * cols..(i + 1) * cols],
+                &float[i * cols..(i + 1) * cols],
+            );
+            let label = labels[done + i] as usize;
+            let (lp, lf) = (argmax(pr), argmax(fl));
+            agree += usize::from(lp == lf);
+            correct_private += usize::from(lp == label);
+            correct_float += usize::from(lf == label);
+            for (u, v) in pr.iter().zip(fl) {
+                max_err = max_err.max((u - v).abs());
+            }
+            if let Some(r) = &reference {
+                let rr = &r[(done + i) * cols..(done + i + 1) * cols];
+                agree_ref += usize::from(lp == argmax(rr));
+                for (u, v) in pr.iter().zip(rr) {
+                    max_err_ref = max_err_ref.max((u - v).abs());
+                }
+            }
+        }
+        done += b;
+        eprint!("\r{done}/{n} inputs");
+    }
+    eprintln!();
+    let elapsed = started.elapsed().as_secs_f64() * 1e3;
+    let mut out = serde_json::json!({
+        "model": a.model.display().to_string(),
+        "weights": if a.private { "private" } else { "public" },
+        "n": n,
+        "batch": a.batch,
+        "frac_bits": a.numbers.frac_bits,
+        "accuracy_float": correct_float as f64 / n as f64,
+        "accuracy_private": correct_private as f64 / n as f64,
+        "argmax_agreement": agree as f64 / n as f64,
+        "max_abs_logit_error": max_err,
+        "ms_per_prediction": elapsed / n as f64,
+    });
+    if reference.is_some() {
+        out["argmax_agreement_tensorflow"] = serde_json::json!(agree_ref as f64 / n as f64);
+        out["max_abs_logit_error_tensorflow"] = serde_json::json!(max_err_ref);
+    }
+    println!("{out}");
+    Ok(())
+}
