@@ -10,12 +10,8 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use sotto_core::fixed::{decode_with, FixedPoint};
-use sotto_core::local::{run_local, LocalTransport};
-use sotto_core::protocols as p;
-use sotto_core::session::{client_receive_output, client_send_input, Dealer, Server};
-use sotto_core::CoreError;
 use sotto_model::ir::shape_string;
-use sotto_model::private::{deal_load, deal_predict, load, predict, share_weights};
+use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Model, Plan};
 
 /// Private prediction: two servers and a helper run a neural network on secret shares.
@@ -49,6 +45,22 @@ enum Command {
         /// Cost the model with public weights (only the input is private).
         #[arg(long)]
         public_weights: bool,
+    },
+    /// Make the three per-party model files (P0, P1, helper) in DIR: in private-weights mode
+    /// P0 and P1 get additive shares of the weights, the helper only shapes.
+    ///
+    /// Example: sotto share-model models/network_a.onnx --out deploy/
+    ShareModel {
+        /// The ONNX model.
+        model: PathBuf,
+        /// Directory for p0.sotto, p1.sotto and helper.sotto.
+        #[arg(long)]
+        out: PathBuf,
+        /// Give both servers the plain weights (only the input is private).
+        #[arg(long)]
+        public_weights: bool,
+        #[command(flatten)]
+        numbers: Numbers,
     },
     /// Run every input through the three-party protocol (in one process) and print JSON with
     /// the private and float accuracy, their agreement and the largest logit error.
@@ -90,6 +102,12 @@ fn main() -> ExitCode {
             numbers,
             public_weights,
         } => inspect(&model, &numbers, !public_weights),
+        Command::ShareModel {
+            model,
+            out,
+            public_weights,
+            numbers,
+        } => share_model(&model, &out, !public_weights, &numbers),
         Command::Eval {
             model,
             input,
@@ -202,6 +220,33 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
             8 * load
         );
     }
+    Ok(())
+}
+
+fn share_model(path: &Path, out: &Path, private: bool, numbers: &Numbers) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let (_, plan) = load_model(path, numbers)?;
+    let files = sotto_model::files::make_set(&plan, &bytes, private).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    use sotto_model::files::Role;
+    for (role, data) in [Role::P0, Role::P1, Role::Helper].iter().zip(&files) {
+        let p = out.join(role.file_name());
+        std::fs::write(&p, data).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        println!(
+            "{:<8} {} ({} bytes)",
+            format!("{role:?}"),
+            p.display(),
+            data.len()
+        );
+    }
+    println!(
+        "{} weights; copy each file to its party's host only",
+        if private {
+            "private (shared)"
+        } else {
+            "public"
+        }
+    );
     Ok(())
 }
 
@@ -353,39 +398,10 @@ fn eval(a: &EvalArgs) -> Result<(), String> {
             .map(|v| *v as f32)
             .collect();
         let x_enc = fp.encode_f32(&xs).map_err(|e| e.to_string())?;
-        let out_len = b * cols;
-        let m2c = |e: sotto_model::ModelError| CoreError::Protocol(e.to_string());
-        let run = run_local(
-            |mut d: Dealer<LocalTransport>| {
-                let plan = &plan;
-                async move {
-                    let h = deal_load(&mut d, plan, a.private).await.map_err(m2c)?;
-                    deal_predict(&mut d, plan, &h, b).await.map_err(m2c)?;
-                    p::deal_output(&mut d, out_len).await
-                }
-            },
-            |mut s: Server<LocalTransport>| {
-                let (plan, weights) = (&plan, &weights);
-                async move {
-                    let mine = weights[s.id().index()].clone();
-                    let m = load(&mut s, plan, mine).await.map_err(m2c)?;
-                    let xs = s.receive_input(b * plan.input_len).await?;
-                    let y = predict(&mut s, plan, &m, xs, b).await.map_err(m2c)?;
-                    p::output(&mut s, &y, 64).await
-                }
-            },
-            |t: LocalTransport, session| {
-                let x_enc = &x_enc;
-                async move {
-                    client_send_input(&t, session, x_enc).await?;
-                    client_receive_output(&t, session, out_len, 64).await
-                }
-            },
-            false,
-        )
-        .map_err(|e| format!("private prediction failed: {e}"))?;
+        let run = run_in_process(&plan, [&plan, &plan], &weights, &x_enc, b)
+            .map_err(|e| format!("private prediction failed: {e}"))?;
         let private: Vec<f64> = run
-            .client
+            .output
             .iter()
             .map(|v| decode_with(*v, plan.out_frac))
             .collect();

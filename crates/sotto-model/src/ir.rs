@@ -65,7 +65,7 @@ pub enum Layer {
 }
 
 /// A convolution's geometry for one example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConvParams {
     /// Input channels, height and width.
     pub in_chw: [usize; 3],
@@ -101,7 +101,7 @@ impl ConvParams {
 }
 
 /// A pooling window's geometry for one example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PoolParams {
     /// Channels, height and width of the input.
     pub in_chw: [usize; 3],

@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod files;
 pub mod import;
 pub mod ir;
 pub mod onnx;

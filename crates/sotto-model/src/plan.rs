@@ -20,7 +20,7 @@ use crate::error::{ModelError, Result};
 use crate::ir::{per_example, permute, ConvParams, Layer, Model, PoolParams};
 
 /// What a plan step does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StepKind {
     /// Dense layer: product + bias; `dense` indexes [`Plan::weights`].
     Dense {
@@ -98,7 +98,7 @@ impl StepKind {
 }
 
 /// One step of a plan.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Step {
     /// The ONNX node the step comes from.
     pub node: String,
@@ -500,6 +500,34 @@ impl Step {
 }
 
 impl Plan {
+    /// Number of weight elements of each dense or conv layer, in order.
+    pub fn weight_lens(&self) -> Vec<usize> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s.kind {
+                StepKind::Dense {
+                    inputs, outputs, ..
+                } => Some(inputs * outputs),
+                StepKind::Conv { params, .. } => Some(
+                    params.in_chw[0] * params.kernel[0] * params.kernel[1] * params.out_channels,
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Number of bias elements of each dense or conv layer, in order.
+    pub fn bias_lens(&self) -> Vec<usize> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s.kind {
+                StepKind::Dense { outputs, .. } => Some(outputs),
+                StepKind::Conv { params, .. } => Some(params.out_channels),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Elements per example entering step `i`.
     pub fn step_input_len(&self, i: usize) -> usize {
         if i == 0 {

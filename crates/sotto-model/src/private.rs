@@ -73,10 +73,6 @@ pub struct HelperLoaded {
     masks: Vec<p::WeightMask>,
 }
 
-fn weight_lens(plan: &Plan) -> impl Iterator<Item = usize> + '_ {
-    plan.weights.iter().map(|(w, _)| w.len())
-}
-
 /// Helper side of [`load`].
 pub async fn deal_load<T: Transport>(
     d: &mut Dealer<T>,
@@ -85,7 +81,7 @@ pub async fn deal_load<T: Transport>(
 ) -> Result<HelperLoaded> {
     let mut masks = Vec::new();
     if private {
-        for len in weight_lens(plan) {
+        for len in plan.weight_lens() {
             masks.push(p::deal_weight_mask(d, len).await.map_err(core_err)?);
         }
     }
@@ -98,12 +94,18 @@ pub async fn load<T: Transport>(
     plan: &Plan,
     weights: ServerWeights,
 ) -> Result<Loaded> {
-    if weights.dense.len() != plan.weights.len() {
-        return Err(ModelError::Graph(format!(
-            "{} dense layers of weights for a plan with {}",
-            weights.dense.len(),
-            plan.weights.len()
-        )));
+    let lens = plan.weight_lens();
+    let blens = plan.bias_lens();
+    let fits = weights.dense.len() == lens.len()
+        && weights
+            .dense
+            .iter()
+            .zip(lens.iter().zip(&blens))
+            .all(|((w, b), (lw, lb))| w.len() == *lw && b.len() == *lb);
+    if !fits {
+        return Err(ModelError::Graph(
+            "the weights do not fit the plan's layers (a model file of another model?)".into(),
+        ));
     }
     let mut private = Vec::new();
     if weights.private {
@@ -239,4 +241,59 @@ pub async fn predict<T: Transport>(
         };
     }
     Ok(h)
+}
+
+/// The result of [`run_in_process`].
+#[derive(Debug)]
+pub struct LocalPrediction {
+    /// The client's reconstructed output (with `plan.out_frac` fractional bits).
+    pub output: Vec<u64>,
+    /// Bytes and messages each party sent (P0, P1, helper, client).
+    pub sent: [sotto_core::transport::LinkStats; 4],
+}
+
+/// One private prediction with all four parties in this process over the in-memory mesh:
+/// the helper uses `helper_plan`, server `i` uses `server_plans[i]` with `weights[i]`, and the
+/// client shares `x` (encoded inputs of `batch` examples) and reconstructs the output.
+pub fn run_in_process(
+    helper_plan: &Plan,
+    server_plans: [&Plan; 2],
+    weights: &[ServerWeights; 2],
+    x: &[u64],
+    batch: usize,
+) -> Result<LocalPrediction> {
+    use sotto_core::local::{run_local, LocalTransport};
+    use sotto_core::session::{client_receive_output, client_send_input};
+    fn m2c(e: ModelError) -> sotto_core::CoreError {
+        sotto_core::CoreError::Protocol(e.to_string())
+    }
+    let private = weights[0].private;
+    let out_len = batch * helper_plan.output_len;
+    let run = run_local(
+        |mut d: Dealer<LocalTransport>| async move {
+            let h = deal_load(&mut d, helper_plan, private).await.map_err(m2c)?;
+            deal_predict(&mut d, helper_plan, &h, batch)
+                .await
+                .map_err(m2c)?;
+            p::deal_output(&mut d, out_len).await
+        },
+        |mut s: Server<LocalTransport>| async move {
+            let i = s.id().index();
+            let plan = server_plans[i];
+            let m = load(&mut s, plan, weights[i].clone()).await.map_err(m2c)?;
+            let xs = s.receive_input(batch * plan.input_len).await?;
+            let y = predict(&mut s, plan, &m, xs, batch).await.map_err(m2c)?;
+            p::output(&mut s, &y, 64).await
+        },
+        |t: LocalTransport, session| async move {
+            client_send_input(&t, session, x).await?;
+            client_receive_output(&t, session, out_len, 64).await
+        },
+        false,
+    )
+    .map_err(core_err)?;
+    Ok(LocalPrediction {
+        output: run.client,
+        sent: run.sent,
+    })
 }

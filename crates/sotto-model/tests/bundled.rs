@@ -7,10 +7,7 @@
 use std::path::PathBuf;
 
 use sotto_core::fixed::{decode_with, FixedPoint};
-use sotto_core::local::{run_local, LocalTransport};
-use sotto_core::session::{client_receive_output, client_send_input, Dealer, Server};
-use sotto_core::CoreError;
-use sotto_model::private::{deal_load, deal_predict, load, predict, share_weights};
+use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Plan};
 
 fn dir() -> PathBuf {
@@ -26,10 +23,6 @@ fn npy_f32(path: &PathBuf) -> Vec<f32> {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn m2c(e: sotto_model::ModelError) -> CoreError {
-    CoreError::Protocol(e.to_string())
-}
-
 fn check(name: &str, private: bool) {
     let d = dir();
     let bytes = std::fs::read(d.join(format!("{name}.onnx"))).expect("bundled model");
@@ -43,38 +36,10 @@ fn check(name: &str, private: bool) {
     assert_eq!(batch, 16);
     let x_enc = plan.fp.encode_f32(&x).expect("pixels encode");
     let weights = share_weights(&plan, private).expect("os rng");
-    let out_len = batch * plan.output_len;
-    let run = run_local(
-        |mut dl: Dealer<LocalTransport>| {
-            let plan = &plan;
-            async move {
-                let h = deal_load(&mut dl, plan, private).await.map_err(m2c)?;
-                deal_predict(&mut dl, plan, &h, batch).await.map_err(m2c)?;
-                sotto_core::protocols::deal_output(&mut dl, out_len).await
-            }
-        },
-        |mut s: Server<LocalTransport>| {
-            let (plan, weights) = (&plan, &weights);
-            async move {
-                let mine = weights[s.id().index()].clone();
-                let m = load(&mut s, plan, mine).await.map_err(m2c)?;
-                let xs = s.receive_input(batch * plan.input_len).await?;
-                let y = predict(&mut s, plan, &m, xs, batch).await.map_err(m2c)?;
-                sotto_core::protocols::output(&mut s, &y, 64).await
-            }
-        },
-        |t: LocalTransport, session| {
-            let x_enc = &x_enc;
-            async move {
-                client_send_input(&t, session, x_enc).await?;
-                client_receive_output(&t, session, out_len, 64).await
-            }
-        },
-        false,
-    )
-    .expect("private prediction runs");
+    let run = run_in_process(&plan, [&plan, &plan], &weights, &x_enc, batch)
+        .expect("private prediction runs");
     let got: Vec<f64> = run
-        .client
+        .output
         .iter()
         .map(|v| decode_with(*v, plan.out_frac))
         .collect();

@@ -299,10 +299,10 @@ fn not_onnx_truncated_and_invalid_models_are_refused() {
         "y",
     );
     assert!(matches!(import(&bytes), Err(ModelError::Node { .. })));
-    // a reshape that is not a flatten
+    // a reshape that mixes the batch into the features
     let bytes = model(
         vec![node("Reshape", "r", &["x", "t"], "y")],
-        vec![i64_tensor("t", &[-1, 2, 2])],
+        vec![i64_tensor("t", &[2, -1])],
         value_info("x", &[None, Some(4)]),
         "y",
     );

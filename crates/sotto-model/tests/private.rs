@@ -3,11 +3,9 @@
 
 use prost::Message;
 use sotto_core::fixed::{decode_with, FixedPoint};
-use sotto_core::local::{run_local, LocalTransport};
 use sotto_core::prg::Prg;
-use sotto_core::session::{client_receive_output, client_send_input, Dealer, Server};
 use sotto_model::onnx::*;
-use sotto_model::private::{deal_load, deal_predict, load, predict, share_weights};
+use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Plan};
 
 fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
@@ -105,10 +103,6 @@ fn mlp(sizes: &[usize], act: &str, prg: &mut Prg) -> Vec<u8> {
     .encode_to_vec()
 }
 
-fn m2c(e: sotto_model::ModelError) -> sotto_core::CoreError {
-    sotto_core::CoreError::Protocol(e.to_string())
-}
-
 fn check(sizes: &[usize], act: &str, private: bool, batch: usize) {
     let mut prg = Prg::from_os().expect("os rng");
     let bytes = mlp(sizes, act, &mut prg);
@@ -127,38 +121,10 @@ fn check_model(bytes: &[u8], act: &str, private: bool, batch: usize) {
         .collect();
     let x_enc = fp.encode_f32(&x).expect("in range");
     let weights = share_weights(&plan, private).expect("os rng");
-    let out_len = batch * plan.output_len;
-    let run = run_local(
-        |mut d: Dealer<LocalTransport>| {
-            let plan = &plan;
-            async move {
-                let h = deal_load(&mut d, plan, private).await.map_err(m2c)?;
-                deal_predict(&mut d, plan, &h, batch).await.map_err(m2c)?;
-                sotto_core::protocols::deal_output(&mut d, out_len).await
-            }
-        },
-        |mut s: Server<LocalTransport>| {
-            let (plan, weights) = (&plan, &weights);
-            async move {
-                let w = weights[s.id().index()].clone();
-                let m = load(&mut s, plan, w).await.map_err(m2c)?;
-                let x = s.receive_input(batch * plan.input_len).await?;
-                let y = predict(&mut s, plan, &m, x, batch).await.map_err(m2c)?;
-                sotto_core::protocols::output(&mut s, &y, 64).await
-            }
-        },
-        |t: LocalTransport, session| {
-            let x_enc = &x_enc;
-            async move {
-                client_send_input(&t, session, x_enc).await?;
-                client_receive_output(&t, session, out_len, 64).await
-            }
-        },
-        false,
-    )
-    .unwrap_or_else(|e| panic!("private run failed: {e}"));
+    let run = run_in_process(&plan, [&plan, &plan], &weights, &x_enc, batch)
+        .unwrap_or_else(|e| panic!("private run failed: {e}"));
     let private_out: Vec<f64> = run
-        .client
+        .output
         .iter()
         .map(|v| decode_with(*v, plan.out_frac))
         .collect();
