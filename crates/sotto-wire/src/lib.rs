@@ -1,0 +1,320 @@
+//! # sotto-wire
+//!
+//! The binary frames that sotto's parties and clients exchange over WebSockets. A frame is a
+//! fixed 32-byte header and a payload:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..4 | magic `SOTW` |
+//! | 4 | version ([`VERSION`]) |
+//! | 5 | kind ([`Kind`]) |
+//! | 6..8 | reserved, zero |
+//! | 8..24 | session id (u128 LE) |
+//! | 24..28 | step (u32 LE) |
+//! | 28..32 | payload length (u32 LE) |
+//!
+//! Decoding checks every field and the length against a limit before touching the payload,
+//! and returns a [`WireError`] for anything malformed: it never panics, whatever the bytes.
+//!
+//! ```
+//! use sotto_wire::{Frame, Kind, decode, DEFAULT_MAX_PAYLOAD};
+//! let f = Frame { kind: Kind::Share, session: 7, step: 3, payload: vec![1, 2, 3] };
+//! assert_eq!(decode(&f.encode(), DEFAULT_MAX_PAYLOAD).unwrap(), f);
+//! assert!(decode(b"garbage", DEFAULT_MAX_PAYLOAD).is_err());
+//! ```
+#![deny(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Frame format version.
+pub const VERSION: u8 = 1;
+/// Header length in bytes.
+pub const HEADER_LEN: usize = 32;
+/// Default largest payload accepted (64 MiB).
+pub const DEFAULT_MAX_PAYLOAD: usize = 64 << 20;
+const MAGIC: &[u8; 4] = b"SOTW";
+
+/// The one error type of `sotto-wire`.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum WireError {
+    /// Fewer bytes than a header, or than the header announces.
+    #[error("truncated frame: {0}")]
+    Truncated(String),
+    /// The bytes are not a sotto frame.
+    #[error("not a sotto frame: {0}")]
+    Malformed(String),
+    /// A frame of another format version.
+    #[error("frame version {found}, this build speaks version {VERSION}")]
+    Version {
+        /// The version found.
+        found: u8,
+    },
+    /// The payload is larger than allowed.
+    #[error("payload of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A payload that does not decode as its kind requires.
+    #[error("bad {kind:?} payload: {reason}")]
+    Payload {
+        /// The frame kind.
+        kind: Kind,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Result alias of `sotto-wire`.
+pub type Result<T> = std::result::Result<T, WireError>;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Opens a connection: [`Hello`] as JSON.
+    Hello = 1,
+    /// A model manifest: [`Manifest`] as JSON.
+    Manifest = 2,
+    /// A client's input share for P0 (u64 LE elements).
+    InputShare = 3,
+    /// A client's 32-byte input seed for P1.
+    InputSeed = 4,
+    /// Shares exchanged between parties, or helper material (opaque bytes).
+    Share = 5,
+    /// An output share for the client (u64 LE elements).
+    Output = 6,
+    /// An error: [`ErrorPayload`] as JSON.
+    Error = 7,
+    /// Orderly end of a session (empty payload).
+    Close = 8,
+}
+
+impl Kind {
+    fn from_byte(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Hello,
+            2 => Kind::Manifest,
+            3 => Kind::InputShare,
+            4 => Kind::InputSeed,
+            5 => Kind::Share,
+            6 => Kind::Output,
+            7 => Kind::Error,
+            8 => Kind::Close,
+            _ => return None,
+        })
+    }
+}
+
+/// A frame.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// What it carries.
+    pub kind: Kind,
+    /// Session id.
+    pub session: u128,
+    /// Protocol step within the session.
+    pub step: u32,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+impl std::fmt::Debug for Frame {
+    /// Never prints the payload: it may be a share.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Frame({:?}, session {:x}, step {}, {} bytes)",
+            self.kind,
+            self.session,
+            self.step,
+            self.payload.len()
+        )
+    }
+}
+
+impl Frame {
+    /// Encodes the frame (header + payload).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.push(self.kind as u8);
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&self.session.to_le_bytes());
+        out.extend_from_slice(&self.step.to_le_bytes());
+        out.extend_from_slice(&(self.payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    /// A frame whose payload is `value` as JSON.
+    pub fn json<T: Serialize>(kind: Kind, session: u128, step: u32, value: &T) -> Result<Frame> {
+        let payload = serde_json::to_vec(value).map_err(|e| WireError::Payload {
+            kind,
+            reason: e.to_string(),
+        })?;
+        Ok(Frame {
+            kind,
+            session,
+            step,
+            payload,
+        })
+    }
+
+    /// Decodes the JSON payload, checking the frame has kind `kind`.
+    pub fn parse_json<T: for<'de> Deserialize<'de>>(&self, kind: Kind) -> Result<T> {
+        if self.kind != kind {
+            return Err(WireError::Payload {
+                kind,
+                reason: format!("got a {:?} frame", self.kind),
+            });
+        }
+        serde_json::from_slice(&self.payload).map_err(|e| WireError::Payload {
+            kind,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The payload as `n` ring elements (u64 LE), checking kind and length.
+    pub fn elements(&self, kind: Kind, n: usize) -> Result<Vec<u64>> {
+        if self.kind != kind {
+            return Err(WireError::Payload {
+                kind,
+                reason: format!("got a {:?} frame", self.kind),
+            });
+        }
+        if Some(self.payload.len()) != n.checked_mul(8) {
+            return Err(WireError::Payload {
+                kind,
+                reason: format!(
+                    "{} bytes where {n} elements ({} bytes) were expected",
+                    self.payload.len(),
+                    n.saturating_mul(8)
+                ),
+            });
+        }
+        Ok(self
+            .payload
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                u64::from_le_bytes(b)
+            })
+            .collect())
+    }
+
+    /// A frame carrying ring elements.
+    pub fn from_elements(kind: Kind, session: u128, step: u32, v: &[u64]) -> Frame {
+        Frame {
+            kind,
+            session,
+            step,
+            payload: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        }
+    }
+}
+
+/// Decodes one frame from exactly `bytes`, refusing payloads above `max_payload`.
+pub fn decode(bytes: &[u8], max_payload: usize) -> Result<Frame> {
+    if bytes.len() < HEADER_LEN {
+        return Err(WireError::Truncated(format!(
+            "{} bytes, a header needs {HEADER_LEN}",
+            bytes.len()
+        )));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err(WireError::Malformed("wrong magic".into()));
+    }
+    if bytes[4] != VERSION {
+        return Err(WireError::Version { found: bytes[4] });
+    }
+    let kind = Kind::from_byte(bytes[5])
+        .ok_or_else(|| WireError::Malformed(format!("unknown kind {}", bytes[5])))?;
+    if bytes[6] != 0 || bytes[7] != 0 {
+        return Err(WireError::Malformed("reserved bytes are not zero".into()));
+    }
+    let mut s = [0u8; 16];
+    s.copy_from_slice(&bytes[8..24]);
+    let session = u128::from_le_bytes(s);
+    let step = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    let len = u32::from_le_bytes([bytes[28], bytes[29], bytes[30], bytes[31]]) as usize;
+    if len > max_payload {
+        return Err(WireError::TooLarge {
+            len,
+            limit: max_payload,
+        });
+    }
+    let body = &bytes[HEADER_LEN..];
+    if body.len() < len {
+        return Err(WireError::Truncated(format!(
+            "header announces {len} payload bytes, {} present",
+            body.len()
+        )));
+    }
+    if body.len() > len {
+        return Err(WireError::Malformed(format!(
+            "{} bytes after the payload",
+            body.len() - len
+        )));
+    }
+    Ok(Frame {
+        kind,
+        session,
+        step,
+        payload: body.to_vec(),
+    })
+}
+
+/// Which party a connection claims to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// First server.
+    P0,
+    /// Second server.
+    P1,
+    /// The helper.
+    Helper,
+    /// A client.
+    Client,
+}
+
+/// Opens a connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's role.
+    pub role: Role,
+    /// The model the session is for.
+    pub model_id: String,
+}
+
+/// What a client needs to know about a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Model id.
+    pub model_id: String,
+    /// Input shape without the batch.
+    pub input_shape: Vec<usize>,
+    /// Fractional bits of the input encoding.
+    pub frac_bits: u32,
+    /// Elements per output example.
+    pub output_len: usize,
+    /// Fractional bits of the output.
+    pub out_frac: u32,
+    /// True when the client applies a softmax to the logits.
+    pub softmax_at_client: bool,
+    /// Largest input magnitude the model's bit budget allows.
+    pub input_bound: f64,
+}
+
+/// An error sent to the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorPayload {
+    /// A short machine-readable code (`bad_shape`, `unknown_model`, `too_large`, ...).
+    pub code: String,
+    /// A message for people.
+    pub message: String,
+}
