@@ -1,0 +1,98 @@
+//! Private predictions over real loopback WebSockets, and a party that goes away.
+
+use std::time::Duration;
+
+use sotto_core::fixed::{decode_with, FixedPoint};
+use sotto_core::protocols as p;
+use sotto_core::session::{client_receive_output, client_send_input, Dealer, Server};
+use sotto_core::CoreError;
+use sotto_model::private::{deal_load, deal_predict, load, predict, share_weights};
+use sotto_model::{import, Plan};
+use sotto_net::loopback_mesh;
+
+fn m2c(e: sotto_model::ModelError) -> CoreError {
+    CoreError::Protocol(e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_a_predicts_over_websockets() {
+    let path =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/network_a.onnx");
+    let model = import(&std::fs::read(path).expect("bundled")).expect("imports");
+    let plan = Plan::new(&model, FixedPoint::default(), 1.0).expect("fits");
+    let [w0, w1] = share_weights(&plan, true).expect("os rng");
+    let batch = 3;
+    let x: Vec<f32> = (0..batch * 784)
+        .map(|i| ((i * 31) % 256) as f32 / 255.0)
+        .collect();
+    let x_enc = plan.fp.encode_f32(&x).expect("pixels");
+    let out_len = batch * plan.output_len;
+    let [t0, t1, th, tc] = loopback_mesh(Duration::from_secs(10)).await.expect("mesh");
+    let session = 42;
+    let helper = {
+        let plan = plan.clone();
+        tokio::spawn(async move {
+            let mut d = Dealer::start(th, session).await?;
+            let h = deal_load(&mut d, &plan, true).await.map_err(m2c)?;
+            deal_predict(&mut d, &plan, &h, batch).await.map_err(m2c)?;
+            p::deal_output(&mut d, out_len).await
+        })
+    };
+    let server = |t, w| {
+        let plan = plan.clone();
+        tokio::spawn(async move {
+            let mut s = Server::start(t, session).await?;
+            let m = load(&mut s, &plan, w).await.map_err(m2c)?;
+            let xs = s.receive_input(batch * plan.input_len).await?;
+            let y = predict(&mut s, &plan, &m, xs, batch).await.map_err(m2c)?;
+            p::output(&mut s, &y, 64).await
+        })
+    };
+    let s0 = server(t0, w0);
+    let s1 = server(t1, w1);
+    client_send_input(&tc, session, &x_enc)
+        .await
+        .expect("sends");
+    let y = client_receive_output(&tc, session, out_len, 64)
+        .await
+        .expect("receives");
+    for j in [helper, s0, s1] {
+        j.await.expect("no panic").expect("party succeeds");
+    }
+    let got: Vec<f64> = y.iter().map(|v| decode_with(*v, plan.out_frac)).collect();
+    let want = model.forward(&x, batch).expect("fits");
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 0.01, "{g} vs {w}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_that_dies_mid_session_gives_an_error_not_a_hang() {
+    let [t0, mut t1, th, _tc] = loopback_mesh(Duration::from_secs(20)).await.expect("mesh");
+    let session = 7;
+    let started = std::time::Instant::now();
+    let helper = tokio::spawn(async move {
+        let mut d = Dealer::start(th, session).await?;
+        p::deal_relu(&mut d, 4, 0, 64).await
+    });
+    // P1 receives its seed, then dies before its part of the ReLU.
+    let s1 = tokio::spawn(async move {
+        let _s = Server::start(&t1, session).await?;
+        t1.close();
+        Ok::<_, CoreError>(())
+    });
+    let r0 = async {
+        let mut s = Server::start(t0, session).await?;
+        p::relu(&mut s, &[1, 2, 3, 4], 0, 64).await
+    }
+    .await;
+    let err = r0.expect_err("P1 is gone");
+    assert!(err.to_string().contains("P1"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let _ = helper.await;
+    s1.await.expect("no panic").expect("P1 started");
+}
