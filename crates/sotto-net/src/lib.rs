@@ -15,7 +15,19 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use sotto_core::transport::{PartyId, Tag, Transport};
 use sotto_core::{CoreError, Result};
-use sotto_wire::{decode, Frame, Kind, DEFAULT_MAX_PAYLOAD};
+use sotto_wire::{decode, Frame, Kind};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Largest frame between parties (1 GiB): the helper's comparison keys for a large batch come
+/// in one message. Client links use sotto-wire's smaller default.
+pub const PARTY_MAX_PAYLOAD: usize = 1 << 30;
+
+/// WebSocket limits matching [`PARTY_MAX_PAYLOAD`].
+pub fn party_ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(PARTY_MAX_PAYLOAD + 64))
+        .max_frame_size(Some(PARTY_MAX_PAYLOAD + 64))
+}
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::Message;
@@ -77,7 +89,7 @@ impl WsTransport {
             outs: HashMap::new(),
             inbox: Arc::new(Inbox::default()),
             timeout,
-            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_payload: PARTY_MAX_PAYLOAD,
         }
     }
 
@@ -196,13 +208,17 @@ pub async fn loopback_mesh(timeout: Duration) -> Result<[WsTransport; 4]> {
             let addr = listener.local_addr().map_err(net)?;
             let accept = tokio::spawn(async move {
                 let (tcp, _) = listener.accept().await?;
-                tokio_tungstenite::accept_async(tcp)
+                tokio_tungstenite::accept_async_with_config(tcp, Some(party_ws_config()))
                     .await
                     .map_err(|e| std::io::Error::other(e.to_string()))
             });
-            let (dialed, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-                .await
-                .map_err(|e| CoreError::Transport(e.to_string()))?;
+            let (dialed, _) = tokio_tungstenite::connect_async_with_config(
+                format!("ws://{addr}/"),
+                Some(party_ws_config()),
+                false,
+            )
+            .await
+            .map_err(|e| CoreError::Transport(e.to_string()))?;
             let accepted = accept
                 .await
                 .map_err(|e| CoreError::Transport(e.to_string()))?
