@@ -34,7 +34,8 @@ cargo run --release -q -p sotto -- eval --model "$fresh/network_a.onnx" --input 
   --labels "$fresh/mnist_test_labels.npy" --reference "$fresh/network_a_tf_logits.npy" --limit 500
 cargo run --release -q -p sotto -- inspect "$fresh/cnn.onnx"
 
-step "the run command works"
+step "the run command works (and the in-memory example)"
+cargo run --release -q -p sotto -- demo --count 20
 cargo run --release -q -p local-demo -- --check
 
 printf '\nall tests passed\n'

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+
+mod demo;
 use sotto_core::fixed::{decode_with, FixedPoint};
 use sotto_model::ir::shape_string;
 use sotto_model::private::{run_in_process, share_weights};
@@ -34,6 +36,18 @@ struct Numbers {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Predict held-out MNIST digits privately with P0, P1 and the helper joined by loopback
+    /// WebSockets, printing each label next to the plaintext and TensorFlow ones.
+    ///
+    /// Example: sotto demo --count 20
+    Demo {
+        /// The model (with its held-out images and TensorFlow logits next to it in models/).
+        #[arg(long, default_value = "models/network_a.onnx")]
+        model: PathBuf,
+        /// How many digits to predict.
+        #[arg(long, default_value_t = 10)]
+        count: usize,
+    },
     /// Print one line per layer: shapes, protocol, bit budget, online rounds and bytes.
     ///
     /// Example: sotto inspect models/network_a.onnx
@@ -97,6 +111,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
+        Command::Demo { model, count } => demo(&model, count),
         Command::Inspect {
             model,
             numbers,
@@ -221,6 +236,36 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
         );
     }
     Ok(())
+}
+
+fn demo(model: &Path, count: usize) -> Result<(), String> {
+    let dir = model.parent().unwrap_or(Path::new("."));
+    let stem = model
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model");
+    let (images, _) = read_npy(&dir.join("mnist_test_images.npy"))?;
+    let (labels, _) = read_npy(&dir.join("mnist_test_labels.npy"))?;
+    let reference = read_npy(&dir.join(format!("{stem}_tf_logits.npy")))
+        .ok()
+        .map(|r| r.0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ok = rt.block_on(demo::run(demo::DemoInputs {
+        model,
+        images,
+        labels,
+        reference,
+        count,
+    }))?;
+    if ok {
+        Ok(())
+    } else {
+        Err("a private label differed from the plaintext model's".into())
+    }
 }
 
 fn share_model(path: &Path, out: &Path, private: bool, numbers: &Numbers) -> Result<(), String> {
