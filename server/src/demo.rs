@@ -11,6 +11,7 @@ use sotto_core::protocols as p;
 use sotto_core::session::{client_receive_output, client_send_input, Dealer, Server};
 use sotto_core::transport::{Counting, PartyId};
 use sotto_core::CoreError;
+use sotto_model::ir::argmax;
 use sotto_model::private::{deal_load, deal_predict, load, predict, share_weights, Loaded};
 use sotto_model::Plan;
 use sotto_net::{loopback_mesh, WsTransport};
@@ -33,10 +34,6 @@ pub struct DemoInputs<'a> {
     pub reference: Option<Vec<f64>>,
     /// How many images to predict.
     pub count: usize,
-}
-
-fn argmax(row: &[f64]) -> usize {
-    (0..row.len()).fold(0, |b, j| if row[j] > row[b] { j } else { b })
 }
 
 /// Runs the demo; returns false if a private label differs from the plaintext model's.

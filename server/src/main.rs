@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 use sotto_core::fixed::{decode_with, FixedPoint};
-use sotto_model::ir::shape_string;
+use sotto_model::ir::{argmax, shape_string};
 use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Model, Plan};
 
@@ -363,16 +363,6 @@ fn read_npy(path: &Path) -> Result<(Vec<f64>, Vec<usize>), String> {
         }
     };
     Ok((data, shape))
-}
-
-fn argmax(row: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 fn eval(a: &EvalArgs) -> Result<(), String> {

@@ -300,6 +300,11 @@ pub fn shape_string(shape: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+/// Index of the first largest value of a row (the predicted label).
+pub fn argmax(row: &[f64]) -> usize {
+    (0..row.len()).fold(0, |best, j| if row[j] > row[best] { j } else { best })
+}
+
 /// Softmax of each row of `cols` logits (what the client applies).
 pub fn softmax(logits: &[f64], cols: usize) -> Vec<f64> {
     let mut out = Vec::with_capacity(logits.len());

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use sotto_core::fixed::{decode_with, FixedPoint};
+use sotto_model::ir::argmax;
 use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Plan};
 
@@ -50,11 +51,10 @@ fn check(name: &str, private: bool) {
             &got[b * cols..(b + 1) * cols],
             &tf[b * cols..(b + 1) * cols],
         );
-        let am = |r: &[f64]| (0..cols).fold(0, |best, j| if r[j] > r[best] { j } else { best });
         let wf: Vec<f64> = w.iter().map(|v| f64::from(*v)).collect();
         assert_eq!(
-            am(g),
-            am(&wf),
+            argmax(g),
+            argmax(&wf),
             "{name}: private label differs from TensorFlow's on fixture {b}"
         );
         for (a, c) in g.iter().zip(&wf) {
