@@ -339,6 +339,34 @@ proptest! {
 }
 
 #[test]
+fn softmax_must_be_last_but_may_be_renamed() {
+    let w = f32_tensor("w", &[2, 3], &[0.5; 6]);
+    let ok = model(
+        vec![
+            node("MatMul", "m", &["x", "w"], "z"),
+            node("Softmax", "s", &["z"], "p"),
+            node("Identity", "out", &["p"], "y"),
+        ],
+        vec![w.clone()],
+        value_info("x", &[None, Some(2)]),
+        "y",
+    );
+    assert!(import(&ok).expect("imports").softmax_at_client);
+    let bad = model(
+        vec![
+            node("MatMul", "m", &["x", "w"], "z"),
+            node("Softmax", "s", &["z"], "p"),
+            node("Relu", "r", &["p"], "y"),
+        ],
+        vec![w],
+        value_info("x", &[None, Some(2)]),
+        "y",
+    );
+    let e = import(&bad).expect_err("a layer after softmax");
+    assert!(e.to_string().contains("softmax"), "{e}");
+}
+
+#[test]
 fn layers_report_their_kinds() {
     assert_eq!(Layer::Relu.kind(), "ReLU");
 }
