@@ -45,10 +45,52 @@ impl Conv2dShape {
         if self.kernel_h == 0 || self.kernel_w == 0 {
             return bad("kernel must be at least 1×1");
         }
+        // Every size this shape implies must fit (shapes can come from untrusted files).
+        let dims = [
+            self.batch,
+            self.in_channels,
+            self.height,
+            self.width,
+            self.out_channels,
+            self.kernel_h,
+            self.kernel_w,
+            self.pad_top,
+            self.pad_left,
+            self.pad_bottom,
+            self.pad_right,
+        ];
+        if dims.iter().any(|&d| d > 1 << 24) {
+            return bad("a dimension is larger than 2^24");
+        }
         if self.height + self.pad_top + self.pad_bottom < self.kernel_h
             || self.width + self.pad_left + self.pad_right < self.kernel_w
         {
             return bad("kernel larger than the padded input");
+        }
+        let patch = self
+            .in_channels
+            .checked_mul(self.kernel_h)
+            .and_then(|v| v.checked_mul(self.kernel_w));
+        let cols = patch
+            .and_then(|p| {
+                [
+                    self.batch,
+                    self.out_h(),
+                    self.out_w(),
+                    p,
+                    self.out_channels.max(1),
+                ]
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+            })
+            .filter(|&n| n <= crate::tensor::MAX_ELEMENTS * 64)
+            .is_some();
+        let x = [self.batch, self.in_channels, self.height, self.width]
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .is_some();
+        if !cols || !x {
+            return bad("the convolution is too large");
         }
         Ok(())
     }
@@ -159,6 +201,24 @@ impl Bilinear {
         }
     }
 
+    /// Checks that the shape is valid and its sizes fit in memory.
+    pub fn check(&self) -> Result<()> {
+        match self {
+            Bilinear::MatMul { m, k, n } => {
+                let fits = [*m, *k, *n].iter().all(|d| *d <= 1 << 28)
+                    && m.checked_mul(*k).is_some()
+                    && k.checked_mul(*n).is_some()
+                    && m.checked_mul(*n).is_some();
+                if fits {
+                    Ok(())
+                } else {
+                    Err(CoreError::Shape(format!("{self:?} is too large")))
+                }
+            }
+            Bilinear::Conv2d(s) => s.check(),
+        }
+    }
+
     /// Shape of the output.
     pub fn out_shape(&self) -> Vec<usize> {
         match self {
@@ -174,6 +234,7 @@ impl Bilinear {
 
     /// Computes `y = op(x, w)` over Z_2^64.
     pub fn apply(&self, x: &[u64], w: &[u64]) -> Result<Vec<u64>> {
+        self.check()?;
         if x.len() != self.x_len() || w.len() != self.w_len() {
             return Err(CoreError::Shape(format!(
                 "{self:?}: got {} input and {} weight elements, expected {} and {}",
@@ -369,5 +430,38 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    #[test]
+    fn absurd_shapes_are_errors_not_overflows() {
+        let huge = Conv2dShape {
+            batch: 1 << 20,
+            in_channels: 1 << 20,
+            height: 1 << 20,
+            width: 1 << 20,
+            out_channels: 1 << 20,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            pad_bottom: 0,
+            pad_right: 0,
+        };
+        assert!(Bilinear::Conv2d(huge).check().is_err());
+        assert!(Bilinear::Conv2d(huge).apply(&[], &[]).is_err());
+        let m = Bilinear::MatMul {
+            m: usize::MAX / 2,
+            k: 4,
+            n: 4,
+        };
+        assert!(m.check().is_err());
+        assert!(m.apply(&[], &[]).is_err());
     }
 }

@@ -114,6 +114,7 @@ pub async fn deal_bilinear_private<T: Transport>(
     op: &Bilinear,
     mask: &WeightMask,
 ) -> Result<()> {
+    op.check()?;
     check_len("weight mask", mask.b.len(), op.w_len())?;
     let mut g = d.gate()?;
     let a = g.random(op.x_len());
@@ -138,6 +139,7 @@ pub async fn prepare_bilinear_private<T: Transport>(
     op: &Bilinear,
     w: &PrivateWeight,
 ) -> Result<PreparedProduct> {
+    op.check()?;
     check_len("bilinear weight", w.w.len(), op.w_len())?;
     let mut g = s.gate().await?;
     let a = g.random(op.x_len());
@@ -179,6 +181,7 @@ pub async fn bilinear_private<T: Transport>(
     x: &[u64],
     w: &PrivateWeight,
 ) -> Result<Vec<u64>> {
+    op.check()?;
     check_len("bilinear input", x.len(), op.x_len())?;
     let prep = prepare_bilinear_private(s, op, w).await?;
     finish_bilinear_private(s, prep, x, w).await
