@@ -430,36 +430,47 @@ pub fn eval(keys: &DcfKeys, xs: &[u64], out: &mut [u64]) -> Result<()> {
     // Accumulate unsigned sums; the party's sign is applied once at the end.
     out.iter_mut().for_each(|o| *o = 0);
     let mut buf: Vec<Block> = Vec::with_capacity(CHUNK * nb);
-    let mut v = vec![0u64; m];
     for i in 0..n {
         let shift = n - 1 - i;
+        let lvl = i * count..(i + 1) * count;
+        let (cw_s, cw_t) = (&keys.cw_s[lvl.clone()], &keys.cw_t[lvl]);
+        let cw_v = &keys.cw_v[i * count * m..(i + 1) * count * m];
         for c0 in (0..count).step_by(CHUNK) {
             let c1 = (c0 + CHUNK).min(count);
+            let xs_c = &xs[c0..c1];
             buf.clear();
-            for k in c0..c1 {
-                let side = ((xs[k] >> shift) & 1) as usize;
-                for j in 0..nb {
-                    buf.push(to_block(s[k] ^ tweak(side, j)));
-                }
+            for (x, sk) in xs_c.iter().zip(&s[c0..c1]) {
+                let side = ((x >> shift) & 1) as usize;
+                buf.extend((0..nb).map(|j| to_block(sk ^ tweak(side, j))));
             }
             aes.encrypt_blocks(&mut buf);
-            for k in c0..c1 {
-                let side = ((xs[k] >> shift) & 1) as usize;
-                let blk = &buf[(k - c0) * nb..(k - c0 + 1) * nb];
-                let first = from_block(&blk[0]) ^ s[k] ^ tweak(side, 0);
-                unpack_values(blk, s[k], side, &mut v);
-                let lvl = i * count + k;
+            let rows = buf
+                .chunks_exact(nb)
+                .zip(xs_c)
+                .zip(s[c0..c1].iter_mut().zip(t[c0..c1].iter_mut()))
+                .zip(cw_s[c0..c1].iter().zip(&cw_t[c0..c1]))
+                .zip(
+                    cw_v[c0 * m..c1 * m]
+                        .chunks_exact(m)
+                        .zip(out[c0 * m..c1 * m].chunks_exact_mut(m)),
+                );
+            for ((((blk, x), (sk, tk)), (cws, cwt)), (vcw, o)) in rows {
+                let side = ((x >> shift) & 1) as usize;
+                let first = from_block(&blk[0]) ^ *sk ^ tweak(side, 0);
                 // Branch-free correction: the control bit is a coin flip per key and level.
-                let tk = t[k];
-                let mask = 0u64.wrapping_sub(u64::from(tk));
-                let mask128 = 0u128.wrapping_sub(u128::from(tk));
-                s[k] = (first & !1) ^ (keys.cw_s[lvl] & mask128);
-                t[k] = ((first & 1) as u8) ^ ((keys.cw_t[lvl] >> side) & tk & 1);
-                let vcw = &keys.cw_v[lvl * m..(lvl + 1) * m];
-                let o = &mut out[k * m..(k + 1) * m];
-                for h in 0..m {
-                    o[h] = o[h].wrapping_add(v[h]).wrapping_add(vcw[h] & mask);
+                let mask = 0u64.wrapping_sub(u64::from(*tk));
+                let mask128 = 0u128.wrapping_sub(u128::from(*tk));
+                for (j, b) in blk[1..].iter().enumerate() {
+                    let w = from_block(b) ^ *sk ^ tweak(side, j + 1);
+                    for (h, part) in [w as u64, (w >> 64) as u64].into_iter().enumerate() {
+                        let idx = 2 * j + h;
+                        if idx < m {
+                            o[idx] = o[idx].wrapping_add(part).wrapping_add(vcw[idx] & mask);
+                        }
+                    }
                 }
+                *sk = (first & !1) ^ (cws & mask128);
+                *tk = ((first & 1) as u8) ^ ((cwt >> side) & *tk & 1);
             }
         }
     }
