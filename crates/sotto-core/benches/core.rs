@@ -225,6 +225,31 @@ fn bench_pools(c: &mut Criterion) {
                 p::maxpool(&mut s, &v, &shape, bits).await
             },
         );
+        // The same with the keys received and parsed before the input exists (online only).
+        let run_once = move || {
+            session(
+                move |mut d: Dealer<T>| async move { p::deal_maxpool(&mut d, &shape, bits).await },
+                move |mut s: Server<T>| async move {
+                    let v = pick(&s, x);
+                    let prep = p::prepare_maxpool(&mut s, &shape, bits).await?;
+                    let t = Instant::now();
+                    p::finish_maxpool(&mut s, prep, &v).await?;
+                    Ok(t.elapsed())
+                },
+            )
+        };
+        let (run, _) = run_once();
+        println!(
+            "maxpool2x2_{bits}bit prepared: online {:.3} ms after key parsing",
+            run.p0.as_secs_f64() * 1e3
+        );
+        let mut g = c.benchmark_group(format!("maxpool2x2_{bits}bit_prepared"));
+        g.sample_size(10);
+        g.bench_function(
+            BenchmarkId::from_parameter(format!("{}windows", shape.windows())),
+            |b| b.iter_custom(|iters| (0..iters).map(|_| run_once().0.p0).sum()),
+        );
+        g.finish();
     }
     bench_gate(
         c,

@@ -124,12 +124,17 @@ pub async fn deal_bilinear_private<T: Transport>(
 }
 
 /// A private product whose input-independent part is done: `A_i`, and `op(A_i, F) + C_i`.
-#[derive(Debug)]
 pub struct PreparedProduct {
     op: Bilinear,
     a: Vec<u64>,
     partial: Vec<u64>,
     gate: Deferred,
+}
+
+impl std::fmt::Debug for PreparedProduct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PreparedProduct({:?})", self.op)
+    }
 }
 
 /// Offline part of [`bilinear_private`]: receives the gate's material and computes
@@ -626,17 +631,47 @@ async fn deal_max_tree<T: Transport>(
 /// `max(a, b) = b + ReLU(a − b)`; ties keep the earlier column.
 async fn max_tree<T: Transport>(
     s: &mut Server<T>,
-    mut cols: Vec<Vec<u64>>,
+    cols: Vec<Vec<u64>>,
     bits: u32,
 ) -> Result<Vec<u64>> {
     let len = cols.first().map_or(0, Vec::len);
+    let levels = prepare_max_tree(s, cols.len(), len, bits).await?;
+    finish_max_tree(s, levels, cols).await
+}
+
+/// Receives and parses the material of every level of a max tree over `k` columns of `len`.
+async fn prepare_max_tree<T: Transport>(
+    s: &mut Server<T>,
+    k: usize,
+    len: usize,
+    bits: u32,
+) -> Result<Vec<PreparedSign>> {
+    let mut levels = Vec::new();
+    let mut k = k;
+    while k > 1 {
+        levels.push(prepare_sign(s, (k / 2) * len, SignOut::Relu(0), bits).await?);
+        k = k.div_ceil(2);
+    }
+    Ok(levels)
+}
+
+async fn finish_max_tree<T: Transport>(
+    s: &mut Server<T>,
+    levels: Vec<PreparedSign>,
+    mut cols: Vec<Vec<u64>>,
+) -> Result<Vec<u64>> {
+    let len = cols.first().map_or(0, Vec::len);
+    let mut levels = levels.into_iter();
     while cols.len() > 1 {
         let pairs = cols.len() / 2;
         let mut diff = Vec::with_capacity(pairs * len);
         for p in 0..pairs {
             diff.extend_from_slice(&ring::sub(&cols[2 * p], &cols[2 * p + 1])?);
         }
-        let (_, y) = sign(s, &diff, SignOut::Relu(0), bits).await?;
+        let level = levels
+            .next()
+            .ok_or_else(|| CoreError::Protocol("max tree prepared for fewer levels".into()))?;
+        let (_, y) = finish_sign(s, level, &diff).await?;
         let mut next = Vec::with_capacity(cols.len().div_ceil(2));
         for p in 0..pairs {
             next.push(ring::add(&cols[2 * p + 1], &y[p * len..(p + 1) * len])?);
@@ -647,6 +682,47 @@ async fn max_tree<T: Transport>(
         cols = next;
     }
     Ok(cols.pop().unwrap_or_default())
+}
+
+/// A [`maxpool`] whose helper material (every level's keys) is received and parsed.
+pub struct PreparedMaxpool {
+    shape: PoolShape,
+    levels: Vec<PreparedSign>,
+}
+
+impl std::fmt::Debug for PreparedMaxpool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PreparedMaxpool({:?}, {} levels)",
+            self.shape,
+            self.levels.len()
+        )
+    }
+}
+
+/// Offline part of [`maxpool`]: receives and parses every level's material.
+pub async fn prepare_maxpool<T: Transport>(
+    s: &mut Server<T>,
+    shape: &PoolShape,
+    bits: u32,
+) -> Result<PreparedMaxpool> {
+    let levels =
+        prepare_max_tree(s, shape.kernel_h * shape.kernel_w, shape.windows(), bits).await?;
+    Ok(PreparedMaxpool {
+        shape: *shape,
+        levels,
+    })
+}
+
+/// Online part of [`maxpool`]: ⌈log2(kh·kw)⌉ openings and local key evaluations.
+pub async fn finish_maxpool<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedMaxpool,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    let cols = prep.shape.window_columns(x)?;
+    finish_max_tree(s, prep.levels, cols).await
 }
 
 /// Helper side of [`maxpool`].

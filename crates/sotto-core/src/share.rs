@@ -38,12 +38,18 @@ pub fn share_with_seed(x: &[u64], seed: &Seed) -> Vec<u64> {
 }
 
 /// What a client sends: the full share for P0, the seed for P1.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientShares {
     /// `x - PRG(seed)`, for P0.
     pub to_p0: Vec<u64>,
     /// The seed, for P1.
     pub to_p1: Seed,
+}
+
+impl std::fmt::Debug for ClientShares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientShares({} elements)", self.to_p0.len())
+    }
 }
 
 /// Shares an encoded input with a fresh seed from the operating system.

@@ -113,7 +113,7 @@ pub struct Step {
 }
 
 /// A model's fixed-point plan.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Plan {
     /// The format between layers.
     pub fp: FixedPoint,
@@ -130,6 +130,19 @@ pub struct Plan {
     /// Weights of the dense and conv layers encoded with `f` bits (dense: `inputs ×
     /// outputs`; conv: the matrix layout `[C·kh·kw, O]`) and biases with `2f` bits.
     pub weights: Vec<(Vec<u64>, Vec<u64>)>,
+}
+
+impl std::fmt::Debug for Plan {
+    /// Never prints the weights: on a server they are shares.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("fp", &self.fp)
+            .field("input_len", &self.input_len)
+            .field("steps", &self.steps)
+            .field("out_frac", &self.out_frac)
+            .field("weight_tensors", &self.weights.len())
+            .finish()
+    }
 }
 
 /// Bits needed for an encoded magnitude below `v` plus a sign bit and one bit of margin.

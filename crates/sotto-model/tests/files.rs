@@ -36,6 +36,13 @@ fn a_set_round_trips_and_runs_privately() {
         assert_eq!(&share::reveal(b0, b1).expect("same length"), b);
         assert_ne!(w0, w);
     }
+    // Shares never reach a log through Debug.
+    let shown = format!("{:?} {:?}", p0.plan, p0);
+    let w0 = p0.plan.weights[0].0[0];
+    assert!(
+        !shown.contains(&w0.to_string()),
+        "Debug printed a weight share"
+    );
     // A private prediction where each party uses only its own file.
     let x: Vec<f32> = (0..2 * 784)
         .map(|i| ((i * 37) % 255) as f32 / 255.0)
