@@ -2,7 +2,6 @@
 //! and the local demo. Each party runs on its own thread.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
@@ -67,8 +66,6 @@ impl<R, C> std::fmt::Debug for LocalRun<R, C> {
     }
 }
 
-static SESSION_COUNTER: AtomicU64 = AtomicU64::new(1);
-
 /// A client that does nothing, for sessions without one.
 pub async fn no_client(_t: LocalTransport, _session: u128) -> Result<()> {
     Ok(())
@@ -93,7 +90,7 @@ where
     CF: Future<Output = Result<CR>>,
     CR: Send,
 {
-    let session = new_session_id()? ^ u128::from(SESSION_COUNTER.fetch_add(1, Ordering::Relaxed));
+    let session = new_session_id()?;
     let [p0, p1, h, c] = memory_mesh().map(|t| Arc::new(Counting::new(t)));
     let counters = [p0.counters(), p1.counters(), h.counters(), c.counters()];
     let helper_run = |h: &LocalTransport| -> Result<()> {
