@@ -71,20 +71,15 @@ impl Conv2dShape {
             .in_channels
             .checked_mul(self.kernel_h)
             .and_then(|v| v.checked_mul(self.kernel_w));
-        let cols = patch
-            .and_then(|p| {
-                [
-                    self.batch,
-                    self.out_h(),
-                    self.out_w(),
-                    p,
-                    self.out_channels.max(1),
-                ]
-                .iter()
+        let prod = |ds: &[usize]| {
+            ds.iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
-            })
-            .filter(|&n| n <= crate::tensor::MAX_ELEMENTS * 64)
-            .is_some();
+                .filter(|&n| n <= crate::tensor::MAX_ELEMENTS)
+                .is_some()
+        };
+        let (oh, ow) = (self.out_h(), self.out_w());
+        let cols = patch.is_some_and(|p| prod(&[self.batch, oh, ow, p]))
+            && prod(&[self.batch, oh, ow, self.out_channels]);
         let x = [self.batch, self.in_channels, self.height, self.width]
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
