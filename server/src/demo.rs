@@ -56,7 +56,9 @@ pub async fn run(inp: DemoInputs<'_>) -> Result<bool, String> {
         inp.model.display(),
         model.layers.len()
     );
-    let [t0, t1, th, tc] = loopback_mesh(Duration::from_secs(30)).await.map_err(err)?;
+    let [t0, t1, th, tc] = loopback_mesh(Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
     let [t0, t1, th, tc]: [Link; 4] = [t0, t1, th, tc].map(|t| Arc::new(Counting::new(t)));
     // Load the model: P0 and P1 open W − B once.
     let load_session = new_session_id().map_err(err)?;

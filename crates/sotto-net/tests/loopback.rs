@@ -68,7 +68,7 @@ async fn network_a_predicts_over_websockets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_that_dies_mid_session_gives_an_error_not_a_hang() {
-    let [t0, mut t1, th, _tc] = loopback_mesh(Duration::from_secs(20)).await.expect("mesh");
+    let [t0, t1, th, _tc] = loopback_mesh(Duration::from_secs(20)).await.expect("mesh");
     let session = 7;
     let started = std::time::Instant::now();
     let helper = tokio::spawn(async move {

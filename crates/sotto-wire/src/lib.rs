@@ -90,6 +90,13 @@ pub enum Kind {
     Error = 7,
     /// Orderly end of a session (empty payload).
     Close = 8,
+    /// P0 to a client: the session assigned to its request (the frame's `step` echoes the
+    /// request number the client chose; empty payload).
+    Session = 9,
+    /// Coordination between parties: [`Control`] as JSON.
+    Control = 10,
+    /// Party authentication: [`PartyAuth`] as JSON.
+    Auth = 11,
 }
 
 impl Kind {
@@ -103,6 +110,9 @@ impl Kind {
             6 => Kind::Output,
             7 => Kind::Error,
             8 => Kind::Close,
+            9 => Kind::Session,
+            10 => Kind::Control,
+            11 => Kind::Auth,
             _ => return None,
         })
     }
@@ -282,13 +292,62 @@ pub enum Role {
     Client,
 }
 
-/// Opens a connection.
+/// Opens a client connection: the server answers with the model's [`Manifest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The sender's role ([`Role::Client`]).
+    pub role: Role,
+    /// The model the connection is for; empty for the server's default model.
+    pub model_id: String,
+}
+
+/// One message of the pre-shared-key handshake between parties (see `sotto-net`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartyAuth {
     /// The sender's role.
     pub role: Role,
-    /// The model the session is for.
-    pub model_id: String,
+    /// The sender's fresh random nonce, hex.
+    pub nonce: String,
+    /// HMAC-SHA256 proof of the key over both roles and nonces, hex (absent in the first
+    /// message).
+    #[serde(default)]
+    pub proof: Option<String>,
+}
+
+/// Coordination between parties, sent as JSON in [`Kind::Control`] frames; the frame's
+/// session field names the session it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Control {
+    /// P0 to P1 and the helper: load `model` (the model files' set id must be `set_id`) in
+    /// this session.
+    Load {
+        /// Model id.
+        model: String,
+        /// The model files' set id, hex.
+        set_id: String,
+    },
+    /// P0 to the helper: deal the material of `count` predictions of `batch` inputs.
+    Deal {
+        /// Model id.
+        model: String,
+        /// Inputs per prediction.
+        batch: usize,
+        /// How many sessions.
+        count: usize,
+    },
+    /// Helper to P0 and P1: all material of this session has been sent.
+    Ready {
+        /// Model id.
+        model: String,
+        /// Inputs per prediction.
+        batch: usize,
+    },
+    /// Any party to another: this session failed here; drop it.
+    Abort {
+        /// Why, for the logs and the client.
+        reason: String,
+    },
 }
 
 /// What a client needs to know about a model.

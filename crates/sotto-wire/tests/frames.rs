@@ -13,6 +13,9 @@ fn kind() -> impl Strategy<Value = Kind> {
         Just(Kind::Output),
         Just(Kind::Error),
         Just(Kind::Close),
+        Just(Kind::Session),
+        Just(Kind::Control),
+        Just(Kind::Auth),
     ]
 }
 

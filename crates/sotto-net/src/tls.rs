@@ -1,0 +1,128 @@
+//! TLS for party and client links (rustls with the `ring` provider), and a WebSocket dialer
+//! for `ws://` and `wss://` URLs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::{Duplex, NetError, Result};
+
+/// How long a TCP connect plus TLS and WebSocket handshakes may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| NetError::Tls(format!("{what}: {e}")))?;
+    if certs.is_empty() {
+        return Err(NetError::Tls(format!(
+            "{what}: no certificate in the PEM data"
+        )));
+    }
+    Ok(certs)
+}
+
+/// A client configuration trusting only the certificates in `ca_pem` (the deployment's CA).
+pub fn client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca_pem, "CA certificate")? {
+        roots
+            .add(c)
+            .map_err(|e| NetError::Tls(format!("CA certificate: {e}")))?;
+    }
+    let cfg = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// A server configuration presenting `cert_pem` (leaf first, then any intermediates) with the
+/// private key in `key_pem`.
+pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig>> {
+    let chain = certs(cert_pem, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| NetError::Tls(format!("private key: {e}")))?;
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| NetError::Tls(format!("certificate and key: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Opens a WebSocket to `url` (`ws://` or `wss://`; `wss://` needs `tls`), within
+/// [`CONNECT_TIMEOUT`].
+pub async fn connect(
+    url: &str,
+    tls: Option<Arc<ClientConfig>>,
+    ws: WebSocketConfig,
+) -> Result<Duplex> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(url, tls, ws)).await {
+        Ok(r) => r,
+        Err(_) => Err(NetError::Timeout(format!(
+            "connecting to {url} took over {CONNECT_TIMEOUT:?}"
+        ))),
+    }
+}
+
+async fn connect_inner(
+    url: &str,
+    tls: Option<Arc<ClientConfig>>,
+    ws: WebSocketConfig,
+) -> Result<Duplex> {
+    let request = url
+        .into_client_request()
+        .map_err(|e| NetError::Io(format!("{url}: {e}")))?;
+    let uri = request.uri().clone();
+    let secure = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        _ => return Err(NetError::Io(format!("{url}: not a ws:// or wss:// URL"))),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| NetError::Io(format!("{url}: no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| NetError::Io(format!("{url}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let err = |e: tokio_tungstenite::tungstenite::Error| NetError::Io(format!("{url}: {e}"));
+    if secure {
+        let cfg = tls.ok_or_else(|| {
+            NetError::Tls(format!(
+                "{url}: a wss:// URL needs a CA certificate to trust"
+            ))
+        })?;
+        let name = ServerName::try_from(host.clone())
+            .map_err(|e| NetError::Tls(format!("{host}: {e}")))?;
+        let stream = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| NetError::Tls(format!("{url}: {e}")))?;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws))
+            .await
+            .map_err(err)?;
+        Ok(Duplex::from_ws(ws))
+    } else {
+        let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(ws))
+            .await
+            .map_err(err)?;
+        Ok(Duplex::from_ws(ws))
+    }
+}
