@@ -1,8 +1,9 @@
 //! The `sotto` command.
 //!
-//! This slice has `inspect` (the per-layer profile of a model) and `eval` (private accuracy
-//! against the float model and, optionally, TensorFlow's own logits). `serve`, `demo`,
-//! `predict`, `bench` and `share-model` come with the serving issue.
+//! `serve` runs one party (P0, P1 or the helper) per process; `demo` starts all three with the
+//! bundled model; `predict` is a client; `bench` measures end to end; `certs` makes TLS
+//! certificates and the parties' key; `share-model` splits a model into the parties' files;
+//! `inspect` and `eval` profile and check a model.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +11,11 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod cmd;
 mod demo;
+mod launch;
+mod serve;
 use sotto_core::fixed::{decode_with, FixedPoint};
 use sotto_model::ir::{argmax, shape_string};
 use sotto_model::private::{run_in_process, share_weights};
@@ -36,18 +41,84 @@ struct Numbers {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Predict held-out MNIST digits privately with P0, P1 and the helper joined by loopback
-    /// WebSockets, printing each label next to the plaintext and TensorFlow ones.
+    /// Start P0, P1 and the helper (separate tasks, loopback WebSockets) with the bundled model,
+    /// predict held-out digits privately through the client, print the demo page's URL and a
+    /// `sotto predict` line, and keep serving until Ctrl-C.
     ///
-    /// Example: sotto demo --count 20
+    /// Example: sotto demo            (then open the printed URL)
+    /// Example: sotto demo --count 20 --check
     Demo {
         /// The model (with its held-out images and TensorFlow logits next to it in models/).
         #[arg(long, default_value = "models/network_a.onnx")]
         model: PathBuf,
-        /// How many digits to predict.
+        /// First of three ports: P0 (and the page), P1, the helper; 0 picks free ports.
+        #[arg(long, default_value_t = 8100)]
+        port: u16,
+        /// How many digits to predict at start.
         #[arg(long, default_value_t = 10)]
         count: usize,
+        /// Exit after the predictions: status 1 if a private label differs from the
+        /// plaintext model's.
+        #[arg(long)]
+        check: bool,
+        /// Weights in the clear on both servers (only the input is private).
+        #[arg(long)]
+        public_weights: bool,
+        /// The demo page's directory.
+        #[arg(long, default_value = "web/dist")]
+        web: PathBuf,
     },
+    /// Run one party: P0, P1 or the helper.
+    ///
+    /// Example (three hosts; files from `sotto share-model` and `sotto certs`):
+    ///   helper: sotto serve --role helper --listen 0.0.0.0:8102 --model net=models/net --tls-cert helper.pem --tls-key helper.key --tls-ca ca.pem --key-file party.key
+    ///   p1:     sotto serve --role p1 --listen 0.0.0.0:8101 --helper wss://helper.example:8102 --model net=models/net --tls-cert p1.pem --tls-key p1.key --tls-ca ca.pem --key-file party.key
+    ///   p0:     sotto serve --role p0 --listen 0.0.0.0:8100 --p1 wss://p1.example:8101 --helper wss://helper.example:8102 --model net=models/net --tls-cert p0.pem --tls-key p0.key --tls-ca ca.pem --key-file party.key
+    Serve(Box<cmd::ServeArgs>),
+    /// Make a deployment's TLS CA, a certificate and key per party, and the parties'
+    /// pre-shared key (party.key).
+    ///
+    /// Example: sotto certs --out certs --name p0.example --name p1.example --name helper.example
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Host names or IPs the certificates are valid for (besides localhost and 127.0.0.1).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+    /// Predict privately through running parties: shares each input (P0 gets x − PRG(s), P1
+    /// only s) and prints logits and labels as JSON.
+    ///
+    /// Example: sotto predict --p0 ws://127.0.0.1:8100 --p1 ws://127.0.0.1:8101 --input models/mnist_test_images.npy --limit 3
+    Predict {
+        /// P0's base URL.
+        #[arg(long)]
+        p0: String,
+        /// P1's base URL.
+        #[arg(long)]
+        p1: String,
+        /// Inputs (.npy, batch first; uint8 pixels are divided by 255).
+        #[arg(long)]
+        input: PathBuf,
+        /// Only the first N inputs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Inputs per request.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Model id (empty: the servers' default).
+        #[arg(long, default_value = "")]
+        model: String,
+        /// CA certificate for wss:// URLs.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+    },
+    /// Measure private predictions end to end and print JSON (latency, throughput, bytes per
+    /// link, rounds, the plaintext model's time); a progress bar on a terminal.
+    ///
+    /// Example: sotto bench --batch 1,100 --concurrency 1,8
+    Bench(Box<bench::BenchArgs>),
     /// Print one line per layer: shapes, protocol, bit budget, online rounds and bytes.
     ///
     /// Example: sotto inspect models/network_a.onnx
@@ -111,7 +182,41 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Demo { model, count } => demo(&model, count),
+        Command::Demo {
+            model,
+            port,
+            count,
+            check,
+            public_weights,
+            web,
+        } => demo::run(demo::DemoArgs {
+            model,
+            port,
+            count,
+            check,
+            public_weights,
+            web,
+        }),
+        Command::Serve(a) => cmd::serve_cmd(*a),
+        Command::Certs { out, names } => cmd::certs(&out, &names),
+        Command::Predict {
+            p0,
+            p1,
+            input,
+            limit,
+            batch,
+            model,
+            tls_ca,
+        } => cmd::predict(
+            &p0,
+            &p1,
+            &input,
+            limit,
+            batch.max(1),
+            &model,
+            tls_ca.as_deref(),
+        ),
+        Command::Bench(a) => bench::run(*a),
         Command::Inspect {
             model,
             numbers,
@@ -238,36 +343,6 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
     Ok(())
 }
 
-fn demo(model: &Path, count: usize) -> Result<(), String> {
-    let dir = model.parent().unwrap_or(Path::new("."));
-    let stem = model
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("model");
-    let (images, _) = read_npy(&dir.join("mnist_test_images.npy"))?;
-    let (labels, _) = read_npy(&dir.join("mnist_test_labels.npy"))?;
-    let reference = read_npy(&dir.join(format!("{stem}_tf_logits.npy")))
-        .ok()
-        .map(|r| r.0);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let ok = rt.block_on(demo::run(demo::DemoInputs {
-        model,
-        images,
-        labels,
-        reference,
-        count,
-    }))?;
-    if ok {
-        Ok(())
-    } else {
-        Err("a private label differed from the plaintext model's".into())
-    }
-}
-
 fn share_model(path: &Path, out: &Path, private: bool, numbers: &Numbers) -> Result<(), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let (_, plan) = load_model(path, numbers)?;
@@ -323,7 +398,7 @@ struct EvalArgs {
 }
 
 /// Reads a .npy file as f64 values and its shape.
-fn read_npy(path: &Path) -> Result<(Vec<f64>, Vec<usize>), String> {
+pub(crate) fn read_npy(path: &Path) -> Result<(Vec<f64>, Vec<usize>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let bad = |e: std::io::Error| format!("{}: not a readable .npy file: {e}", path.display());
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(bad)?;

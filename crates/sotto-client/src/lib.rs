@@ -1,1 +1,172 @@
-//! placeholder
+//! # sotto-client
+//!
+//! The client of a private prediction (DESIGN §2). The input never leaves the client in
+//! clear: [`share_input`] encodes it in the model's fixed-point format and splits it with a
+//! fresh OS seed `s` into `x − PRG(s)` for P0 and `s` alone for P1; [`reconstruct`] adds the
+//! two output shares and decodes logits, probabilities and labels. Neither server sees the
+//! input or the output.
+//!
+//! With the default `native` feature, [`Client`] does the whole exchange over WebSockets:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), sotto_client::ClientError> {
+//! use sotto_client::{Client, ClientOptions};
+//! let client = Client::connect("ws://127.0.0.1:8101", "ws://127.0.0.1:8102", ClientOptions::default()).await?;
+//! let image = vec![0.0f32; client.manifest().input_shape.iter().product()];
+//! let p = client.predict(&image, 1).await?;
+//! println!("label {} logits {:?}", p.labels[0], p.logits);
+//! client.close().await;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+#[cfg(feature = "native")]
+mod native;
+#[cfg(feature = "native")]
+pub use native::{Client, ClientOptions};
+
+use sotto_core::fixed::{decode_with, FixedPoint};
+use sotto_core::share::ClientShares;
+use sotto_wire::Manifest;
+use thiserror::Error;
+
+pub use sotto_wire::Manifest as ModelManifest;
+
+/// The one error type of `sotto-client`.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ClientError {
+    /// The input does not fit the model.
+    #[error("bad input: {0}")]
+    Input(String),
+    /// A server refused the request or failed it.
+    #[error("{server} refused: {message} ({code})")]
+    Server {
+        /// "P0" or "P1".
+        server: String,
+        /// The server's error code.
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The connection failed, closed or timed out.
+    #[error("{0}")]
+    Connection(String),
+    /// A reply that does not follow the protocol.
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Result alias of `sotto-client`.
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// The result of one prediction of `batch` inputs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The model's outputs, `batch × output_len`, batch first (logits, or probabilities when
+    /// the model ends with a sigmoid).
+    pub logits: Vec<f64>,
+    /// Softmax of each example's logits when the model ended with a softmax (applied here,
+    /// on the client); otherwise `None`.
+    pub probabilities: Option<Vec<f64>>,
+    /// The index of each example's largest output.
+    pub labels: Vec<usize>,
+    /// Outputs per example.
+    pub output_len: usize,
+}
+
+/// Checks and encodes `x` (`batch` examples, batch first) for the model of `m`, then shares
+/// it with a fresh seed from the OS.
+pub fn share_input(m: &Manifest, x: &[f32], batch: usize) -> Result<ClientShares> {
+    let per: usize = m.input_shape.iter().product();
+    if batch == 0 || Some(x.len()) != per.checked_mul(batch) {
+        return Err(ClientError::Input(format!(
+            "{} values for {batch} inputs of model {} (each {:?} = {per} values)",
+            x.len(),
+            m.model_id,
+            m.input_shape
+        )));
+    }
+    if let Some((i, v)) = x
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite() || f64::from(v.abs()) > m.input_bound)
+    {
+        return Err(ClientError::Input(format!(
+            "value {v} at index {i} is outside the model's input bound ±{} (the bound keeps the fixed-point computation exact; scale the input)",
+            m.input_bound
+        )));
+    }
+    let fp = FixedPoint::new(m.frac_bits).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let enc = fp
+        .encode_f32(x)
+        .map_err(|e| ClientError::Input(e.to_string()))?;
+    sotto_core::share::share_input(&enc).map_err(|e| ClientError::Connection(e.to_string()))
+}
+
+/// Adds the servers' output shares (`batch × output_len` ring elements each) and decodes them.
+pub fn reconstruct(m: &Manifest, a: &[u64], b: &[u64], batch: usize) -> Result<Prediction> {
+    let n = batch * m.output_len;
+    if a.len() != n || b.len() != n {
+        return Err(ClientError::Protocol(format!(
+            "output shares of {} and {} elements, expected {n}",
+            a.len(),
+            b.len()
+        )));
+    }
+    let logits: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| decode_with(x.wrapping_add(*y), m.out_frac))
+        .collect();
+    let cols = m.output_len.max(1);
+    let labels = logits
+        .chunks(cols)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, v)| {
+                    if *v > bv {
+                        (i, *v)
+                    } else {
+                        (bi, bv)
+                    }
+                })
+                .0
+        })
+        .collect();
+    let probabilities = m.softmax_at_client.then(|| {
+        logits
+            .chunks(cols)
+            .flat_map(|row| {
+                let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = row.iter().map(|v| (v - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                e.into_iter().map(move |v| v / sum)
+            })
+            .collect()
+    });
+    Ok(Prediction {
+        logits,
+        probabilities,
+        labels,
+        output_len: m.output_len,
+    })
+}
+
+/// Decodes `n` little-endian ring elements.
+pub fn elements(bytes: &[u8], n: usize) -> Result<Vec<u64>> {
+    if Some(bytes.len()) != n.checked_mul(8) {
+        return Err(ClientError::Protocol(format!(
+            "{} bytes where {n} elements were expected",
+            bytes.len()
+        )));
+    }
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect())
+}

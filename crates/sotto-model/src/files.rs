@@ -60,6 +60,10 @@ struct Header {
     frac_bits: u32,
     input_bound: f64,
     input_len: usize,
+    #[serde(default)]
+    input_shape: Vec<usize>,
+    #[serde(default)]
+    softmax_at_client: bool,
     output_len: usize,
     out_frac: u32,
     steps: Vec<Step>,
@@ -120,6 +124,8 @@ pub fn make_set(plan: &Plan, model_bytes: &[u8], private: bool) -> Result<[Vec<u
             frac_bits: plan.fp.frac_bits(),
             input_bound: plan.input_bound,
             input_len: plan.input_len,
+            input_shape: plan.input_shape.clone(),
+            softmax_at_client: plan.softmax_at_client,
             output_len: plan.output_len,
             out_frac: plan.out_frac,
             steps: plan.steps.clone(),
@@ -194,6 +200,12 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
         fp,
         input_bound: header.input_bound,
         input_len: header.input_len,
+        input_shape: if header.input_shape.iter().product::<usize>() == header.input_len {
+            header.input_shape
+        } else {
+            vec![header.input_len]
+        },
+        softmax_at_client: header.softmax_at_client,
         steps: header.steps,
         out_frac: header.out_frac,
         output_len: header.output_len,

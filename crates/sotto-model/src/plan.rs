@@ -121,6 +121,10 @@ pub struct Plan {
     pub input_bound: f64,
     /// Elements per input example.
     pub input_len: usize,
+    /// Shape of one input example (the model's input shape without the batch).
+    pub input_shape: Vec<usize>,
+    /// True when the client applies a softmax to the output (the model ended with one).
+    pub softmax_at_client: bool,
     /// The steps in order.
     pub steps: Vec<Step>,
     /// Fractional bits of the output (the client divides by `2^out_frac`).
@@ -366,6 +370,15 @@ impl Plan {
             fp,
             input_bound,
             input_len: model.input_len(),
+            input_shape: model
+                .input_shape
+                .iter()
+                .filter_map(|d| match d {
+                    crate::ir::Dim::Batch => None,
+                    crate::ir::Dim::Fixed(n) => Some(*n),
+                })
+                .collect(),
+            softmax_at_client: model.softmax_at_client,
             steps,
             out_frac: scale,
             output_len: per,

@@ -388,6 +388,11 @@ impl WsTransport {
         self.inbox.end_session(session, why.to_string());
     }
 
+    /// True when `session` was ended here (finished or aborted) in the last two minutes.
+    pub fn is_ended(&self, session: u128) -> bool {
+        self.inbox.lock().dead.contains_key(&session)
+    }
+
     /// Sessions with queued messages (for metrics and leak checks).
     pub fn queued_sessions(&self) -> usize {
         self.inbox.lock().sessions.len()

@@ -12,6 +12,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::{Duplex, NetError, Result};
 
+/// WebSocket limits (re-exported for dialers).
+pub type WsConfig = WebSocketConfig;
+
 /// How long a TCP connect plus TLS and WebSocket handshakes may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -335,6 +335,8 @@ pub enum Control {
         batch: usize,
         /// How many sessions.
         count: usize,
+        /// The load session the material must match, hex.
+        load: String,
     },
     /// Helper to P0 and P1: all material of this session has been sent.
     Ready {
@@ -342,6 +344,8 @@ pub enum Control {
         model: String,
         /// Inputs per prediction.
         batch: usize,
+        /// The load session whose weight masks the material uses, hex.
+        load: String,
     },
     /// Any party to another: this session failed here; drop it.
     Abort {

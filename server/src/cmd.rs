@@ -1,0 +1,310 @@
+//! `sotto serve`, `certs`, `predict`, `demo` and `bench`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sotto_client::{Client, ClientOptions};
+use sotto_net::auth::Psk;
+use sotto_wire::Role;
+
+use crate::serve::{self, FileConfig, ServeConfig};
+
+/// Flags of `sotto serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of the settings below (flags win), e.g. `role = "p0"`,
+    /// `listen = "0.0.0.0:8100"`, `models = ["models/a"]`, `key_file = "party.key"`.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Which party this process is: p0, p1 or helper.
+    #[arg(long)]
+    pub role: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8100 for p0, :8101 for p1, :8102 for helper].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// P1's base URL (P0 dials it), e.g. wss://p1.example.com:8101.
+    #[arg(long)]
+    pub p1: Option<String>,
+    /// The helper's base URL (P0 and P1 dial it), e.g. wss://helper.example.com:8102.
+    #[arg(long)]
+    pub helper: Option<String>,
+    /// A model directory made by `sotto share-model` (this party reads its own file there);
+    /// `ID=DIR` names the model, else the directory's name is its id. Repeat for more models;
+    /// the first is the default.
+    #[arg(long = "model")]
+    pub models: Vec<String>,
+    /// This party's TLS certificate chain (PEM), e.g. from `sotto certs`.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This party's TLS private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The CA certificate (PEM) the other parties' certificates are checked against.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// The parties' pre-shared key file (64 hex digits; `sotto certs` writes one).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Allow plain-text links on non-loopback addresses (only behind another encrypted layer).
+    #[arg(long)]
+    pub insecure_no_tls: bool,
+    /// Sessions of helper material P0 keeps ready, as BATCH:COUNT items [default: 1:16].
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Largest batch a client may send [default: 128].
+    #[arg(long)]
+    pub max_batch: Option<usize>,
+    /// How long a party waits for another inside a session, in ms [default: 5000].
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// A directory of static files served at `/` (P0 and P1), e.g. the demo page.
+    #[arg(long)]
+    pub web: Option<PathBuf>,
+    /// Log a line per prediction (sizes and times only; never shares).
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
+}
+
+/// Builds the configuration from the file and the flags.
+pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
+    let f = match &a.config {
+        Some(p) => FileConfig::read(p)?,
+        None => FileConfig::default(),
+    };
+    let role = match a.role.or(f.role).as_deref() {
+        Some("p0") => Role::P0,
+        Some("p1") => Role::P1,
+        Some("helper") => Role::Helper,
+        Some(r) => return Err(format!("--role {r}: use p0, p1 or helper")),
+        None => return Err("--role p0|p1|helper is required".into()),
+    };
+    let default_port = match role {
+        Role::P0 => 8100,
+        Role::P1 => 8101,
+        _ => 8102,
+    };
+    let listen: SocketAddr = a
+        .listen
+        .or(f.listen)
+        .unwrap_or_else(|| format!("127.0.0.1:{default_port}"))
+        .parse()
+        .map_err(|e| format!("--listen: {e} (write IP:PORT, e.g. 0.0.0.0:{default_port})"))?;
+    let p1 = a.p1.or(f.p1);
+    let helper = a.helper.or(f.helper);
+    let mut models = a.models;
+    if models.is_empty() {
+        models = f.models;
+    }
+    let cert = a.tls_cert.or(f.tls_cert);
+    let key = a.tls_key.or(f.tls_key);
+    let tls = match (cert, key) {
+        (Some(c), Some(k)) => Some((read(&c, "certificate")?, read(&k, "key")?)),
+        (None, None) => None,
+        _ => return Err("give both --tls-cert and --tls-key".into()),
+    };
+    let ca = match a.tls_ca.or(f.tls_ca) {
+        Some(p) => Some(read(&p, "CA certificate")?),
+        None => None,
+    };
+    let insecure = a.insecure_no_tls || f.insecure_no_tls.unwrap_or(false);
+    serve::check_tls(&listen, &[&p1, &helper], tls.is_some(), insecure)?;
+    for u in [&p1, &helper].into_iter().flatten() {
+        if u.starts_with("wss://") && ca.is_none() {
+            return Err(format!(
+                "dialing {u} needs --tls-ca (the CA that signed the parties' certificates)"
+            ));
+        }
+    }
+    let key_file = a
+        .key_file
+        .or(f.key_file)
+        .ok_or("--key-file is required: the parties authenticate each other with a pre-shared key (`sotto certs --out DIR` writes DIR/party.key)")?;
+    let psk = Psk::from_hex(&String::from_utf8_lossy(&read(&key_file, "key file")?))
+        .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let pool = serve::parse_pool(&a.pool.or(f.pool).unwrap_or_else(|| "1:16".into()))?;
+    let max_batch = a.max_batch.or(f.max_batch).unwrap_or(128);
+    if max_batch == 0 || max_batch > 4096 {
+        return Err("--max-batch is 1 to 4096".into());
+    }
+    if let Some((b, _)) = pool.iter().find(|(b, _)| *b > max_batch) {
+        return Err(format!("--pool batch {b} exceeds --max-batch {max_batch}"));
+    }
+    let timeout = Duration::from_millis(a.timeout_ms.or(f.timeout_ms).unwrap_or(5000).max(1));
+    let models = serve::load_models(role, &models)?;
+    Ok((
+        ServeConfig {
+            role,
+            listen,
+            p1,
+            helper,
+            models,
+            tls,
+            ca,
+            psk,
+            pool,
+            max_batch,
+            timeout,
+            web: a.web.or(f.web),
+            verbose: a.verbose,
+        },
+        listen,
+    ))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// `sotto serve`.
+pub fn serve_cmd(a: ServeArgs) -> Result<(), String> {
+    let (cfg, listen) = serve_config(a)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let bound = serve::bind(listen, &cfg.tls).await?;
+        let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
+        eprintln!(
+            "sotto {:?} on {scheme}://{} with model(s) {}",
+            cfg.role,
+            bound.local_addr().map_err(|e| e.to_string())?,
+            cfg.models
+                .iter()
+                .map(|m| m.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        tokio::select! {
+            r = serve::run(cfg, bound) => r,
+            _ = tokio::signal::ctrl_c() => { eprintln!("stopping"); Ok(()) }
+        }
+    })
+}
+
+/// `sotto certs`: a CA, a certificate per party, and the pre-shared key.
+pub fn certs(out: &Path, names: &[String]) -> Result<(), String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let e = |e: rcgen::Error| e.to_string();
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let write = |name: &str, data: &[u8]| {
+        let p = out.join(name);
+        std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))?;
+        println!("wrote {}", p.display());
+        Ok::<(), String>(())
+    };
+    let ca_key = KeyPair::generate().map_err(e)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, "sotto deployment CA");
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    write("ca.pem", ca_cert.pem().as_bytes())?;
+    let issuer = Issuer::new(ca, ca_key);
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+    for n in names {
+        if !sans.contains(n) {
+            sans.push(n.clone());
+        }
+    }
+    for role in ["p0", "p1", "helper"] {
+        let key = KeyPair::generate().map_err(e)?;
+        let mut p = CertificateParams::new(sans.clone()).map_err(e)?;
+        p.distinguished_name
+            .push(DnType::CommonName, format!("sotto {role}"));
+        let cert = p.signed_by(&key, &issuer).map_err(e)?;
+        write(&format!("{role}.pem"), cert.pem().as_bytes())?;
+        write(&format!("{role}.key"), key.serialize_pem().as_bytes())?;
+    }
+    let psk = Psk::random().map_err(|e| e.to_string())?;
+    write("party.key", format!("{}\n", psk.to_hex()).as_bytes())?;
+    println!(
+        "certificates valid for {}; copy ca.pem and party.key to every party, and each party's own .pem/.key to its host only",
+        sans.join(", ")
+    );
+    Ok(())
+}
+
+/// `sotto predict`.
+pub fn predict(
+    p0: &str,
+    p1: &str,
+    input: &Path,
+    limit: Option<usize>,
+    batch: usize,
+    model: &str,
+    ca: Option<&Path>,
+) -> Result<(), String> {
+    let (x, shape) = crate::read_npy(input)?;
+    let ca_pem = match ca {
+        Some(p) => Some(read(p, "CA certificate")?),
+        None => None,
+    };
+    let rt = runtime()?;
+    rt.block_on(async {
+        let opts = ClientOptions {
+            model: model.to_string(),
+            ca_pem,
+            ..ClientOptions::default()
+        };
+        let client = Client::connect(p0, p1, opts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let per: usize = client.manifest().input_shape.iter().product();
+        if per == 0 || x.len() % per != 0 {
+            return Err(format!(
+                "{}: shape {shape:?} does not hold inputs of {:?} ({per} values)",
+                input.display(),
+                client.manifest().input_shape
+            ));
+        }
+        let n = (x.len() / per).min(limit.unwrap_or(usize::MAX));
+        let mut results = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let b = batch.min(n - i);
+            let xs: Vec<f32> = x[i * per..(i + b) * per]
+                .iter()
+                .map(|v| *v as f32)
+                .collect();
+            let t = Instant::now();
+            let p = client.predict(&xs, b).await.map_err(|e| e.to_string())?;
+            let ms = t.elapsed().as_secs_f64() * 1e3;
+            for j in 0..b {
+                let row = &p.logits[j * p.output_len..(j + 1) * p.output_len];
+                let mut o = serde_json::json!({
+                    "index": i + j,
+                    "label": p.labels[j],
+                    "logits": row,
+                    "ms": ms,
+                });
+                if let Some(pr) = &p.probabilities {
+                    o["probabilities"] =
+                        serde_json::json!(&pr[j * p.output_len..(j + 1) * p.output_len]);
+                }
+                results.push(o);
+            }
+            i += b;
+        }
+        let (b0, b1) = client.bytes_sent();
+        client.close().await;
+        let out = serde_json::json!({
+            "model": model,
+            "predictions": results,
+            "bytes_sent": {"p0": b0, "p1": b1},
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
+        Ok(())
+    })
+}

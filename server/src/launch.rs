@@ -1,0 +1,158 @@
+//! Three parties in one process (separate tasks, real loopback WebSockets): what `sotto demo`
+//! and `sotto bench` start.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sotto_core::fixed::FixedPoint;
+use sotto_core::transport::PartyId;
+use sotto_model::files::{make_set, read_file, Role as FileRole};
+use sotto_model::{import, Model, Plan};
+use sotto_net::auth::Psk;
+use sotto_wire::Role;
+
+use crate::serve::{self, ModelEntry, ServeConfig, State};
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// The ONNX model.
+    pub model: PathBuf,
+    /// Model id for clients.
+    pub id: String,
+    /// Private weights (shared between P0 and P1) or public.
+    pub private: bool,
+    /// First of three consecutive ports (P0, P1, helper); 0 picks free ports.
+    pub port: u16,
+    /// Pool sizes.
+    pub pool: Vec<(usize, usize)>,
+    /// Largest batch.
+    pub max_batch: usize,
+    /// Static files P0 serves at `/`.
+    pub web: Option<PathBuf>,
+    /// Party timeout.
+    pub timeout: Duration,
+}
+
+/// Three running parties.
+#[derive(Debug)]
+pub struct Launched {
+    /// P0's base URL.
+    pub p0_url: String,
+    /// P1's base URL.
+    pub p1_url: String,
+    /// P0's HTTP address (the web page, if any).
+    pub p0_addr: SocketAddr,
+    /// The parties' states (for byte counters), P0, P1, helper.
+    pub states: [Arc<State>; 3],
+    /// The imported model (for plaintext comparisons).
+    pub model: Model,
+    /// Its plan.
+    pub plan: Plan,
+}
+
+/// Imports `path`, makes the three files of a set in memory, and reads each party's.
+pub fn model_entries(
+    path: &Path,
+    id: &str,
+    private: bool,
+) -> Result<(Model, Plan, [ModelEntry; 3]), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let model = import(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    let plan = Plan::new(&model, FixedPoint::default(), 1.0).map_err(|e| e.to_string())?;
+    let files = make_set(&plan, &bytes, private).map_err(|e| e.to_string())?;
+    let mut entries = Vec::new();
+    for (role, data) in [FileRole::P0, FileRole::P1, FileRole::Helper]
+        .into_iter()
+        .zip(&files)
+    {
+        let file = read_file(data, role).map_err(|e| e.to_string())?;
+        entries.push(ModelEntry {
+            id: id.to_string(),
+            file,
+        });
+    }
+    let [a, b, c]: [ModelEntry; 3] = entries.try_into().map_err(|_| "three files".to_string())?;
+    Ok((model, plan, [a, b, c]))
+}
+
+/// Starts P0, P1 and the helper on 127.0.0.1 and waits until P0 and P1 are ready.
+pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
+    let (model, plan, [e0, e1, eh]) = model_entries(&o.model, &o.id, o.private)?;
+    let psk = Psk::random().map_err(|e| e.to_string())?;
+    let port = |i: u16| if o.port == 0 { 0 } else { o.port + i };
+    let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], port(i)));
+    let b0 = serve::bind(addr(0), &None).await?;
+    let b1 = serve::bind(addr(1), &None).await?;
+    let bh = serve::bind(addr(2), &None).await?;
+    let a0 = b0.local_addr().map_err(|e| e.to_string())?;
+    let a1 = b1.local_addr().map_err(|e| e.to_string())?;
+    let ah = bh.local_addr().map_err(|e| e.to_string())?;
+    let cfg = |role, models, p1: Option<String>, helper: Option<String>, web| ServeConfig {
+        role,
+        listen: addr(0),
+        p1,
+        helper,
+        models: vec![models],
+        tls: None,
+        ca: None,
+        psk: psk.clone(),
+        pool: o.pool.clone(),
+        max_batch: o.max_batch,
+        timeout: o.timeout,
+        web,
+        verbose: false,
+    };
+    let helper_url = format!("ws://{ah}");
+    let p1_url = format!("ws://{a1}");
+    let sh = serve::prepare(cfg(Role::Helper, eh, None, None, None))?;
+    let s1 = serve::prepare(cfg(Role::P1, e1, None, Some(helper_url.clone()), None))?;
+    let s0 = serve::prepare(cfg(
+        Role::P0,
+        e0,
+        Some(p1_url.clone()),
+        Some(helper_url),
+        o.web.clone(),
+    ))?;
+    for (s, b) in [(sh.clone(), bh), (s1.clone(), b1), (s0.clone(), b0)] {
+        tokio::spawn(async move {
+            if let Err(e) = serve::run_state(s.clone(), b).await {
+                eprintln!("[{:?}] stopped: {e}", s.me);
+            }
+        });
+    }
+    let t = Instant::now();
+    while !(s0.ready() && s1.ready()) {
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err(format!(
+                "the parties did not get ready: P0: {}; P1: {}",
+                s0.status(),
+                s1.status()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(Launched {
+        p0_url: format!("ws://{a0}"),
+        p1_url,
+        p0_addr: a0,
+        states: [s0, s1, sh],
+        model,
+        plan,
+    })
+}
+
+/// Bytes each party has sent to each other party (`[from][to]`, PartyId order).
+pub fn link_bytes(l: &Launched) -> [[u64; 4]; 4] {
+    let mut out = [[0u64; 4]; 4];
+    for s in &l.states {
+        for to in [PartyId::P0, PartyId::P1, PartyId::Helper] {
+            if to != s.me {
+                out[s.me.index()][to.index()] = s.mesh.bytes(to).0;
+            }
+        }
+    }
+    out
+}

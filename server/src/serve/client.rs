@@ -1,0 +1,357 @@
+//! A client connection at `/v1/ws` (P0 and P1).
+//!
+//! The client opens with [`Hello`] and gets the model's [`Manifest`]. Then, per prediction:
+//! it sends P0 an `InputShare` frame with session 0 and a request number in `step`; P0
+//! answers with a `Session` frame (the request number in `step`) naming a fresh dealt session
+//! and starts; the client sends P1 an `InputSeed` frame for that session. Each server sends
+//! an `Output` frame with its share, or an `Error` frame for the session.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use sotto_core::protocols as p;
+use sotto_core::session::{Server, OUTPUT_STEP};
+use sotto_core::transport::{PartyId, Tag, Transport};
+use sotto_core::CoreError;
+use sotto_model::private::predict;
+use sotto_net::{Duplex, WsTransport};
+use sotto_wire::{decode, Control, ErrorPayload, Frame, Hello, Kind, Role, DEFAULT_MAX_PAYLOAD};
+use tokio::sync::mpsc;
+
+use super::party::{claim_session, take_session};
+use super::State;
+
+/// How long a new connection may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Out = mpsc::UnboundedSender<Vec<u8>>;
+
+fn error_frame(session: u128, step: u32, code: &str, message: impl Into<String>) -> Vec<u8> {
+    let e = ErrorPayload {
+        code: code.into(),
+        message: message.into(),
+    };
+    Frame::json(Kind::Error, session, step, &e)
+        .map(|f| f.encode())
+        .unwrap_or_default()
+}
+
+/// Handles one client connection until it closes.
+pub async fn handle(st: Arc<State>, link: Duplex) {
+    st.metrics.clients.inc();
+    let Duplex {
+        mut sink,
+        mut stream,
+    } = link;
+    // Hello → Manifest.
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, stream.next()).await {
+        Ok(Some(Ok(b))) => decode(&b, 4096).map_err(|e| e.to_string()).and_then(|f| {
+            f.parse_json::<Hello>(Kind::Hello)
+                .map_err(|e| e.to_string())
+        }),
+        Ok(_) => Err("the connection closed before its hello".to_string()),
+        Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
+    };
+    let model = match hello {
+        Ok(h) if h.role == Role::Client => match st.model(&h.model_id) {
+            Some(m) => m,
+            None => {
+                st.metrics.error("unknown_model");
+                let known: Vec<&str> = st.cfg.models.iter().map(|m| m.id.as_str()).collect();
+                let _ = sink
+                    .send(error_frame(
+                        0,
+                        0,
+                        "unknown_model",
+                        format!(
+                            "no model {:?} here; models: {}",
+                            h.model_id,
+                            known.join(", ")
+                        ),
+                    ))
+                    .await;
+                let _ = sink.close().await;
+                st.metrics.clients.dec();
+                return;
+            }
+        },
+        Ok(h) => {
+            let _ = sink
+                .send(error_frame(
+                    0,
+                    0,
+                    "bad_hello",
+                    format!("a {:?} cannot connect here", h.role),
+                ))
+                .await;
+            st.metrics.clients.dec();
+            return;
+        }
+        Err(e) => {
+            st.metrics.error("bad_hello");
+            let _ = sink.send(error_frame(0, 0, "bad_hello", e)).await;
+            let _ = sink.close().await;
+            st.metrics.clients.dec();
+            return;
+        }
+    };
+    let manifest = match Frame::json(Kind::Manifest, 0, 0, &model.manifest()) {
+        Ok(f) => f.encode(),
+        Err(_) => return,
+    };
+    if sink.send(manifest).await.is_err() {
+        st.metrics.clients.dec();
+        return;
+    }
+    let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let counted = st.clone();
+    let writer = tokio::spawn(async move {
+        while let Some(b) = out_rx.recv().await {
+            counted
+                .client_sent
+                .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            if sink.send(b).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let model_id = model.id.clone();
+    let plan = &model.file.plan;
+    let per_input = plan.input_len * 8;
+    while let Some(msg) = stream.next().await {
+        let bytes = match msg {
+            Ok(b) => b,
+            Err(e) => {
+                if st.cfg.verbose {
+                    eprintln!("[{:?}] client connection error: {e}", st.me);
+                }
+                break;
+            }
+        };
+        let f = match decode(&bytes, DEFAULT_MAX_PAYLOAD) {
+            Ok(f) => f,
+            Err(e) => {
+                st.metrics.error("bad_frame");
+                let _ = out.send(error_frame(0, 0, "bad_frame", e.to_string()));
+                break;
+            }
+        };
+        match (st.me, f.kind) {
+            (PartyId::P0, Kind::InputShare) if f.session == 0 => {
+                let len = f.payload.len();
+                if len == 0 || len % per_input != 0 || len / per_input > st.cfg.max_batch {
+                    st.metrics.error("bad_shape");
+                    let _ = out.send(error_frame(
+                        0,
+                        f.step,
+                        "bad_shape",
+                        format!(
+                            "{len} bytes of input share: model {model_id} takes inputs of {} values ({per_input} bytes) each, 1 to {} per request",
+                            plan.input_len, st.cfg.max_batch
+                        ),
+                    ));
+                    continue;
+                }
+                let batch = len / per_input;
+                let (st, out, model_id) = (st.clone(), out.clone(), model_id.clone());
+                tokio::spawn(async move {
+                    if !st.ready() {
+                        st.metrics.error("not_ready");
+                        let _ = out.send(error_frame(
+                            0,
+                            f.step,
+                            "not_ready",
+                            format!("the parties are not ready: {}", st.status()),
+                        ));
+                        return;
+                    }
+                    match take_session(&st, &model_id, batch).await {
+                        Ok(session) => {
+                            let _ = out.send(
+                                Frame {
+                                    kind: Kind::Session,
+                                    session,
+                                    step: f.step,
+                                    payload: Vec::new(),
+                                }
+                                .encode(),
+                            );
+                            run_session(&st, &model_id, batch, session, f.payload, &out).await;
+                        }
+                        Err(e) => {
+                            st.metrics.error("no_material");
+                            let _ = out.send(error_frame(0, f.step, "no_material", e));
+                        }
+                    }
+                });
+            }
+            (PartyId::P1, Kind::InputSeed) if f.session != 0 => {
+                if f.payload.len() != 32 {
+                    st.metrics.error("bad_shape");
+                    let _ = out.send(error_frame(
+                        f.session,
+                        0,
+                        "bad_shape",
+                        format!("an input seed is 32 bytes, got {}", f.payload.len()),
+                    ));
+                    continue;
+                }
+                let (st, out, model_id) = (st.clone(), out.clone(), model_id.clone());
+                tokio::spawn(async move {
+                    match claim_session(&st, f.session, &model_id).await {
+                        Ok(batch) => {
+                            run_session(&st, &model_id, batch, f.session, f.payload, &out).await
+                        }
+                        Err(e) => {
+                            st.metrics.error("unknown_session");
+                            let _ = out.send(error_frame(f.session, 0, "unknown_session", e));
+                        }
+                    }
+                });
+            }
+            (_, Kind::Close) => break,
+            (me, k) => {
+                st.metrics.error("bad_frame");
+                let _ = out.send(error_frame(
+                    f.session,
+                    f.step,
+                    "bad_frame",
+                    format!(
+                        "{me:?} does not take a {k:?} frame (session {:x}) from a client",
+                        f.session
+                    ),
+                ));
+                break;
+            }
+        }
+    }
+    drop(out);
+    let _ = writer.await;
+    st.metrics.clients.dec();
+}
+
+/// Runs this server's part of one prediction and sends the client its output share (or an
+/// error); aborts the session at the peer on failure; frees the session's messages.
+async fn run_session(
+    st: &Arc<State>,
+    model_id: &str,
+    batch: usize,
+    session: u128,
+    input: Vec<u8>,
+    out: &Out,
+) {
+    let started = Instant::now();
+    st.metrics.active.inc();
+    let link = SessionLink {
+        mesh: st.mesh.clone(),
+        out: out.clone(),
+        input: Mutex::new(Some(input)),
+    };
+    let res: Result<(), String> = async {
+        let m = st.model(model_id).ok_or("model gone")?;
+        let loaded = st
+            .loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model_id)
+            .map(|(_, l)| l.clone())
+            .ok_or("the model is not loaded (a party link dropped?)")?;
+        let plan = &m.file.plan;
+        let mut s = Server::start(&link, session)
+            .await
+            .map_err(|e| e.to_string())?;
+        let xs = s
+            .receive_input(batch * plan.input_len)
+            .await
+            .map_err(|e| e.to_string())?;
+        let y = predict(&mut s, plan, &loaded, xs, batch)
+            .await
+            .map_err(|e| e.to_string())?;
+        p::output(&mut s, &y, 64).await.map_err(|e| e.to_string())
+    }
+    .await;
+    st.metrics.active.dec();
+    match res {
+        Ok(()) => {
+            st.metrics.latency.observe(started.elapsed().as_secs_f64());
+            st.metrics
+                .requests
+                .get_or_create(&vec![("outcome".into(), "ok".into())])
+                .inc();
+            st.mesh.end_session(session, "session finished");
+            if st.cfg.verbose {
+                eprintln!(
+                    "[{:?}] session {session:x}: batch {batch} in {:.2} ms",
+                    st.me,
+                    started.elapsed().as_secs_f64() * 1e3
+                );
+            }
+        }
+        Err(e) => {
+            st.metrics.error("session_failed");
+            st.metrics
+                .requests
+                .get_or_create(&vec![("outcome".into(), "error".into())])
+                .inc();
+            let peer = if st.me == PartyId::P0 {
+                PartyId::P1
+            } else {
+                PartyId::P0
+            };
+            let _ = st
+                .mesh
+                .send_control(peer, session, &Control::Abort { reason: e.clone() });
+            st.mesh.end_session(session, "session failed");
+            let _ = out.send(error_frame(
+                session,
+                0,
+                "session_failed",
+                format!("{:?}: {e}", st.me),
+            ));
+            eprintln!("[{:?}] session {session:x} failed: {e}", st.me);
+        }
+    }
+}
+
+/// A session's transport: party messages over the mesh, the client's input from its frame,
+/// output shares to the client's connection.
+struct SessionLink {
+    mesh: Arc<WsTransport>,
+    out: Out,
+    input: Mutex<Option<Vec<u8>>>,
+}
+
+impl Transport for SessionLink {
+    fn id(&self) -> PartyId {
+        self.mesh.id()
+    }
+
+    async fn send(&self, to: PartyId, tag: Tag, data: Vec<u8>) -> sotto_core::Result<()> {
+        if to != PartyId::Client {
+            return self.mesh.send(to, tag, data).await;
+        }
+        debug_assert_eq!(tag.step, OUTPUT_STEP);
+        let f = Frame {
+            kind: Kind::Output,
+            session: tag.session,
+            step: tag.step,
+            payload: data,
+        };
+        self.out
+            .send(f.encode())
+            .map_err(|_| CoreError::Transport("the client's connection closed".into()))
+    }
+
+    async fn recv(&self, from: PartyId, tag: Tag) -> sotto_core::Result<Vec<u8>> {
+        if from != PartyId::Client {
+            return self.mesh.recv(from, tag).await;
+        }
+        self.input
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| CoreError::Transport("the client's input was already used".into()))
+    }
+}

@@ -1,0 +1,503 @@
+//! `sotto serve --role p0|p1|helper`: one party per process.
+//!
+//! Topology: P0 dials P1 and the helper, P1 dials the helper (`/v1/party`, authenticated with
+//! the pre-shared key, over TLS outside loopback). Clients connect to P0 and P1 at `/v1/ws`.
+//! P0 coordinates: it loads each model with P1 and the helper (P0 and P1 open `W − B` once),
+//! asks the helper to keep a pool of dealt sessions, and hands each client request a fresh
+//! session from the pool. A session's material is used once: P0 takes it out of its pool,
+//! P1 out of its own when the client's seed arrives, and a failed session is aborted on both.
+
+mod client;
+pub mod http;
+mod party;
+pub use party::pool_size;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::{State as AxState, WebSocketUpgrade};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use sotto_core::transport::PartyId;
+use sotto_model::files::{read_file, PartyFile, Role as FileRole};
+use sotto_model::private::{HelperLoaded, Loaded};
+use sotto_net::auth::Psk;
+use sotto_net::{WsTransport, PARTY_MAX_PAYLOAD};
+use sotto_wire::{Manifest, Role, DEFAULT_MAX_PAYLOAD};
+
+use http::Metrics;
+
+/// A model a party serves.
+#[derive(Debug)]
+pub struct ModelEntry {
+    /// Its id (clients name it).
+    pub id: String,
+    /// This party's file of the set.
+    pub file: PartyFile,
+}
+
+impl ModelEntry {
+    /// What clients are told about the model.
+    pub fn manifest(&self) -> Manifest {
+        let plan = &self.file.plan;
+        Manifest {
+            model_id: self.id.clone(),
+            input_shape: plan.input_shape.clone(),
+            frac_bits: plan.fp.frac_bits(),
+            output_len: plan.output_len,
+            out_frac: plan.out_frac,
+            softmax_at_client: plan.softmax_at_client,
+            input_bound: plan.input_bound,
+        }
+    }
+}
+
+/// Everything a party needs to run.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// This party's role.
+    pub role: Role,
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// P1's URL (P0 dials it).
+    pub p1: Option<String>,
+    /// The helper's URL (P0 and P1 dial it).
+    pub helper: Option<String>,
+    /// Models, the first is the default.
+    pub models: Vec<ModelEntry>,
+    /// TLS: this party's certificate chain and key (PEM).
+    pub tls: Option<(Vec<u8>, Vec<u8>)>,
+    /// The CA to trust when dialing `wss://` parties (PEM).
+    pub ca: Option<Vec<u8>>,
+    /// The parties' pre-shared key.
+    pub psk: Psk,
+    /// Sessions dealt ahead per (batch size, count).
+    pub pool: Vec<(usize, usize)>,
+    /// Largest batch a client may ask for.
+    pub max_batch: usize,
+    /// How long a party waits for another inside a session.
+    pub timeout: Duration,
+    /// Static files served at `/` (the demo page).
+    pub web: Option<PathBuf>,
+    /// Print a line per prediction.
+    pub verbose: bool,
+}
+
+/// Shared state of a running party.
+pub struct State {
+    /// The configuration.
+    pub cfg: ServeConfig,
+    /// This party.
+    pub me: PartyId,
+    /// The party links.
+    pub mesh: Arc<WsTransport>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Servers: the loaded models (with the load session id), by model id.
+    pub loaded: RwLock<HashMap<String, (u128, Arc<Loaded>)>>,
+    /// Helper: the loaded models' masks (with the load session id).
+    pub helper_loaded: RwLock<HashMap<String, (u128, Arc<HelperLoaded>)>>,
+    /// Bytes sent to clients.
+    pub client_sent: std::sync::atomic::AtomicU64,
+    /// Sessions the helper announced as dealt (P0 and P1 count them).
+    pub dealt: std::sync::atomic::AtomicU64,
+    pub(crate) pools: Mutex<party::Pools>,
+    pub(crate) pool_changed: tokio::sync::Notify,
+    pub(crate) status: Mutex<String>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "State({:?})", self.me)
+    }
+}
+
+impl State {
+    /// The model `id` (the default for an empty id).
+    pub fn model(&self, id: &str) -> Option<&ModelEntry> {
+        if id.is_empty() {
+            return self.cfg.models.first();
+        }
+        self.cfg.models.iter().find(|m| m.id == id)
+    }
+
+    /// Sets (and logs) the status line.
+    pub fn set_status(&self, s: impl Into<String>) {
+        let s = s.into();
+        let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        if *st != s {
+            eprintln!("[{:?}] {s}", self.me);
+            *st = s;
+        }
+    }
+
+    /// The status line.
+    pub fn status(&self) -> String {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// True when this party can serve predictions now.
+    pub fn ready(&self) -> bool {
+        match self.me {
+            PartyId::Helper => true,
+            _ => {
+                let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+                !self.cfg.models.is_empty()
+                    && self.cfg.models.iter().all(|m| loaded.contains_key(&m.id))
+                    && self.mesh.is_up(self.me.peer().unwrap_or(PartyId::P1))
+                    && self.mesh.is_up(PartyId::Helper)
+            }
+        }
+    }
+}
+
+/// Reads this party's file of each model set: `DIR/p0.sotto` (or p1, helper) for every
+/// `id=DIR` (or `DIR`, whose name becomes the id).
+pub fn load_models(role: Role, specs: &[String]) -> Result<Vec<ModelEntry>, String> {
+    let file_role = match role {
+        Role::P0 => FileRole::P0,
+        Role::P1 => FileRole::P1,
+        Role::Helper => FileRole::Helper,
+        Role::Client => return Err("a client serves no model".into()),
+    };
+    let mut out: Vec<ModelEntry> = Vec::new();
+    for spec in specs {
+        let (id, dir) = match spec.split_once('=') {
+            Some((id, dir)) => (id.to_string(), PathBuf::from(dir)),
+            None => {
+                let dir = PathBuf::from(spec);
+                let id = dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("model")
+                    .to_string();
+                (id, dir)
+            }
+        };
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "model id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if out.iter().any(|m| m.id == id) {
+            return Err(format!("model id {id:?} given twice"));
+        }
+        let path = dir.join(file_role.file_name());
+        let bytes = std::fs::read(&path).map_err(|e| {
+            format!(
+                "{}: {e} (make the files with `sotto share-model MODEL.onnx --out {}`)",
+                path.display(),
+                dir.display()
+            )
+        })?;
+        let file = read_file(&bytes, file_role).map_err(|e| format!("{}: {e}", path.display()))?;
+        out.push(ModelEntry { id, file });
+    }
+    if out.is_empty() {
+        return Err("no model: give --model DIR (made by `sotto share-model`)".into());
+    }
+    Ok(out)
+}
+
+/// Settings from a TOML file; flags override them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Role.
+    pub role: Option<String>,
+    /// Listen address.
+    pub listen: Option<String>,
+    /// P1's URL.
+    pub p1: Option<String>,
+    /// The helper's URL.
+    pub helper: Option<String>,
+    /// Model directories (`id=DIR` or `DIR`).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Certificate chain (PEM file).
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM file).
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM file).
+    pub tls_ca: Option<PathBuf>,
+    /// File holding the pre-shared key (64 hex digits).
+    pub key_file: Option<PathBuf>,
+    /// Run without TLS on a non-loopback address.
+    pub insecure_no_tls: Option<bool>,
+    /// Pool sizes, `BATCH:COUNT` items.
+    pub pool: Option<String>,
+    /// Largest batch.
+    pub max_batch: Option<usize>,
+    /// Party timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Static files at `/`.
+    pub web: Option<PathBuf>,
+}
+
+impl FileConfig {
+    /// Reads a TOML config file.
+    pub fn read(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Parses `1:16,100:2` (batch:count pairs).
+pub fn parse_pool(s: &str) -> Result<Vec<(usize, usize)>, String> {
+    let mut out = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (b, c) = item
+            .split_once(':')
+            .ok_or_else(|| format!("pool item {item:?}: write BATCH:COUNT, e.g. 1:16"))?;
+        let b: usize = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("pool item {item:?}: bad batch"))?;
+        let c: usize = c
+            .trim()
+            .parse()
+            .map_err(|_| format!("pool item {item:?}: bad count"))?;
+        if b == 0 || c > 4096 {
+            return Err(format!("pool item {item:?}: batch ≥ 1 and count ≤ 4096"));
+        }
+        out.push((b, c));
+    }
+    Ok(out)
+}
+
+/// Refuses a configuration that would send shares in clear over a network.
+pub fn check_tls(
+    listen: &SocketAddr,
+    urls: &[&Option<String>],
+    tls: bool,
+    insecure: bool,
+) -> Result<(), String> {
+    if insecure {
+        return Ok(());
+    }
+    if !listen.ip().is_loopback() && !tls {
+        return Err(format!(
+            "refusing to listen on {listen} without TLS: give --tls-cert and --tls-key (see `sotto certs`), or --insecure-no-tls if another layer encrypts the links"
+        ));
+    }
+    for u in urls.iter().filter_map(|u| u.as_deref()) {
+        let loopback = ["ws://127.0.0.1", "ws://localhost", "ws://[::1]"]
+            .iter()
+            .any(|p| u.starts_with(p));
+        if u.starts_with("ws://") && !loopback {
+            return Err(format!(
+                "refusing to dial {u} without TLS: use a wss:// URL (with --tls-ca), or --insecure-no-tls"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A bound listener: plain TCP or TLS.
+pub enum Bound {
+    /// Plain TCP.
+    Plain(tokio::net::TcpListener),
+    /// TLS.
+    Tls(http::TlsListener),
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bound")
+    }
+}
+
+impl Bound {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Bound::Plain(l) => l.local_addr(),
+            Bound::Tls(l) => axum::serve::Listener::local_addr(l),
+        }
+    }
+}
+
+/// Binds the listener (TLS when configured).
+pub async fn bind(listen: SocketAddr, tls: &Option<(Vec<u8>, Vec<u8>)>) -> Result<Bound, String> {
+    let tcp = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    Ok(match tls {
+        None => Bound::Plain(tcp),
+        Some((cert, key)) => {
+            let cfg = sotto_net::tls::server_config(cert, key).map_err(|e| e.to_string())?;
+            Bound::Tls(http::TlsListener::new(tcp, cfg).map_err(|e| e.to_string())?)
+        }
+    })
+}
+
+/// Runs a party on `bound` until the process ends.
+pub async fn run(cfg: ServeConfig, bound: Bound) -> Result<(), String> {
+    let state = prepare(cfg)?;
+    run_state(state, bound).await
+}
+
+/// A party's state, with its background work (dialing, loads, pools) started.
+pub fn prepare(cfg: ServeConfig) -> Result<Arc<State>, String> {
+    let me = match cfg.role {
+        Role::P0 => PartyId::P0,
+        Role::P1 => PartyId::P1,
+        Role::Helper => PartyId::Helper,
+        Role::Client => return Err("--role is p0, p1 or helper".into()),
+    };
+    let (mesh, control) = WsTransport::with_control(me, cfg.timeout);
+    let state = Arc::new(State {
+        me,
+        mesh: Arc::new(mesh),
+        metrics: Metrics::new(),
+        loaded: RwLock::new(HashMap::new()),
+        helper_loaded: RwLock::new(HashMap::new()),
+        client_sent: Default::default(),
+        dealt: Default::default(),
+        pools: Mutex::new(party::Pools::default()),
+        pool_changed: tokio::sync::Notify::new(),
+        status: Mutex::new(String::new()),
+        cfg,
+    });
+    party::start(state.clone(), control)?;
+    Ok(state)
+}
+
+/// Serves a prepared party's HTTP and WebSocket endpoints on `bound`.
+pub async fn run_state(state: Arc<State>, bound: Bound) -> Result<(), String> {
+    let me = state.me;
+    let mut app = Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/v1/party", get(party_ws));
+    if me != PartyId::Helper {
+        app = app.route("/v1/ws", get(client_ws));
+    }
+    if state.cfg.web.is_some() {
+        app = app
+            .route("/", get(web_root))
+            .route("/{*path}", get(web_file));
+    }
+    let app = app.with_state(state.clone());
+    let addr = bound.local_addr().map_err(|e| e.to_string())?;
+    state.set_status(format!("listening on {addr}"));
+    let res = match bound {
+        Bound::Plain(l) => {
+            use axum::serve::ListenerExt;
+            let l = l.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(l, app).await
+        }
+        Bound::Tls(l) => axum::serve(l, app).await,
+    };
+    res.map_err(|e| e.to_string())
+}
+
+async fn health(AxState(st): AxState<Arc<State>>) -> Response {
+    let ready = st.ready();
+    let body = serde_json::json!({
+        "role": format!("{:?}", st.me),
+        "ready": ready,
+        "status": st.status(),
+        "models": st.cfg.models.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn metrics(AxState(st): AxState<Arc<State>>) -> Response {
+    for p in PartyId::ALL
+        .into_iter()
+        .filter(|p| *p != st.me && *p != PartyId::Client)
+    {
+        let (sent, recv) = st.mesh.bytes(p);
+        for (dir, v) in [("sent", sent), ("received", recv)] {
+            st.metrics
+                .link_bytes
+                .get_or_create(&vec![
+                    ("peer".to_string(), format!("{p:?}")),
+                    ("direction".to_string(), dir.to_string()),
+                ])
+                .set(v as i64);
+        }
+    }
+    st.metrics
+        .queued_sessions
+        .set(st.mesh.queued_sessions() as i64);
+    st.metrics.pool_ready.set(party::pool_size(&st) as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn models(AxState(st): AxState<Arc<State>>) -> Response {
+    let list: Vec<Manifest> = st.cfg.models.iter().map(ModelEntry::manifest).collect();
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
+    )
+        .into_response()
+}
+
+async fn party_ws(AxState(st): AxState<Arc<State>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(PARTY_MAX_PAYLOAD + 64)
+        .max_frame_size(PARTY_MAX_PAYLOAD + 64)
+        .on_upgrade(move |sock| party::accept(st, http::duplex(sock)))
+}
+
+async fn client_ws(AxState(st): AxState<Arc<State>>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(DEFAULT_MAX_PAYLOAD + 64)
+        .max_frame_size(DEFAULT_MAX_PAYLOAD + 64)
+        .on_upgrade(move |sock| client::handle(st, http::duplex(sock)))
+}
+
+async fn web_root(AxState(st): AxState<Arc<State>>) -> Response {
+    web_serve(&st, "").await
+}
+
+async fn web_file(
+    AxState(st): AxState<Arc<State>>,
+    axum::extract::Path(path): axum::extract::Path<String>,
+) -> Response {
+    web_serve(&st, &path).await
+}
+
+async fn web_serve(st: &State, path: &str) -> Response {
+    match &st.cfg.web {
+        Some(root) => http::static_file(root, path).await,
+        None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}

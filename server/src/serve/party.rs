@@ -1,0 +1,560 @@
+//! The parties' coordination: links, model loads, the pools of dealt sessions.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sotto_core::local::{block_on, new_session_id};
+use sotto_core::protocols as p;
+use sotto_core::session::{Dealer, Server};
+use sotto_core::transport::PartyId;
+use sotto_model::private::{deal_load, deal_predict, load};
+use sotto_net::auth;
+use sotto_net::{party_ws_config, ControlReceiver, Duplex};
+use sotto_wire::{Control, Role};
+use tokio::sync::{mpsc, oneshot};
+
+use super::State;
+
+/// How long a party waits for a handshake message.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long P0 waits for the helper to deal a session it asked for.
+pub const DEAL_WAIT: Duration = Duration::from_secs(30);
+
+/// Dealt sessions waiting to be used.
+#[derive(Default)]
+pub struct Pools {
+    /// P0: by (model, batch).
+    queues: HashMap<(String, usize), Queue>,
+    /// P1: session → (model, batch).
+    ready: HashMap<u128, (String, usize)>,
+}
+
+#[derive(Default)]
+struct Queue {
+    ready: VecDeque<u128>,
+    requested: usize,
+    waiters: VecDeque<oneshot::Sender<u128>>,
+}
+
+fn role_of(p: PartyId) -> Role {
+    match p {
+        PartyId::P0 => Role::P0,
+        PartyId::P1 => Role::P1,
+        PartyId::Helper => Role::Helper,
+        PartyId::Client => Role::Client,
+    }
+}
+
+fn party_of(r: Role) -> PartyId {
+    match r {
+        Role::P0 => PartyId::P0,
+        Role::P1 => PartyId::P1,
+        Role::Helper => PartyId::Helper,
+        Role::Client => PartyId::Client,
+    }
+}
+
+fn hex(v: u128) -> String {
+    format!("{v:032x}")
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sessions ready in the pools.
+pub fn pool_size(st: &State) -> usize {
+    let pools = lock(&st.pools);
+    pools.ready.len() + pools.queues.values().map(|q| q.ready.len()).sum::<usize>()
+}
+
+/// Starts the party's background work: dialing, the control loop, loads and pools.
+pub fn start(st: Arc<State>, control: ControlReceiver) -> Result<(), String> {
+    match st.me {
+        PartyId::P0 => {
+            if st.cfg.p1.is_none() || st.cfg.helper.is_none() {
+                return Err("P0 needs --p1 URL and --helper URL".into());
+            }
+            tokio::spawn(p0_supervisor(st.clone()));
+        }
+        PartyId::P1 => {
+            if st.cfg.helper.is_none() {
+                return Err("P1 needs --helper URL".into());
+            }
+            tokio::spawn(dial_forever(st.clone(), PartyId::Helper));
+        }
+        PartyId::Helper => {}
+        PartyId::Client => return Err("not a party role".into()),
+    }
+    tokio::spawn(control_loop(st, control));
+    Ok(())
+}
+
+/// Accepts a party connection at `/v1/party`.
+pub async fn accept(st: Arc<State>, mut link: Duplex) {
+    let allowed: &[Role] = match st.me {
+        PartyId::Helper => &[Role::P0, Role::P1],
+        PartyId::P1 => &[Role::P0],
+        _ => &[],
+    };
+    match auth::accept(
+        &mut link,
+        role_of(st.me),
+        allowed,
+        &st.cfg.psk,
+        AUTH_TIMEOUT,
+    )
+    .await
+    {
+        Ok(role) => {
+            let peer = party_of(role);
+            if st.me == PartyId::P1 && peer == PartyId::P0 {
+                // A (re)connected P0 knows nothing of our pool or loads.
+                clear_pools(&st, "P0 reconnected");
+            }
+            st.mesh.attach(peer, link);
+            st.set_status(format!("{peer:?} connected"));
+        }
+        Err(e) => {
+            st.metrics.error("party_auth");
+            eprintln!("[{:?}] refused a party connection: {e}", st.me);
+        }
+    }
+}
+
+async fn dial(st: &State, peer: PartyId) -> Result<Duplex, String> {
+    let url = match peer {
+        PartyId::P1 => st.cfg.p1.as_deref(),
+        PartyId::Helper => st.cfg.helper.as_deref(),
+        _ => None,
+    }
+    .ok_or("no URL")?;
+    let url = format!("{}/v1/party", url.trim_end_matches('/'));
+    let tls = match &st.cfg.ca {
+        Some(ca) => Some(sotto_net::tls::client_config(ca).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut link = sotto_net::tls::connect(&url, tls, party_ws_config())
+        .await
+        .map_err(|e| e.to_string())?;
+    auth::dial(
+        &mut link,
+        role_of(st.me),
+        role_of(peer),
+        &st.cfg.psk,
+        AUTH_TIMEOUT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(link)
+}
+
+/// Keeps a link to `peer` up: dials, and dials again when it drops.
+async fn dial_forever(st: Arc<State>, peer: PartyId) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if st.mesh.is_up(peer) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        match dial(&st, peer).await {
+            Ok(link) => {
+                st.mesh.attach(peer, link);
+                st.set_status(format!("connected to {peer:?}"));
+                backoff = Duration::from_millis(50);
+            }
+            Err(e) => {
+                st.set_status(format!("waiting for {peer:?}: {e}"));
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Drops every pooled session (their material is freed) and fails the waiters.
+fn clear_pools(st: &State, why: &str) {
+    let mut pools = lock(&st.pools);
+    for (_, q) in pools.queues.drain() {
+        for s in q.ready {
+            st.mesh.end_session(s, why);
+        }
+    }
+    for (s, _) in pools.ready.drain() {
+        st.mesh.end_session(s, why);
+    }
+}
+
+/// P0: keeps both links up, loads every model after a (re)connection, keeps the pools full.
+async fn p0_supervisor(st: Arc<State>) {
+    tokio::spawn(dial_forever(st.clone(), PartyId::P1));
+    tokio::spawn(dial_forever(st.clone(), PartyId::Helper));
+    let mut loaded_with = false;
+    loop {
+        let up = st.mesh.is_up(PartyId::P1) && st.mesh.is_up(PartyId::Helper);
+        if !up {
+            if loaded_with {
+                st.set_status("a party link dropped: predictions wait for it to come back");
+                st.loaded.write().unwrap_or_else(|e| e.into_inner()).clear();
+                clear_pools(&st, "a party link dropped");
+                loaded_with = false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        if !loaded_with {
+            match load_all(&st).await {
+                Ok(()) => {
+                    loaded_with = true;
+                    st.set_status("ready");
+                }
+                Err(e) => {
+                    st.set_status(format!("loading the models failed: {e}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        refill(&st);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn load_all(st: &Arc<State>) -> Result<(), String> {
+    st.loaded.write().unwrap_or_else(|e| e.into_inner()).clear();
+    for m in &st.cfg.models {
+        let session = new_session_id().map_err(|e| e.to_string())?;
+        let c = Control::Load {
+            model: m.id.clone(),
+            set_id: m.file.set_id.clone(),
+        };
+        for peer in [PartyId::P1, PartyId::Helper] {
+            st.mesh
+                .send_control(peer, session, &c)
+                .map_err(|e| e.to_string())?;
+        }
+        let weights = m.file.server_weights().map_err(|e| e.to_string())?;
+        let res = async {
+            let mut s = Server::start(st.mesh.clone(), session)
+                .await
+                .map_err(|e| e.to_string())?;
+            load(&mut s, &m.file.plan, weights)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        st.mesh.end_session(session, "load finished");
+        let l = res.map_err(|e| format!("model {}: {e}", m.id))?;
+        st.loaded
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(m.id.clone(), (session, Arc::new(l)));
+    }
+    Ok(())
+}
+
+/// P0: asks the helper for the sessions the pools and the waiters lack.
+fn refill(st: &State) {
+    let loaded = st.loaded.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut asks = Vec::new();
+    {
+        let mut pools = lock(&st.pools);
+        for m in &st.cfg.models {
+            let Some((load_id, _)) = loaded.get(&m.id) else {
+                continue;
+            };
+            let mut batches: Vec<(usize, usize)> = st.cfg.pool.clone();
+            for (model, batch) in pools.queues.keys() {
+                if model == &m.id && !batches.iter().any(|(b, _)| b == batch) {
+                    batches.push((*batch, 0));
+                }
+            }
+            for (batch, target) in batches {
+                let q = pools.queues.entry((m.id.clone(), batch)).or_default();
+                q.waiters.retain(|w| !w.is_closed());
+                // Refill in batches: only when the pool is down to half (dealing competes with
+                // predictions for the CPU when parties share a host).
+                let want = target + q.waiters.len();
+                let have = q.ready.len() + q.requested;
+                let low = have < target.div_ceil(2) || !q.waiters.is_empty();
+                if want > have && low {
+                    let count = want - have;
+                    q.requested += count;
+                    asks.push(Control::Deal {
+                        model: m.id.clone(),
+                        batch,
+                        count,
+                        load: hex(*load_id),
+                    });
+                }
+            }
+        }
+    }
+    for c in asks {
+        if let Err(e) = st.mesh.send_control(PartyId::Helper, 0, &c) {
+            st.set_status(format!("cannot reach the helper: {e}"));
+        }
+    }
+}
+
+/// P0: a fresh dealt session for `batch` inputs of `model` (waits for the helper if the pool
+/// is empty).
+pub async fn take_session(st: &Arc<State>, model: &str, batch: usize) -> Result<u128, String> {
+    let rx = {
+        let mut pools = lock(&st.pools);
+        let q = pools.queues.entry((model.to_string(), batch)).or_default();
+        if let Some(s) = q.ready.pop_front() {
+            drop(pools);
+            refill(st);
+            return Ok(s);
+        }
+        let (tx, rx) = oneshot::channel();
+        q.waiters.push_back(tx);
+        rx
+    };
+    refill(st);
+    match tokio::time::timeout(DEAL_WAIT, rx).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(_)) => Err("the party links were reset while waiting for material".into()),
+        Err(_) => Err(format!(
+            "the helper dealt no material for a batch of {batch} within {DEAL_WAIT:?}"
+        )),
+    }
+}
+
+/// P1: takes the dealt session `session` for `model` (waiting up to the party timeout for the
+/// helper's announcement); returns its batch size.
+pub async fn claim_session(st: &Arc<State>, session: u128, model: &str) -> Result<usize, String> {
+    let deadline = Instant::now() + st.cfg.timeout;
+    loop {
+        let changed = st.pool_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        {
+            let mut pools = lock(&st.pools);
+            if let Some((m, batch)) = pools.ready.remove(&session) {
+                if m != model {
+                    st.mesh.end_session(session, "claimed for another model");
+                    return Err(format!(
+                        "session {session:x} is for model {m}, this connection is for {model}"
+                    ));
+                }
+                return Ok(batch);
+            }
+        }
+        if st.mesh.is_ended(session) {
+            return Err(format!("session {session:x} was already used or aborted"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
+            return Err(format!(
+                "unknown session {session:x} (not dealt, or not announced within {:?})",
+                st.cfg.timeout
+            ));
+        }
+    }
+}
+
+fn current_load(st: &State, model: &str) -> Option<u128> {
+    if st.me == PartyId::Helper {
+        st.helper_loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .map(|(s, _)| *s)
+    } else {
+        st.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .map(|(s, _)| *s)
+    }
+}
+
+async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
+    let (deal_tx, deal_rx) = mpsc::unbounded_channel::<(String, usize, usize, String)>();
+    if st.me == PartyId::Helper {
+        let st = st.clone();
+        tokio::task::spawn_blocking(move || dealer_worker(st, deal_rx));
+    }
+    while let Some((from, session, c)) = rx.recv().await {
+        match (st.me, c) {
+            (PartyId::P1 | PartyId::Helper, Control::Load { model, set_id })
+                if from == PartyId::P0 =>
+            {
+                tokio::spawn(load_here(st.clone(), session, model, set_id));
+            }
+            (
+                PartyId::Helper,
+                Control::Deal {
+                    model,
+                    batch,
+                    count,
+                    load,
+                },
+            ) if from == PartyId::P0 => {
+                if batch == 0 || batch > st.cfg.max_batch || count > 4096 {
+                    eprintln!(
+                        "[Helper] refused to deal {count} × batch {batch} (largest batch {})",
+                        st.cfg.max_batch
+                    );
+                    continue;
+                }
+                let _ = deal_tx.send((model, batch, count, load));
+            }
+            (PartyId::P0 | PartyId::P1, Control::Ready { model, batch, load })
+                if from == PartyId::Helper =>
+            {
+                if current_load(&st, &model).map(hex) != Some(load) {
+                    // Material for an older load of the model: its masks are gone.
+                    st.mesh
+                        .end_session(session, "material of an older model load");
+                    continue;
+                }
+                st.dealt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let mut pools = lock(&st.pools);
+                if st.me == PartyId::P1 {
+                    pools.ready.insert(session, (model, batch));
+                    drop(pools);
+                    st.pool_changed.notify_waiters();
+                } else {
+                    let q = pools.queues.entry((model, batch)).or_default();
+                    q.requested = q.requested.saturating_sub(1);
+                    let mut s = Some(session);
+                    while let (Some(w), Some(v)) = (q.waiters.pop_front(), s) {
+                        s = w.send(v).err();
+                    }
+                    if let Some(v) = s {
+                        q.ready.push_back(v);
+                    }
+                }
+            }
+            (_, Control::Abort { reason }) => {
+                let mut pools = lock(&st.pools);
+                pools.ready.remove(&session);
+                for q in pools.queues.values_mut() {
+                    q.ready.retain(|s| *s != session);
+                }
+                if st.cfg.verbose {
+                    eprintln!(
+                        "[{:?}] {from:?} aborted session {session:x}: {reason}",
+                        st.me
+                    );
+                }
+            }
+            (_, c) => eprintln!(
+                "[{:?}] ignored a control message from {from:?}: {c:?}",
+                st.me
+            ),
+        }
+    }
+}
+
+async fn load_here(st: Arc<State>, session: u128, model: String, set_id: String) {
+    let res: Result<(), String> = async {
+        let m = st
+            .model(&model)
+            .filter(|m| m.id == model)
+            .ok_or_else(|| format!("{:?} has no model {model:?}", st.me))?;
+        if m.file.set_id != set_id {
+            return Err(format!(
+                "model {model:?}: {:?}'s file is from set {}, P0's from set {set_id}; give every party the files of one `sotto share-model` run",
+                st.me, m.file.set_id
+            ));
+        }
+        if st.me == PartyId::Helper {
+            let mut d = Dealer::start(st.mesh.clone(), session)
+                .await
+                .map_err(|e| e.to_string())?;
+            let h = deal_load(&mut d, &m.file.plan, m.file.private)
+                .await
+                .map_err(|e| e.to_string())?;
+            st.helper_loaded
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(model.clone(), (session, Arc::new(h)));
+        } else {
+            let weights = m.file.server_weights().map_err(|e| e.to_string())?;
+            let mut s = Server::start(st.mesh.clone(), session)
+                .await
+                .map_err(|e| e.to_string())?;
+            let l = load(&mut s, &m.file.plan, weights)
+                .await
+                .map_err(|e| e.to_string())?;
+            st.loaded
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(model.clone(), (session, Arc::new(l)));
+        }
+        Ok(())
+    }
+    .await;
+    st.mesh.end_session(session, "load finished");
+    match res {
+        Ok(()) => st.set_status(format!("model {model} loaded")),
+        Err(e) => {
+            st.set_status(format!("loading model {model} failed: {e}"));
+            for peer in [PartyId::P0, PartyId::P1, PartyId::Helper] {
+                if peer != st.me {
+                    let _ =
+                        st.mesh
+                            .send_control(peer, session, &Control::Abort { reason: e.clone() });
+                }
+            }
+        }
+    }
+}
+
+/// Helper: deals the sessions P0 asks for, one after another, on a blocking thread.
+fn dealer_worker(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<(String, usize, usize, String)>) {
+    while let Some((model, batch, count, load_hex)) = rx.blocking_recv() {
+        let entry = st
+            .helper_loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&model)
+            .cloned();
+        let (Some((load_id, h)), Some(m)) = (entry, st.model(&model).filter(|m| m.id == model))
+        else {
+            eprintln!("[Helper] asked to deal for model {model:?}, which is not loaded");
+            continue;
+        };
+        if hex(load_id) != load_hex {
+            eprintln!("[Helper] asked to deal for an older load of {model:?}; skipped");
+            continue;
+        }
+        let plan = &m.file.plan;
+        for _ in 0..count {
+            let res: Result<u128, String> = block_on(async {
+                let session = new_session_id().map_err(|e| e.to_string())?;
+                let mut d = Dealer::start(st.mesh.clone(), session)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                deal_predict(&mut d, plan, &h, batch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                p::deal_output(&mut d, batch * plan.output_len)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(session)
+            });
+            match res {
+                Ok(session) => {
+                    let c = Control::Ready {
+                        model: model.clone(),
+                        batch,
+                        load: load_hex.clone(),
+                    };
+                    for peer in [PartyId::P0, PartyId::P1] {
+                        let _ = st.mesh.send_control(peer, session, &c);
+                    }
+                }
+                Err(e) => {
+                    st.set_status(format!("dealing failed: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+}
