@@ -139,7 +139,6 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
     Ok((
         ServeConfig {
             role,
-            listen,
             p1,
             helper,
             models,

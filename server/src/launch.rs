@@ -92,7 +92,6 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
     let ah = bh.local_addr().map_err(|e| e.to_string())?;
     let cfg = |role, models, p1: Option<String>, helper: Option<String>, web| ServeConfig {
         role,
-        listen: addr(0),
         p1,
         helper,
         models: vec![models],

@@ -96,3 +96,45 @@ async fn a_party_that_dies_mid_session_gives_an_error_not_a_hang() {
     let _ = helper.await;
     s1.await.expect("no panic").expect("P1 started");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_session_frees_its_messages_and_fails_its_receives() {
+    use sotto_core::transport::{PartyId, Tag, Transport};
+    let [t0, t1, _th, _tc] = loopback_mesh(Duration::from_secs(5)).await.expect("mesh");
+    let tag = |session, step| Tag { session, step };
+    // Queued messages of session 7 are freed when it ends; later ones are dropped.
+    t0.send(PartyId::P1, tag(7, 1), vec![1; 100])
+        .await
+        .expect("send");
+    t0.send(PartyId::P1, tag(8, 1), vec![2; 10])
+        .await
+        .expect("send");
+    assert_eq!(
+        t1.recv(PartyId::P0, tag(8, 1)).await.expect("recv"),
+        vec![2; 10]
+    );
+    t1.end_session(8, "done");
+    assert_eq!(t1.queued_sessions(), 1, "session 7 is still queued");
+    t1.end_session(7, "aborted by the test");
+    assert_eq!(t1.queued_sessions(), 0);
+    t0.send(PartyId::P1, tag(7, 2), vec![3; 10])
+        .await
+        .expect("send");
+    let t = std::time::Instant::now();
+    let e = t1.recv(PartyId::P0, tag(7, 2)).await.expect_err("ended");
+    assert!(e.to_string().contains("aborted by the test"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(t1.is_ended(7));
+    // A receive waiting when its session ends fails at once, not at the timeout.
+    let t1 = std::sync::Arc::new(t1);
+    let waiting = {
+        let t1 = t1.clone();
+        tokio::spawn(async move { t1.recv(PartyId::P0, tag(9, 1)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t = std::time::Instant::now();
+    t1.end_session(9, "peer aborted");
+    assert!(waiting.await.expect("join").is_err());
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(t1.queued_sessions(), 0);
+}

@@ -164,12 +164,9 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("sotto");
         let requests = Family::<Vec<(String, String)>, Counter>::default();
-        let latency = Histogram::new(
-            [
-                0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]
-            .into_iter(),
-        );
+        let latency = Histogram::new([
+            0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         let link_bytes = Family::<Vec<(String, String)>, Gauge<i64, AtomicI64>>::default();
         let errors = Family::<Vec<(String, String)>, Counter>::default();
         let active = Gauge::<i64, AtomicI64>::default();

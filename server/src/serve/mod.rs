@@ -63,8 +63,6 @@ impl ModelEntry {
 pub struct ServeConfig {
     /// This party's role.
     pub role: Role,
-    /// Where to listen.
-    pub listen: SocketAddr,
     /// P1's URL (P0 dials it).
     pub p1: Option<String>,
     /// The helper's URL (P0 and P1 dial it).
