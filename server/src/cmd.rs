@@ -26,6 +26,10 @@ pub struct ServeArgs {
     /// P1's base URL (P0 dials it), e.g. wss://p1.example.com:8101.
     #[arg(long)]
     pub p1: Option<String>,
+    /// P1's URL as browsers and apps reach it, if not the --p1 URL (P0 tells pages at
+    /// `GET /v1/deployment`).
+    #[arg(long)]
+    pub public_p1: Option<String>,
     /// The helper's base URL (P0 and P1 dial it), e.g. wss://helper.example.com:8102.
     #[arg(long)]
     pub helper: Option<String>,
@@ -95,6 +99,7 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
         .parse()
         .map_err(|e| format!("--listen: {e} (write IP:PORT, e.g. 0.0.0.0:{default_port})"))?;
     let p1 = a.p1.or(f.p1);
+    let public_p1 = a.public_p1.or(f.public_p1);
     let helper = a.helper.or(f.helper);
     let mut models = a.models;
     if models.is_empty() {
@@ -140,6 +145,7 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
         ServeConfig {
             role,
             p1,
+            public_p1,
             helper,
             models,
             tls,

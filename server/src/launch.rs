@@ -93,6 +93,7 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
     let cfg = |role, models, p1: Option<String>, helper: Option<String>, web| ServeConfig {
         role,
         p1,
+        public_p1: None,
         helper,
         models: vec![models],
         tls: None,

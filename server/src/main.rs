@@ -147,6 +147,22 @@ enum Command {
         #[command(flatten)]
         numbers: Numbers,
     },
+    /// Predict in the clear (float and fixed-point evaluators, no parties): the plaintext twin
+    /// a private prediction is checked against. Prints JSON with `labels`, `logits` (float) and
+    /// `labels_fixed`, `logits_fixed` (the exact integer model the parties compute).
+    ///
+    /// Example: sotto plain --model models/network_a.onnx --input x.json
+    Plain {
+        /// The ONNX model.
+        #[arg(long)]
+        model: PathBuf,
+        /// Inputs, batch first: a .npy file (float32, or uint8 pixels divided by 255) or a
+        /// .json file holding one flat array of numbers.
+        #[arg(long)]
+        input: PathBuf,
+        #[command(flatten)]
+        numbers: Numbers,
+    },
     /// Run every input through the three-party protocol (in one process) and print JSON with
     /// the private and float accuracy, their agreement and the largest logit error.
     ///
@@ -228,6 +244,11 @@ fn main() -> ExitCode {
             public_weights,
             numbers,
         } => share_model(&model, &out, !public_weights, &numbers),
+        Command::Plain {
+            model,
+            input,
+            numbers,
+        } => plain(&model, &input, &numbers),
         Command::Eval {
             model,
             input,
@@ -438,6 +459,52 @@ pub(crate) fn read_npy(path: &Path) -> Result<(Vec<f64>, Vec<usize>), String> {
         }
     };
     Ok((data, shape))
+}
+
+fn plain(path: &Path, input: &Path, numbers: &Numbers) -> Result<(), String> {
+    let (model, plan) = load_model(path, numbers)?;
+    let x: Vec<f64> = if input.extension().is_some_and(|e| e == "json") {
+        let text = std::fs::read_to_string(input)
+            .map_err(|e| format!("cannot read {}: {e}", input.display()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| format!("{}: not a flat JSON array of numbers: {e}", input.display()))?
+    } else {
+        read_npy(input)?.0
+    };
+    let per = plan.input_len;
+    if x.is_empty() || per == 0 || x.len() % per != 0 {
+        return Err(format!(
+            "{} values do not make whole inputs of {per} values each",
+            x.len()
+        ));
+    }
+    if let Some(bad) = x.iter().find(|v| !v.is_finite() || v.abs() > numbers.input_bound) {
+        return Err(format!(
+            "an input value {bad} exceeds --input-bound {}",
+            numbers.input_bound
+        ));
+    }
+    let batch = x.len() / per;
+    let xs: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+    let float = model.forward(&xs, batch).map_err(|e| e.to_string())?;
+    let enc = plan.fp.encode_f32(&xs).map_err(|e| e.to_string())?;
+    let fixed: Vec<f64> = plan
+        .eval_fixed(&enc, batch)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|v| decode_with(v, plan.out_frac))
+        .collect();
+    let cols = plan.output_len.max(1);
+    let rows = |v: &[f64]| -> Vec<Vec<f64>> { v.chunks(cols).map(<[f64]>::to_vec).collect() };
+    let labels = |v: &[f64]| -> Vec<usize> { v.chunks(cols).map(argmax).collect() };
+    let out = serde_json::json!({
+        "labels": labels(&float),
+        "logits": rows(&float),
+        "labels_fixed": labels(&fixed),
+        "logits_fixed": rows(&fixed),
+    });
+    println!("{out}");
+    Ok(())
 }
 
 fn eval(a: &EvalArgs) -> Result<(), String> {

@@ -65,6 +65,9 @@ pub struct ServeConfig {
     pub role: Role,
     /// P1's URL (P0 dials it).
     pub p1: Option<String>,
+    /// P1's URL as clients reach it, when it differs from `p1` (told to pages by
+    /// `GET /v1/deployment`).
+    pub public_p1: Option<String>,
     /// The helper's URL (P0 and P1 dial it).
     pub helper: Option<String>,
     /// Models, the first is the default.
@@ -221,6 +224,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// P1's URL.
     pub p1: Option<String>,
+    /// P1's URL as clients reach it.
+    pub public_p1: Option<String>,
     /// The helper's URL.
     pub helper: Option<String>,
     /// Model directories (`id=DIR` or `DIR`).
@@ -382,6 +387,7 @@ pub async fn run_state(state: Arc<State>, bound: Bound) -> Result<(), String> {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
+        .route("/v1/deployment", get(deployment))
         .route("/v1/party", get(party_ws));
     if me != PartyId::Helper {
         app = app.route("/v1/ws", get(client_ws));
@@ -466,6 +472,20 @@ async fn models(AxState(st): AxState<Arc<State>>) -> Response {
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
+    )
+        .into_response()
+}
+
+/// What a page needs to reach the other server: P1's client URL (P0 answers it; P1 and the
+/// helper answer `null`).
+async fn deployment(AxState(st): AxState<Arc<State>>) -> Response {
+    let p1 = st.cfg.public_p1.clone().or_else(|| st.cfg.p1.clone());
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+        ],
+        serde_json::json!({ "role": format!("{:?}", st.me), "p1": p1 }).to_string(),
     )
         .into_response()
 }
