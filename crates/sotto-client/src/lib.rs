@@ -18,12 +18,20 @@
 //! client.close().await;
 //! # Ok(()) }
 //! ```
+//!
+//! With the `wasm` feature on `wasm32`, `WasmClient` does the same exchange from a browser or
+//! Node through the JS `WebSocket`, exported with wasm-bindgen; `scripts/build-web.sh` builds
+//! it and the `web/` npm package (`sotto-client`) that wraps it.
 #![deny(missing_docs)]
 
 #[cfg(feature = "native")]
 mod native;
 #[cfg(feature = "native")]
 pub use native::{Client, ClientOptions};
+#[cfg(all(feature = "wasm", target_arch = "wasm32"))]
+mod wasm;
+#[cfg(all(feature = "wasm", target_arch = "wasm32"))]
+pub use wasm::WasmClient;
 
 use sotto_core::fixed::{decode_with, FixedPoint};
 use sotto_core::share::ClientShares;
