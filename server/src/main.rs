@@ -478,7 +478,10 @@ fn plain(path: &Path, input: &Path, numbers: &Numbers) -> Result<(), String> {
             x.len()
         ));
     }
-    if let Some(bad) = x.iter().find(|v| !v.is_finite() || v.abs() > numbers.input_bound) {
+    if let Some(bad) = x
+        .iter()
+        .find(|v| !v.is_finite() || v.abs() > numbers.input_bound)
+    {
         return Err(format!(
             "an input value {bad} exceeds --input-bound {}",
             numbers.input_bound

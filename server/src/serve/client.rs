@@ -124,6 +124,20 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
         let bytes = match msg {
             Ok(b) => b,
             Err(e) => {
+                // Tell the client why its connection ends (an oversized message, a text
+                // message, a broken frame) before closing it.
+                // A connection that just dropped gets no answer.
+                let code = if e.contains("too long") || e.contains("too big") {
+                    Some("too_large")
+                } else if e.contains("text messages") {
+                    Some("bad_message")
+                } else {
+                    None
+                };
+                if let Some(code) = code {
+                    st.metrics.error(code);
+                    let _ = out.send(error_frame(0, 0, code, e.clone()));
+                }
                 if st.cfg.verbose {
                     eprintln!("[{:?}] client connection error: {e}", st.me);
                 }
@@ -133,8 +147,12 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
         let f = match decode(&bytes, DEFAULT_MAX_PAYLOAD) {
             Ok(f) => f,
             Err(e) => {
-                st.metrics.error("bad_frame");
-                let _ = out.send(error_frame(0, 0, "bad_frame", e.to_string()));
+                let code = match e {
+                    sotto_wire::WireError::TooLarge { .. } => "too_large",
+                    _ => "bad_frame",
+                };
+                st.metrics.error(code);
+                let _ = out.send(error_frame(0, 0, code, e.to_string()));
                 break;
             }
         };

@@ -110,6 +110,8 @@ pub struct State {
     pub dealt: std::sync::atomic::AtomicU64,
     pub(crate) pools: Mutex<party::Pools>,
     pub(crate) pool_changed: tokio::sync::Notify,
+    /// P1 and the helper: the load session of each model being loaded now.
+    pub(crate) loading: Mutex<HashMap<String, u128>>,
     pub(crate) status: Mutex<String>,
 }
 
@@ -373,6 +375,7 @@ pub fn prepare(cfg: ServeConfig) -> Result<Arc<State>, String> {
         dealt: Default::default(),
         pools: Mutex::new(party::Pools::default()),
         pool_changed: tokio::sync::Notify::new(),
+        loading: Mutex::new(HashMap::new()),
         status: Mutex::new(String::new()),
         cfg,
     });

@@ -383,6 +383,9 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
             (PartyId::P1 | PartyId::Helper, Control::Load { model, set_id })
                 if from == PartyId::P0 =>
             {
+                // Material the helper deals for this load may reach us before our part of
+                // the load finishes: remember the load so that its Ready is kept.
+                lock(&st.loading).insert(model.clone(), session);
                 tokio::spawn(load_here(st.clone(), session, model, set_id));
             }
             (
@@ -406,7 +409,9 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
             (PartyId::P0 | PartyId::P1, Control::Ready { model, batch, load })
                 if from == PartyId::Helper =>
             {
-                if current_load(&st, &model).map(hex) != Some(load) {
+                let loading = lock(&st.loading).get(&model).map(|s| hex(*s));
+                if current_load(&st, &model).map(hex) != Some(load.clone()) && loading != Some(load)
+                {
                     // Material for an older load of the model: its masks are gone.
                     st.mesh
                         .end_session(session, "material of an older model load");
@@ -421,9 +426,14 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
                 } else {
                     let q = pools.queues.entry((model, batch)).or_default();
                     q.requested = q.requested.saturating_sub(1);
+                    // The first waiter still listening gets the session (a waiter whose
+                    // request was dropped hands it back); otherwise it is pooled.
                     let mut s = Some(session);
-                    while let (Some(w), Some(v)) = (q.waiters.pop_front(), s) {
-                        s = w.send(v).err();
+                    while let Some(v) = s {
+                        match q.waiters.pop_front() {
+                            Some(w) => s = w.send(v).err(),
+                            None => break,
+                        }
                     }
                     if let Some(v) = s {
                         q.ready.push_back(v);
@@ -491,6 +501,12 @@ async fn load_here(st: Arc<State>, session: u128, model: String, set_id: String)
     }
     .await;
     st.mesh.end_session(session, "load finished");
+    {
+        let mut loading = lock(&st.loading);
+        if loading.get(&model) == Some(&session) {
+            loading.remove(&model);
+        }
+    }
     match res {
         Ok(()) => st.set_status(format!("model {model} loaded")),
         Err(e) => {

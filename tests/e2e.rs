@@ -1,0 +1,921 @@
+//! End-to-end, fault and load tests of `sotto serve` with real processes: P0, P1 and the
+//! helper each run as their own `sotto serve` process on loopback, joined by TLS WebSockets
+//! (certificates from `sotto certs`, model files from `sotto share-model`), and the clients
+//! are the native client crate or raw WebSocket connections that send bad frames on purpose.
+//!
+//! Every private prediction is compared with the plaintext twin of the same model (the
+//! fixed-point evaluator of sotto-model) on the same inputs.
+//!
+//! The tests run one at a time (each takes a lock): they measure "within 5 s" and memory,
+//! which parallel deployments on a 2-core machine would disturb.
+
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use sotto_client::{Client, ClientError, ClientOptions};
+use sotto_core::fixed::decode_with;
+use sotto_model::ir::argmax;
+use sotto_model::{import::import, plan::Plan};
+use sotto_net::Duplex;
+use sotto_wire::{ErrorPayload, Frame, Hello, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SOTTO: &str = env!("CARGO_BIN_EXE_sotto");
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// One test at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn run_sotto(args: &[&str]) {
+    let out = Command::new(SOTTO).args(args).output().expect("sotto runs");
+    assert!(
+        out.status.success(),
+        "sotto {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Certificates, the parties' key and the shared model files, made once per test run.
+fn material() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sotto-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let d = dir.display().to_string();
+        run_sotto(&["certs", "--out", &format!("{d}/certs")]);
+        let model = repo().join("models/network_a.onnx").display().to_string();
+        run_sotto(&["share-model", &model, "--out", &format!("{d}/net")]);
+        dir
+    })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum P {
+    P0,
+    P1,
+    Helper,
+}
+
+impl P {
+    fn name(self) -> &'static str {
+        match self {
+            P::P0 => "p0",
+            P::P1 => "p1",
+            P::Helper => "helper",
+        }
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Three `sotto serve` processes; killed when dropped.
+struct Deployment {
+    ports: [u16; 3],
+    children: [Option<Child>; 3],
+    extra: Vec<String>,
+    ca: Vec<u8>,
+    logs: PathBuf,
+}
+
+impl Deployment {
+    fn start(extra: &[&str]) -> Deployment {
+        let m = material();
+        let logs = m.join(format!("logs-{}", free_port()));
+        std::fs::create_dir_all(&logs).expect("log dir");
+        let mut d = Deployment {
+            ports: [free_port(), free_port(), free_port()],
+            children: [None, None, None],
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            ca: std::fs::read(m.join("certs/ca.pem")).expect("ca.pem"),
+            logs,
+        };
+        for p in [P::Helper, P::P1, P::P0] {
+            d.spawn(p);
+        }
+        d
+    }
+
+    fn url(&self, p: P) -> String {
+        format!("wss://localhost:{}", self.ports[p.index()])
+    }
+
+    fn spawn(&mut self, p: P) {
+        let m = material();
+        let c = |f: &str| m.join("certs").join(f).display().to_string();
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--role".into(),
+            p.name().into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", self.ports[p.index()]),
+            "--model".into(),
+            format!("net={}", m.join("net").display()),
+            "--tls-cert".into(),
+            c(&format!("{}.pem", p.name())),
+            "--tls-key".into(),
+            c(&format!("{}.key", p.name())),
+            "--tls-ca".into(),
+            c("ca.pem"),
+            "--key-file".into(),
+            c("party.key"),
+        ];
+        if p != P::Helper {
+            args.extend(["--helper".into(), self.url(P::Helper)]);
+        }
+        if p == P::P0 {
+            args.extend(["--p1".into(), self.url(P::P1)]);
+        }
+        args.extend(self.extra.iter().cloned());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{}.log", p.name())))
+            .expect("log file");
+        let child = Command::new(SOTTO)
+            .args(&args)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sotto serve starts");
+        self.children[p.index()] = Some(child);
+    }
+
+    fn kill(&mut self, p: P) {
+        if let Some(mut c) = self.children[p.index()].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn pid(&self, p: P) -> u32 {
+        self.children[p.index()].as_ref().expect("running").id()
+    }
+
+    /// The processes' logs, for failure messages.
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for p in [P::P0, P::P1, P::Helper] {
+            let mut t = String::new();
+            if let Ok(mut f) = std::fs::File::open(self.logs.join(format!("{}.log", p.name()))) {
+                let _ = f.read_to_string(&mut t);
+            }
+            let tail: Vec<&str> = t.lines().rev().take(15).collect();
+            s.push_str(&format!("--- {} log (last lines) ---\n", p.name()));
+            for l in tail.into_iter().rev() {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
+        s
+    }
+
+    /// GET `path` on party `p` over HTTPS: (status, body).
+    async fn get(&self, p: P, path: &str) -> Option<(u16, String)> {
+        https_get(self.ports[p.index()], path, &self.ca).await
+    }
+
+    async fn health(&self, p: P) -> u16 {
+        self.get(p, "/health").await.map_or(0, |r| r.0)
+    }
+
+    /// Waits until P0 and P1 report ready.
+    async fn ready(&self, within: Duration) {
+        let t = Instant::now();
+        loop {
+            if self.health(P::P0).await == 200 && self.health(P::P1).await == 200 {
+                return;
+            }
+            assert!(
+                t.elapsed() < within,
+                "parties not ready within {within:?}\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A metric's value at party `p` (first series whose line starts with `name`).
+    async fn metric(&self, p: P, name: &str) -> f64 {
+        let (_, body) = self.get(p, "/metrics").await.expect("metrics answer");
+        let name = format!("sotto_{name}");
+        body.lines()
+            .find(|l| l.starts_with(&name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
+    }
+
+    async fn client(&self) -> Client {
+        let opts = ClientOptions {
+            ca_pem: Some(self.ca.clone()),
+            ..ClientOptions::default()
+        };
+        Client::connect(&self.url(P::P0), &self.url(P::P1), opts)
+            .await
+            .unwrap_or_else(|e| panic!("client connects: {e}\n{}", self.logs()))
+    }
+
+    /// A raw WebSocket to a server's client endpoint.
+    async fn raw(&self, p: P) -> Duplex {
+        let cfg = sotto_net::tls::client_config(&self.ca).expect("ca");
+        let ws = sotto_net::tls::WsConfig::default()
+            .max_message_size(Some(DEFAULT_MAX_PAYLOAD + 64))
+            .max_frame_size(Some(DEFAULT_MAX_PAYLOAD + 64));
+        sotto_net::tls::connect(&format!("{}/v1/ws", self.url(p)), Some(cfg), ws)
+            .await
+            .expect("raw connection")
+    }
+
+    /// A raw connection that has said hello and read the manifest.
+    async fn hello(&self, p: P) -> (Duplex, Manifest) {
+        let mut l = self.raw(p).await;
+        let h = Hello {
+            role: Role::Client,
+            model_id: String::new(),
+        };
+        l.send_frame(&Frame::json(Kind::Hello, 0, 0, &h).expect("hello"))
+            .await
+            .expect("send hello");
+        let f = l.recv_frame(1 << 20, SECS5).await.expect("manifest");
+        (l, f.parse_json(Kind::Manifest).expect("a manifest"))
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for p in [P::P0, P::P1, P::Helper] {
+            self.kill(p);
+        }
+    }
+}
+
+const SECS5: Duration = Duration::from_secs(5);
+
+async fn https_get(port: u16, path: &str, ca: &[u8]) -> Option<(u16, String)> {
+    let cfg = sotto_net::tls::client_config(ca).ok()?;
+    let go = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        let _ = tls.read_to_end(&mut buf).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let status = text.split(' ').nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+        Some((status, body))
+    };
+    tokio::time::timeout(SECS5, go).await.ok().flatten()
+}
+
+/// The held-out MNIST images (values in [0, 1]) and the plaintext twin.
+struct Data {
+    images: Vec<f32>,
+    per: usize,
+    plan: Plan,
+}
+
+fn data() -> &'static Data {
+    static D: OnceLock<Data> = OnceLock::new();
+    D.get_or_init(|| {
+        let bytes = std::fs::read(repo().join("models/mnist_test_images.npy")).expect("images");
+        let npy = npyz::NpyFile::new(&bytes[..]).expect("npy");
+        let images: Vec<f32> = npy
+            .into_vec::<u8>()
+            .expect("uint8 images")
+            .into_iter()
+            .map(|v| f32::from(v) / 255.0)
+            .collect();
+        let onnx = std::fs::read(repo().join("models/network_a.onnx")).expect("model");
+        let model = import(&onnx).expect("imports");
+        let plan = Plan::new(
+            &model,
+            sotto_core::fixed::FixedPoint::new(16).expect("fp"),
+            1.0,
+        )
+        .expect("plan");
+        Data {
+            images,
+            per: 784,
+            plan,
+        }
+    })
+}
+
+impl Data {
+    fn x(&self, from: usize, n: usize) -> &[f32] {
+        &self.images[from * self.per..(from + n) * self.per]
+    }
+    /// The plaintext twin's logits for `n` images from `from`.
+    fn plain(&self, from: usize, n: usize) -> Vec<f64> {
+        let enc = self.plan.fp.encode_f32(self.x(from, n)).expect("encode");
+        self.plan
+            .eval_fixed(&enc, n)
+            .expect("plain")
+            .into_iter()
+            .map(|v| decode_with(v, self.plan.out_frac))
+            .collect()
+    }
+}
+
+/// Checks a private prediction against the plaintext twin: same labels, logits within a few
+/// units of the last place (each truncation may be off by one).
+fn check(logits: &[f64], labels: &[usize], from: usize, n: usize) {
+    let want = data().plain(from, n);
+    assert_eq!(logits.len(), want.len());
+    for (i, (row, wrow)) in logits.chunks(10).zip(want.chunks(10)).enumerate() {
+        assert_eq!(labels[i], argmax(wrow), "label of image {}", from + i);
+        for (a, b) in row.iter().zip(wrow) {
+            assert!((a - b).abs() < 1e-2, "image {}: logit {a} vs {b}", from + i);
+        }
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Reads frames until one of `kind` (or the end): the frame, or None when the link closed.
+async fn next_of(l: &mut Duplex, kind: Kind, within: Duration) -> Option<Frame> {
+    let t = Instant::now();
+    loop {
+        let left = within.checked_sub(t.elapsed())?;
+        match l.recv_frame(DEFAULT_MAX_PAYLOAD, left).await {
+            Ok(f) if f.kind == kind => return Some(f),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn error_code(f: &Frame) -> String {
+    f.parse_json::<ErrorPayload>(Kind::Error)
+        .expect("an error payload")
+        .code
+}
+
+#[test]
+fn three_processes_over_tls_predict_like_the_plaintext_model() {
+    let _g = serial();
+    rt().block_on(async {
+        let d = Deployment::start(&[]);
+        d.ready(Duration::from_secs(20)).await;
+        let c = d.client().await;
+        assert_eq!(c.manifest().input_shape, vec![784]);
+        let t = Instant::now();
+        for i in 0..30 {
+            let p = c.predict(data().x(i, 1), 1).await.expect("prediction");
+            check(&p.logits, &p.labels, i, 1);
+        }
+        eprintln!(
+            "30 single predictions over TLS: {:.2} ms each",
+            t.elapsed().as_secs_f64() * 1e3 / 30.0
+        );
+        // A batch, and concurrent predictions on one connection.
+        let p = c.predict(data().x(100, 20), 20).await.expect("batch");
+        check(&p.logits, &p.labels, 100, 20);
+        let c = Arc::new(c);
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let p = c
+                    .predict(data().x(200 + i, 1), 1)
+                    .await
+                    .expect("concurrent");
+                check(&p.logits, &p.labels, 200 + i, 1);
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        // The endpoints a deployer watches.
+        let (code, models) = d.get(P::P0, "/v1/models").await.expect("models");
+        assert_eq!(code, 200);
+        assert!(models.contains("\"model_id\":\"net\""), "{models}");
+        let (code, dep) = d.get(P::P0, "/v1/deployment").await.expect("deployment");
+        assert_eq!(code, 200);
+        assert!(dep.contains(&d.url(P::P1)), "{dep}");
+        assert!(d.metric(P::P0, "requests_total{outcome=\"ok\"}").await >= 47.0);
+        assert!(d.metric(P::P1, "requests_total{outcome=\"ok\"}").await >= 47.0);
+        assert!(d.metric(P::P0, "link_bytes{").await > 0.0);
+        // The helper takes no client connections.
+        let ws = sotto_net::tls::connect(
+            &format!("{}/v1/ws", d.url(P::Helper)),
+            Some(sotto_net::tls::client_config(&d.ca).expect("ca")),
+            sotto_net::tls::WsConfig::default(),
+        )
+        .await;
+        assert!(ws.is_err(), "the helper accepted a client");
+        // A client that does not trust the deployment's CA cannot connect.
+        let other = {
+            let cert =
+                rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+            cert.cert.pem().into_bytes()
+        };
+        let e = Client::connect(
+            &d.url(P::P0),
+            &d.url(P::P1),
+            ClientOptions {
+                ca_pem: Some(other),
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .expect_err("an untrusted server certificate");
+        assert!(matches!(e, ClientError::Connection(_)), "{e}");
+    });
+}
+
+#[test]
+fn a_process_without_the_party_key_is_refused() {
+    let _g = serial();
+    rt().block_on(async {
+        let d = Deployment::start(&[]);
+        d.ready(Duration::from_secs(20)).await;
+        // An impostor P0 with its own key (and a valid TLS certificate): P1 and the helper
+        // must refuse it, and the real deployment must keep working.
+        let m = material();
+        let bad = m.join("impostor");
+        run_sotto(&["certs", "--out", &bad.display().to_string()]);
+        let port = free_port();
+        let c = |f: &str| m.join("certs").join(f).display().to_string();
+        let log = std::fs::File::create(d.logs.join("impostor.log")).expect("log");
+        let mut imp = Command::new(SOTTO)
+            .args([
+                "serve",
+                "--role",
+                "p0",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--model",
+                &format!("net={}", m.join("net").display()),
+                "--tls-cert",
+                &c("p0.pem"),
+                "--tls-key",
+                &c("p0.key"),
+                "--tls-ca",
+                &c("ca.pem"),
+                "--key-file",
+                &bad.join("party.key").display().to_string(),
+                "--p1",
+                &d.url(P::P1),
+                "--helper",
+                &d.url(P::Helper),
+            ])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("impostor starts");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let imp_health = https_get(port, "/health", &d.ca).await.map_or(0, |r| r.0);
+        let _ = imp.kill();
+        let _ = imp.wait();
+        assert_eq!(imp_health, 503, "the impostor became ready");
+        let mut log = String::new();
+        std::fs::File::open(d.logs.join("impostor.log"))
+            .and_then(|mut f| f.read_to_string(&mut log))
+            .expect("log");
+        assert!(
+            log.contains("key") || log.contains("auth") || log.contains("refused"),
+            "the impostor's log does not say why it was refused:\n{log}"
+        );
+        d.ready(Duration::from_secs(10)).await;
+        let p = d.client().await.predict(data().x(7, 1), 1).await;
+        check(
+            &p.expect("prediction").logits,
+            &[argmax(&data().plain(7, 1))],
+            7,
+            1,
+        );
+    });
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_the_servers_keep_answering() {
+    let _g = serial();
+    rt().block_on(async {
+        let d = Deployment::start(&[]);
+        d.ready(Duration::from_secs(20)).await;
+        let works = |i: usize| {
+            let d = &d;
+            async move {
+                let c = d.client().await;
+                let p = c.predict(data().x(i, 1), 1).await.unwrap_or_else(|e| {
+                    panic!("prediction {i} after bad input: {e}\n{}", d.logs())
+                });
+                check(&p.logits, &p.labels, i, 1);
+                c.close().await;
+            }
+        };
+        // Garbage instead of a hello.
+        let mut l = d.raw(P::P0).await;
+        l.sink.send(b"hello?".to_vec()).await.expect("send");
+        let f = next_of(&mut l, Kind::Error, SECS5).await.expect("an error");
+        assert_eq!(error_code(&f), "bad_hello");
+        works(1).await;
+        // A hello, then a malformed frame (right magic, wrong version).
+        let (mut l, _) = d.hello(P::P0).await;
+        let mut b = Frame {
+            kind: Kind::InputShare,
+            session: 0,
+            step: 1,
+            payload: vec![0; 16],
+        }
+        .encode();
+        b[4] = 99;
+        l.sink.send(b).await.expect("send");
+        let f = next_of(&mut l, Kind::Error, SECS5).await.expect("an error");
+        assert_eq!(error_code(&f), "bad_frame");
+        works(2).await;
+        // Random bytes after the hello.
+        let (mut l, _) = d.hello(P::P1).await;
+        let mut junk = vec![0u8; 300];
+        getrandom::fill(&mut junk).expect("random");
+        l.sink.send(junk).await.expect("send");
+        let f = next_of(&mut l, Kind::Error, SECS5).await.expect("an error");
+        assert_eq!(error_code(&f), "bad_frame");
+        // A wrong shape: 783 values instead of 784.
+        let (mut l, m) = d.hello(P::P0).await;
+        assert_eq!(m.input_shape, vec![784]);
+        l.send_frame(&Frame {
+            kind: Kind::InputShare,
+            session: 0,
+            step: 5,
+            payload: vec![0; 783 * 8],
+        })
+        .await
+        .expect("send");
+        let f = next_of(&mut l, Kind::Error, SECS5).await.expect("an error");
+        assert_eq!((error_code(&f).as_str(), f.step), ("bad_shape", 5));
+        // The same connection still works after the refusal.
+        l.send_frame(&Frame {
+            kind: Kind::InputShare,
+            session: 0,
+            step: 6,
+            payload: vec![0; 784 * 8],
+        })
+        .await
+        .expect("send");
+        let s = next_of(&mut l, Kind::Session, SECS5)
+            .await
+            .expect("a session");
+        assert_eq!(s.step, 6);
+        // ... and P1 refuses a seed of the wrong size for that session.
+        let (mut l1, _) = d.hello(P::P1).await;
+        l1.send_frame(&Frame {
+            kind: Kind::InputSeed,
+            session: s.session,
+            step: 0,
+            payload: vec![0; 31],
+        })
+        .await
+        .expect("send");
+        let f = next_of(&mut l1, Kind::Error, SECS5)
+            .await
+            .expect("an error");
+        assert_eq!(error_code(&f), "bad_shape");
+        // The right seed completes the session: both outputs arrive.
+        l1.send_frame(&Frame {
+            kind: Kind::InputSeed,
+            session: s.session,
+            step: 0,
+            payload: vec![0; 32],
+        })
+        .await
+        .expect("send");
+        let o1 = next_of(&mut l1, Kind::Output, SECS5)
+            .await
+            .expect("P1 output");
+        let o0 = next_of(&mut l, Kind::Output, SECS5)
+            .await
+            .expect("P0 output");
+        assert_eq!((o0.payload.len(), o1.payload.len()), (80, 80));
+        // A reused session id is refused, and so is an unknown one.
+        for session in [s.session, 0x1234_5678_9abc_def0_u128] {
+            l1.send_frame(&Frame {
+                kind: Kind::InputSeed,
+                session,
+                step: 0,
+                payload: vec![0; 32],
+            })
+            .await
+            .expect("send");
+            let f = next_of(&mut l1, Kind::Error, Duration::from_secs(8))
+                .await
+                .expect("an error");
+            assert_eq!(
+                (error_code(&f).as_str(), f.session),
+                ("unknown_session", session)
+            );
+        }
+        works(3).await;
+        // An unknown model.
+        let e = Client::connect(
+            &d.url(P::P0),
+            &d.url(P::P1),
+            ClientOptions {
+                model: "no-such-model".into(),
+                ca_pem: Some(d.ca.clone()),
+                ..ClientOptions::default()
+            },
+        )
+        .await
+        .expect_err("unknown model");
+        match e {
+            ClientError::Server { code, message, .. } => {
+                assert_eq!(code, "unknown_model");
+                assert!(message.contains("net"), "{message}");
+            }
+            e => panic!("{e}"),
+        }
+        // Input the client itself refuses (wrong length, out of bound) never leaves it.
+        let c = d.client().await;
+        let before = c.bytes_sent();
+        assert!(matches!(
+            c.predict(&[0.5; 783], 1).await,
+            Err(ClientError::Input(_))
+        ));
+        assert!(matches!(
+            c.predict(&[1e9; 784], 1).await,
+            Err(ClientError::Input(_))
+        ));
+        assert_eq!(c.bytes_sent(), before);
+        // An oversized message (beyond the 64 MiB limit): refused within 5 s.
+        let (mut l, _) = d.hello(P::P0).await;
+        let t = Instant::now();
+        let big = Frame {
+            kind: Kind::InputShare,
+            session: 0,
+            step: 9,
+            payload: vec![0; DEFAULT_MAX_PAYLOAD + 1024],
+        }
+        .encode();
+        let _ = l.sink.send(big).await;
+        let f = next_of(&mut l, Kind::Error, SECS5).await;
+        assert!(t.elapsed() < SECS5);
+        assert_eq!(error_code(&f.expect("an error frame")), "too_large");
+        works(4).await;
+        // Everything freed, the servers still healthy.
+        assert_eq!(d.health(P::P0).await, 200);
+        assert_eq!(d.metric(P::P0, "active_sessions").await, 0.0);
+        assert!(d.metric(P::P0, "errors_total{code=\"bad_shape\"}").await >= 1.0);
+    });
+}
+
+#[test]
+fn a_client_that_disconnects_mid_session_frees_the_parties() {
+    let _g = serial();
+    rt().block_on(async {
+        let d = Deployment::start(&["--timeout-ms", "2000"]);
+        d.ready(Duration::from_secs(20)).await;
+        // P0 starts a session, the client vanishes before sending P1 its seed.
+        for step in 1..=3 {
+            let (mut l, _) = d.hello(P::P0).await;
+            l.send_frame(&Frame {
+                kind: Kind::InputShare,
+                session: 0,
+                step,
+                payload: vec![0; 784 * 8],
+            })
+            .await
+            .expect("send");
+            next_of(&mut l, Kind::Session, SECS5)
+                .await
+                .expect("session");
+            drop(l);
+        }
+        // And one that sends both halves and leaves before the outputs.
+        let (mut l0, _) = d.hello(P::P0).await;
+        let (mut l1, _) = d.hello(P::P1).await;
+        l0.send_frame(&Frame {
+            kind: Kind::InputShare,
+            session: 0,
+            step: 1,
+            payload: vec![0; 784 * 8],
+        })
+        .await
+        .expect("send");
+        let s = next_of(&mut l0, Kind::Session, SECS5)
+            .await
+            .expect("session");
+        l1.send_frame(&Frame {
+            kind: Kind::InputSeed,
+            session: s.session,
+            step: 0,
+            payload: vec![0; 32],
+        })
+        .await
+        .expect("send");
+        drop((l0, l1));
+        // Within the party timeout (2 s) plus slack, nothing is left running or queued.
+        let t = Instant::now();
+        loop {
+            // Pooled sessions keep their dealt material queued; nothing else may be.
+            let mut busy = 0.0;
+            for p in [P::P0, P::P1] {
+                busy += d.metric(p, "active_sessions").await;
+                busy += d.metric(p, "client_connections").await;
+                busy += (d.metric(p, "queued_sessions").await
+                    - d.metric(p, "pool_ready_sessions").await)
+                    .abs();
+            }
+            if busy == 0.0 {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(8),
+                "sessions still held 8 s after the clients left\n{}",
+                d.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let c = d.client().await;
+        let p = c
+            .predict(data().x(11, 1), 1)
+            .await
+            .expect("next prediction");
+        check(&p.logits, &p.labels, 11, 1);
+    });
+}
+
+/// Predictions running when a party dies fail within 5 s; after a restart the deployment
+/// answers again.
+#[test]
+fn a_killed_party_gives_clear_errors_and_a_restart_recovers() {
+    let _g = serial();
+    rt().block_on(async {
+        let mut d = Deployment::start(&[]);
+        d.ready(Duration::from_secs(20)).await;
+        for victim in [P::P1, P::Helper, P::P0] {
+            let c = Arc::new(d.client().await);
+            let mut tasks = Vec::new();
+            for i in 0..8 {
+                let c = c.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Keep predicting until an error: return when it came.
+                    loop {
+                        if let Err(e) = c.predict(data().x(i, 1), 1).await {
+                            return (Instant::now(), e);
+                        }
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let killed = Instant::now();
+            d.kill(victim);
+            for t in tasks {
+                let (at, e) = tokio::time::timeout(Duration::from_secs(10), t)
+                    .await
+                    .unwrap_or_else(|_| panic!("a prediction hung after {victim:?} died"))
+                    .expect("task");
+                let after = at.saturating_duration_since(killed);
+                assert!(after < SECS5, "error {after:?} after {victim:?} died: {e}");
+                assert!(!e.to_string().is_empty());
+            }
+            // The survivors say they are not ready, and fail new requests at once.
+            if victim != P::P0 {
+                let t = Instant::now();
+                while d.health(P::P0).await != 503 {
+                    assert!(t.elapsed() < SECS5, "P0 still healthy without {victim:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            if victim == P::Helper {
+                let c = d.client().await;
+                let t = Instant::now();
+                let e = c.predict(data().x(0, 1), 1).await.expect_err("no helper");
+                assert!(t.elapsed() < SECS5, "{e}");
+            }
+            if victim != P::P1 {
+                // P1 frees what the dead party's sessions held.
+                let t = Instant::now();
+                while d.metric(P::P1, "active_sessions").await > 0.0 {
+                    assert!(t.elapsed() < Duration::from_secs(8), "P1 still busy");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            d.spawn(victim);
+            d.ready(Duration::from_secs(20)).await;
+            let c = d.client().await;
+            let p = c
+                .predict(data().x(20, 1), 1)
+                .await
+                .unwrap_or_else(|e| panic!("after restarting {victim:?}: {e}\n{}", d.logs()));
+            check(&p.logits, &p.labels, 20, 1);
+        }
+    });
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn load_64_clients_50_predictions_each_without_errors_or_memory_growth() {
+    let _g = serial();
+    rt().block_on(async {
+        let d = Deployment::start(&["--pool", "1:64"]);
+        d.ready(Duration::from_secs(20)).await;
+        let round = |n: usize| {
+            let d = &d;
+            async move {
+                let mut clients = Vec::new();
+                for _ in 0..64 {
+                    clients.push(Arc::new(d.client().await));
+                }
+                let t = Instant::now();
+                let mut tasks = Vec::new();
+                for (k, c) in clients.iter().enumerate() {
+                    let c = c.clone();
+                    tasks.push(tokio::spawn(async move {
+                        for j in 0..n {
+                            let i = (k * 50 + j) % 2000;
+                            let p = c
+                                .predict(data().x(i, 1), 1)
+                                .await
+                                .map_err(|e| format!("client {k} prediction {j}: {e}"))?;
+                            if p.labels[0] != argmax(&data().plain(i, 1)) {
+                                return Err(format!("image {i}: label {}", p.labels[0]));
+                            }
+                        }
+                        Ok::<(), String>(())
+                    }));
+                }
+                for t in tasks {
+                    if let Err(e) = t.await.expect("task") {
+                        panic!("{e}\n{}", d.logs());
+                    }
+                }
+                let secs = t.elapsed().as_secs_f64();
+                for c in clients {
+                    if let Ok(c) = Arc::try_unwrap(c) {
+                        c.close().await;
+                    }
+                }
+                secs
+            }
+        };
+        let rss = |d: &Deployment| [P::P0, P::P1, P::Helper].map(|p| rss_kb(d.pid(p)));
+        round(5).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = rss(&d);
+        let secs = round(50).await;
+        eprintln!(
+            "load: 3200 predictions by 64 clients in {secs:.2} s ({:.0}/s)",
+            3200.0 / secs
+        );
+        // Let pools refill and connections close.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = rss(&d);
+        eprintln!("RSS before {before:?} kB, after {after:?} kB (P0, P1, helper)");
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            assert!(
+                *a <= b + b / 4 + 16 * 1024,
+                "party {i} grew from {b} kB to {a} kB"
+            );
+        }
+        assert_eq!(d.metric(P::P0, "active_sessions").await, 0.0);
+        assert_eq!(d.metric(P::P0, "client_connections").await, 0.0);
+        assert!(d.metric(P::P0, "requests_total{outcome=\"ok\"}").await >= 3520.0);
+    });
+}
