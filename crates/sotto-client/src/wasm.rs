@@ -290,6 +290,12 @@ impl Shared {
 
 type Handler = Closure<dyn FnMut(JsValue)>;
 
+thread_local! {
+    /// An event handler that does nothing, for sockets whose client is gone (one per module,
+    /// kept for its lifetime).
+    static NOOP: JsValue = Handler::new(|_: JsValue| {}).into_js_value();
+}
+
 struct Conn {
     shared: Rc<Shared>,
     sent: Cell<u64>,
@@ -301,8 +307,10 @@ impl Drop for Conn {
         let ws = &self.shared.ws;
         ws.set_onopen(None);
         ws.set_onmessage(None);
-        ws.set_onerror(None);
         ws.set_onclose(None);
+        // Not None: Node's `ws` throws an "error" event nobody listens to (closing a socket
+        // that is still connecting emits one).
+        NOOP.with(|f| ws.set_onerror(Some(f.unchecked_ref())));
         let _ = ws.close();
     }
 }

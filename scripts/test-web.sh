@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The web client's tests on a fresh Debian machine (run as root): installs Chromium and the
+# npm packages, builds the WebAssembly package (scripts/build-web.sh) and the sotto binary,
+# then runs the Node tests against real `sotto serve` processes and, when present, the
+# browser test (web/test/browser.mjs).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+if [ ! -x /usr/bin/chromium ]; then
+  apt-get update
+  apt-get install -y chromium
+fi
+
+(cd web && npm ci --no-audit --no-fund)
+
+bash scripts/build-web.sh
+
+cargo build --release -p sotto
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+export SOTTO_BIN="${SOTTO_BIN:-$TARGET_DIR/release/sotto}"
+
+# The test files by name: `node --test web/test/` would also run every other .mjs file under
+# a test/ directory (the harness, the browser test) as a test file.
+node --test web/test/*.test.mjs
+
+if [ -f web/test/browser.mjs ]; then
+  node web/test/browser.mjs
+fi

@@ -1,0 +1,256 @@
+// The npm package against a real deployment: three `sotto serve` processes (helper, P1, P0)
+// on loopback, the network_a MNIST model, predictions compared with the plaintext model.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { connect, imageDataToInput } from '../index.js';
+import { mnistSamples } from '../scripts/npy.mjs';
+import { startParties, freePort, sotto, MODELS } from './servers.mjs';
+
+const N = 20;
+let parties;
+let client;
+let samples;
+let plain; // {labels, logits, labels_fixed, logits_fixed} of the first N images
+
+before(async () => {
+  samples = mnistSamples(MODELS, N);
+  parties = await startParties();
+  const input = join(parties.dir, 'first.json');
+  await writeFile(input, JSON.stringify(samples.flatMap((s) => Array.from(s.pixels))));
+  plain = JSON.parse(await sotto(['plain', '--model', join(MODELS, 'network_a.onnx'), '--input', input]));
+  client = await connect({ p0: parties.p0Url, p1: parties.p1Url, model: 'net' });
+});
+
+after(async () => {
+  client?.close();
+  await parties?.stop();
+});
+
+/** Checks a private result against the plaintext model for image `i`. */
+function checkAgainstPlain(i, logits, label) {
+  assert.equal(label, plain.labels_fixed[i], `image ${i}: label`);
+  assert.equal(label, plain.labels[i], `image ${i}: label (float model)`);
+  assert.equal(logits.length, 10);
+  for (let k = 0; k < 10; k++) {
+    const d = Math.abs(logits[k] - plain.logits_fixed[i][k]);
+    assert.ok(d < 0.01, `image ${i} logit ${k}: ${logits[k]} vs ${plain.logits_fixed[i][k]}`);
+  }
+}
+
+test('manifest', () => {
+  const m = client.manifest;
+  assert.equal(m.modelId, 'net');
+  assert.deepEqual([...m.inputShape], [784]);
+  assert.equal(m.outputLen, 10);
+  assert.equal(m.inputBound, 1);
+  assert.equal(m.fracBits, 16);
+  assert.equal(typeof m.softmaxAtClient, 'boolean');
+  assert.equal(client.inputSize, 784);
+});
+
+test(`the first ${N} MNIST test images: same labels and logits as the plaintext model`, async () => {
+  let correct = 0;
+  for (let i = 0; i < N; i++) {
+    const r = await client.predict(samples[i].pixels);
+    assert.ok(r.logits instanceof Float64Array);
+    checkAgainstPlain(i, r.logits, r.label);
+    assert.ok(r.latencyMs > 0);
+    assert.deepEqual(r.bytesSent, { p0: 32 + 784 * 8, p1: 32 + 32 });
+    if (r.label === samples[i].label) correct++;
+    if (client.manifest.softmaxAtClient) assert.ok(r.probabilities instanceof Float64Array);
+    else assert.equal(r.probabilities, null);
+  }
+  assert.ok(correct >= N - 2, `${correct}/${N} correct`);
+});
+
+test('what each server received: P0 a share of 8 bytes per value, P1 a 32-byte seed', async () => {
+  const before = client.bytesSent();
+  await client.predict(samples[0].pixels);
+  const a = client.lastSent();
+  assert.equal(a.p0.length, 784 * 8);
+  assert.equal(a.p1.length, 32);
+  await client.predict(samples[0].pixels);
+  const b = client.lastSent();
+  // Fresh randomness per prediction: the same image gives unrelated shares.
+  assert.notDeepEqual(Array.from(a.p1), Array.from(b.p1));
+  assert.notDeepEqual(Array.from(a.p0.subarray(0, 64)), Array.from(b.p0.subarray(0, 64)));
+  const after = client.bytesSent();
+  assert.equal(after.p0 - before.p0, 2 * (32 + 784 * 8));
+  assert.equal(after.p1 - before.p1, 2 * 64);
+});
+
+test('input forms: nested arrays, typed arrays, ImageData', async () => {
+  const x = samples[3].pixels;
+  const nested = [];
+  for (let r = 0; r < 28; r++) nested.push(Array.from(x.subarray(r * 28, (r + 1) * 28)));
+  const a = await client.predict(nested);
+  checkAgainstPlain(3, a.logits, a.label);
+  const b = await client.predict(Float64Array.from(x));
+  checkAgainstPlain(3, b.logits, b.label);
+  // A 28×28 opaque ImageData of the digit, white on black: converted to the same values.
+  const data = new Uint8ClampedArray(28 * 28 * 4);
+  for (let i = 0; i < 784; i++) {
+    const g = Math.round(x[i] * 255);
+    data.set([g, g, g, 255], i * 4);
+  }
+  const img = { width: 28, height: 28, data };
+  const c = await client.predict(img);
+  checkAgainstPlain(3, c.logits, c.label);
+});
+
+test('batch prediction: one request, the same labels as single predictions', async () => {
+  const idx = [0, 1, 2, 3, 4, 5, 6];
+  const r = await client.predictBatch(idx.map((i) => samples[i].pixels));
+  assert.equal(r.logits.length, idx.length);
+  assert.equal(r.labels.length, idx.length);
+  idx.forEach((i, j) => checkAgainstPlain(i, r.logits[j], r.labels[j]));
+  assert.deepEqual(r.bytesSent, { p0: 32 + idx.length * 784 * 8, p1: 64 });
+  await assert.rejects(client.predictBatch([]), TypeError);
+});
+
+test('concurrent predictions are routed to their callers', async () => {
+  const idx = [...Array(12).keys()];
+  const rs = await Promise.all(idx.map((i) => client.predict(samples[i].pixels)));
+  rs.forEach((r, i) => checkAgainstPlain(i, r.logits, r.label));
+  const bs = await Promise.all([
+    client.predictBatch([samples[8].pixels, samples[9].pixels]),
+    client.predict(samples[10].pixels),
+    client.predictBatch([samples[11].pixels, samples[12].pixels, samples[13].pixels]),
+  ]);
+  checkAgainstPlain(8, bs[0].logits[0], bs[0].labels[0]);
+  checkAgainstPlain(9, bs[0].logits[1], bs[0].labels[1]);
+  checkAgainstPlain(10, bs[1].logits, bs[1].label);
+  [11, 12, 13].forEach((i, j) => checkAgainstPlain(i, bs[2].logits[j], bs[2].labels[j]));
+});
+
+test('wrong input length: a clear Error, and the next prediction works', async () => {
+  const before = client.bytesSent();
+  await assert.rejects(client.predict(new Float32Array(783)), (e) => {
+    assert.ok(e instanceof Error);
+    assert.equal(e.kind, 'input');
+    assert.match(e.message, /bad input: 783 values for 1 inputs of model net/);
+    return true;
+  });
+  // Refused in the client: nothing was sent.
+  assert.deepEqual(client.bytesSent(), before);
+  const r = await client.predict(samples[5].pixels);
+  checkAgainstPlain(5, r.logits, r.label);
+});
+
+test('a value outside the input bound: a clear Error, and the next prediction works', async () => {
+  const x = Float32Array.from(samples[6].pixels);
+  x[100] = 2.5;
+  await assert.rejects(client.predict(x), (e) => {
+    assert.ok(e instanceof Error);
+    assert.equal(e.kind, 'input');
+    assert.match(e.message, /value 2\.5 at index 100 is outside the model's input bound ±1/);
+    return true;
+  });
+  x[100] = NaN;
+  await assert.rejects(client.predict(x), /index 100 is outside/);
+  await assert.rejects(client.predict(['a']), TypeError);
+  const r = await client.predict(samples[6].pixels);
+  checkAgainstPlain(6, r.logits, r.label);
+});
+
+test("a server's refusal (batch above --max-batch) rejects with its code; the client stays usable", async () => {
+  const big = new Array(129).fill(samples[0].pixels);
+  await assert.rejects(client.predictBatch(big), (e) => {
+    assert.ok(e instanceof Error);
+    assert.equal(e.kind, 'server');
+    assert.equal(e.server, 'P0');
+    assert.equal(e.code, 'bad_shape');
+    assert.match(e.message, /^P0 refused: .*\(bad_shape\)$/);
+    return true;
+  });
+  const r = await client.predict(samples[7].pixels);
+  checkAgainstPlain(7, r.logits, r.label);
+});
+
+test('an unknown model: connect rejects with the servers\' code', async () => {
+  await assert.rejects(
+    connect({ p0: parties.p0Url, p1: parties.p1Url, model: 'nope' }),
+    (e) => e instanceof Error && e.code === 'unknown_model' && /refused: no model "nope"/.test(e.message),
+  );
+});
+
+test('the default model, and http:// base URLs', async () => {
+  const c = await connect({ p0: parties.httpP0, p1: parties.httpP1 });
+  try {
+    assert.equal(c.manifest.modelId, 'net');
+    const r = await c.predict(samples[2].pixels);
+    checkAgainstPlain(2, r.logits, r.label);
+  } finally {
+    c.close();
+  }
+});
+
+test('an unreachable server: connect rejects within a few seconds', async () => {
+  const dead = await freePort();
+  const t0 = Date.now();
+  await assert.rejects(
+    connect({ p0: parties.p0Url, p1: `ws://127.0.0.1:${dead}`, timeoutMs: 3000 }),
+    (e) => {
+      assert.ok(e instanceof Error);
+      assert.equal(e.kind, 'connection');
+      assert.match(e.message, new RegExp(`P1 \\(ws://127\\.0\\.0\\.1:${dead}/v1/ws\\)`));
+      return true;
+    },
+  );
+  assert.ok(Date.now() - t0 < 3500, `took ${Date.now() - t0} ms`);
+  await assert.rejects(connect({ p0: 'not a url', p1: parties.p1Url }), /P0 \(not a url\/v1\/ws\)/);
+  await assert.rejects(connect({ p1: parties.p1Url }), TypeError);
+});
+
+test('close(): waiting predictions and later ones reject', async () => {
+  const c = await connect({ p0: parties.p0Url, p1: parties.p1Url });
+  const pending = c.predict(samples[1].pixels);
+  c.close();
+  await assert.rejects(pending, (e) => e instanceof Error && e.kind === 'connection');
+  await assert.rejects(c.predict(samples[1].pixels), /the client closed its connection to P0/);
+});
+
+test('imageDataToInput: alpha ink, dark ink on white, resizing, centring', () => {
+  const side = 280;
+  const make = (fill) => {
+    const data = new Uint8ClampedArray(side * side * 4);
+    for (let y = 0; y < side; y++) {
+      for (let x = 0; x < side; x++) data.set(fill(x, y), (y * side + x) * 4);
+    }
+    return { width: side, height: side, data };
+  };
+  // A transparent canvas with an opaque black square (rows/cols 100..179): alpha is the ink.
+  const inSquare = (x, y) => x >= 100 && x < 180 && y >= 100 && y < 180;
+  const alpha = imageDataToInput(make((x, y) => (inSquare(x, y) ? [0, 0, 0, 255] : [0, 0, 0, 0])), [784]);
+  assert.equal(alpha.length, 784);
+  assert.equal(alpha[14 * 28 + 14], 1);
+  assert.equal(alpha[0], 0);
+  assert.equal(alpha[10 * 28 + 14], 1); // rows 100..110 → pixel row 10
+  assert.equal(alpha[9 * 28 + 14], 0);
+  // Black ink on an opaque white background: inverted, so the ink is 1.
+  const light = imageDataToInput(
+    make((x, y) => (inSquare(x, y) ? [0, 0, 0, 255] : [255, 255, 255, 255])),
+    [1, 28, 28],
+  );
+  assert.equal(light[14 * 28 + 14], 1);
+  assert.equal(light[0], 0);
+  // A half-covered destination pixel averages.
+  const half = imageDataToInput(make((x) => (x < 5 ? [0, 0, 0, 255] : [0, 0, 0, 0])), [28, 28]);
+  assert.ok(Math.abs(half[0] - 0.5) < 1e-6);
+  // Centring like MNIST: a small square in a corner lands in the middle, about 20 px wide.
+  const corner = imageDataToInput(
+    make((x, y) => (x < 40 && y < 40 ? [255, 255, 255, 255] : [0, 0, 0, 0])),
+    [28, 28, 1],
+    { center: true },
+  );
+  assert.equal(corner[14 * 28 + 14], 1);
+  assert.equal(corner[0], 0);
+  const ink = corner.reduce((a, b) => a + b, 0);
+  assert.ok(ink > 350 && ink < 450, `ink ${ink}`);
+  assert.throws(() => imageDataToInput({ width: 2, height: 2, data: new Uint8ClampedArray(3) }, [784]));
+  assert.throws(() => imageDataToInput(make(() => [0, 0, 0, 0]), [10, 10, 10, 10]), /cannot read input shape/);
+});

@@ -1,0 +1,309 @@
+// The client's side of the wire protocol against scripted servers (the `ws` package): replies
+// out of order and ahead of time, timeouts, server errors, closed connections, bad frames.
+// Real-server tests are in client.test.mjs and faults.test.mjs.
+
+import { test, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { WebSocketServer } from 'ws';
+
+import { connect } from '../index.js';
+
+const KIND = { Hello: 1, Manifest: 2, InputShare: 3, InputSeed: 4, Output: 6, Error: 7, Close: 8, Session: 9 };
+const MASK = (1n << 64n) - 1n;
+
+function encode(kind, session, step, payload = new Uint8Array(0)) {
+  const b = Buffer.alloc(32 + payload.length);
+  b.write('SOTW', 0, 'latin1');
+  b[4] = 1;
+  b[5] = kind;
+  const s = BigInt(session);
+  b.writeBigUInt64LE(s & MASK, 8);
+  b.writeBigUInt64LE(s >> 64n, 16);
+  b.writeUInt32LE(step, 24);
+  b.writeUInt32LE(payload.length, 28);
+  Buffer.from(payload).copy(b, 32);
+  return b;
+}
+
+function decode(buf) {
+  const b = Buffer.from(buf);
+  assert.equal(b.toString('latin1', 0, 4), 'SOTW');
+  return {
+    kind: b[5],
+    session: b.readBigUInt64LE(8) | (b.readBigUInt64LE(16) << 64n),
+    step: b.readUInt32LE(24),
+    payload: b.subarray(32, 32 + b.readUInt32LE(28)),
+  };
+}
+
+const json = (v) => Buffer.from(JSON.stringify(v));
+const errorFrame = (session, step, code, message) =>
+  encode(KIND.Error, session, step, json({ code, message }));
+
+const MANIFEST = {
+  model_id: 'toy',
+  input_shape: [4],
+  frac_bits: 16,
+  output_len: 3,
+  out_frac: 16,
+  softmax_at_client: true,
+  input_bound: 1,
+};
+
+/** Output shares of `values` (fixed point, 16 fractional bits): [for P0, for P1]. */
+function outputShares(values) {
+  const a = Buffer.alloc(values.length * 8);
+  const b = Buffer.alloc(values.length * 8);
+  values.forEach((v, i) => {
+    const enc = BigInt.asUintN(64, BigInt(Math.round(v * 65536)));
+    const r = BigInt.asUintN(64, BigInt(0x1234567 * (i + 1)) * 0x9e3779b97f4a7c15n);
+    a.writeBigUInt64LE(r, i * 8);
+    b.writeBigUInt64LE(BigInt.asUintN(64, enc - r), i * 8);
+  });
+  return [a, b];
+}
+
+const servers = [];
+afterEach(async () => {
+  for (const s of servers.splice(0)) {
+    for (const c of s.clients) c.terminate();
+    await new Promise((r) => s.close(r));
+  }
+});
+
+/**
+ * Two scripted servers. `on(role, frame, socket)` handles every frame after the hello;
+ * `hello(role, frame, socket)` may replace the manifest answer.
+ */
+async function scripted({ on = () => {}, hello } = {}) {
+  const make = (role) =>
+    new Promise((ready) => {
+      const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 }, () => ready(wss));
+      servers.push(wss);
+      wss.on('connection', (ws) => {
+        let greeted = false;
+        ws.on('message', (data) => {
+          const f = decode(data);
+          if (!greeted) {
+            greeted = true;
+            assert.equal(f.kind, KIND.Hello);
+            assert.equal(JSON.parse(f.payload).role, 'Client');
+            if (hello) return hello(role, f, ws);
+            return ws.send(encode(KIND.Manifest, 0, 0, json(MANIFEST)));
+          }
+          on(role, f, ws);
+        });
+      });
+    });
+  const [p0, p1] = [await make('P0'), await make('P1')];
+  return {
+    p0: `ws://127.0.0.1:${p0.address().port}`,
+    p1: `ws://127.0.0.1:${p1.address().port}`,
+  };
+}
+
+const softmax = (v) => {
+  const m = Math.max(...v);
+  const e = v.map((x) => Math.exp(x - m));
+  const s = e.reduce((a, b) => a + b, 0);
+  return e.map((x) => x / s);
+};
+
+test('replies out of order and outputs before the seed: each prediction gets its own result', async () => {
+  // P0 holds requests until three arrived, then assigns sessions in reverse order and sends
+  // its output share at once (before the client has even sent the seed to P1).
+  const held = [];
+  const seeds = new Map();
+  let p0Socket;
+  const addr = await scripted({
+    on(role, f, ws) {
+      if (role === 'P0') {
+        assert.equal(f.kind, KIND.InputShare);
+        assert.equal(f.session, 0n);
+        assert.equal(f.payload.length, 4 * 8);
+        p0Socket = ws;
+        held.push(f.step);
+        if (held.length === 3) {
+          for (const step of [...held].reverse()) {
+            const session = 1000n + BigInt(step);
+            ws.send(encode(KIND.Session, session, step));
+            ws.send(encode(KIND.Output, session, 0, outputShares([step, -step, 0.5])[0]));
+          }
+        }
+      } else {
+        assert.equal(f.kind, KIND.InputSeed);
+        assert.equal(f.payload.length, 32);
+        seeds.set('last', Buffer.from(f.payload));
+        const step = Number(f.session - 1000n);
+        ws.send(encode(KIND.Output, f.session, 0, outputShares([step, -step, 0.5])[1]));
+      }
+    },
+  });
+  const c = await connect({ ...addr, timeoutMs: 2000 });
+  try {
+    assert.equal(c.manifest.modelId, 'toy');
+    const rs = await Promise.all([1, 2, 3].map(() => c.predict([0.1, 0.2, 0.3, 0.4])));
+    rs.forEach((r, i) => {
+      const step = i + 1; // request numbers follow the calls
+      assert.deepEqual(Array.from(r.logits), [step, -step, 0.5]);
+      assert.equal(r.label, 0);
+      const p = softmax([step, -step, 0.5]);
+      r.probabilities.forEach((v, k) => assert.ok(Math.abs(v - p[k]) < 1e-12));
+    });
+    assert.ok(p0Socket);
+    // lastSent() is what the servers received.
+    const last = c.lastSent();
+    assert.deepEqual(Buffer.from(last.p1), seeds.get('last'));
+    assert.equal(last.p0.length, 32);
+  } finally {
+    c.close();
+  }
+});
+
+test('a server error for a request or a session rejects that prediction only', async () => {
+  const addr = await scripted({
+    on(role, f, ws) {
+      if (role === 'P0' && f.step === 1) {
+        ws.send(errorFrame(0, 1, 'not_ready', 'the parties are not ready'));
+      } else if (role === 'P0') {
+        ws.send(encode(KIND.Session, 77n + BigInt(f.step), f.step));
+        ws.send(encode(KIND.Output, 77n + BigInt(f.step), 0, outputShares([1, 2, 3])[0]));
+      } else if (f.session === 79n) {
+        ws.send(errorFrame(f.session, 0, 'session_failed', 'P1: link lost'));
+      } else {
+        ws.send(encode(KIND.Output, f.session, 0, outputShares([1, 2, 3])[1]));
+      }
+    },
+  });
+  const c = await connect({ ...addr });
+  try {
+    await assert.rejects(c.predict([0, 0, 0, 0]), (e) => {
+      assert.equal(e.message, 'P0 refused: the parties are not ready (not_ready)');
+      assert.deepEqual([e.kind, e.server, e.code], ['server', 'P0', 'not_ready']);
+      return true;
+    });
+    // Request 2 gets session 79, which P1 fails.
+    await assert.rejects(c.predict([0, 0, 0, 0]), (e) => {
+      assert.equal(e.message, 'P1 refused: P1: link lost (session_failed)');
+      assert.deepEqual([e.kind, e.server, e.code], ['server', 'P1', 'session_failed']);
+      return true;
+    });
+    // Request 3 (session 80) works.
+    const ok = await c.predict([0, 0, 0, 0]);
+    assert.deepEqual(Array.from(ok.logits), [1, 2, 3]);
+  } finally {
+    c.close();
+  }
+});
+
+test('a session error from P1 names P1 and its code', async () => {
+  const addr = await scripted({
+    on(role, f, ws) {
+      if (role === 'P0') {
+        ws.send(encode(KIND.Session, 5n, f.step));
+      } else {
+        ws.send(errorFrame(f.session, 0, 'bad_shape', 'an input seed is 32 bytes, got 31'));
+      }
+    },
+  });
+  const c = await connect({ ...addr, timeoutMs: 3000 });
+  try {
+    const t0 = Date.now();
+    await assert.rejects(c.predict([0, 0, 0, 0]), (e) => {
+      assert.equal(e.message, 'P1 refused: an input seed is 32 bytes, got 31 (bad_shape)');
+      assert.deepEqual([e.server, e.code], ['P1', 'bad_shape']);
+      return true;
+    });
+    // The first error wins at once: no wait for P0's output.
+    assert.ok(Date.now() - t0 < 1000);
+  } finally {
+    c.close();
+  }
+});
+
+test('timeouts: a silent hello, a silent P0, a missing output', async () => {
+  // No manifest: connect rejects after timeoutMs.
+  let addr = await scripted({ hello: () => {} });
+  let t0 = Date.now();
+  await assert.rejects(connect({ ...addr, timeoutMs: 300 }), (e) => {
+    assert.equal(e.kind, 'connection');
+    assert.match(e.message, /^P[01] \(ws:\/\/127\.0\.0\.1:\d+\/v1\/ws\) did not answer within 300 ms$/);
+    return true;
+  });
+  assert.ok(Date.now() - t0 < 1500);
+
+  // P0 never assigns a session.
+  addr = await scripted({ on: () => {} });
+  let c = await connect({ ...addr, timeoutMs: 300 });
+  t0 = Date.now();
+  await assert.rejects(c.predict([0, 0, 0, 0]), /^Error: P0 did not assign a session within 300 ms$/);
+  assert.ok(Date.now() - t0 >= 250 && Date.now() - t0 < 1500);
+  c.close();
+
+  // P1 never answers the seed.
+  addr = await scripted({
+    on(role, f, ws) {
+      if (role === 'P0') {
+        ws.send(encode(KIND.Session, 9n, f.step));
+        ws.send(encode(KIND.Output, 9n, 0, outputShares([0, 0, 0])[0]));
+      }
+    },
+  });
+  c = await connect({ ...addr, timeoutMs: 300 });
+  await assert.rejects(c.predict([0, 0, 0, 0]), /^Error: P1 did not send its output within 300 ms$/);
+  c.close();
+});
+
+test('a connection closing mid-prediction rejects every waiting prediction at once', async () => {
+  let p1Socket;
+  const addr = await scripted({
+    on(role, f, ws) {
+      if (role === 'P0') ws.send(encode(KIND.Session, 100n + BigInt(f.step), f.step));
+      else p1Socket = ws;
+    },
+  });
+  const c = await connect({ ...addr, timeoutMs: 10000 });
+  const pending = [1, 2, 3].map(() => c.predict([0, 0, 0, 0]).catch((e) => e));
+  while (!p1Socket) await new Promise((r) => setTimeout(r, 5));
+  await new Promise((r) => setTimeout(r, 20));
+  const t0 = Date.now();
+  p1Socket.close(1011, 'going away');
+  const errors = await Promise.all(pending);
+  assert.ok(Date.now() - t0 < 1000);
+  for (const e of errors) {
+    assert.ok(e instanceof Error);
+    assert.equal(e.message, 'P1 closed the connection (code 1011: going away)');
+  }
+  await assert.rejects(c.predict([0, 0, 0, 0]), /P1 closed the connection/);
+  c.close();
+});
+
+test('bad replies: different manifests, a garbage frame, an unknown model', async () => {
+  let addr = await scripted({
+    hello(role, f, ws) {
+      const m = role === 'P0' ? MANIFEST : { ...MANIFEST, frac_bits: 12 };
+      ws.send(encode(KIND.Manifest, 0, 0, json(m)));
+    },
+  });
+  await assert.rejects(connect(addr), /protocol: P0 and P1 describe model "toy" differently/);
+
+  addr = await scripted({
+    on(role, f, ws) {
+      if (role === 'P0') ws.send(Buffer.from('definitely not a frame, but long enough to have a header'));
+    },
+  });
+  const c = await connect(addr);
+  await assert.rejects(c.predict([0, 0, 0, 0]), (e) => {
+    assert.equal(e.kind, 'protocol');
+    assert.match(e.message, /^protocol: P0 sent a bad frame: not a sotto frame/);
+    return true;
+  });
+  c.close();
+
+  addr = await scripted({
+    hello(role, f, ws) {
+      ws.send(errorFrame(0, 0, 'unknown_model', `no model ${JSON.stringify(JSON.parse(f.payload).model_id)} here`));
+    },
+  });
+  await assert.rejects(connect({ ...addr, model: 'zzz' }), /refused: no model "zzz" here \(unknown_model\)/);
+});
