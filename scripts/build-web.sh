@@ -39,19 +39,30 @@ rm -rf web/pkg
 wasm-bindgen --target web --out-dir web/pkg "$WASM_IN"
 WASM="web/pkg/sotto_client_bg.wasm"
 
+# Instantiates web/pkg's module in Node (a smoke check of the wasm-bindgen glue).
+wasm_loads() {
+  node --input-type=module -e "
+    import { readFileSync } from 'node:fs';
+    const m = await import('$ROOT/web/pkg/sotto_client.js');
+    m.initSync({ module: readFileSync('$ROOT/$WASM') });
+  " >/dev/null 2>&1
+}
+
 if command -v wasm-opt >/dev/null 2>&1; then
-  # Debian's binaryen may be too old for this module's features: keep the un-optimised
-  # file when it fails.
+  # Debian's binaryen may be too old for this module's features: it can fail, or write a
+  # module that no longer instantiates. Keep the un-optimised module in both cases.
+  cp "$WASM" "$WASM.orig"
   if wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
     --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
-    "$WASM" -o "$WASM.opt" >/dev/null 2>&1; then
-    mv "$WASM.opt" "$WASM"
+    "$WASM" -o "$WASM.opt" >/dev/null 2>&1 && mv "$WASM.opt" "$WASM" && wasm_loads; then
     echo "build-web: wasm-opt -Oz applied"
   else
-    rm -f "$WASM.opt"
-    echo "build-web: wasm-opt failed; keeping the un-optimised module"
+    mv "$WASM.orig" "$WASM"
+    echo "build-web: wasm-opt did not give a working module; keeping the un-optimised one"
   fi
+  rm -f "$WASM.opt" "$WASM.orig"
 fi
+wasm_loads || { echo "build-web: $WASM does not instantiate in Node" >&2; exit 1; }
 
 rm -rf web/dist
 mkdir -p web/dist/sotto
