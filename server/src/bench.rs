@@ -81,9 +81,14 @@ fn plain_ms(model: &Model, x: &[f32], batch: usize) -> f64 {
     pct(&t, 0.5)
 }
 
-async fn wait_pool_full(l: &Launched, target: usize) {
+/// Waits (up to 5 min) until P0's pool holds at least `target` dealt sessions and no deal
+/// is outstanding, so that the helper's link bytes and P0's dealt counter agree.
+pub(crate) async fn wait_pool_full(l: &Launched, target: usize) {
     let t = Instant::now();
-    while crate::serve::pool_size(&l.states[0]) < target && t.elapsed() < Duration::from_secs(300) {
+    while (crate::serve::pool_size(&l.states[0]) < target
+        || crate::serve::dealing(&l.states[0]) > 0)
+        && t.elapsed() < Duration::from_secs(300)
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -167,10 +172,9 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
             for &conc in &a.concurrency {
                 bar.set_message(format!("batch {batch}, {conc} clients"));
                 let n = requests_for(batch, a.requests);
-                let target = pool.iter().find(|(b, _)| *b == batch).map_or(0, |p| p.1);
+                let settled = pool.iter().map(|p| p.1).sum::<usize>() / 2;
                 if let Some(l) = &launched {
-                    wait_pool_full(l, pool.iter().map(|p| p.1).sum()).await;
-                    let _ = target;
+                    wait_pool_full(l, settled).await;
                 }
                 let mut clients = Vec::new();
                 for _ in 0..conc {
@@ -181,6 +185,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
                     ));
                 }
                 let before_links = launched.as_ref().map(link_bytes);
+                let before_dealt = launched.as_ref().map_or(0, |l| l.states[0].dealt.load(Ordering::Relaxed));
                 let before_out: Vec<u64> = launched
                     .as_ref()
                     .map(|l| l.states.iter().map(|s| s.client_sent.load(Ordering::Relaxed)).collect())
@@ -245,7 +250,8 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
                     (Some(l), Some(bl)) => {
                         // The helper refills what this run used; wait for it so its bytes are
                         // the material of exactly these requests.
-                        wait_pool_full(l, pool.iter().map(|p| p.1).sum()).await;
+                        wait_pool_full(l, settled).await;
+                        let dealt = l.states[0].dealt.load(Ordering::Relaxed) - before_dealt;
                         let al = link_bytes(l);
                         let d = |f: PartyId, t: PartyId| al[f.index()][t.index()] - bl[f.index()][t.index()];
                         let out: Vec<u64> = l
@@ -257,8 +263,13 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
                         let per = |v: u64| v as f64 / nreq as f64;
                         let online = client_bytes + d(PartyId::P0, PartyId::P1) + d(PartyId::P1, PartyId::P0) + out[0] + out[1];
                         let offline = d(PartyId::Helper, PartyId::P0) + d(PartyId::Helper, PartyId::P1);
-                        run["online_bytes_per_prediction"] = json!(per(online));
-                        run["offline_bytes_per_prediction"] = json!(per(offline));
+                        run["online_bytes_per_prediction"] = json!(per(online) / batch as f64);
+                        run["online_bytes_per_request"] = json!(per(online));
+                        // The helper refilled `dealt` sessions (not always exactly the ones
+                        // used: the pool refills below half); each serves one request.
+                        let per_session = |v: u64| v as f64 / dealt.max(1) as f64;
+                        run["offline_bytes_per_prediction"] = json!(per_session(offline) / batch as f64);
+                        run["offline_bytes_per_request"] = json!(per_session(offline));
                         run["bytes_by_link"] = json!({
                             "client_to_p0": per(c0),
                             "client_to_p1": per(c1),
@@ -266,8 +277,8 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
                             "p1_to_p0": per(d(PartyId::P1, PartyId::P0)),
                             "p0_to_client": per(out[0]),
                             "p1_to_client": per(out[1]),
-                            "helper_to_p0": per(d(PartyId::Helper, PartyId::P0)),
-                            "helper_to_p1": per(d(PartyId::Helper, PartyId::P1)),
+                            "helper_to_p0": per_session(d(PartyId::Helper, PartyId::P0)),
+                            "helper_to_p1": per_session(d(PartyId::Helper, PartyId::P1)),
                             "p0_to_helper": per(d(PartyId::P0, PartyId::Helper)),
                             "p1_to_helper": per(d(PartyId::P1, PartyId::Helper)),
                         });
@@ -293,7 +304,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
             "first_prediction_ms": first,
             "pool": pool.iter().map(|(b, c)| json!({"batch": b, "sessions": c})).collect::<Vec<_>>(),
             "runs": runs,
-            "notes": "latencies are per request at the client (input out to output reconstructed); helper material is dealt ahead into a pool (offline_bytes_per_prediction); online bytes count every message of the request on every link, frame headers included",
+            "notes": "latencies are per request at the client (input out to output reconstructed); helper material is dealt ahead into a pool (offline_bytes_per_prediction); online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request",
         });
         let _ = total_runs;
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);

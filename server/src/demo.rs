@@ -76,6 +76,9 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
         let per = l.plan.input_len;
         let out_len = l.plan.output_len;
         let n = a.count.min(labels.len()).min(images.len() / per.max(1));
+        // Count the helper's material from a full pool to a full pool: the bytes of exactly
+        // the sessions these predictions used (not the model load, not a refill in flight).
+        crate::bench::wait_pool_full(&l, 8).await;
         let before_links = link_bytes(&l);
         let before_client = client.bytes_sent();
         let before_dealt = l.states[0].dealt.load(Ordering::Relaxed);
@@ -102,6 +105,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
             );
         }
         if n > 0 {
+            crate::bench::wait_pool_full(&l, 8).await;
             let after = link_bytes(&l);
             let (c0, c1) = client.bytes_sent();
             let out: Vec<u64> = l
@@ -113,11 +117,20 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
             let link = |f: PartyId, t: PartyId| {
                 (after[f.index()][t.index()] - before_links[f.index()][t.index()]) / n as u64
             };
-            let dealt = (l.states[0].dealt.load(Ordering::Relaxed) - before_dealt).max(1);
+            let dealt = l.states[0].dealt.load(Ordering::Relaxed) - before_dealt;
             let helper = |t: PartyId| {
                 (after[PartyId::Helper.index()][t.index()]
                     - before_links[PartyId::Helper.index()][t.index()])
-                    / dealt
+                    / dealt.max(1)
+            };
+            let material = if dealt == 0 {
+                "not measured (the pool has not refilled yet; see `sotto bench`)".to_string()
+            } else {
+                format!(
+                    "→P0 {}, →P1 {} ({dealt} sessions dealt meanwhile)",
+                    helper(PartyId::P0),
+                    helper(PartyId::P1)
+                )
             };
             let first = times[0];
             times.sort();
@@ -133,15 +146,13 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
                 ms(first)
             );
             println!(
-                "bytes per prediction: client→P0 {}, client→P1 {} (a seed), P0→P1 {}, P1→P0 {}, P0→client {}, P1→client {}; helper material per session: →P0 {}, →P1 {}",
+                "bytes per prediction: client→P0 {}, client→P1 {} (a seed), P0→P1 {}, P1→P0 {}, P0→client {}, P1→client {}; helper material per session: {material}",
                 (c0 - before_client.0) / n as u64,
                 (c1 - before_client.1) / n as u64,
                 link(PartyId::P0, PartyId::P1),
                 link(PartyId::P1, PartyId::P0),
                 out[0],
                 out[1],
-                helper(PartyId::P0),
-                helper(PartyId::P1),
             );
         }
         client.close().await;

@@ -10,7 +10,7 @@
 mod client;
 pub mod http;
 mod party;
-pub use party::pool_size;
+pub use party::{dealing, pool_size};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

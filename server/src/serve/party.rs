@@ -69,6 +69,11 @@ pub fn pool_size(st: &State) -> usize {
     pools.ready.len() + pools.queues.values().map(|q| q.ready.len()).sum::<usize>()
 }
 
+/// P0: sessions asked of the helper and not yet announced ready.
+pub fn dealing(st: &State) -> usize {
+    lock(&st.pools).queues.values().map(|q| q.requested).sum()
+}
+
 /// Starts the party's background work: dialing, the control loop, loads and pools.
 pub fn start(st: Arc<State>, control: ControlReceiver) -> Result<(), String> {
     match st.me {
