@@ -34,8 +34,27 @@ cargo run --release -q -p sotto -- eval --model "$fresh/network_a.onnx" --input 
   --labels "$fresh/mnist_test_labels.npy" --reference "$fresh/network_a_tf_logits.npy" --limit 500
 cargo run --release -q -p sotto -- inspect "$fresh/cnn.onnx"
 
-step "the run command works (and the in-memory example)"
-cargo run --release -q -p sotto -- demo --count 20
+step "the run command works: sotto demo (exits after its predictions with --check)"
+cargo run --release -q -p sotto -- demo --count 20 --check --port 0
 cargo run --release -q -p local-demo -- --check
+
+step "the Rust client example against a running demo, and a short sotto bench"
+port=$((20000 + RANDOM % 20000))
+cargo build --release -q -p sotto -p rust-client
+target_dir="${CARGO_TARGET_DIR:-target}"
+"$target_dir/release/sotto" demo --port "$port" --count 0 >/tmp/sotto-demo-$$.log 2>&1 &
+demo_pid=$!
+trap 'kill $demo_pid 2>/dev/null || true' EXIT
+for _ in $(seq 300); do
+  grep -q "serving until Ctrl-C" /tmp/sotto-demo-$$.log && break
+  sleep 0.1
+done
+"$target_dir/release/rust-client" "ws://127.0.0.1:$port" "ws://127.0.0.1:$((port + 1))"
+kill $demo_pid; wait $demo_pid 2>/dev/null || true
+trap - EXIT
+"$target_dir/release/sotto" bench --batch 1,10 --concurrency 1,4 --requests 40 >/dev/null
+
+step "web: wasm client, npm package, Node tests against real servers, headless Chromium"
+bash scripts/test-web.sh
 
 printf '\nall tests passed\n'

@@ -85,6 +85,7 @@ fn plain_ms(model: &Model, x: &[f32], batch: usize) -> f64 {
 /// is outstanding, so that the helper's link bytes and P0's dealt counter agree.
 pub(crate) async fn wait_pool_full(l: &Launched, target: usize) {
     let t = Instant::now();
+    crate::serve::top_up(&l.states[0]);
     while (crate::serve::pool_size(&l.states[0]) < target
         || crate::serve::dealing(&l.states[0]) > 0)
         && t.elapsed() < Duration::from_secs(300)
@@ -109,12 +110,15 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
             .and_then(|s| s.to_str())
             .unwrap_or("model")
             .to_string();
-        // Pool: enough material dealt ahead for the largest run at each batch size.
+        // Pool: twice the material of the largest run at each batch size, dealt ahead and
+        // complete before each run, so that the pool never falls below half (the refill
+        // mark) and the helper stays idle during a run: the runs time the online phase.
+        // `dealt_during_run` in each run says whether that held.
         let max_conc = *a.concurrency.iter().max().unwrap_or(&1);
         let pool: Vec<(usize, usize)> = a
             .batch
             .iter()
-            .map(|b| (*b, requests_for(*b, a.requests).max(max_conc).min(if *b >= 32 { 12 } else { 512 })))
+            .map(|b| (*b, (2 * requests_for(*b, a.requests)).max(max_conc).min(if *b >= 32 { 24 } else { 1024 })))
             .collect();
         let started = Instant::now();
         let (launched, model, plan, p0, p1) = match (&a.p0, &a.p1) {
@@ -172,7 +176,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
             for &conc in &a.concurrency {
                 bar.set_message(format!("batch {batch}, {conc} clients"));
                 let n = requests_for(batch, a.requests);
-                let settled = pool.iter().map(|p| p.1).sum::<usize>() / 2;
+                let settled = pool.iter().map(|p| p.1).sum::<usize>();
                 if let Some(l) = &launched {
                     wait_pool_full(l, settled).await;
                 }
@@ -250,6 +254,8 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
                     (Some(l), Some(bl)) => {
                         // The helper refills what this run used; wait for it so its bytes are
                         // the material of exactly these requests.
+                        let dealt_during_run = l.states[0].dealt.load(Ordering::Relaxed) - before_dealt;
+                        run["dealt_during_run"] = json!(dealt_during_run);
                         wait_pool_full(l, settled).await;
                         let dealt = l.states[0].dealt.load(Ordering::Relaxed) - before_dealt;
                         let al = link_bytes(l);
@@ -304,7 +310,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
             "first_prediction_ms": first,
             "pool": pool.iter().map(|(b, c)| json!({"batch": b, "sessions": c})).collect::<Vec<_>>(),
             "runs": runs,
-            "notes": "latencies are per request at the client (input out to output reconstructed); helper material is dealt ahead into a pool (offline_bytes_per_prediction); online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request",
+            "notes": "latencies are per request at the client (input out to output reconstructed); helper material is dealt ahead into a pool that is full before each run (offline_bytes_per_prediction; dealt_during_run counts sessions the helper dealt while the run was going); online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request",
         });
         let _ = total_runs;
         println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);

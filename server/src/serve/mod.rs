@@ -10,7 +10,7 @@
 mod client;
 pub mod http;
 mod party;
-pub use party::{dealing, pool_size};
+pub use party::{dealing, pool_size, top_up};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -261,6 +261,16 @@ async fn load_all(st: &Arc<State>) -> Result<(), String> {
 
 /// P0: asks the helper for the sessions the pools and the waiters lack.
 fn refill(st: &State) {
+    refill_to(st, false);
+}
+
+/// P0: asks the helper to fill every pool to its full size now (benchmarks use it to start
+/// each run from a full pool).
+pub fn top_up(st: &State) {
+    refill_to(st, true);
+}
+
+fn refill_to(st: &State, full: bool) {
     let loaded = st.loaded.read().unwrap_or_else(|e| e.into_inner()).clone();
     let mut asks = Vec::new();
     {
@@ -282,7 +292,7 @@ fn refill(st: &State) {
                 // predictions for the CPU when parties share a host).
                 let want = target + q.waiters.len();
                 let have = q.ready.len() + q.requested;
-                let low = have < target.div_ceil(2) || !q.waiters.is_empty();
+                let low = full || have < target.div_ceil(2) || !q.waiters.is_empty();
                 if want > have && low {
                     let count = want - have;
                     q.requested += count;
