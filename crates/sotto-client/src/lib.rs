@@ -113,7 +113,7 @@ pub fn share_input(m: &Manifest, x: &[f32], batch: usize) -> Result<ClientShares
 
 /// Adds the servers' output shares (`batch × output_len` ring elements each) and decodes them.
 pub fn reconstruct(m: &Manifest, a: &[u64], b: &[u64], batch: usize) -> Result<Prediction> {
-    let n = batch * m.output_len;
+    let n = batch.saturating_mul(m.output_len);
     if a.len() != n || b.len() != n {
         return Err(ClientError::Protocol(format!(
             "output shares of {} and {} elements, expected {n}",

@@ -336,7 +336,7 @@ impl Client {
         self.p0.forget(session);
         self.p1.forget(session);
         let (a, b) = (a?, b?);
-        let n = batch * self.manifest.output_len;
+        let n = batch.saturating_mul(self.manifest.output_len);
         let ya = crate::elements(&a.payload, n)?;
         let yb = crate::elements(&b.payload, n)?;
         reconstruct(&self.manifest, &ya, &yb, batch)

@@ -592,7 +592,7 @@ impl Inner {
                 a.kind, b.kind
             )));
         }
-        let n = batch * self.manifest.output_len;
+        let n = batch.saturating_mul(self.manifest.output_len);
         let ya = elements(&a.payload, n)?;
         let yb = elements(&b.payload, n)?;
         Ok((reconstruct(&self.manifest, &ya, &yb, batch)?, sent))
