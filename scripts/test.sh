@@ -34,8 +34,8 @@ cargo run --release -q -p sotto -- eval --model "$fresh/network_a.onnx" --input 
   --labels "$fresh/mnist_test_labels.npy" --reference "$fresh/network_a_tf_logits.npy" --limit 500
 cargo run --release -q -p sotto -- inspect "$fresh/cnn.onnx"
 
-step "the run command works: sotto demo (exits after its predictions with --check)"
-cargo run --release -q -p sotto -- demo --count 20 --check --port 0
+step "the run command works: scripts/demo.sh builds the page and runs sotto demo (--check exits after its predictions)"
+bash scripts/demo.sh --count 20 --check --port 0
 cargo run --release -q -p local-demo -- --check
 
 step "the Rust client example against a running demo, and a short sotto bench"

@@ -77,14 +77,16 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             }
         },
         Ok(h) => {
+            st.metrics.error("bad_hello");
             let _ = sink
                 .send(error_frame(
                     0,
                     0,
                     "bad_hello",
-                    format!("a {:?} cannot connect here", h.role),
+                    format!("a {:?} cannot connect here (parties use /v1/party)", h.role),
                 ))
                 .await;
+            let _ = sink.close().await;
             st.metrics.clients.dec();
             return;
         }
