@@ -432,7 +432,14 @@ impl Transport for WsTransport {
             step: tag.step,
             payload: data,
         };
-        self.send_raw(to, frame.encode()).map_err(core)
+        self.send_raw(to, frame.encode()).map_err(core)?;
+        // The link's writer task was just woken, into this worker's LIFO slot, which other
+        // workers cannot steal from: without a yield it would wait until this session's next
+        // computation ends, so each party's compute would run while the other waits for a
+        // message already "sent" (measured: the two servers alternated instead of overlapping,
+        // 97 ms for a batch of 100 on loopback).
+        tokio::task::yield_now().await;
+        Ok(())
     }
 
     async fn recv(&self, from: PartyId, tag: Tag) -> sotto_core::Result<Vec<u8>> {
