@@ -166,7 +166,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
         match &web {
             Some(_) => println!("open the demo page: http://{}/", l.p0_addr),
             None => println!(
-                "(no demo page: {} has no index.html yet; the predictions above used the native client)",
+                "(no demo page: {} has no index.html; build it with `bash scripts/build-web.sh`, or run `bash scripts/demo.sh`, which does both)",
                 a.web.display()
             ),
         }
