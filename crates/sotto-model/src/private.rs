@@ -169,8 +169,106 @@ pub async fn deal_predict<T: Transport>(
     Ok(())
 }
 
+/// The input-independent part of a prediction, done ahead: the material of the first steps
+/// (up to the first step without an offline part) received and parsed, and `op(A_i, F) + C_i`
+/// of each private product computed. [`finish_predict`] completes it once the input is there.
+pub struct PreparedPrediction {
+    batch: usize,
+    session: u128,
+    steps: Vec<PreparedStep>,
+}
+
+enum PreparedStep {
+    Product(p::PreparedProduct),
+    Relu(p::PreparedRelu),
+    MaxPool(p::PreparedMaxpool),
+    /// A step without helper material (public product, transpose).
+    Local,
+}
+
+impl std::fmt::Debug for PreparedPrediction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PreparedPrediction(batch {}, {} steps prepared)",
+            self.batch,
+            self.steps.len()
+        )
+    }
+}
+
+impl PreparedPrediction {
+    /// The batch size it was prepared for.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+}
+
+/// Offline part of [`predict`] for `batch` inputs: call it on a started session before the
+/// input arrives (the helper's material must be dealt), then [`finish_predict`].
+pub async fn prepare_predict<T: Transport>(
+    s: &mut Server<T>,
+    plan: &Plan,
+    m: &Loaded,
+    batch: usize,
+) -> Result<PreparedPrediction> {
+    let mut steps = Vec::new();
+    for st in &plan.steps {
+        let n = batch * st.per_example;
+        let prepared = match st.kind {
+            StepKind::Dense {
+                dense,
+                inputs,
+                outputs,
+            } if m.weights.private => {
+                let w = m.private.get(dense).ok_or_else(|| {
+                    ModelError::Input(format!("dense layer {dense} has no loaded weight"))
+                })?;
+                PreparedStep::Product(
+                    p::prepare_bilinear_private(s, &op(batch, inputs, outputs), w)
+                        .await
+                        .map_err(core_err)?,
+                )
+            }
+            StepKind::Conv { weights, params } if m.weights.private => {
+                let w = m.private.get(weights).ok_or_else(|| {
+                    ModelError::Input(format!("convolution {weights} has no loaded weight"))
+                })?;
+                PreparedStep::Product(
+                    p::prepare_bilinear_private(s, &Bilinear::Conv2d(params.core_shape(batch)), w)
+                        .await
+                        .map_err(core_err)?,
+                )
+            }
+            StepKind::Dense { .. } | StepKind::Conv { .. } | StepKind::Transpose { .. } => {
+                PreparedStep::Local
+            }
+            StepKind::Relu { shift, bits } => {
+                PreparedStep::Relu(p::prepare_relu(s, n, shift, bits).await.map_err(core_err)?)
+            }
+            StepKind::MaxPool { params, bits } => PreparedStep::MaxPool(
+                p::prepare_maxpool(s, &params.core_shape(batch), bits)
+                    .await
+                    .map_err(core_err)?,
+            ),
+            // No offline part: this step and every later one run online, in order.
+            StepKind::AvgPool { .. }
+            | StepKind::Truncate
+            | StepKind::Sigmoid { .. }
+            | StepKind::Tanh { .. } => break,
+        };
+        steps.push(prepared);
+    }
+    Ok(PreparedPrediction {
+        batch,
+        session: s.session(),
+        steps,
+    })
+}
+
 /// Runs a prediction on this server's share `x` of `batch` inputs; returns its share of the
-/// output (with `plan.out_frac` fractional bits).
+/// output (with `plan.out_frac` fractional bits). The same as [`prepare_predict`] followed by
+/// [`finish_predict`].
 pub async fn predict<T: Transport>(
     s: &mut Server<T>,
     plan: &Plan,
@@ -178,16 +276,42 @@ pub async fn predict<T: Transport>(
     x: Vec<u64>,
     batch: usize,
 ) -> Result<Vec<u64>> {
-    if batch == 0 || x.len() != batch * plan.input_len {
+    check_input(plan, &x, batch)?;
+    let prep = prepare_predict(s, plan, m, batch).await?;
+    finish_predict(s, plan, m, prep, x).await
+}
+
+fn check_input(plan: &Plan, x: &[u64], batch: usize) -> Result<()> {
+    if batch == 0 || Some(x.len()) != batch.checked_mul(plan.input_len) {
         return Err(ModelError::Input(format!(
             "{} values for {batch} inputs of {} elements",
             x.len(),
             plan.input_len
         )));
     }
+    Ok(())
+}
+
+/// Online part of [`predict`]: the prepared steps with the input `x`, then the rest.
+pub async fn finish_predict<T: Transport>(
+    s: &mut Server<T>,
+    plan: &Plan,
+    m: &Loaded,
+    prep: PreparedPrediction,
+    x: Vec<u64>,
+) -> Result<Vec<u64>> {
+    let batch = prep.batch;
+    check_input(plan, &x, batch)?;
+    if prep.session != s.session() {
+        return Err(ModelError::Input(
+            "a prediction prepared for another session".into(),
+        ));
+    }
     let f = plan.fp.frac_bits();
+    let mut prepared = prep.steps.into_iter();
     let mut h = x;
     for st in &plan.steps {
+        let ready = prepared.next();
         h = match st.kind {
             StepKind::Dense {
                 dense,
@@ -197,7 +321,12 @@ pub async fn predict<T: Transport>(
                 let o = op(batch, inputs, outputs);
                 let (w, b) = &m.weights.dense[dense];
                 let mut z = if m.weights.private {
-                    p::bilinear_private(s, &o, &h, &m.private[dense]).await
+                    match ready {
+                        Some(PreparedStep::Product(pp)) => {
+                            p::finish_bilinear_private(s, pp, &h, &m.private[dense]).await
+                        }
+                        _ => p::bilinear_private(s, &o, &h, &m.private[dense]).await,
+                    }
                 } else {
                     p::bilinear_public(&o, &h, w)
                 }
@@ -210,7 +339,12 @@ pub async fn predict<T: Transport>(
                 let o = Bilinear::Conv2d(cs);
                 let (w, b) = &m.weights.dense[weights];
                 let mut z = if m.weights.private {
-                    p::bilinear_private(s, &o, &h, &m.private[weights]).await
+                    match ready {
+                        Some(PreparedStep::Product(pp)) => {
+                            p::finish_bilinear_private(s, pp, &h, &m.private[weights]).await
+                        }
+                        _ => p::bilinear_private(s, &o, &h, &m.private[weights]).await,
+                    }
                 } else {
                     p::bilinear_public(&o, &h, w)
                 }
@@ -219,11 +353,11 @@ pub async fn predict<T: Transport>(
                     .map_err(core_err)?;
                 z
             }
-            StepKind::MaxPool { params, bits } => {
-                p::maxpool(s, &h, &params.core_shape(batch), bits)
-                    .await
-                    .map_err(core_err)?
+            StepKind::MaxPool { params, bits } => match ready {
+                Some(PreparedStep::MaxPool(pm)) => p::finish_maxpool(s, pm, &h).await,
+                _ => p::maxpool(s, &h, &params.core_shape(batch), bits).await,
             }
+            .map_err(core_err)?,
             StepKind::AvgPool { params } => p::avgpool(s, &h, &params.core_shape(batch))
                 .await
                 .map_err(core_err)?,
@@ -231,9 +365,11 @@ pub async fn predict<T: Transport>(
                 crate::ir::permute(&h, batch, &dims[..rank], &perm[..rank + 1])
             }
             StepKind::Truncate => p::truncate(s, &h, f).await.map_err(core_err)?,
-            StepKind::Relu { shift, bits } => {
-                p::relu(s, &h, shift, bits).await.map_err(core_err)?
+            StepKind::Relu { shift, bits } => match ready {
+                Some(PreparedStep::Relu(pr)) => p::finish_relu(s, pr, &h).await,
+                _ => p::relu(s, &h, shift, bits).await,
             }
+            .map_err(core_err)?,
             StepKind::Sigmoid { in_frac } => {
                 p::sigmoid(s, &h, in_frac, f).await.map_err(core_err)?
             }
@@ -281,8 +417,14 @@ pub fn run_in_process(
             let i = s.id().index();
             let plan = server_plans[i];
             let m = load(&mut s, plan, weights[i].clone()).await.map_err(m2c)?;
+            // As a server does: the input-independent part first, then the input.
+            let prep = prepare_predict(&mut s, plan, &m, batch)
+                .await
+                .map_err(m2c)?;
             let xs = s.receive_input(batch * plan.input_len).await?;
-            let y = predict(&mut s, plan, &m, xs, batch).await.map_err(m2c)?;
+            let y = finish_predict(&mut s, plan, &m, prep, xs)
+                .await
+                .map_err(m2c)?;
             p::output(&mut s, &y, 64).await
         },
         |t: LocalTransport, session| async move {

@@ -14,7 +14,7 @@ use sotto_core::protocols as p;
 use sotto_core::session::{Server, OUTPUT_STEP};
 use sotto_core::transport::{PartyId, Tag, Transport};
 use sotto_core::CoreError;
-use sotto_model::private::predict;
+use sotto_model::private::{finish_predict, prepare_predict, Loaded, PreparedPrediction};
 use sotto_net::{Duplex, WsTransport};
 use sotto_wire::{decode, Control, ErrorPayload, Frame, Hello, Kind, Role, DEFAULT_MAX_PAYLOAD};
 use tokio::sync::mpsc;
@@ -252,6 +252,60 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
     st.metrics.clients.dec();
 }
 
+/// A session whose input-independent part is done (material parsed, `A_i·F` computed), kept
+/// with the pool until a client's request takes it.
+pub(crate) struct PreparedSession {
+    server: Server<Arc<SessionLink>>,
+    link: Arc<SessionLink>,
+    prep: PreparedPrediction,
+    /// The model load it was prepared with.
+    load: u128,
+}
+
+/// Starts session `session` of `model` (its material dealt) and does its input-independent
+/// part for `batch` inputs.
+pub(crate) async fn prepare_session(
+    st: &Arc<State>,
+    model: &str,
+    load: u128,
+    batch: usize,
+    session: u128,
+) -> Result<PreparedSession, String> {
+    let m = st.model(model).ok_or("model gone")?;
+    let loaded = loaded_model(st, model, load)?;
+    let link = Arc::new(SessionLink {
+        mesh: st.mesh.clone(),
+        out: Mutex::new(None),
+        input: Mutex::new(None),
+    });
+    let mut server = Server::start(link.clone(), session)
+        .await
+        .map_err(|e| e.to_string())?;
+    let prep = prepare_predict(&mut server, &m.file.plan, &loaded, batch)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(PreparedSession {
+        server,
+        link,
+        prep,
+        load,
+    })
+}
+
+/// The loaded model `model` if it is load `load`.
+fn loaded_model(st: &State, model: &str, load: u128) -> Result<Arc<Loaded>, String> {
+    match st
+        .loaded
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(model)
+    {
+        Some((id, l)) if *id == load => Ok(l.clone()),
+        Some(_) => Err("the model was reloaded since this session was dealt".into()),
+        None => Err("the model is not loaded (a party link dropped?)".into()),
+    }
+}
+
 /// Runs this server's part of one prediction and sends the client its output share (or an
 /// error); aborts the session at the peer on failure; frees the session's messages.
 async fn run_session(
@@ -264,32 +318,41 @@ async fn run_session(
 ) {
     let started = Instant::now();
     st.metrics.active.inc();
-    let link = SessionLink {
-        mesh: st.mesh.clone(),
-        out: out.clone(),
-        input: Mutex::new(Some(input)),
-    };
+    let prepared = st
+        .prepared
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&session);
     let res: Result<(), String> = async {
         let m = st.model(model_id).ok_or("model gone")?;
-        let loaded = st
-            .loaded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(model_id)
-            .map(|(_, l)| l.clone())
-            .ok_or("the model is not loaded (a party link dropped?)")?;
         let plan = &m.file.plan;
-        let mut s = Server::start(&link, session)
-            .await
-            .map_err(|e| e.to_string())?;
-        let xs = s
+        let Some(PreparedSession {
+            mut server,
+            link,
+            prep,
+            load,
+        }) = prepared
+        else {
+            return Err("this session's material was not prepared".into());
+        };
+        if prep.batch() != batch {
+            return Err(format!(
+                "session prepared for a batch of {}, the request has {batch}",
+                prep.batch()
+            ));
+        }
+        let loaded = loaded_model(st, model_id, load)?;
+        link.attach(out.clone(), input);
+        let xs = server
             .receive_input(batch * plan.input_len)
             .await
             .map_err(|e| e.to_string())?;
-        let y = predict(&mut s, plan, &loaded, xs, batch)
+        let y = finish_predict(&mut server, plan, &loaded, prep, xs)
             .await
             .map_err(|e| e.to_string())?;
-        p::output(&mut s, &y, 64).await.map_err(|e| e.to_string())
+        p::output(&mut server, &y, 64)
+            .await
+            .map_err(|e| e.to_string())
     }
     .await;
     st.metrics.active.dec();
@@ -336,11 +399,18 @@ async fn run_session(
 }
 
 /// A session's transport: party messages over the mesh, the client's input from its frame,
-/// output shares to the client's connection.
-struct SessionLink {
+/// output shares to the client's connection (both attached when a request takes the session).
+pub(crate) struct SessionLink {
     mesh: Arc<WsTransport>,
-    out: Out,
+    out: Mutex<Option<Out>>,
     input: Mutex<Option<Vec<u8>>>,
+}
+
+impl SessionLink {
+    fn attach(&self, out: Out, input: Vec<u8>) {
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+        *self.input.lock().unwrap_or_else(|e| e.into_inner()) = Some(input);
+    }
 }
 
 impl Transport for SessionLink {
@@ -359,7 +429,8 @@ impl Transport for SessionLink {
             step: tag.step,
             payload: data,
         };
-        self.out
+        let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        out.ok_or_else(|| CoreError::Transport("no client is attached to this session".into()))?
             .send(f.encode())
             .map_err(|_| CoreError::Transport("the client's connection closed".into()))
     }
@@ -372,6 +443,6 @@ impl Transport for SessionLink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .ok_or_else(|| CoreError::Transport("the client's input was already used".into()))
+            .ok_or_else(|| CoreError::Transport("no client input for this session".into()))
     }
 }

@@ -112,6 +112,8 @@ pub struct State {
     pub(crate) pool_changed: tokio::sync::Notify,
     /// P1 and the helper: the load session of each model being loaded now.
     pub(crate) loading: Mutex<HashMap<String, u128>>,
+    /// P0 and P1: pooled sessions whose input-independent part is done.
+    pub(crate) prepared: Mutex<HashMap<u128, client::PreparedSession>>,
     pub(crate) status: Mutex<String>,
 }
 
@@ -376,6 +378,7 @@ pub fn prepare(cfg: ServeConfig) -> Result<Arc<State>, String> {
         pools: Mutex::new(party::Pools::default()),
         pool_changed: tokio::sync::Notify::new(),
         loading: Mutex::new(HashMap::new()),
+        prepared: Mutex::new(HashMap::new()),
         status: Mutex::new(String::new()),
         cfg,
     });

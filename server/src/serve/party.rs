@@ -178,8 +178,66 @@ async fn dial_forever(st: Arc<State>, peer: PartyId) {
     }
 }
 
+/// Prepares a session the helper announced (its input-independent part) and then pools it:
+/// P0 hands it to the first waiting request or queues it, P1 lets claims find it. A session
+/// whose preparation fails, or whose model load is gone meanwhile, is dropped.
+async fn pool_prepared(st: Arc<State>, model: String, batch: usize, load: u128, session: u128) {
+    // P1 may get the announcement while its part of the model load is still running.
+    let deadline = Instant::now() + st.cfg.timeout;
+    while current_load(&st, &model) != Some(load)
+        && lock(&st.loading).get(&model) == Some(&load)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let prepared = super::client::prepare_session(&st, &model, load, batch, session).await;
+    let mut pools = lock(&st.pools);
+    let q = (st.me == PartyId::P0).then(|| pools.queues.entry((model.clone(), batch)).or_default());
+    if let Some(q) = q {
+        q.requested = q.requested.saturating_sub(1);
+    }
+    let prepared = match prepared {
+        Ok(p) if current_load(&st, &model) == Some(load) && !st.mesh.is_ended(session) => p,
+        Ok(_) => {
+            st.mesh.end_session(session, "the model was reloaded");
+            return;
+        }
+        Err(e) => {
+            drop(pools);
+            eprintln!(
+                "[{:?}] session {session:x}: preparing its material failed: {e}",
+                st.me
+            );
+            st.mesh
+                .end_session(session, "preparing the material failed");
+            return;
+        }
+    };
+    lock(&st.prepared).insert(session, prepared);
+    if st.me == PartyId::P1 {
+        pools.ready.insert(session, (model, batch));
+        drop(pools);
+        st.pool_changed.notify_waiters();
+    } else {
+        let q = pools.queues.entry((model, batch)).or_default();
+        // The first waiter still listening gets the session (a waiter whose request was
+        // dropped hands it back); otherwise it is pooled.
+        let mut s = Some(session);
+        while let Some(v) = s {
+            match q.waiters.pop_front() {
+                Some(w) => s = w.send(v).err(),
+                None => break,
+            }
+        }
+        if let Some(v) = s {
+            q.ready.push_back(v);
+        }
+    }
+}
+
 /// Drops every pooled session (their material is freed) and fails the waiters.
 fn clear_pools(st: &State, why: &str) {
+    lock(&st.prepared).clear();
     let mut pools = lock(&st.pools);
     for (_, q) in pools.queues.drain() {
         for s in q.ready {
@@ -424,36 +482,19 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
             (PartyId::P0 | PartyId::P1, Control::Ready { model, batch, load })
                 if from == PartyId::Helper =>
             {
-                let loading = lock(&st.loading).get(&model).map(|s| hex(*s));
-                if current_load(&st, &model).map(hex) != Some(load.clone()) && loading != Some(load)
-                {
+                let current = current_load(&st, &model).filter(|id| hex(*id) == load);
+                let loading = lock(&st.loading)
+                    .get(&model)
+                    .copied()
+                    .filter(|id| hex(*id) == load);
+                let Some(load) = current.or(loading) else {
                     // Material for an older load of the model: its masks are gone.
                     st.mesh
                         .end_session(session, "material of an older model load");
                     continue;
-                }
+                };
                 st.dealt.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let mut pools = lock(&st.pools);
-                if st.me == PartyId::P1 {
-                    pools.ready.insert(session, (model, batch));
-                    drop(pools);
-                    st.pool_changed.notify_waiters();
-                } else {
-                    let q = pools.queues.entry((model, batch)).or_default();
-                    q.requested = q.requested.saturating_sub(1);
-                    // The first waiter still listening gets the session (a waiter whose
-                    // request was dropped hands it back); otherwise it is pooled.
-                    let mut s = Some(session);
-                    while let Some(v) = s {
-                        match q.waiters.pop_front() {
-                            Some(w) => s = w.send(v).err(),
-                            None => break,
-                        }
-                    }
-                    if let Some(v) = s {
-                        q.ready.push_back(v);
-                    }
-                }
+                tokio::spawn(pool_prepared(st.clone(), model, batch, load, session));
             }
             (_, Control::Abort { reason }) => {
                 let mut pools = lock(&st.pools);
@@ -461,6 +502,8 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
                 for q in pools.queues.values_mut() {
                     q.ready.retain(|s| *s != session);
                 }
+                drop(pools);
+                lock(&st.prepared).remove(&session);
                 if st.cfg.verbose {
                     eprintln!(
                         "[{:?}] {from:?} aborted session {session:x}: {reason}",
