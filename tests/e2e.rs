@@ -295,6 +295,35 @@ async fn https_get(port: u16, path: &str, ca: &[u8]) -> Option<(u16, String)> {
     tokio::time::timeout(SECS5, go).await.ok().flatten()
 }
 
+/// Status of a WebSocket upgrade request to `/v1/ws` over TLS, with an `Origin` header if
+/// given (only the status line is read).
+async fn upgrade_status(port: u16, origin: Option<&str>, ca: &[u8]) -> Option<u16> {
+    let cfg = sotto_net::tls::client_config(ca).ok()?;
+    let go = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+        let mut tls = tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, tcp)
+            .await
+            .ok()?;
+        let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+        let req = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c290dG8gdGVzdCBrZXkgMQ==\r\n{origin}\r\n"
+        );
+        tls.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n") && buf.len() < 200 {
+            tls.read_exact(&mut byte).await.ok()?;
+            buf.push(byte[0]);
+        }
+        String::from_utf8_lossy(&buf).split(' ').nth(1)?.parse().ok()
+    };
+    tokio::time::timeout(SECS5, go).await.ok().flatten()
+}
+
 /// The held-out MNIST images (values in [0, 1]) and the plaintext twin.
 struct Data {
     images: Vec<f32>,
@@ -519,6 +548,27 @@ fn a_process_without_the_party_key_is_refused() {
             7,
             1,
         );
+    });
+}
+
+#[test]
+fn only_allowed_web_origins_may_connect() {
+    let _g = serial();
+    rt().block_on(async {
+        let d = Deployment::start(&["--allowed-origin", "https://app.example/"]);
+        d.ready(Duration::from_secs(20)).await;
+        for p in [P::P0, P::P1] {
+            let port = d.ports[p.index()];
+            let page = upgrade_status(port, Some("https://app.example"), &d.ca).await;
+            let other = upgrade_status(port, Some("https://elsewhere.example"), &d.ca).await;
+            let app = upgrade_status(port, None, &d.ca).await;
+            assert_eq!((page, other, app), (Some(101), Some(403), Some(101)), "{p:?}");
+        }
+        // Apps (no Origin header) predict as usual.
+        let p = d.client().await.predict(data().x(3, 1), 1).await;
+        let p = p.expect("prediction");
+        check(&p.logits, &p.labels, 3, 1);
+        assert!(d.metric(P::P0, "errors_total{code=\"origin_refused\"}").await >= 1.0);
     });
 }
 

@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// A directory of static files served at `/` (P0 and P1), e.g. the demo page.
     #[arg(long)]
     pub web: Option<PathBuf>,
+    /// Only web pages from this origin may open client connections (repeat for more, e.g.
+    /// https://app.example.com); clients that send no Origin header (apps, `sotto predict`)
+    /// are always accepted. Default: any origin.
+    #[arg(long = "allowed-origin")]
+    pub allowed_origins: Vec<String>,
     /// Log a line per prediction (sizes and times only; never shares).
     #[arg(long)]
     pub verbose: bool,
@@ -155,6 +160,14 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
             max_batch,
             timeout,
             web: a.web.or(f.web),
+            allowed_origins: if a.allowed_origins.is_empty() {
+                f.allowed_origins
+            } else {
+                a.allowed_origins
+            }
+            .into_iter()
+            .map(|o| o.trim_end_matches('/').to_string())
+            .collect(),
             verbose: a.verbose,
         },
         listen,

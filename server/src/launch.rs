@@ -103,6 +103,7 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
         max_batch: o.max_batch,
         timeout: o.timeout,
         web,
+        allowed_origins: Vec::new(),
         verbose: false,
     };
     let helper_url = format!("ws://{ah}");

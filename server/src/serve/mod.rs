@@ -86,6 +86,9 @@ pub struct ServeConfig {
     pub timeout: Duration,
     /// Static files served at `/` (the demo page).
     pub web: Option<PathBuf>,
+    /// Web origins allowed to open client connections (empty: any); requests without an
+    /// Origin header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
     /// Print a line per prediction.
     pub verbose: bool,
 }
@@ -253,6 +256,9 @@ pub struct FileConfig {
     pub timeout_ms: Option<u64>,
     /// Static files at `/`.
     pub web: Option<PathBuf>,
+    /// Web origins allowed to open client connections (empty: any).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 impl FileConfig {
@@ -502,7 +508,23 @@ async fn party_ws(AxState(st): AxState<Arc<State>>, ws: WebSocketUpgrade) -> Res
         .on_upgrade(move |sock| party::accept(st, http::duplex(sock)))
 }
 
-async fn client_ws(AxState(st): AxState<Arc<State>>, ws: WebSocketUpgrade) -> Response {
+async fn client_ws(
+    AxState(st): AxState<Arc<State>>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let allowed = &st.cfg.allowed_origins;
+        if !allowed.is_empty() && !allowed.iter().any(|a| a == origin) {
+            st.metrics.error("origin_refused");
+            return (
+                StatusCode::FORBIDDEN,
+                format!("pages from {origin:?} may not use this deployment (--allowed-origin)"),
+            )
+                .into_response();
+        }
+    }
     ws.max_message_size(DEFAULT_MAX_PAYLOAD + 64)
         .max_frame_size(DEFAULT_MAX_PAYLOAD + 64)
         .on_upgrade(move |sock| client::handle(st, http::duplex(sock)))
