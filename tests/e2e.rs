@@ -319,7 +319,11 @@ async fn upgrade_status(port: u16, origin: Option<&str>, ca: &[u8]) -> Option<u1
             tls.read_exact(&mut byte).await.ok()?;
             buf.push(byte[0]);
         }
-        String::from_utf8_lossy(&buf).split(' ').nth(1)?.parse().ok()
+        String::from_utf8_lossy(&buf)
+            .split(' ')
+            .nth(1)?
+            .parse()
+            .ok()
     };
     tokio::time::timeout(SECS5, go).await.ok().flatten()
 }
@@ -562,13 +566,21 @@ fn only_allowed_web_origins_may_connect() {
             let page = upgrade_status(port, Some("https://app.example"), &d.ca).await;
             let other = upgrade_status(port, Some("https://elsewhere.example"), &d.ca).await;
             let app = upgrade_status(port, None, &d.ca).await;
-            assert_eq!((page, other, app), (Some(101), Some(403), Some(101)), "{p:?}");
+            assert_eq!(
+                (page, other, app),
+                (Some(101), Some(403), Some(101)),
+                "{p:?}"
+            );
         }
         // Apps (no Origin header) predict as usual.
         let p = d.client().await.predict(data().x(3, 1), 1).await;
         let p = p.expect("prediction");
         check(&p.logits, &p.labels, 3, 1);
-        assert!(d.metric(P::P0, "errors_total{code=\"origin_refused\"}").await >= 1.0);
+        assert!(
+            d.metric(P::P0, "errors_total{code=\"origin_refused\"}")
+                .await
+                >= 1.0
+        );
     });
 }
 
