@@ -448,13 +448,8 @@ fn current_load(st: &State, model: &str) -> Option<u128> {
 async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
     let (deal_tx, deal_rx) = mpsc::unbounded_channel::<(String, usize, usize, String)>();
     if st.me == PartyId::Helper {
-        // One dealer per core: each takes the next session to deal.
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        let deal_rx = Arc::new(std::sync::Mutex::new(deal_rx));
-        for _ in 0..workers {
-            let (st, rx) = (st.clone(), deal_rx.clone());
-            tokio::task::spawn_blocking(move || dealer_worker(st, rx));
-        }
+        let st = st.clone();
+        tokio::task::spawn_blocking(move || dealer_worker(st, deal_rx));
     }
     while let Some((from, session, c)) = rx.recv().await {
         match (st.me, c) {
@@ -482,10 +477,7 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
                     );
                     continue;
                 }
-                // One job per session, so that the dealers share a request.
-                for _ in 0..count {
-                    let _ = deal_tx.send((model.clone(), batch, 1, load.clone()));
-                }
+                let _ = deal_tx.send((model, batch, count, load));
             }
             (PartyId::P0 | PartyId::P1, Control::Ready { model, batch, load })
                 if from == PartyId::Helper =>
@@ -589,15 +581,8 @@ async fn load_here(st: Arc<State>, session: u128, model: String, set_id: String)
 }
 
 /// Helper: deals the sessions P0 asks for, one after another, on a blocking thread.
-type DealJobs = Arc<std::sync::Mutex<mpsc::UnboundedReceiver<(String, usize, usize, String)>>>;
-
-fn dealer_worker(st: Arc<State>, rx: DealJobs) {
-    loop {
-        // Holding the lock while waiting is fine: the other dealers wait for the next job.
-        let job = lock(&rx).blocking_recv();
-        let Some((model, batch, count, load_hex)) = job else {
-            return;
-        };
+fn dealer_worker(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<(String, usize, usize, String)>) {
+    while let Some((model, batch, count, load_hex)) = rx.blocking_recv() {
         let entry = st
             .helper_loaded
             .read()
