@@ -958,8 +958,11 @@ fn load_64_clients_50_predictions_each_without_errors_or_memory_growth() {
             }
         };
         let rss = |d: &Deployment| [P::P0, P::P1, P::Helper].map(|p| rss_kb(d.pid(p)));
-        round(5).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Warm up with a full round: the allocator's high-water marks (material queued on
+        // the party links, per-thread arenas) are reached there; a second identical round
+        // must not take more memory.
+        round(50).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let before = rss(&d);
         let secs = round(50).await;
         eprintln!(
@@ -972,12 +975,12 @@ fn load_64_clients_50_predictions_each_without_errors_or_memory_growth() {
         eprintln!("RSS before {before:?} kB, after {after:?} kB (P0, P1, helper)");
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {
             assert!(
-                *a <= b + b / 4 + 16 * 1024,
+                *a <= b + b / 8 + 8 * 1024,
                 "party {i} grew from {b} kB to {a} kB"
             );
         }
         assert_eq!(d.metric(P::P0, "active_sessions").await, 0.0);
         assert_eq!(d.metric(P::P0, "client_connections").await, 0.0);
-        assert!(d.metric(P::P0, "requests_total{outcome=\"ok\"}").await >= 3520.0);
+        assert!(d.metric(P::P0, "requests_total{outcome=\"ok\"}").await >= 6400.0);
     });
 }
