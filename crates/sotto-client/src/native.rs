@@ -329,13 +329,14 @@ impl Client {
             step: 0,
             payload: shares.to_p1.0.to_vec(),
         })?;
-        let (a, b) = tokio::join!(
+        // The first error wins: a server that refuses need not wait for the other's timeout.
+        let res = tokio::try_join!(
             wait("P0", out0, self.timeout),
             wait("P1", out1, self.timeout)
         );
         self.p0.forget(session);
         self.p1.forget(session);
-        let (a, b) = (a?, b?);
+        let (a, b) = res?;
         let n = batch.saturating_mul(self.manifest.output_len);
         let ya = crate::elements(&a.payload, n)?;
         let yb = crate::elements(&b.payload, n)?;

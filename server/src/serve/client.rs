@@ -226,6 +226,13 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         }
                         Err(e) => {
                             st.metrics.error("unknown_session");
+                            // P0 may be running this session: end it there now rather than
+                            // after its timeout (harmless if P0 does not know it).
+                            let _ = st.mesh.send_control(
+                                PartyId::P0,
+                                f.session,
+                                &Control::Abort { reason: e.clone() },
+                            );
                             let _ = out.send(error_frame(f.session, 0, "unknown_session", e));
                         }
                     }

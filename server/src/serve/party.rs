@@ -419,6 +419,13 @@ pub async fn claim_session(st: &Arc<State>, session: u128, model: &str) -> Resul
         if st.mesh.is_ended(session) {
             return Err(format!("session {session:x} was already used or aborted"));
         }
+        if !st.mesh.is_up(PartyId::Helper) {
+            // No announcement can come: the helper may have died between dealing to P0
+            // and dealing to us.
+            return Err(format!(
+                "session {session:x} was not dealt to P1 and the helper is unreachable"
+            ));
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
             return Err(format!(
