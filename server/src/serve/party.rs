@@ -237,7 +237,6 @@ async fn pool_prepared(st: Arc<State>, model: String, batch: usize, load: u128, 
 
 /// Drops every pooled session (their material is freed) and fails the waiters.
 fn clear_pools(st: &State, why: &str) {
-    lock(&st.prepared).clear();
     let mut pools = lock(&st.pools);
     for (_, q) in pools.queues.drain() {
         for s in q.ready {
@@ -247,6 +246,9 @@ fn clear_pools(st: &State, why: &str) {
     for (s, _) in pools.ready.drain() {
         st.mesh.end_session(s, why);
     }
+    // Under the pools' lock (the order `pool_prepared` takes them in), so that a session
+    // prepared meanwhile is either pooled and cleared here or never pooled.
+    lock(&st.prepared).clear();
 }
 
 /// P0: keeps both links up, loads every model after a (re)connection, keeps the pools full.
