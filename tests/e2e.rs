@@ -272,17 +272,25 @@ impl Drop for Deployment {
 
 const SECS5: Duration = Duration::from_secs(5);
 
-async fn https_get(port: u16, path: &str, ca: &[u8]) -> Option<(u16, String)> {
+/// A TLS connection to party `port` on loopback, checked against the deployment's CA.
+async fn tls_to(
+    port: u16,
+    ca: &[u8],
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let cfg = sotto_net::tls::client_config(ca).ok()?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+    tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .ok()
+}
+
+async fn https_get(port: u16, path: &str, ca: &[u8]) -> Option<(u16, String)> {
     let go = async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
-        let mut tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .ok()?;
+        let mut tls = tls_to(port, ca).await?;
         let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         tls.write_all(req.as_bytes()).await.ok()?;
         let mut buf = Vec::new();
@@ -298,16 +306,8 @@ async fn https_get(port: u16, path: &str, ca: &[u8]) -> Option<(u16, String)> {
 /// Status of a WebSocket upgrade request to `/v1/ws` over TLS, with an `Origin` header if
 /// given (only the status line is read).
 async fn upgrade_status(port: u16, origin: Option<&str>, ca: &[u8]) -> Option<u16> {
-    let cfg = sotto_net::tls::client_config(ca).ok()?;
     let go = async {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
-        let mut tls = tokio_rustls::TlsConnector::from(cfg)
-            .connect(name, tcp)
-            .await
-            .ok()?;
+        let mut tls = tls_to(port, ca).await?;
         let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
         let req = format!(
             "GET /v1/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c290dG8gdGVzdCBrZXkgMQ==\r\n{origin}\r\n"
@@ -410,6 +410,28 @@ async fn next_of(l: &mut Duplex, kind: Kind, within: Duration) -> Option<Frame> 
             Err(_) => return None,
         }
     }
+}
+
+/// Sends a client's input share of `len` zero bytes to P0 as request `step`.
+async fn send_share(l: &mut Duplex, step: u32, len: usize) {
+    let f = Frame {
+        kind: Kind::InputShare,
+        session: 0,
+        step,
+        payload: vec![0; len],
+    };
+    l.send_frame(&f).await.expect("send");
+}
+
+/// Sends P1 an input seed of `len` zero bytes for `session`.
+async fn send_seed(l: &mut Duplex, session: u128, len: usize) {
+    let f = Frame {
+        kind: Kind::InputSeed,
+        session,
+        step: 0,
+        payload: vec![0; len],
+    };
+    l.send_frame(&f).await.expect("send");
 }
 
 fn error_code(f: &Frame) -> String {
@@ -631,52 +653,24 @@ fn bad_input_gets_a_clear_error_and_the_servers_keep_answering() {
         // A wrong shape: 783 values instead of 784.
         let (mut l, m) = d.hello(P::P0).await;
         assert_eq!(m.input_shape, vec![784]);
-        l.send_frame(&Frame {
-            kind: Kind::InputShare,
-            session: 0,
-            step: 5,
-            payload: vec![0; 783 * 8],
-        })
-        .await
-        .expect("send");
+        send_share(&mut l, 5, 783 * 8).await;
         let f = next_of(&mut l, Kind::Error, SECS5).await.expect("an error");
         assert_eq!((error_code(&f).as_str(), f.step), ("bad_shape", 5));
         // The same connection still works after the refusal.
-        l.send_frame(&Frame {
-            kind: Kind::InputShare,
-            session: 0,
-            step: 6,
-            payload: vec![0; 784 * 8],
-        })
-        .await
-        .expect("send");
+        send_share(&mut l, 6, 784 * 8).await;
         let s = next_of(&mut l, Kind::Session, SECS5)
             .await
             .expect("a session");
         assert_eq!(s.step, 6);
         // ... and P1 refuses a seed of the wrong size for that session.
         let (mut l1, _) = d.hello(P::P1).await;
-        l1.send_frame(&Frame {
-            kind: Kind::InputSeed,
-            session: s.session,
-            step: 0,
-            payload: vec![0; 31],
-        })
-        .await
-        .expect("send");
+        send_seed(&mut l1, s.session, 31).await;
         let f = next_of(&mut l1, Kind::Error, SECS5)
             .await
             .expect("an error");
         assert_eq!(error_code(&f), "bad_shape");
         // The right seed completes the session: both outputs arrive.
-        l1.send_frame(&Frame {
-            kind: Kind::InputSeed,
-            session: s.session,
-            step: 0,
-            payload: vec![0; 32],
-        })
-        .await
-        .expect("send");
+        send_seed(&mut l1, s.session, 32).await;
         let o1 = next_of(&mut l1, Kind::Output, SECS5)
             .await
             .expect("P1 output");
@@ -686,14 +680,7 @@ fn bad_input_gets_a_clear_error_and_the_servers_keep_answering() {
         assert_eq!((o0.payload.len(), o1.payload.len()), (80, 80));
         // A reused session id is refused, and so is an unknown one.
         for session in [s.session, 0x1234_5678_9abc_def0_u128] {
-            l1.send_frame(&Frame {
-                kind: Kind::InputSeed,
-                session,
-                step: 0,
-                payload: vec![0; 32],
-            })
-            .await
-            .expect("send");
+            send_seed(&mut l1, session, 32).await;
             let f = next_of(&mut l1, Kind::Error, Duration::from_secs(8))
                 .await
                 .expect("an error");
@@ -765,14 +752,7 @@ fn a_client_that_disconnects_mid_session_frees_the_parties() {
         // P0 starts a session, the client vanishes before sending P1 its seed.
         for step in 1..=3 {
             let (mut l, _) = d.hello(P::P0).await;
-            l.send_frame(&Frame {
-                kind: Kind::InputShare,
-                session: 0,
-                step,
-                payload: vec![0; 784 * 8],
-            })
-            .await
-            .expect("send");
+            send_share(&mut l, step, 784 * 8).await;
             next_of(&mut l, Kind::Session, SECS5)
                 .await
                 .expect("session");
@@ -781,25 +761,11 @@ fn a_client_that_disconnects_mid_session_frees_the_parties() {
         // And one that sends both halves and leaves before the outputs.
         let (mut l0, _) = d.hello(P::P0).await;
         let (mut l1, _) = d.hello(P::P1).await;
-        l0.send_frame(&Frame {
-            kind: Kind::InputShare,
-            session: 0,
-            step: 1,
-            payload: vec![0; 784 * 8],
-        })
-        .await
-        .expect("send");
+        send_share(&mut l0, 1, 784 * 8).await;
         let s = next_of(&mut l0, Kind::Session, SECS5)
             .await
             .expect("session");
-        l1.send_frame(&Frame {
-            kind: Kind::InputSeed,
-            session: s.session,
-            step: 0,
-            payload: vec![0; 32],
-        })
-        .await
-        .expect("send");
+        send_seed(&mut l1, s.session, 32).await;
         drop((l0, l1));
         // Within the party timeout (2 s) plus slack, nothing is left running or queued.
         let t = Instant::now();

@@ -12,7 +12,7 @@ use sotto_client::{Client, ClientOptions};
 use sotto_core::transport::PartyId;
 use sotto_model::{Model, Plan};
 
-use crate::launch::{launch, link_bytes, LaunchOptions, Launched};
+use crate::launch::{launch, link_bytes, wait_pool_full, LaunchOptions};
 
 /// Flags of `sotto bench`.
 #[derive(Debug, clap::Args)]
@@ -79,19 +79,6 @@ fn plain_ms(model: &Model, x: &[f32], batch: usize) -> f64 {
     }
     t.sort_by(f64::total_cmp);
     pct(&t, 0.5)
-}
-
-/// Waits (up to 5 min) until P0's pool holds at least `target` dealt sessions and no deal
-/// is outstanding, so that the helper's link bytes and P0's dealt counter agree.
-pub(crate) async fn wait_pool_full(l: &Launched, target: usize) {
-    let t = Instant::now();
-    crate::serve::top_up(&l.states[0]);
-    while (crate::serve::pool_size(&l.states[0]) < target
-        || crate::serve::dealing(&l.states[0]) > 0)
-        && t.elapsed() < Duration::from_secs(300)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Runs the benchmark and prints JSON.

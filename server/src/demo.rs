@@ -78,7 +78,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
         let n = a.count.min(labels.len()).min(images.len() / per.max(1));
         // Count the helper's material from a full pool to a full pool: the bytes of exactly
         // the sessions these predictions used (not the model load, not a refill in flight).
-        crate::bench::wait_pool_full(&l, 8).await;
+        crate::launch::wait_pool_full(&l, 8).await;
         let before_links = link_bytes(&l);
         let before_client = client.bytes_sent();
         let before_dealt = l.states[0].dealt.load(Ordering::Relaxed);
@@ -105,7 +105,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
             );
         }
         if n > 0 {
-            crate::bench::wait_pool_full(&l, 8).await;
+            crate::launch::wait_pool_full(&l, 8).await;
             let after = link_bytes(&l);
             let (c0, c1) = client.bytes_sent();
             let out: Vec<u64> = l

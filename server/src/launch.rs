@@ -157,3 +157,16 @@ pub fn link_bytes(l: &Launched) -> [[u64; 4]; 4] {
     }
     out
 }
+
+/// Waits (up to 5 min) until P0's pool holds at least `target` dealt sessions and no deal
+/// is outstanding, so that the helper's link bytes and P0's dealt counter agree.
+pub async fn wait_pool_full(l: &Launched, target: usize) {
+    let t = Instant::now();
+    crate::serve::top_up(&l.states[0]);
+    while (crate::serve::pool_size(&l.states[0]) < target
+        || crate::serve::dealing(&l.states[0]) > 0)
+        && t.elapsed() < Duration::from_secs(300)
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -163,18 +163,17 @@ pub fn reconstruct(m: &Manifest, a: &[u64], b: &[u64], batch: usize) -> Result<P
 
 /// Decodes `n` little-endian ring elements.
 pub fn elements(bytes: &[u8], n: usize) -> Result<Vec<u64>> {
-    if Some(bytes.len()) != n.checked_mul(8) {
-        return Err(ClientError::Protocol(format!(
-            "{} bytes where {n} elements were expected",
-            bytes.len()
-        )));
+    sotto_core::ring::from_le_bytes(bytes, n).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// The [`ClientError`] for an `Error` frame from server `name` ("P0" or "P1").
+pub(crate) fn server_error(name: &str, f: &sotto_wire::Frame) -> ClientError {
+    match f.parse_json::<sotto_wire::ErrorPayload>(sotto_wire::Kind::Error) {
+        Ok(e) => ClientError::Server {
+            server: name.into(),
+            code: e.code,
+            message: e.message,
+        },
+        Err(e) => ClientError::Protocol(format!("{name} sent an unreadable error: {e}")),
     }
-    Ok(bytes
-        .chunks_exact(8)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(c);
-            u64::from_le_bytes(b)
-        })
-        .collect())
 }

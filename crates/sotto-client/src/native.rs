@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use sotto_core::ring;
 use sotto_net::Duplex;
-use sotto_wire::{decode, ErrorPayload, Frame, Hello, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD};
+use sotto_wire::{decode, Frame, Hello, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{reconstruct, share_input, ClientError, Prediction, Result};
+use crate::{reconstruct, server_error, share_input, ClientError, Prediction, Result};
 
 /// Client links take frames up to sotto-wire's default limit.
 fn ws_config() -> sotto_net::tls::WsConfig {
@@ -61,17 +61,6 @@ struct Conn {
 
 fn lock(w: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
     w.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn server_error(name: &str, f: &Frame) -> ClientError {
-    match f.parse_json::<ErrorPayload>(Kind::Error) {
-        Ok(e) => ClientError::Server {
-            server: name.into(),
-            code: e.code,
-            message: e.message,
-        },
-        Err(e) => ClientError::Protocol(format!("{name} sent an unreadable error: {e}")),
-    }
 }
 
 impl Conn {

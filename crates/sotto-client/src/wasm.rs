@@ -23,14 +23,12 @@ use std::task::{Context, Poll, Waker};
 
 use js_sys::{Array, Float64Array, Object, Reflect, Uint8Array};
 use sotto_core::ring;
-use sotto_wire::{
-    decode, ErrorPayload, Frame, Hello, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD, HEADER_LEN,
-};
+use sotto_wire::{decode, Frame, Hello, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use web_sys::{BinaryType, CloseEvent, WebSocket};
 
-use crate::{elements, reconstruct, share_input, ClientError, Prediction, Result};
+use crate::{elements, reconstruct, server_error, share_input, ClientError, Prediction, Result};
 
 /// Deadline of the connection setup and of each wait of a prediction when none is given.
 const DEFAULT_TIMEOUT_MS: u32 = 10_000;
@@ -173,17 +171,6 @@ fn js_message(v: &JsValue) -> Option<String> {
         .and_then(|m| m.as_string())
         .or_else(|| v.as_string())
         .filter(|m| !m.is_empty())
-}
-
-fn server_error(name: &str, f: &Frame) -> ClientError {
-    match f.parse_json::<ErrorPayload>(Kind::Error) {
-        Ok(e) => ClientError::Server {
-            server: name.into(),
-            code: e.code,
-            message: e.message,
-        },
-        Err(e) => ClientError::Protocol(format!("{name} sent an unreadable error: {e}")),
-    }
 }
 
 impl Shared {
@@ -620,6 +607,14 @@ fn set(o: &Object, k: &str, v: &JsValue) {
     let _ = Reflect::set(o, &JsValue::from_str(k), v);
 }
 
+/// A JS array of numbers from sizes or indices.
+fn index_array(v: &[usize]) -> JsValue {
+    v.iter()
+        .map(|x| JsValue::from_f64(*x as f64))
+        .collect::<Array>()
+        .into()
+}
+
 fn prediction_to_js(p: &Prediction, sent: [usize; 2]) -> JsValue {
     let o = Object::new();
     set(&o, "sentP0", &JsValue::from_f64(sent[0] as f64));
@@ -633,12 +628,7 @@ fn prediction_to_js(p: &Prediction, sent: [usize; 2]) -> JsValue {
             None => JsValue::NULL,
         },
     );
-    let labels: Array = p
-        .labels
-        .iter()
-        .map(|l| JsValue::from_f64(*l as f64))
-        .collect();
-    set(&o, "labels", &labels.into());
+    set(&o, "labels", &index_array(&p.labels));
     set(&o, "outputLen", &JsValue::from_f64(p.output_len as f64));
     o.into()
 }
@@ -708,12 +698,7 @@ impl WasmClient {
         let m = &self.inner.manifest;
         let o = Object::new();
         set(&o, "modelId", &m.model_id.as_str().into());
-        let shape: Array = m
-            .input_shape
-            .iter()
-            .map(|d| JsValue::from_f64(*d as f64))
-            .collect();
-        set(&o, "inputShape", &shape.into());
+        set(&o, "inputShape", &index_array(&m.input_shape));
         set(&o, "fracBits", &JsValue::from_f64(f64::from(m.frac_bits)));
         set(&o, "outputLen", &JsValue::from_f64(m.output_len as f64));
         set(&o, "outFrac", &JsValue::from_f64(f64::from(m.out_frac)));
