@@ -378,15 +378,15 @@ impl Data {
     }
 }
 
-/// Checks a private prediction against the plaintext twin: same labels, logits within a few
-/// units of the last place (each truncation may be off by one).
+/// Checks a private prediction against the plaintext twin: same labels, the same logits bit for
+/// bit (every truncation is exact).
 fn check(logits: &[f64], labels: &[usize], from: usize, n: usize) {
     let want = data().plain(from, n);
     assert_eq!(logits.len(), want.len());
     for (i, (row, wrow)) in logits.chunks(10).zip(want.chunks(10)).enumerate() {
         assert_eq!(labels[i], argmax(wrow), "label of image {}", from + i);
         for (a, b) in row.iter().zip(wrow) {
-            assert!((a - b).abs() < 1e-2, "image {}: logit {a} vs {b}", from + i);
+            assert_eq!(a.to_bits(), b.to_bits(), "image {}: logit {a} vs {b}", from + i);
         }
     }
 }

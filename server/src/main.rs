@@ -328,8 +328,10 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
         total.online_bytes += c.online_bytes;
         total.helper_bytes += c.helper_bytes;
         let cmp = match st.kind {
-            sotto_model::plan::StepKind::Relu { bits, .. }
-            | sotto_model::plan::StepKind::MaxPool { bits, .. } => bits.to_string(),
+            sotto_model::plan::StepKind::Relu { bits, shift } => {
+                sotto_core::protocols::shifted_bits(bits, shift).to_string()
+            }
+            sotto_model::plan::StepKind::MaxPool { bits, .. } => bits.to_string(),
             _ => "-".into(),
         };
         let kind = format!("{:?}", st.kind);

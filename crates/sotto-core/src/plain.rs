@@ -73,11 +73,14 @@ pub fn argmax(x: &[u64], rows: usize, classes: usize) -> Result<Vec<u64>> {
         .collect())
 }
 
-/// A piecewise-linear function on fixed-point inputs.
+/// A piecewise-linear function on fixed-point inputs: `g0 + (Σ_j ±ReLU(s_j·(x − t_j))) >> shift`
+/// (one floor of the sum, not one per piece).
 pub fn piecewise(x: &[u64], g: &PiecewiseLinear) -> Vec<u64> {
     let inputs = g.piece_inputs(x, true);
-    let y = relu(&inputs, g.shift());
-    g.combine(&y, x.len(), true)
+    let y = relu(&inputs, 0);
+    let mut out = truncate(&g.sum_pieces(&y, x.len()), g.shift());
+    g.add_base(&mut out, true);
+    out
 }
 
 /// Sigmoid approximation (see [`PiecewiseLinear::sigmoid`]).

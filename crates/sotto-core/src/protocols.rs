@@ -9,16 +9,21 @@
 //! | [`load_private_weight`] (once per model) | 1 | 8·|W| | none (seeds) |
 //! | [`bilinear_private`] (dense, conv; `op(A_i, F)` can be prepared offline) | 1 | 8·|X| | 8·|Y| to P1 |
 //! | [`bilinear_public`] | 0 (local) | 0 | none |
-//! | [`truncate`] | 1 | 8n | 16n to P1 |
+//! | [`truncate`] by f (exact) | 1 | 8n | 16n to P1, an f-bit DCF key (m = 1) to each |
 //! | [`drelu`] | 1 | 8n | 8n to P1, a DCF key (m = 1) to each |
-//! | [`relu`] (with truncation by f, fused) | 1 | 8n | 24n to P1 (40n below 64 bits), a DCF key (m = 3) to each |
+//! | [`relu`], f = 0 | 1 | 8n | 16n to P1, a DCF key (m = 2) to each |
+//! | [`relu`] with truncation by f > 0 | 2 | 16n | [`truncate`] + [`relu`] on `bits − f + 1` bits |
 //! | [`maxpool`] k×k | ⌈log2 k²⌉ | 8·(k²−1)·windows | per comparison 16 bytes to P1 and a DCF key (m = 2) to each |
 //! | [`avgpool`] | 1 | 8·windows | as [`truncate`] |
-//! | [`sigmoid`], [`tanh`] | 1 | 8·pieces·n | per piece as [`relu`] |
+//! | [`sigmoid`], [`tanh`] | 2 | 8·(pieces + 1)·n | per piece as [`relu`] (f = 0), then [`truncate`] |
 //! | [`argmax`] over c classes | ⌈log2 c⌉ | 8·(c−1) per row | as [`maxpool`] |
 //! | [`output`] | 0 (one message to the client) | 8n to the client | 8n to P1 |
 //!
-//! A DCF key on the 63-bit domain is about 63 × (17 + 8m) bytes (see [`crate::dcf`]).
+//! A DCF key on the 63-bit domain is about 63 × (17 + 8m) bytes (see [`crate::dcf`]); the
+//! truncation's carry key on f = 16 bits is 424 bytes.
+//!
+//! Every protocol is exact: its revealed output equals the twin in [`crate::plain`] bit for bit
+//! whatever the masks, so repeating a query gives the same output (PROTOCOLS §6).
 
 use crate::dcf;
 use crate::error::{CoreError, Result};
@@ -250,7 +255,8 @@ pub fn add_channel_bias<T: Transport>(
 // Truncation
 // ---------------------------------------------------------------------------------------------
 
-/// Helper side of [`truncate`].
+/// Helper side of [`truncate`]: a mask `r`, shares of `msb(r)` and `r >> f`, and an `f`-bit
+/// DCF key pair for the carry `[c mod 2^f < r mod 2^f]` (PROTOCOLS §6).
 pub async fn deal_truncate<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32) -> Result<()> {
     check_shift(f)?;
     let mut g = d.gate()?;
@@ -259,33 +265,118 @@ pub async fn deal_truncate<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32) ->
     let rs: Vec<u64> = r.iter().map(|&v| v >> f).collect();
     g.value(&rh);
     g.value(&rs);
+    if f > 0 {
+        let low = (1u64 << f) - 1;
+        let alphas: Vec<u64> = r.iter().map(|&v| v & low).collect();
+        let (k0, k1) = dcf::gen(f, &alphas, &vec![1u64; n], 1, g.rng())?;
+        g.keys(&k0, &k1);
+    }
     g.finish().await
 }
 
-/// `x >> f` (arithmetic; floor division by 2^f) for |x| < 2^62, exact up to one unit in the
-/// last place, never a large error (PROTOCOLS §6). One round.
-pub async fn truncate<T: Transport>(s: &mut Server<T>, x: &[u64], f: u32) -> Result<Vec<u64>> {
+/// A [`truncate`] whose helper material (mask parts and carry keys) is received and parsed.
+pub struct PreparedTruncate {
+    f: u32,
+    r: Vec<u64>,
+    rh: Vec<u64>,
+    rs: Vec<u64>,
+    keys: Option<dcf::DcfKeys>,
+    gate: Deferred,
+}
+
+impl std::fmt::Debug for PreparedTruncate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PreparedTruncate({} elements by {} bits)",
+            self.r.len(),
+            self.f
+        )
+    }
+}
+
+/// Offline part of [`truncate`]: receives and parses the gate's material for `n` elements.
+pub async fn prepare_truncate<T: Transport>(
+    s: &mut Server<T>,
+    n: usize,
+    f: u32,
+) -> Result<PreparedTruncate> {
     check_shift(f)?;
-    let n = x.len();
     let mut g = s.gate().await?;
     let r = g.random(n);
     let rh = g.value(n)?;
     let rs = g.value(n)?;
-    let c = g.open(&ring::add(x, &r)?).await?;
-    g.finish()?;
-    let sub_off = g_const(s.is_p0(), (1u64 << 62) >> f);
+    let keys = if f > 0 {
+        let k = g.keys()?;
+        if k.len() != n || k.payload_len() != 1 || k.n_bits() != f {
+            return Err(CoreError::Protocol(format!(
+                "helper sent {} carry keys (m = {}, {} bits) for {n} truncations by {f} bits",
+                k.len(),
+                k.payload_len(),
+                k.n_bits()
+            )));
+        }
+        Some(k)
+    } else {
+        None
+    };
+    Ok(PreparedTruncate {
+        f,
+        r,
+        rh,
+        rs,
+        keys,
+        gate: g.defer()?,
+    })
+}
+
+/// Online part of [`truncate`]: one opening of `c = x + r` and the local carry evaluation.
+pub async fn finish_truncate<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedTruncate,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    let PreparedTruncate {
+        f,
+        r,
+        rh,
+        rs,
+        keys,
+        mut gate,
+    } = prep;
+    check_len("truncation input", x.len(), r.len())?;
+    let n = x.len();
+    let c = s.open_deferred(&mut gate, &ring::add(x, &r)?).await?;
+    // e = [c mod 2^f < r mod 2^f], the carry out of the low bits (c and c + 2^62 share them).
+    let mut e = vec![0u64; n];
+    if let Some(keys) = &keys {
+        let low = (1u64 << f) - 1;
+        let cl: Vec<u64> = c.iter().map(|&v| v & low).collect();
+        dcf::eval(keys, &cl, &mut e)?;
+    }
+    let p0 = s.is_p0();
+    let sub_off = g_const(p0, (1u64 << 62) >> f);
     let big = if f == 0 { 0 } else { 1u64 << (64 - f) };
     Ok((0..n)
         .map(|i| {
             let cp = c[i].wrapping_add(1 << 62);
             // w = msb(r)·(1 − msb(c')): the sum y + r wrapped.
             let w = rh[i].wrapping_mul(1 - (cp >> 63));
-            g_const(s.is_p0(), cp >> f)
+            g_const(p0, cp >> f)
                 .wrapping_sub(rs[i])
                 .wrapping_add(big.wrapping_mul(w))
+                .wrapping_sub(e[i])
                 .wrapping_sub(sub_off)
         })
         .collect())
+}
+
+/// `x >> f` (arithmetic; floor division by 2^f) for |x| < 2^62, exact: the result equals
+/// [`crate::plain::truncate`] bit for bit whatever the masks (PROTOCOLS §6). One round: the
+/// opening of `x + r`, then an `f`-bit DCF on its low bits gives the carry locally.
+pub async fn truncate<T: Transport>(s: &mut Server<T>, x: &[u64], f: u32) -> Result<Vec<u64>> {
+    let prep = prepare_truncate(s, x.len(), f).await?;
+    finish_truncate(s, prep, x).await
 }
 
 fn g_const(p0: bool, k: u64) -> u64 {
@@ -305,16 +396,15 @@ fn g_const(p0: bool, k: u64) -> u64 {
 enum SignOut {
     /// Only `d`.
     Bit,
-    /// `d` and `y = d · (x >> f)`, i.e. `ReLU(x) >> f`.
-    Relu(u32),
+    /// `d` and `y = d · x = ReLU(x)`.
+    Relu,
 }
 
 impl SignOut {
     fn payload_len(self) -> usize {
         match self {
             SignOut::Bit => 1,
-            SignOut::Relu(0) => 2,
-            SignOut::Relu(_) => 3,
+            SignOut::Relu => 2,
         }
     }
 }
@@ -329,6 +419,16 @@ fn check_bits(bits: u32) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Comparison width for `x >> f` when `|x| < 2^(bits−1)`: `|x >> f| ≤ 2^(bits−1−f)`, so
+/// `bits − f + 1` bits hold it (at least 2; [`FULL_BITS`] stays).
+pub fn shifted_bits(bits: u32, f: u32) -> u32 {
+    if bits >= FULL_BITS {
+        FULL_BITS
+    } else {
+        (bits.saturating_sub(f) + 1).clamp(2, FULL_BITS)
+    }
 }
 
 /// The masked value's sign bit and low bits when only `bits` bits are compared: for
@@ -346,27 +446,14 @@ async fn deal_sign<T: Transport>(
     bits: u32,
 ) -> Result<()> {
     check_bits(bits)?;
-    if let SignOut::Relu(f) = out {
-        check_shift(f)?;
-    }
     let m = out.payload_len();
     let mut g = d.gate()?;
     let r = g.random(n);
-    // t = top bit of r mod 2^bits (the comparison's), w = bit 63 of r (the ring's wrap).
+    // t = top bit of r mod 2^bits (the comparison's).
     let t: Vec<u64> = r.iter().map(|&v| split(v, bits).0).collect();
     g.value(&t);
-    let mut v = Vec::new();
-    if let SignOut::Relu(f) = out {
-        v = r.iter().map(|&x| x >> f).collect();
-        if f > 0 {
-            g.value(&v);
-        }
-        g.value(&mul(&t, &v));
-        if f > 0 && bits < 64 {
-            let w: Vec<u64> = r.iter().map(|&x| x >> 63).collect();
-            g.value(&w);
-            g.value(&mul(&t, &w));
-        }
+    if out == SignOut::Relu {
+        g.value(&mul(&t, &r));
     }
     let alphas: Vec<u64> = r.iter().map(|&x| split(x, bits).1).collect();
     let mut payload = Vec::with_capacity(n * m);
@@ -374,10 +461,7 @@ async fn deal_sign<T: Transport>(
         let sgn = 1u64.wrapping_sub(2 * t[i]);
         payload.push(sgn);
         if m >= 2 {
-            payload.push(sgn.wrapping_mul(v[i]));
-        }
-        if m >= 3 {
-            payload.push(sgn.wrapping_mul(r[i] >> 63));
+            payload.push(sgn.wrapping_mul(r[i]));
         }
     }
     let (k0, k1) = dcf::gen(bits - 1, &alphas, &payload, m, g.rng())?;
@@ -390,24 +474,20 @@ fn mul(a: &[u64], b: &[u64]) -> Vec<u64> {
 }
 
 /// A sign gate: one opening of `c = x + r`, then local DCF evaluation (PROTOCOLS §4–§5).
-/// Returns shares of `d = [x ≥ 0]` and, for `SignOut::Relu(f)`, of `d · (x >> f)`.
+/// Returns shares of `d = [x ≥ 0]` and, for `SignOut::Relu`, of `d · x`, both exact.
 /// Requires |x| < 2^(bits−1) and |x| < 2^62.
 ///
 /// With `t` the top bit of `r mod 2^bits` and `b = [c_L < r_L]` from the DCF on the low
 /// `bits − 1` bits, `u = t ⊕ b` and `d = 1 − (c_t ⊕ u) = k0 + k1·u` with public
-/// `k0 = 1 − c_t`, `k1 = 2c_t − 1`. For a dealt `V`, `d·V = k0·V + k1·(t·V) + k1·(1−2t)·V·b`,
-/// where the last term is a DCF payload slot. `ReLU(x) >> f = d·((c >> f) − (r >> f) +
-/// 2^(64−f)·w·(1 − c_63))` with `w = r_63` (x ≥ 0 makes the wrap exactly that).
+/// `k0 = 1 − c_t`, `k1 = 2c_t − 1`. For the mask `r`, `d·r = k0·r + k1·(t·r) + k1·(1−2t)·r·b`,
+/// where the last term is a DCF payload slot; `ReLU(x) = d·c − d·r`.
 /// A sign gate whose material has been received and parsed before its input exists.
 struct PreparedSign {
     out: SignOut,
     bits: u32,
     r: Vec<u64>,
     t: Vec<u64>,
-    v: Vec<u64>,
-    tv: Vec<u64>,
-    w: Vec<u64>,
-    tw: Vec<u64>,
+    tr: Vec<u64>,
     keys: dcf::DcfKeys,
     gate: Deferred,
 }
@@ -419,28 +499,15 @@ async fn prepare_sign<T: Transport>(
     bits: u32,
 ) -> Result<PreparedSign> {
     check_bits(bits)?;
-    if let SignOut::Relu(f) = out {
-        check_shift(f)?;
-    }
     let m = out.payload_len();
     let mut g = s.gate().await?;
     let r = g.random(n);
     let t = g.value(n)?;
-    let (mut v, mut tv, mut w, mut tw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    if let SignOut::Relu(f) = out {
-        v = if f > 0 { g.value(n)? } else { r.clone() };
-        tv = g.value(n)?;
-        if f > 0 {
-            if bits < 64 {
-                w = g.value(n)?;
-                tw = g.value(n)?;
-            } else {
-                // the comparison's top bit is the ring's: t·t = t
-                w = t.clone();
-                tw = t.clone();
-            }
-        }
-    }
+    let tr = if out == SignOut::Relu {
+        g.value(n)?
+    } else {
+        Vec::new()
+    };
     let keys = g.keys()?;
     if keys.len() != n || keys.payload_len() != m || keys.n_bits() != bits - 1 {
         return Err(CoreError::Protocol(format!(
@@ -456,10 +523,7 @@ async fn prepare_sign<T: Transport>(
         bits,
         r,
         t,
-        v,
-        tv,
-        w,
-        tw,
+        tr,
         keys,
         gate: g.defer()?,
     })
@@ -485,10 +549,7 @@ async fn finish_sign<T: Transport>(
         bits,
         r,
         t,
-        v,
-        tv,
-        w,
-        tw,
+        tr,
         keys,
         mut gate,
     } = prep;
@@ -503,7 +564,7 @@ async fn finish_sign<T: Transport>(
     let mut d = vec![0u64; n];
     let mut y = match out {
         SignOut::Bit => Vec::new(),
-        SignOut::Relu(_) => vec![0u64; n],
+        SignOut::Relu => vec![0u64; n],
     };
     for i in 0..n {
         let ct = split(c[i], bits).0;
@@ -512,24 +573,12 @@ async fn finish_sign<T: Transport>(
         let oi = &o[i * m..(i + 1) * m];
         let u = t[i].wrapping_add(oi[0]);
         d[i] = g_const(p0, k0).wrapping_add(k1.wrapping_mul(u));
-        if let SignOut::Relu(f) = out {
-            let dv = k0
-                .wrapping_mul(v[i])
-                .wrapping_add(k1.wrapping_mul(tv[i]))
+        if out == SignOut::Relu {
+            let dr = k0
+                .wrapping_mul(r[i])
+                .wrapping_add(k1.wrapping_mul(tr[i]))
                 .wrapping_add(k1.wrapping_mul(oi[1]));
-            y[i] = if f == 0 {
-                c[i].wrapping_mul(d[i]).wrapping_sub(dv)
-            } else {
-                let dw = k0
-                    .wrapping_mul(w[i])
-                    .wrapping_add(k1.wrapping_mul(tw[i]))
-                    .wrapping_add(k1.wrapping_mul(oi[2]));
-                let wrap = (1 - (c[i] >> 63)).wrapping_mul(1u64 << (64 - f));
-                (c[i] >> f)
-                    .wrapping_mul(d[i])
-                    .wrapping_sub(dv)
-                    .wrapping_add(wrap.wrapping_mul(dw))
-            };
+            y[i] = c[i].wrapping_mul(d[i]).wrapping_sub(dr);
         }
     }
     Ok((d, y))
@@ -548,16 +597,24 @@ pub async fn drelu<T: Transport>(s: &mut Server<T>, x: &[u64], bits: u32) -> Res
 }
 
 /// A [`relu`] whose helper material is received and parsed, waiting for its input.
-pub struct PreparedRelu(PreparedSign);
+pub struct PreparedRelu {
+    trunc: Option<PreparedTruncate>,
+    sign: PreparedSign,
+}
 
 impl std::fmt::Debug for PreparedRelu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PreparedRelu({} elements)", self.0.r.len())
+        write!(
+            f,
+            "PreparedRelu({} elements, truncated first: {})",
+            self.sign.r.len(),
+            self.trunc.is_some()
+        )
     }
 }
 
-/// Offline part of [`relu`]: receives and parses the gate's material (masks and DCF keys)
-/// for `n` elements. Call it in the gate order the helper dealt.
+/// Offline part of [`relu`]: receives and parses the material (masks and DCF keys) of its
+/// gates for `n` elements. Call it in the gate order the helper dealt.
 pub async fn prepare_relu<T: Transport>(
     s: &mut Server<T>,
     n: usize,
@@ -565,37 +622,56 @@ pub async fn prepare_relu<T: Transport>(
     bits: u32,
 ) -> Result<PreparedRelu> {
     check_shift(f)?;
-    Ok(PreparedRelu(
-        prepare_sign(s, n, SignOut::Relu(f), bits).await?,
-    ))
+    check_bits(bits)?;
+    let trunc = if f > 0 {
+        Some(prepare_truncate(s, n, f).await?)
+    } else {
+        None
+    };
+    let sign = prepare_sign(s, n, SignOut::Relu, shifted_bits(bits, f)).await?;
+    Ok(PreparedRelu { trunc, sign })
 }
 
-/// Online part of [`relu`]: one opening and the local key evaluation.
+/// Online part of [`relu`]: the truncation's opening (when `f > 0`), then the comparison's.
 pub async fn finish_relu<T: Transport>(
     s: &mut Server<T>,
     prep: PreparedRelu,
     x: &[u64],
 ) -> Result<Vec<u64>> {
-    Ok(finish_sign(s, prep.0, x).await?.1)
+    let PreparedRelu { trunc, sign } = prep;
+    match trunc {
+        Some(tp) => {
+            let t = finish_truncate(s, tp, x).await?;
+            Ok(finish_sign(s, sign, &t).await?.1)
+        }
+        None => Ok(finish_sign(s, sign, x).await?.1),
+    }
 }
 
 /// Helper side of [`relu`].
 pub async fn deal_relu<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32) -> Result<()> {
     check_shift(f)?;
-    deal_sign(d, n, SignOut::Relu(f), bits).await
+    check_bits(bits)?;
+    if f > 0 {
+        deal_truncate(d, n, f).await?;
+    }
+    deal_sign(d, n, SignOut::Relu, shifted_bits(bits, f)).await
 }
 
-/// `ReLU(x) >> f` for |x| < 2^(bits−1) (and < 2^62): with `f = 0` an exact ReLU; with
-/// `f > 0` the truncation after a product fused into the same round (exact up to one unit in
-/// the last place). One round, 8 bytes per element per server. See [`drelu`] for `bits`.
+/// `ReLU(x) >> f` for |x| < 2^(bits−1) (and < 2^62), exact: equal to [`crate::plain::relu`]
+/// bit for bit whatever the masks. With `f = 0` one round (a sign gate). With `f > 0` the
+/// exact [`truncate`] runs first and the ReLU compares `x >> f` on
+/// [`shifted_bits`]`(bits, f)` bits (`ReLU(x) >> f = ReLU(x >> f)`): two rounds,
+/// 16 bytes per element per server. (A single round would need the product of the sign and
+/// the truncation's carry, two secret bits that depend on the same opening; PROTOCOLS §6.)
 pub async fn relu<T: Transport>(
     s: &mut Server<T>,
     x: &[u64],
     f: u32,
     bits: u32,
 ) -> Result<Vec<u64>> {
-    check_shift(f)?;
-    Ok(sign(s, x, SignOut::Relu(f), bits).await?.1)
+    let prep = prepare_relu(s, x.len(), f, bits).await?;
+    finish_relu(s, prep, x).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -621,7 +697,7 @@ async fn deal_max_tree<T: Transport>(
 ) -> Result<()> {
     let mut k = k;
     while k > 1 {
-        deal_sign(d, (k / 2) * len, SignOut::Relu(0), bits).await?;
+        deal_sign(d, (k / 2) * len, SignOut::Relu, bits).await?;
         k = k.div_ceil(2);
     }
     Ok(())
@@ -649,7 +725,7 @@ async fn prepare_max_tree<T: Transport>(
     let mut levels = Vec::new();
     let mut k = k;
     while k > 1 {
-        levels.push(prepare_sign(s, (k / 2) * len, SignOut::Relu(0), bits).await?);
+        levels.push(prepare_sign(s, (k / 2) * len, SignOut::Relu, bits).await?);
         k = k.div_ceil(2);
     }
     Ok(levels)
@@ -760,16 +836,35 @@ pub async fn deal_avgpool<T: Transport>(d: &mut Dealer<T>, shape: &PoolShape) ->
     deal_truncate(d, shape.windows(), AVG_RECIP_BITS).await
 }
 
-/// Average pooling: window sums times `round(2^16/area)`, truncated by 16 bits. One round;
-/// the output keeps the input's scale. Needs |sum · factor| < 2^62.
-pub async fn avgpool<T: Transport>(
+/// Offline part of [`avgpool`]: its truncation's material.
+pub async fn prepare_avgpool<T: Transport>(
     s: &mut Server<T>,
+    shape: &PoolShape,
+) -> Result<PreparedTruncate> {
+    prepare_truncate(s, shape.windows(), AVG_RECIP_BITS).await
+}
+
+/// Online part of [`avgpool`].
+pub async fn finish_avgpool<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedTruncate,
     x: &[u64],
     shape: &PoolShape,
 ) -> Result<Vec<u64>> {
     let mut sums = shape.window_sums(x)?;
     ring::scale_assign(&mut sums, avg_factor(shape));
-    truncate(s, &sums, AVG_RECIP_BITS).await
+    finish_truncate(s, prep, &sums).await
+}
+
+/// Average pooling: window sums times `round(2^16/area)`, truncated exactly by 16 bits. One
+/// round; the output keeps the input's scale. Needs |sum · factor| < 2^62.
+pub async fn avgpool<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    shape: &PoolShape,
+) -> Result<Vec<u64>> {
+    let prep = prepare_avgpool(s, shape).await?;
+    finish_avgpool(s, prep, x, shape).await
 }
 
 /// Bits of the index field used by [`argmax`] over `classes` classes.
@@ -923,9 +1018,10 @@ impl PiecewiseLinear {
         out
     }
 
-    /// Sums the pieces' ReLU outputs with their signs, plus the base.
-    pub(crate) fn combine(&self, y: &[u64], n: usize, p0: bool) -> Vec<u64> {
-        let mut out = vec![g_const(p0, self.base); n];
+    /// Sums the pieces' (untruncated) ReLU outputs with their signs: `Σ_j ±ReLU(z_j)`, with
+    /// `in_frac + SLOPE_BITS` fractional bits.
+    pub(crate) fn sum_pieces(&self, y: &[u64], n: usize) -> Vec<u64> {
+        let mut out = vec![0u64; n];
         for (j, neg) in self.negative.iter().enumerate() {
             let piece = &y[j * n..(j + 1) * n];
             for (o, v) in out.iter_mut().zip(piece) {
@@ -938,6 +1034,11 @@ impl PiecewiseLinear {
         }
         out
     }
+
+    /// Adds the base `g0` (P0 only, as a public constant).
+    pub(crate) fn add_base(&self, out: &mut [u64], p0: bool) {
+        ring::add_scalar_assign(out, g_const(p0, self.base));
+    }
 }
 
 /// Helper side of [`piecewise`].
@@ -946,20 +1047,25 @@ pub async fn deal_piecewise<T: Transport>(
     n: usize,
     g: &PiecewiseLinear,
 ) -> Result<()> {
-    deal_sign(d, n * g.knots.len(), SignOut::Relu(g.shift()), FULL_BITS).await
+    deal_sign(d, n * g.knots.len(), SignOut::Relu, FULL_BITS).await?;
+    deal_truncate(d, n, g.shift()).await
 }
 
-/// Evaluates a [`PiecewiseLinear`] function: all pieces go through one sign gate (one round,
-/// `8 · pieces` bytes per element per server). Exact up to one unit per piece. Needs
-/// |s_j · (x − t_j)| < 2^62 in the encoded scale.
+/// Evaluates a [`PiecewiseLinear`] function as `g0 + (Σ_j ±ReLU(z_j)) >> shift`, exactly as
+/// [`crate::plain::piecewise`]: all pieces go through one sign gate (one round,
+/// `8 · pieces` bytes per element per server), then one exact [`truncate`] of the sum (one
+/// round, 8 bytes per element). Needs |s_j · (x − t_j)| < 2^62 in the encoded scale.
 pub async fn piecewise<T: Transport>(
     s: &mut Server<T>,
     x: &[u64],
     g: &PiecewiseLinear,
 ) -> Result<Vec<u64>> {
     let inputs = g.piece_inputs(x, s.is_p0());
-    let (_, y) = sign(s, &inputs, SignOut::Relu(g.shift()), FULL_BITS).await?;
-    Ok(g.combine(&y, x.len(), s.is_p0()))
+    let (_, y) = sign(s, &inputs, SignOut::Relu, FULL_BITS).await?;
+    let sum = g.sum_pieces(&y, x.len());
+    let mut out = truncate(s, &sum, g.shift()).await?;
+    g.add_base(&mut out, s.is_p0());
+    Ok(out)
 }
 
 /// Sigmoid of `x` (with `in_frac` fractional bits) into `out_frac` fractional bits.

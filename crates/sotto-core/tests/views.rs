@@ -159,8 +159,8 @@ fn a_servers_view_is_independent_of_the_secret() {
     assert_eq!(va.len(), vb.len(), "view sizes do not depend on the secret");
     assert_eq!(
         oa.len(),
-        8 * (rows * k + k * n + rows * k),
-        "three openings"
+        8 * (2 * rows * k + k * n + rows * k),
+        "four openings: truncation and ReLU, the weight mask, the product"
     );
     // Thresholds for 255 degrees of freedom at p ≈ 1e-7: 255 + 5.3·sqrt(510) ≈ 375.
     let two = chi_two(&histogram(&va), &histogram(&vb));

@@ -3,7 +3,8 @@
 //!
 //! Values carry `f` fractional bits between layers. A dense layer multiplies a value with `f`
 //! bits by weights with `f` bits, giving `2f`; the bias is encoded with `2f` bits and added
-//! there. The next ReLU truncates by `f` in the same round; a sigmoid or tanh reads the `2f`
+//! there. The next ReLU truncates by `f` first (an exact truncation, one round of its own),
+//! then compares the truncated value on fewer bits; a sigmoid or tanh reads the `2f`
 //! value directly; a dense layer right after another one gets a truncation first; the last
 //! layer's output stays at `2f` and the client divides exactly.
 //!
@@ -14,7 +15,7 @@
 use sotto_core::fixed::{encode_with, FixedPoint};
 use sotto_core::linear::{conv_weight_matrix, Bilinear};
 use sotto_core::plain;
-use sotto_core::protocols::{PiecewiseLinear, FULL_BITS, SLOPE_BITS};
+use sotto_core::protocols::{shifted_bits, PiecewiseLinear, FULL_BITS, SLOPE_BITS};
 
 use crate::error::{ModelError, Result};
 use crate::ir::{per_example, permute, ConvParams, Layer, Model, PoolParams};
@@ -88,10 +89,11 @@ impl StepKind {
                 "Beaver product (private) / local (public)"
             }
             StepKind::MaxPool { .. } => "FSS max tree",
-            StepKind::AvgPool { .. } => "sum + truncation",
+            StepKind::AvgPool { .. } => "sum + exact truncation",
             StepKind::Transpose { .. } => "local permutation",
-            StepKind::Truncate => "truncation",
-            StepKind::Relu { .. } => "FSS sign gate (ReLU + truncation)",
+            StepKind::Truncate => "exact truncation (FSS carry)",
+            StepKind::Relu { shift: 0, .. } => "FSS sign gate (ReLU)",
+            StepKind::Relu { .. } => "exact truncation, then FSS sign gate (ReLU)",
             StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => "FSS piecewise-linear",
         }
     }
@@ -387,7 +389,7 @@ impl Plan {
     }
 
     /// Runs the plan in the clear on fixed-point inputs: the plaintext twin of the private
-    /// prediction (each truncation here is exact; the protocol's may differ by one unit).
+    /// prediction, which equals it bit for bit (every truncation is exact in both).
     pub fn eval_fixed(&self, x: &[u64], batch: usize) -> Result<Vec<u64>> {
         if x.len() != batch * self.input_len {
             return Err(ModelError::Input(format!(
@@ -486,17 +488,17 @@ impl Step {
             StepKind::Dense { .. } | StepKind::Conv { .. } | StepKind::Transpose { .. } => {
                 Cost::default()
             }
-            StepKind::Truncate => Cost {
-                rounds: 1,
-                online_bytes: 8 * n,
-                helper_bytes: 16 * n,
-            },
+            StepKind::Truncate => truncate_cost(n, self.out_frac),
             StepKind::Relu { shift, bits } => {
-                let m = if shift > 0 { 3 } else { 2 };
-                Cost {
+                let sign = Cost {
                     rounds: 1,
                     online_bytes: 8 * n,
-                    helper_bytes: n * (key_bytes(bits, m) + 8 * m),
+                    helper_bytes: n * (key_bytes(shifted_bits(bits, shift), 2) + 16),
+                };
+                if shift > 0 {
+                    sign.plus(truncate_cost(n, shift))
+                } else {
+                    sign
                 }
             }
             StepKind::MaxPool { params, bits } => {
@@ -508,19 +510,44 @@ impl Step {
                     helper_bytes: cmps * (key_bytes(bits, 2) + 16),
                 }
             }
-            StepKind::AvgPool { .. } => Cost {
-                rounds: 1,
-                online_bytes: 8 * n,
-                helper_bytes: 16 * n,
-            },
-            StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => {
+            StepKind::AvgPool { .. } => truncate_cost(n, sotto_core::protocols::AVG_RECIP_BITS),
+            StepKind::Sigmoid { in_frac } | StepKind::Tanh { in_frac } => {
                 let pieces = 21 * n;
                 Cost {
                     rounds: 1,
                     online_bytes: 8 * pieces,
-                    helper_bytes: pieces * (key_bytes(64, 3) + 24),
+                    helper_bytes: pieces * (key_bytes(64, 2) + 16),
                 }
+                .plus(truncate_cost(
+                    n,
+                    (in_frac + SLOPE_BITS).saturating_sub(self.out_frac),
+                ))
             }
+        }
+    }
+}
+
+/// Exact truncation by `f` of `n` elements: one opening; P1 gets `msb(r)` and `r >> f`, both
+/// get an `f`-bit carry key.
+fn truncate_cost(n: u64, f: u32) -> Cost {
+    let key = if f == 0 {
+        0
+    } else {
+        16 + u64::from(f) * 25 + 8
+    };
+    Cost {
+        rounds: 1,
+        online_bytes: 8 * n,
+        helper_bytes: n * (16 + key),
+    }
+}
+
+impl Cost {
+    fn plus(self, o: Cost) -> Cost {
+        Cost {
+            rounds: self.rounds + o.rounds,
+            online_bytes: self.online_bytes + o.online_bytes,
+            helper_bytes: self.helper_bytes + o.helper_bytes,
         }
     }
 }

@@ -180,8 +180,9 @@ pub struct PreparedPrediction {
 
 enum PreparedStep {
     Product(p::PreparedProduct),
-    Relu(p::PreparedRelu),
+    Relu(Box<p::PreparedRelu>),
     MaxPool(p::PreparedMaxpool),
+    Truncate(p::PreparedTruncate),
     /// A step without helper material (public product, transpose).
     Local,
 }
@@ -243,19 +244,26 @@ pub async fn prepare_predict<T: Transport>(
             StepKind::Dense { .. } | StepKind::Conv { .. } | StepKind::Transpose { .. } => {
                 PreparedStep::Local
             }
-            StepKind::Relu { shift, bits } => {
-                PreparedStep::Relu(p::prepare_relu(s, n, shift, bits).await.map_err(core_err)?)
-            }
+            StepKind::Relu { shift, bits } => PreparedStep::Relu(Box::new(
+                p::prepare_relu(s, n, shift, bits).await.map_err(core_err)?,
+            )),
             StepKind::MaxPool { params, bits } => PreparedStep::MaxPool(
                 p::prepare_maxpool(s, &params.core_shape(batch), bits)
                     .await
                     .map_err(core_err)?,
             ),
-            // No offline part: this step and every later one run online, in order.
-            StepKind::AvgPool { .. }
-            | StepKind::Truncate
-            | StepKind::Sigmoid { .. }
-            | StepKind::Tanh { .. } => break,
+            StepKind::Truncate => PreparedStep::Truncate(
+                p::prepare_truncate(s, n, plan.fp.frac_bits())
+                    .await
+                    .map_err(core_err)?,
+            ),
+            StepKind::AvgPool { params } => PreparedStep::Truncate(
+                p::prepare_avgpool(s, &params.core_shape(batch))
+                    .await
+                    .map_err(core_err)?,
+            ),
+            // Not prepared: this step and every later one run online, in order.
+            StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => break,
         };
         steps.push(prepared);
     }
@@ -358,15 +366,23 @@ pub async fn finish_predict<T: Transport>(
                 _ => p::maxpool(s, &h, &params.core_shape(batch), bits).await,
             }
             .map_err(core_err)?,
-            StepKind::AvgPool { params } => p::avgpool(s, &h, &params.core_shape(batch))
-                .await
-                .map_err(core_err)?,
+            StepKind::AvgPool { params } => match ready {
+                Some(PreparedStep::Truncate(pt)) => {
+                    p::finish_avgpool(s, pt, &h, &params.core_shape(batch)).await
+                }
+                _ => p::avgpool(s, &h, &params.core_shape(batch)).await,
+            }
+            .map_err(core_err)?,
             StepKind::Transpose { dims, rank, perm } => {
                 crate::ir::permute(&h, batch, &dims[..rank], &perm[..rank + 1])
             }
-            StepKind::Truncate => p::truncate(s, &h, f).await.map_err(core_err)?,
+            StepKind::Truncate => match ready {
+                Some(PreparedStep::Truncate(pt)) => p::finish_truncate(s, pt, &h).await,
+                _ => p::truncate(s, &h, f).await,
+            }
+            .map_err(core_err)?,
             StepKind::Relu { shift, bits } => match ready {
-                Some(PreparedStep::Relu(pr)) => p::finish_relu(s, pr, &h).await,
+                Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, &h).await,
                 _ => p::relu(s, &h, shift, bits).await,
             }
             .map_err(core_err)?,

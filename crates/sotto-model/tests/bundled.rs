@@ -39,6 +39,11 @@ fn check(name: &str, private: bool) {
     let weights = share_weights(&plan, private).expect("os rng");
     let run = run_in_process(&plan, [&plan, &plan], &weights, &x_enc, batch)
         .expect("private prediction runs");
+    assert_eq!(
+        run.output,
+        plan.eval_fixed(&x_enc, batch).expect("fits"),
+        "{name}: private output differs from the fixed-point twin"
+    );
     let got: Vec<f64> = run
         .output
         .iter()
@@ -82,4 +87,33 @@ fn cnn_matches_tensorflow() {
 #[test]
 fn logistic_matches_tensorflow() {
     check("logistic", true);
+}
+
+/// One input sent 100 times (fresh shares, fresh masks, fresh weight shares each time) gives one
+/// output, equal to the fixed-point twin: nothing the client sees depends on the masks.
+#[test]
+fn repeating_one_input_gives_one_output() {
+    let d = dir();
+    let bytes = std::fs::read(d.join("network_a.onnx")).expect("bundled model");
+    let plan = Plan::new(
+        &import(&bytes).expect("imports"),
+        FixedPoint::default(),
+        1.0,
+    )
+    .expect("fits the ring");
+    let x = npy_f32(&d.join("network_a_fixture_inputs.npy"));
+    let x_enc = plan
+        .fp
+        .encode_f32(&x[..plan.input_len])
+        .expect("pixels encode");
+    let want = plan.eval_fixed(&x_enc, 1).expect("fits");
+    let mut outputs = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let weights = share_weights(&plan, true).expect("os rng");
+        let run = run_in_process(&plan, [&plan, &plan], &weights, &x_enc, 1)
+            .expect("private prediction runs");
+        outputs.insert(run.output);
+    }
+    assert_eq!(outputs.len(), 1, "100 runs gave {} outputs", outputs.len());
+    assert_eq!(outputs.pop_first(), Some(want));
 }

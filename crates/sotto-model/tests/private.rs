@@ -128,9 +128,12 @@ fn check_model(bytes: &[u8], act: &str, private: bool, batch: usize) {
         .iter()
         .map(|v| decode_with(*v, plan.out_frac))
         .collect();
-    let twin: Vec<f64> = plan
-        .eval_fixed(&x_enc, batch)
-        .expect("fits")
+    let twin_fixed = plan.eval_fixed(&x_enc, batch).expect("fits");
+    assert_eq!(
+        run.output, twin_fixed,
+        "{act}: private output differs from the fixed-point twin"
+    );
+    let twin: Vec<f64> = twin_fixed
         .iter()
         .map(|v| decode_with(*v, plan.out_frac))
         .collect();

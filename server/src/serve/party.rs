@@ -398,6 +398,9 @@ pub async fn take_session(st: &Arc<State>, model: &str, batch: usize) -> Result<
     }
 }
 
+/// How often a claim waiting for an announcement checks the helper link.
+const LINK_POLL: Duration = Duration::from_millis(50);
+
 /// P1: takes the dealt session `session` for `model` (waiting up to the party timeout for the
 /// helper's announcement); returns its batch size.
 pub async fn claim_session(st: &Arc<State>, session: u128, model: &str) -> Result<usize, String> {
@@ -429,12 +432,14 @@ pub async fn claim_session(st: &Arc<State>, session: u128, model: &str) -> Resul
             ));
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || tokio::time::timeout(left, changed).await.is_err() {
+        if left.is_zero() {
             return Err(format!(
                 "unknown session {session:x} (not dealt, or not announced within {:?})",
                 st.cfg.timeout
             ));
         }
+        // Woken by an announcement, or every 50 ms to notice a helper link that dropped.
+        let _ = tokio::time::timeout(left.min(LINK_POLL), changed).await;
     }
 }
 
