@@ -137,7 +137,7 @@ impl Deployment {
             "--tls-ca".into(),
             c("ca.pem"),
             "--key-file".into(),
-            c("party.key"),
+            c(&format!("{}.keys", p.name())),
         ];
         if p != P::Helper {
             args.extend(["--helper".into(), self.url(P::Helper)]);
@@ -386,7 +386,12 @@ fn check(logits: &[f64], labels: &[usize], from: usize, n: usize) {
     for (i, (row, wrow)) in logits.chunks(10).zip(want.chunks(10)).enumerate() {
         assert_eq!(labels[i], argmax(wrow), "label of image {}", from + i);
         for (a, b) in row.iter().zip(wrow) {
-            assert_eq!(a.to_bits(), b.to_bits(), "image {}: logit {a} vs {b}", from + i);
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "image {}: logit {a} vs {b}",
+                from + i
+            );
         }
     }
 }
@@ -514,16 +519,25 @@ fn three_processes_over_tls_predict_like_the_plaintext_model() {
 }
 
 #[test]
-fn a_process_without_the_party_key_is_refused() {
+fn a_party_posing_as_another_is_refused() {
     let _g = serial();
     rt().block_on(async {
         let d = Deployment::start(&[]);
         d.ready(Duration::from_secs(20)).await;
-        // An impostor P0 with its own key (and a valid TLS certificate): P1 and the helper
-        // must refuse it, and the real deployment must keep working.
+        // An impostor P0 run by P1's operator: P1's own helper key (the P1–helper pair's) and a
+        // made-up key for the P0–P1 pair, with P0's valid TLS certificate. The helper must
+        // refuse it (P1's key is not the P0–helper key), so must P1, and the real deployment
+        // must keep working.
         let m = material();
         let bad = m.join("impostor");
-        run_sotto(&["certs", "--out", &bad.display().to_string()]);
+        std::fs::create_dir_all(&bad).expect("dir");
+        let p1_keys = std::fs::read_to_string(m.join("certs/p1.keys")).expect("p1.keys");
+        let helper_line = p1_keys
+            .lines()
+            .find(|l| l.starts_with("helper"))
+            .expect("P1 holds a helper key");
+        let posing = format!("p1 = {}\n{helper_line}\n", "5a".repeat(31) + "a5");
+        std::fs::write(bad.join("posing.keys"), posing).expect("write");
         let port = free_port();
         let c = |f: &str| m.join("certs").join(f).display().to_string();
         let log = std::fs::File::create(d.logs.join("impostor.log")).expect("log");
@@ -543,7 +557,7 @@ fn a_process_without_the_party_key_is_refused() {
                 "--tls-ca",
                 &c("ca.pem"),
                 "--key-file",
-                &bad.join("party.key").display().to_string(),
+                &bad.join("posing.keys").display().to_string(),
                 "--p1",
                 &d.url(P::P1),
                 "--helper",
@@ -798,6 +812,19 @@ fn a_client_that_disconnects_mid_session_frees_the_parties() {
     });
 }
 
+/// Waits until both servers' pools are full (nothing being dealt), so that memory figures
+/// compare like with like (not a helper caught halfway through a refill).
+async fn settle(d: &Deployment) {
+    let t = Instant::now();
+    while d.metric(P::P0, "pool_ready_sessions").await < 16.0
+        || d.metric(P::P1, "pool_ready_sessions").await < 16.0
+    {
+        assert!(t.elapsed() < Duration::from_secs(30), "pools do not refill");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
 /// Predictions running when a party dies fail within 5 s; after a restart the deployment
 /// answers again.
 #[test]
@@ -928,7 +955,7 @@ fn load_64_clients_50_predictions_each_without_errors_or_memory_growth() {
         // the party links, per-thread arenas) are reached there; a second identical round
         // must not take more memory.
         round(50).await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        settle(&d).await;
         let before = rss(&d);
         let secs = round(50).await;
         eprintln!(
@@ -936,7 +963,7 @@ fn load_64_clients_50_predictions_each_without_errors_or_memory_growth() {
             3200.0 / secs
         );
         // Let pools refill and connections close.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        settle(&d).await;
         let after = rss(&d);
         eprintln!("RSS before {before:?} kB, after {after:?} kB (P0, P1, helper)");
         for (i, (b, a)) in before.iter().zip(&after).enumerate() {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sotto_client::{Client, ClientOptions};
-use sotto_net::auth::Psk;
+use sotto_net::auth::{role_name, PartyKeys, MAX_KEY_FILE};
 use sotto_wire::Role;
 
 use crate::serve::{self, FileConfig, ServeConfig};
@@ -79,6 +79,64 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
 }
 
+/// Reads at most `max` bytes of `path` (a key file given as `/dev/zero` must not fill memory).
+fn read_bounded(path: &Path, what: &str, max: usize) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(max as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if buf.len() > max {
+        return Err(format!(
+            "{what} {}: longer than {max} bytes, not a key file",
+            path.display()
+        ));
+    }
+    Ok(buf)
+}
+
+/// Warns when a secret file is readable by other users.
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            if m.permissions().mode() & 0o077 != 0 {
+                eprintln!(
+                    "warning: {} is readable by other users (mode {:o}); `chmod 600` it",
+                    path.display(),
+                    m.permissions().mode() & 0o777
+                );
+            }
+        }
+    }
+}
+
+/// Writes a secret file readable by its owner only (0600 on Unix).
+fn write_secret(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    let mut f = o
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // An existing file keeps its mode through open(): set it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    f.write_all(data)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Builds the configuration from the file and the flags.
 pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
     let f = match &a.config {
@@ -133,9 +191,11 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
     let key_file = a
         .key_file
         .or(f.key_file)
-        .ok_or("--key-file is required: the parties authenticate each other with a pre-shared key (`sotto certs --out DIR` writes DIR/party.key)")?;
-    let psk = Psk::from_hex(&String::from_utf8_lossy(&read(&key_file, "key file")?))
+        .ok_or("--key-file is required: the parties authenticate each other with one key per pair (`sotto certs --out DIR` writes DIR/p0.keys, DIR/p1.keys, DIR/helper.keys)")?;
+    let key_text = read_bounded(&key_file, "key file", MAX_KEY_FILE)?;
+    let keys = PartyKeys::parse(role, &String::from_utf8_lossy(&key_text))
         .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    warn_if_readable_by_others(&key_file);
     let pool = serve::parse_pool(&a.pool.or(f.pool).unwrap_or_else(|| "1:16".into()))?;
     let max_batch = a.max_batch.or(f.max_batch).unwrap_or(128);
     if max_batch == 0 || max_batch > 4096 {
@@ -155,7 +215,7 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
             models,
             tls,
             ca,
-            psk,
+            keys,
             pool,
             max_batch,
             timeout,
@@ -205,16 +265,41 @@ pub fn serve_cmd(a: ServeArgs) -> Result<(), String> {
     })
 }
 
-/// `sotto certs`: a CA, a certificate per party, and the pre-shared key.
+/// `sotto certs`: a CA, a certificate per party (valid for its own names), and the parties'
+/// keys (one per pair).
 pub fn certs(out: &Path, names: &[String]) -> Result<(), String> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
+    let roles = [Role::P0, Role::P1, Role::Helper];
+    let mut own: [Vec<String>; 3] = Default::default();
+    for n in names {
+        let Some((role, host)) = n.split_once('=') else {
+            return Err(format!(
+                "--name {n}: say which party it names, e.g. --name p0={n} (each certificate is valid for its own party's names only, so one party cannot pose as another)"
+            ));
+        };
+        let i = roles
+            .iter()
+            .position(|r| role_name(*r) == role.trim())
+            .ok_or_else(|| format!("--name {n}: the party is p0, p1 or helper"))?;
+        let host = host.trim();
+        if host.is_empty() {
+            return Err(format!("--name {n}: no host"));
+        }
+        if !own[i].iter().any(|h| h == host) {
+            own[i].push(host.to_string());
+        }
+    }
     let e = |e: rcgen::Error| e.to_string();
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let write = |name: &str, data: &[u8]| {
+    let write = |name: &str, data: &[u8], secret: bool| {
         let p = out.join(name);
-        std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))?;
+        if secret {
+            write_secret(&p, data)?;
+        } else {
+            std::fs::write(&p, data).map_err(|e| format!("{}: {e}", p.display()))?;
+        }
         println!("wrote {}", p.display());
         Ok::<(), String>(())
     };
@@ -225,28 +310,25 @@ pub fn certs(out: &Path, names: &[String]) -> Result<(), String> {
     ca.distinguished_name
         .push(DnType::CommonName, "sotto deployment CA");
     let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
-    write("ca.pem", ca_cert.pem().as_bytes())?;
+    write("ca.pem", ca_cert.pem().as_bytes(), false)?;
     let issuer = Issuer::new(ca, ca_key);
-    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
-    for n in names {
-        if !sans.contains(n) {
-            sans.push(n.clone());
-        }
-    }
-    for role in ["p0", "p1", "helper"] {
+    let keys = PartyKeys::generate().map_err(|e| e.to_string())?;
+    for (i, role) in roles.iter().enumerate() {
+        let name = role_name(*role);
+        let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
+        sans.extend(own[i].iter().cloned());
         let key = KeyPair::generate().map_err(e)?;
         let mut p = CertificateParams::new(sans.clone()).map_err(e)?;
         p.distinguished_name
-            .push(DnType::CommonName, format!("sotto {role}"));
+            .push(DnType::CommonName, format!("sotto {name}"));
         let cert = p.signed_by(&key, &issuer).map_err(e)?;
-        write(&format!("{role}.pem"), cert.pem().as_bytes())?;
-        write(&format!("{role}.key"), key.serialize_pem().as_bytes())?;
+        write(&format!("{name}.pem"), cert.pem().as_bytes(), false)?;
+        write(&format!("{name}.key"), key.serialize_pem().as_bytes(), true)?;
+        write(&format!("{name}.keys"), keys[i].to_text().as_bytes(), true)?;
+        println!("  {name}: certificate for {}", sans.join(", "));
     }
-    let psk = Psk::random().map_err(|e| e.to_string())?;
-    write("party.key", format!("{}\n", psk.to_hex()).as_bytes())?;
     println!(
-        "certificates valid for {}; copy ca.pem and party.key to every party, and each party's own .pem/.key to its host only",
-        sans.join(", ")
+        "copy ca.pem to every party, and each party's own .pem, .key and .keys to its host only"
     );
     Ok(())
 }

@@ -10,7 +10,7 @@ use sotto_core::fixed::FixedPoint;
 use sotto_core::transport::PartyId;
 use sotto_model::files::{make_set, read_file, Role as FileRole};
 use sotto_model::{import, Model, Plan};
-use sotto_net::auth::Psk;
+use sotto_net::auth::PartyKeys;
 use sotto_wire::Role;
 
 use crate::serve::{self, ModelEntry, ServeConfig, State};
@@ -81,7 +81,7 @@ pub fn model_entries(
 /// Starts P0, P1 and the helper on 127.0.0.1 and waits until P0 and P1 are ready.
 pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
     let (model, plan, [e0, e1, eh]) = model_entries(&o.model, &o.id, o.private)?;
-    let psk = Psk::random().map_err(|e| e.to_string())?;
+    let keys = PartyKeys::generate().map_err(|e| e.to_string())?;
     let port = |i: u16| if o.port == 0 { 0 } else { o.port + i };
     let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], port(i)));
     let b0 = serve::bind(addr(0), &None).await?;
@@ -98,7 +98,12 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
         models: vec![models],
         tls: None,
         ca: None,
-        psk: psk.clone(),
+        keys: keys[match role {
+            Role::P0 => 0,
+            Role::P1 => 1,
+            _ => 2,
+        }]
+        .clone(),
         pool: o.pool.clone(),
         max_batch: o.max_batch,
         timeout: o.timeout,

@@ -75,15 +75,17 @@ enum Command {
     ///   p1:     sotto serve --role p1 --listen 0.0.0.0:8101 --helper wss://helper.example:8102 --model net=models/net --tls-cert p1.pem --tls-key p1.key --tls-ca ca.pem --key-file party.key
     ///   p0:     sotto serve --role p0 --listen 0.0.0.0:8100 --p1 wss://p1.example:8101 --helper wss://helper.example:8102 --model net=models/net --tls-cert p0.pem --tls-key p0.key --tls-ca ca.pem --key-file party.key
     Serve(Box<cmd::ServeArgs>),
-    /// Make a deployment's TLS CA, a certificate and key per party, and the parties'
-    /// pre-shared key (party.key).
+    /// Make a deployment's TLS CA, a certificate and key per party (each valid for its own
+    /// host names only), and one key per pair of parties (p0.keys, p1.keys, helper.keys: each
+    /// party gets only its own pairs' keys). Key files are written mode 0600.
     ///
-    /// Example: sotto certs --out certs --name p0.example --name p1.example --name helper.example
+    /// Example: sotto certs --out certs --name p0=p0.example --name p1=p1.example --name helper=helper.example
     Certs {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
-        /// Host names or IPs the certificates are valid for (besides localhost and 127.0.0.1).
+        /// `ROLE=HOST`: a host name or IP that party's certificate is valid for (repeatable;
+        /// every certificate is also valid for localhost and 127.0.0.1).
         #[arg(long = "name")]
         names: Vec<String>,
     },
@@ -132,18 +134,24 @@ enum Command {
         public_weights: bool,
     },
     /// Make the three per-party model files (P0, P1, helper) in DIR: in private-weights mode
-    /// P0 and P1 get additive shares of the weights, the helper only shapes.
+    /// P0 and P1 get additive shares of the weights, the helper only shapes. No file holds
+    /// the layers' value bounds or the model's hash; DIR/set.json records the set id and the
+    /// ONNX file's SHA-256 for the model owner (keep it, do not copy it to the parties' hosts).
     ///
     /// Example: sotto share-model models/network_a.onnx --out deploy/
     ShareModel {
         /// The ONNX model.
         model: PathBuf,
-        /// Directory for p0.sotto, p1.sotto and helper.sotto.
+        /// Directory for p0.sotto, p1.sotto, helper.sotto and set.json.
         #[arg(long)]
         out: PathBuf,
         /// Give both servers the plain weights (only the input is private).
         #[arg(long)]
         public_weights: bool,
+        /// Keep the ONNX node names in P0's and P1's files (default: steps are named step0,
+        /// step1, ...; the helper's file never has them).
+        #[arg(long)]
+        keep_node_names: bool,
         #[command(flatten)]
         numbers: Numbers,
     },
@@ -242,8 +250,17 @@ fn main() -> ExitCode {
             model,
             out,
             public_weights,
+            keep_node_names,
             numbers,
-        } => share_model(&model, &out, !public_weights, &numbers),
+        } => share_model(
+            &model,
+            &out,
+            sotto_model::files::SetOptions {
+                private: !public_weights,
+                keep_node_names,
+            },
+            &numbers,
+        ),
         Command::Plain {
             model,
             input,
@@ -366,13 +383,19 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
     Ok(())
 }
 
-fn share_model(path: &Path, out: &Path, private: bool, numbers: &Numbers) -> Result<(), String> {
+fn share_model(
+    path: &Path,
+    out: &Path,
+    opts: sotto_model::files::SetOptions,
+    numbers: &Numbers,
+) -> Result<(), String> {
+    use sotto_model::files::{make_set_with, Role, SET_RECORD_FILE};
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let (_, plan) = load_model(path, numbers)?;
-    let files = sotto_model::files::make_set(&plan, &bytes, private).map_err(|e| e.to_string())?;
+    let set = make_set_with(&plan, &bytes, opts).map_err(|e| e.to_string())?;
+    let record = set.record.to_json().map_err(|e| e.to_string())?;
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    use sotto_model::files::Role;
-    for (role, data) in [Role::P0, Role::P1, Role::Helper].iter().zip(&files) {
+    for (role, data) in [Role::P0, Role::P1, Role::Helper].iter().zip(&set.files) {
         let p = out.join(role.file_name());
         std::fs::write(&p, data).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
         println!(
@@ -382,12 +405,26 @@ fn share_model(path: &Path, out: &Path, private: bool, numbers: &Numbers) -> Res
             data.len()
         );
     }
+    let p = out.join(SET_RECORD_FILE);
+    std::fs::write(&p, record + "\n").map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     println!(
-        "{} weights; copy each file to its party's host only",
-        if private {
+        "{:<8} {} (the model owner's record: keep it, do not copy it to the parties' hosts)",
+        "set",
+        p.display()
+    );
+    println!("set id   {}", set.record.set_id);
+    println!("model    SHA-256 {}", set.record.model_sha256);
+    println!(
+        "{} weights, {}; copy each .sotto file to its party's host only",
+        if opts.private {
             "private (shared)"
         } else {
             "public"
+        },
+        if opts.keep_node_names {
+            "ONNX node names kept in P0's and P1's files"
+        } else {
+            "no ONNX node names in the files"
         }
     );
     Ok(())

@@ -98,18 +98,106 @@ fn eval_refuses_inputs_that_do_not_fit() {
     assert!(err.contains("not an ONNX model"), "{err}");
 }
 
-#[test]
-fn share_model_writes_three_files() {
-    let dir = std::env::temp_dir().join(format!("sotto-share-{}", std::process::id()));
-    let (ok, out, err) = sotto(&[
-        "share-model",
-        &m("logistic.onnx"),
-        "--out",
-        &dir.display().to_string(),
-    ]);
+/// Runs `sotto share-model` on a bundled model into a fresh directory.
+fn share(model: &str, tag: &str, extra: &[&str]) -> (PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("sotto-share-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out_dir = dir.display().to_string();
+    let mut args = vec!["share-model", model, "--out", &out_dir];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = sotto(&args);
     assert!(ok, "{err}");
-    for f in ["p0.sotto", "p1.sotto", "helper.sotto"] {
-        assert!(dir.join(f).exists(), "{f} missing; {out}");
+    (dir, out)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn share_model_writes_the_party_files_and_the_owners_record() {
+    use sotto_model::files::{make_set_with, read_file, Role, SetOptions};
+    let onnx = std::fs::read(models().join("network_a.onnx")).expect("bundled model");
+    let model = sotto_model::import(&onnx).expect("imports");
+    let names: Vec<&str> = model.layers.iter().map(|l| l.node.as_str()).collect();
+    let plan = sotto_model::Plan::new(&model, Default::default(), 1.0).expect("fits");
+    // The SHA-256 of the ONNX file, computed here from its bytes.
+    let sha = make_set_with(&plan, &onnx, SetOptions::default())
+        .expect("a set")
+        .record
+        .model_sha256;
+    assert_eq!(sha.len(), 64);
+
+    let (dir, out) = share(&m("network_a.onnx"), "default", &[]);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("set.json")).expect("set.json"))
+            .expect("JSON");
+    assert_eq!(record["model_sha256"], serde_json::json!(sha));
+    assert!(out.contains(&sha), "the hash is printed: {out}");
+    assert_eq!(record["private_weights"], serde_json::json!(true));
+    assert_eq!(record["frac_bits"], serde_json::json!(16));
+    assert!(record["created_utc"]
+        .as_str()
+        .is_some_and(|d| d.ends_with('Z')));
+    assert!(
+        record["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("stays with the model owner")),
+        "{record}"
+    );
+    let set_id = record["set_id"].as_str().expect("a set id").to_string();
+    assert_eq!(set_id.len(), 32);
+    for role in [Role::P0, Role::P1, Role::Helper] {
+        let bytes = std::fs::read(dir.join(role.file_name())).expect("a party file");
+        assert!(
+            !contains(&bytes, sha.as_bytes()),
+            "{role:?}'s file holds the hash"
+        );
+        for n in &names {
+            assert!(
+                !contains(&bytes, n.as_bytes()),
+                "{role:?}'s file holds {n:?}"
+            );
+        }
+        let f = read_file(&bytes, role).expect("reads");
+        assert_eq!(f.set_id, set_id);
+        for (i, st) in f.plan.steps.iter().enumerate() {
+            assert_eq!(st.bound, 0.0);
+            assert_eq!(st.node, format!("step{i}"));
+        }
+        assert_eq!(f.plan.weights.is_empty(), role == Role::Helper);
     }
+    let _ = std::fs::remove_dir_all(dir);
+
+    // On request, the servers' files keep the node names; the helper's never has them.
+    let (dir, _) = share(
+        &m("network_a.onnx"),
+        "names",
+        &["--keep-node-names", "--public-weights"],
+    );
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("set.json")).expect("set.json"))
+            .expect("JSON");
+    assert_eq!(
+        record["node_names_in_server_files"],
+        serde_json::json!(true)
+    );
+    assert_eq!(record["private_weights"], serde_json::json!(false));
+    let has_names = |role: Role| {
+        let bytes = std::fs::read(dir.join(role.file_name())).expect("a party file");
+        let steps: Vec<String> = read_file(&bytes, role)
+            .expect("reads")
+            .plan
+            .steps
+            .iter()
+            .map(|s| s.node.clone())
+            .collect();
+        steps
+            .iter()
+            .all(|s| contains(&bytes, s.as_bytes()) && names.contains(&s.as_str()))
+    };
+    assert!(has_names(Role::P0) && has_names(Role::P1));
+    let helper = std::fs::read(dir.join("helper.sotto")).expect("helper's file");
+    assert!(names.iter().all(|n| !contains(&helper, n.as_bytes())));
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,5 +1,5 @@
 // Starts a real sotto deployment on loopback for the web tests: a helper, P1 and P0, each a
-// `sotto serve` process, with a fresh party key and the network_a model shared for them.
+// `sotto serve` process, with fresh party keys and the network_a model shared for them.
 //
 //   const parties = await startParties({ web: 'web/dist' });
 //   ... parties.p0Url, parties.p1Url (ws://), parties.httpP0 (http://, serves `web`) ...
@@ -93,14 +93,15 @@ export async function startParties(options = {}) {
     }
   };
   try {
-    await sotto(['certs', '--out', dir, '--name', 'localhost']);
+    await sotto(['certs', '--out', dir]);
     const net = join(dir, 'net');
     await sotto(['share-model', model, '--out', net]);
     const [ph, p1, p0] = [await freePort(), await freePort(), await freePort()];
-    const common = ['--model', `net=${net}`, '--key-file', join(dir, 'party.key'), ...extraArgs];
+    const common = ['--model', `net=${net}`, ...extraArgs];
     const webArgs = web ? ['--web', resolve(ROOT, web)] : [];
     const start = (role, args) => {
-      const p = spawn(SOTTO, ['serve', '--role', role, ...args, ...common], {
+      const keyFile = ['--key-file', join(dir, `${role}.keys`)];
+      const p = spawn(SOTTO, ['serve', '--role', role, ...args, ...keyFile, ...common], {
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       const keep = (chunk) => {

@@ -36,6 +36,10 @@ pub enum ModelError {
     /// An input does not fit the model.
     #[error("input shape: {0}")]
     Input(String),
+    /// A per-party model file (made by `sotto share-model`) cannot be used: not such a file,
+    /// corrupted, another party's, or of another format version.
+    #[error("not a usable sotto model file: {0}")]
+    File(String),
 }
 
 /// Result alias of `sotto-model`.

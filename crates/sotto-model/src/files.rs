@@ -1,26 +1,50 @@
-//! Per-party model files, made by `sotto share-model`.
+//! Per-party model files, made by `sotto share-model`, and the model owner's record of a set.
 //!
-//! One set has three files: P0's and P1's hold the plan and, in private-weights mode, an
-//! additive share of every weight (in public mode, the plain weights); the helper's holds the
-//! plan's shapes only. Every file is versioned, names its role, carries the set's random id
-//! and the SHA-256 of the source model, and ends with a SHA-256 of its own bytes, so that a
-//! file for another party, a corrupted file or files of two different sets are refused.
+//! One set has three party files and one record:
 //!
-//! Layout: `SOTTOMDL`, version (u16 LE), role (u8), header length (u32 LE), a JSON header,
-//! the weights (u64 LE, per layer the weights then the bias), SHA-256 of all that.
+//! - `p0.sotto`, `p1.sotto`: the plan (step kinds, shapes, comparison widths, shifts,
+//!   fractional bits, input shape and declared input bound, output length, whether the client
+//!   applies a softmax) and, in private-weights mode, an additive share of every weight (in
+//!   public mode, the plain weights). Steps are named `step0`, `step1`, ... unless the operator
+//!   asks to keep the ONNX node names ([`SetOptions::keep_node_names`]).
+//! - `helper.sotto`: only what the helper needs to deal material: the step kinds and shapes,
+//!   comparison widths, shifts, fractional bits, input and output lengths, the weights mode.
+//!   No weights, no node names, no input bound (written 0.0), no softmax flag, a flat input
+//!   shape.
+//! - `set.json` ([`SetRecord`]): the set id, the SHA-256 of the ONNX file, the fractional
+//!   bits, the weights mode and the date. It stays with the model owner and is not copied to
+//!   the parties' hosts.
+//!
+//! No party file carries a step's value bound (an aggregate of the weights' magnitudes: every
+//! step's `bound` is written 0.0; nothing reads it at run time, `sotto inspect` computes it from
+//! the ONNX model) nor a hash of the source model (an unsalted hash would let a party confirm a
+//! guessed model). The three files of a set share a random set id, by which the parties match
+//! them. Every file is versioned, names its role and ends with a SHA-256 of its own bytes, so
+//! that a file for another party, a corrupted file, a file of an older format or files of two
+//! different sets are refused; reading returns an error, never panics, on any bytes.
+//!
+//! Layout: `SOTTOMDL`, version (u16 LE, [`VERSION`]), role (u8), header length (u32 LE), a
+//! JSON header, the weights (u64 LE, per layer the weights then the bias), SHA-256 of all that.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sotto_core::fixed::FixedPoint;
 
 use crate::error::{ModelError, Result};
-use crate::plan::{Plan, Step};
+use crate::plan::{Plan, Step, StepKind};
 use crate::private::{share_weights, ServerWeights};
 
 const MAGIC: &[u8; 8] = b"SOTTOMDL";
-/// Version of the file format.
-pub const VERSION: u16 = 1;
+/// Version of the file format (2: no bounds, no model hash, node names only on request; 1
+/// carried all three in every file and is refused).
+pub const VERSION: u16 = 2;
 const MAX_HEADER: usize = 16 << 20;
+/// Most weight and bias elements a file may describe (32 GiB of shares).
+const MAX_WEIGHT_ELEMENTS: usize = 1 << 32;
+/// Name of the model owner's record next to the party files.
+pub const SET_RECORD_FILE: &str = "set.json";
+/// What the set record says about itself.
+pub const SET_RECORD_NOTE: &str = "This record stays with the model owner: do not copy it to the parties' hosts. The parties' files carry only the random set id; the SHA-256 here tells you which ONNX model this set was made from.";
 
 /// Whose file it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,13 +80,10 @@ struct Header {
     role: Role,
     private: bool,
     set_id: String,
-    model_sha256: String,
     frac_bits: u32,
     input_bound: f64,
     input_len: usize,
-    #[serde(default)]
     input_shape: Vec<usize>,
-    #[serde(default)]
     softmax_at_client: bool,
     output_len: usize,
     out_frac: u32,
@@ -79,9 +100,8 @@ pub struct PartyFile {
     pub private: bool,
     /// Random id shared by the three files of one set.
     pub set_id: String,
-    /// SHA-256 of the ONNX model the set was made from.
-    pub model_sha256: String,
-    /// The plan; its weights are this party's (shares, plain, or empty for the helper).
+    /// The plan; its weights are this party's (shares, plain, or empty for the helper). Every
+    /// step's `bound` is 0.0; the helper's plan has input bound 0.0 and a flat input shape.
     pub plan: Plan,
 }
 
@@ -100,35 +120,158 @@ impl PartyFile {
     }
 }
 
+/// How [`make_set_with`] writes a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetOptions {
+    /// Private-weights mode: P0 and P1 get additive shares of the weights (else both get the
+    /// plain weights).
+    pub private: bool,
+    /// Keep the ONNX node names in P0's and P1's files (for the servers' operators; the
+    /// helper's file never has them). Off: the steps are named `step0`, `step1`, ...
+    pub keep_node_names: bool,
+}
+
+impl Default for SetOptions {
+    fn default() -> Self {
+        SetOptions {
+            private: true,
+            keep_node_names: false,
+        }
+    }
+}
+
+/// The model owner's record of a set (`set.json`): not for the parties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetRecord {
+    /// [`SET_RECORD_NOTE`]: the record stays with the model owner.
+    pub note: String,
+    /// The random id the three party files carry.
+    pub set_id: String,
+    /// SHA-256 (hex) of the ONNX file the set was made from.
+    pub model_sha256: String,
+    /// Fractional bits of the fixed-point format.
+    pub frac_bits: u32,
+    /// Declared bound on the input's magnitude.
+    pub input_bound: f64,
+    /// True in private-weights mode (P0 and P1 hold shares), false with public weights.
+    pub private_weights: bool,
+    /// True when P0's and P1's files keep the ONNX node names.
+    pub node_names_in_server_files: bool,
+    /// Format version of the party files.
+    pub file_version: u16,
+    /// When the set was made (UTC, RFC 3339).
+    pub created_utc: String,
+}
+
+impl SetRecord {
+    /// The record as pretty-printed JSON (the contents of `set.json`).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| ModelError::Graph(e.to_string()))
+    }
+}
+
+/// A set made by [`make_set_with`]: the party files and the owner's record.
+#[derive(Clone)]
+pub struct ModelSet {
+    /// The files of P0, P1 and the helper, in that order.
+    pub files: [Vec<u8>; 3],
+    /// The model owner's record.
+    pub record: SetRecord,
+}
+
+impl std::fmt::Debug for ModelSet {
+    /// Never prints the files: they hold weight shares.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSet")
+            .field("file_bytes", &self.files.each_ref().map(Vec::len))
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Makes the three files (P0, P1, helper) of a set from a plan and its source model.
+/// A UTC time in RFC 3339 from seconds since the Unix epoch.
+fn utc_rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Days to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Makes the three files (P0, P1, helper) of a set from a plan and its source model, with
+/// neutral step names. [`make_set_with`] also returns the owner's record.
 pub fn make_set(plan: &Plan, model_bytes: &[u8], private: bool) -> Result<[Vec<u8>; 3]> {
+    let set = make_set_with(
+        plan,
+        model_bytes,
+        SetOptions {
+            private,
+            keep_node_names: false,
+        },
+    )?;
+    Ok(set.files)
+}
+
+/// Makes the three files (P0, P1, helper) of a set from a plan and its source model, and the
+/// model owner's record (which holds the model's SHA-256; the files do not).
+pub fn make_set_with(plan: &Plan, model_bytes: &[u8], opts: SetOptions) -> Result<ModelSet> {
     let seed = sotto_core::prg::Seed::random().map_err(crate::plan::core_err)?;
     let set_id = hex(&seed.0[..16]);
-    let model_sha256 = hex(&Sha256::digest(model_bytes));
-    let [w0, w1] = share_weights(plan, private)?;
+    let [w0, w1] = share_weights(plan, opts.private)?;
     let mut out = Vec::new();
     for (role, weights) in [
         (Role::P0, Some(w0)),
         (Role::P1, Some(w1)),
         (Role::Helper, None),
     ] {
+        let server = role != Role::Helper;
+        let steps = plan
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, st)| Step {
+                node: if server && opts.keep_node_names {
+                    st.node.clone()
+                } else {
+                    format!("step{i}")
+                },
+                bound: 0.0,
+                ..st.clone()
+            })
+            .collect();
         let header = Header {
             role,
-            private,
+            private: opts.private,
             set_id: set_id.clone(),
-            model_sha256: model_sha256.clone(),
             frac_bits: plan.fp.frac_bits(),
-            input_bound: plan.input_bound,
+            input_bound: if server { plan.input_bound } else { 0.0 },
             input_len: plan.input_len,
-            input_shape: plan.input_shape.clone(),
-            softmax_at_client: plan.softmax_at_client,
+            input_shape: if server {
+                plan.input_shape.clone()
+            } else {
+                vec![plan.input_len]
+            },
+            softmax_at_client: server && plan.softmax_at_client,
             output_len: plan.output_len,
             out_frac: plan.out_frac,
-            steps: plan.steps.clone(),
+            steps,
             has_weights: weights.is_some(),
         };
         let json = serde_json::to_vec(&header).map_err(|e| ModelError::Graph(e.to_string()))?;
@@ -152,11 +295,78 @@ pub fn make_set(plan: &Plan, model_bytes: &[u8], private: bool) -> Result<[Vec<u
     let [a, b, c]: [Vec<u8>; 3] = out
         .try_into()
         .map_err(|_| ModelError::Graph("internal: three files expected".into()))?;
-    Ok([a, b, c])
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let record = SetRecord {
+        note: SET_RECORD_NOTE.into(),
+        set_id,
+        model_sha256: hex(&Sha256::digest(model_bytes)),
+        frac_bits: plan.fp.frac_bits(),
+        input_bound: plan.input_bound,
+        private_weights: opts.private,
+        node_names_in_server_files: opts.keep_node_names,
+        file_version: VERSION,
+        created_utc: utc_rfc3339(secs),
+    };
+    Ok(ModelSet {
+        files: [a, b, c],
+        record,
+    })
 }
 
 fn bad(reason: impl Into<String>) -> ModelError {
-    ModelError::NotOnnx(format!("not a valid sotto model file: {}", reason.into()))
+    ModelError::File(reason.into())
+}
+
+/// Element counts (weights, bias) of each dense or conv layer of `steps`, checked: the layers
+/// index the weights in order, no count overflows, the total stays below a sane limit; and
+/// each transpose's rank and permutation are valid.
+fn checked_weight_lens(steps: &[Step]) -> Result<Vec<(usize, usize)>> {
+    let mut lens = Vec::new();
+    let mut total: usize = 0;
+    for (i, st) in steps.iter().enumerate() {
+        let (index, w, b) = match st.kind {
+            StepKind::Dense {
+                dense,
+                inputs,
+                outputs,
+            } => (dense, inputs.checked_mul(outputs), outputs),
+            StepKind::Conv { weights, params } => (
+                weights,
+                params.in_chw[0]
+                    .checked_mul(params.kernel[0])
+                    .and_then(|v| v.checked_mul(params.kernel[1]))
+                    .and_then(|v| v.checked_mul(params.out_channels)),
+                params.out_channels,
+            ),
+            StepKind::Transpose { rank, perm, .. } => {
+                let mut seen = [false; 9];
+                let ok = rank < 9
+                    && perm[..rank + 1]
+                        .iter()
+                        .all(|&p| p <= rank && !std::mem::replace(&mut seen[p], true));
+                if !ok {
+                    return Err(bad(format!("step {i}: not a valid axis permutation")));
+                }
+                continue;
+            }
+            _ => continue,
+        };
+        if index != lens.len() {
+            return Err(bad(format!(
+                "step {i} names weight tensor {index} where {} comes next",
+                lens.len()
+            )));
+        }
+        total = w
+            .and_then(|w| w.checked_add(b))
+            .and_then(|n| n.checked_add(total))
+            .filter(|t| *t <= MAX_WEIGHT_ELEMENTS)
+            .ok_or_else(|| bad(format!("step {i}: weight count out of range")))?;
+        lens.push((w.unwrap_or(0), b));
+    }
+    Ok(lens)
 }
 
 /// Reads a model file and checks it is `expected`'s, uncorrupted and of this version.
@@ -169,9 +379,14 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
         return Err(bad("checksum mismatch: the file is corrupted or truncated"));
     }
     let version = u16::from_le_bytes([body[8], body[9]]);
+    if version < VERSION {
+        return Err(bad(format!(
+            "this file has format version {version}, which carried the model's hash, weight statistics and node names in every party's file; this sotto reads version {VERSION} only. Make the set again with `sotto share-model MODEL.onnx --out DIR` and give each party its new file"
+        )));
+    }
     if version != VERSION {
         return Err(bad(format!(
-            "format version {version}; this sotto reads version {VERSION}"
+            "format version {version}, from a newer sotto; this sotto reads version {VERSION}: upgrade sotto or make the files with this one"
         )));
     }
     let role_byte = body[10];
@@ -195,16 +410,30 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
     if header.role != expected {
         return Err(bad("role in the header disagrees with the role byte"));
     }
-    let fp = FixedPoint::new(header.frac_bits).map_err(crate::plan::core_err)?;
+    if header.has_weights != (expected != Role::Helper) {
+        return Err(bad(if header.has_weights {
+            "the helper's file holds weights"
+        } else {
+            "a server's file without weights"
+        }));
+    }
+    if expected != Role::Helper && !(header.input_bound.is_finite() && header.input_bound > 0.0) {
+        return Err(bad("a server's input bound must be positive and finite"));
+    }
+    let fp = FixedPoint::new(header.frac_bits).map_err(|e| bad(format!("header: {e}")))?;
+    let shape_len = header
+        .input_shape
+        .iter()
+        .try_fold(1usize, |a, d| a.checked_mul(*d));
+    if shape_len != Some(header.input_len) {
+        return Err(bad("the input shape disagrees with the input length"));
+    }
+    let lens = checked_weight_lens(&header.steps)?;
     let mut plan = Plan {
         fp,
         input_bound: header.input_bound,
         input_len: header.input_len,
-        input_shape: if header.input_shape.iter().product::<usize>() == header.input_len {
-            header.input_shape
-        } else {
-            vec![header.input_len]
-        },
+        input_shape: header.input_shape,
         softmax_at_client: header.softmax_at_client,
         steps: header.steps,
         out_frac: header.out_frac,
@@ -213,13 +442,9 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
     };
     let blob = &body[15 + hlen..];
     if header.has_weights {
-        let lens: Vec<(usize, usize)> = plan
-            .weight_lens()
-            .into_iter()
-            .zip(plan.bias_lens())
-            .collect();
+        // At most MAX_WEIGHT_ELEMENTS elements: no overflow.
         let total: usize = lens.iter().map(|(a, b)| a + b).sum();
-        if blob.len() != total.saturating_mul(8) {
+        if blob.len() != total * 8 {
             return Err(bad(format!(
                 "{} weight bytes where the plan needs {}",
                 blob.len(),
@@ -243,20 +468,18 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
         role: expected,
         private: header.private,
         set_id: header.set_id,
-        model_sha256: header.model_sha256,
         plan,
     })
 }
 
-/// Checks that files belong to one set (same set id and source model).
+/// Checks that files belong to one set (same random set id and weights mode).
 pub fn check_set(files: &[&PartyFile]) -> Result<()> {
     if let Some(first) = files.first() {
         for f in files {
-            if f.set_id != first.set_id || f.model_sha256 != first.model_sha256 {
+            if f.set_id != first.set_id {
                 return Err(ModelError::Graph(format!(
-                    "model files of different sets: {:?} has set {} (model {}), {:?} has set {} (model {}); make all three with one `sotto share-model` run",
-                    first.role, first.set_id, &first.model_sha256[..12.min(first.model_sha256.len())],
-                    f.role, f.set_id, &f.model_sha256[..12.min(f.model_sha256.len())]
+                    "model files of different sets: {:?} has set {}, {:?} has set {}; make all three with one `sotto share-model` run",
+                    first.role, first.set_id, f.role, f.set_id
                 )));
             }
             if f.private != first.private {
@@ -267,4 +490,17 @@ pub fn check_set(files: &[&PartyFile]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_rfc3339;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc_rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc_rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
+    }
 }

@@ -72,7 +72,18 @@ pub async fn connect(
     tls: Option<Arc<ClientConfig>>,
     ws: WebSocketConfig,
 ) -> Result<Duplex> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(url, tls, ws)).await {
+    connect_with_headers(url, tls, ws, &[]).await
+}
+
+/// Like [`connect`], adding `headers` to the HTTP upgrade request (a party's
+/// [`crate::auth::UPGRADE_HEADER`]).
+pub async fn connect_with_headers(
+    url: &str,
+    tls: Option<Arc<ClientConfig>>,
+    ws: WebSocketConfig,
+    headers: &[(&'static str, String)],
+) -> Result<Duplex> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(url, tls, ws, headers)).await {
         Ok(r) => r,
         Err(_) => Err(NetError::Timeout(format!(
             "connecting to {url} took over {CONNECT_TIMEOUT:?}"
@@ -84,10 +95,17 @@ async fn connect_inner(
     url: &str,
     tls: Option<Arc<ClientConfig>>,
     ws: WebSocketConfig,
+    headers: &[(&'static str, String)],
 ) -> Result<Duplex> {
-    let request = url
+    let mut request = url
         .into_client_request()
         .map_err(|e| NetError::Io(format!("{url}: {e}")))?;
+    for (name, value) in headers {
+        let v = value
+            .parse()
+            .map_err(|_| NetError::Io(format!("{url}: header {name} is not valid")))?;
+        request.headers_mut().insert(*name, v);
+    }
     let uri = request.uri().clone();
     let secure = match uri.scheme_str() {
         Some("ws") => false,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use sotto_net::auth::{accept, dial, Psk};
+use sotto_net::auth::{accept, dial, upgrade_token, PartyKeys, Psk, UpgradeGuard};
 use sotto_net::{tls, Duplex, NetError};
 use sotto_wire::Role;
 
@@ -25,16 +25,16 @@ async fn pair() -> (Duplex, Duplex) {
 
 const T: Duration = Duration::from_secs(2);
 
+fn keys() -> [PartyKeys; 3] {
+    PartyKeys::generate().expect("os rng")
+}
+
 #[tokio::test]
 async fn the_right_key_and_role_pass() {
-    let k = Psk::random().expect("os rng");
+    let [_, k1, kh] = keys();
     let (mut d, mut a) = pair().await;
-    let k2 = k.clone();
-    let acc =
-        tokio::spawn(
-            async move { accept(&mut a, Role::Helper, &[Role::P0, Role::P1], &k2, T).await },
-        );
-    dial(&mut d, Role::P1, Role::Helper, &k, T)
+    let acc = tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0, Role::P1], T).await });
+    dial(&mut d, &k1, Role::Helper, T)
         .await
         .expect("dialer accepted");
     assert_eq!(
@@ -46,9 +46,10 @@ async fn the_right_key_and_role_pass() {
 #[tokio::test]
 async fn a_wrong_key_is_refused_on_both_sides() {
     let (mut d, mut a) = pair().await;
-    let (k, other) = (Psk::random().expect("rng"), Psk::random().expect("rng"));
-    let acc = tokio::spawn(async move { accept(&mut a, Role::Helper, &[Role::P0], &k, T).await });
-    let e = dial(&mut d, Role::P0, Role::Helper, &other, T)
+    let [_, _, kh] = keys();
+    let [other, _, _] = keys();
+    let acc = tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0], T).await });
+    let e = dial(&mut d, &other, Role::Helper, T)
         .await
         .expect_err("refused");
     assert!(matches!(e, NetError::Auth(_)), "{e}");
@@ -56,23 +57,119 @@ async fn a_wrong_key_is_refused_on_both_sides() {
     assert!(matches!(acc.await.expect("join"), Err(NetError::Auth(_))));
 }
 
+/// P1 holds the P1–helper key, not the P0–helper one: claiming to be P0 fails.
 #[tokio::test]
-async fn an_unexpected_role_is_refused() {
-    let k = Psk::random().expect("rng");
+async fn a_party_cannot_pose_as_another() {
+    let [k0, k1, kh] = keys();
+    // P1's keys, but the role in its handshake says P0.
+    let posing = PartyKeys::parse(
+        Role::P0,
+        &format!(
+            "p1 = {}\nhelper = {}\n",
+            Psk::random().expect("rng").to_hex(),
+            // the only helper key P1 has is its own pair's
+            k1.to_text()
+                .lines()
+                .find(|l| l.starts_with("helper"))
+                .and_then(|l| l.split('=').nth(1))
+                .expect("helper line")
+                .trim()
+        ),
+    )
+    .expect("parses");
     let (mut d, mut a) = pair().await;
-    let k2 = k.clone();
-    // P1 only takes P0; a helper dialing it is refused even with the key.
-    let acc = tokio::spawn(async move { accept(&mut a, Role::P1, &[Role::P0], &k2, T).await });
-    let e = dial(&mut d, Role::Helper, Role::P1, &k, T)
+    let acc = tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0, Role::P1], T).await });
+    let e = dial(&mut d, &posing, Role::Helper, T)
         .await
         .expect_err("refused");
+    assert!(e.to_string().contains("party key"), "{e}");
+    assert!(acc.await.expect("join").is_err());
+    // and the real P0 still passes
+    let guard = UpgradeGuard::default();
+    let kh = PartyKeys::parse(Role::Helper, &helper_text(&k0, &k1)).expect("helper keys");
+    assert_eq!(
+        guard
+            .check(&kh, &upgrade_token(&k0, Role::Helper).expect("token"))
+            .expect("P0's token"),
+        Role::P0
+    );
+    assert!(guard
+        .check(&kh, &upgrade_token(&posing, Role::Helper).expect("token"))
+        .is_err());
+}
+
+/// The helper's key file for the pairs of `k0` and `k1`.
+fn helper_text(k0: &PartyKeys, k1: &PartyKeys) -> String {
+    let find = |k: &PartyKeys| {
+        k.to_text()
+            .lines()
+            .find(|l| l.starts_with("helper"))
+            .and_then(|l| l.split('=').nth(1))
+            .expect("helper line")
+            .trim()
+            .to_string()
+    };
+    format!("p0 = {}\np1 = {}\n", find(k0), find(k1))
+}
+
+#[test]
+fn upgrade_tokens_are_checked_and_good_once() {
+    let [k0, k1, kh] = keys();
+    let g = UpgradeGuard::default();
+    let t = upgrade_token(&k0, Role::Helper).expect("token");
+    assert_eq!(g.check(&kh, &t).expect("valid"), Role::P0);
+    let e = g.check(&kh, &t).expect_err("replay");
+    assert!(e.to_string().contains("replayed"), "{e}");
+    assert_eq!(
+        g.check(&kh, &upgrade_token(&k1, Role::Helper).expect("token"))
+            .expect("P1"),
+        Role::P1
+    );
+    // a token for another acceptor, a forged MAC, garbage, a stale time
+    let for_p1 = upgrade_token(&k0, Role::P1).expect("token");
+    assert!(g.check(&kh, &for_p1).is_err());
+    let mut forged = upgrade_token(&k0, Role::Helper).expect("token");
+    let last = forged.pop().expect("char");
+    forged.push(if last == '0' { '1' } else { '0' });
+    assert!(g.check(&kh, &forged).is_err());
+    for junk in ["", "v1", "v1.p0.1.2.3", &"x".repeat(300), "v2.p0.0.00.00"] {
+        assert!(g.check(&kh, junk).is_err(), "{junk:?}");
+    }
+    let parts: Vec<String> = upgrade_token(&k0, Role::Helper)
+        .expect("token")
+        .split('.')
+        .map(String::from)
+        .collect();
+    let stale = format!("v1.p0.{}.{}.{}", 1_000_000, parts[3], parts[4]);
+    assert!(g
+        .check(&kh, &stale)
+        .expect_err("stale")
+        .to_string()
+        .contains("time"));
+    // the helper takes no party connection from a client or from itself
+    assert!(g
+        .check(
+            &kh,
+            &format!("v1.client.{}.{}.{}", parts[2], parts[3], parts[4])
+        )
+        .is_err());
+}
+
+#[tokio::test]
+async fn an_unexpected_role_is_refused() {
+    let [k0, _, kh] = keys();
+    let [_, k1b, _] = keys();
+    let (mut d, mut a) = pair().await;
+    // P1 only takes P0; a helper dialing it is refused.
+    let k1 = k1b.clone();
+    let acc = tokio::spawn(async move { accept(&mut a, &k1, &[Role::P0], T).await });
+    let e = dial(&mut d, &kh, Role::P1, T).await.expect_err("refused");
     assert!(e.to_string().contains("takes no party connection"), "{e}");
     assert!(acc.await.expect("join").is_err());
     // And a dialer that expects P1 but reaches someone else stops at once.
     let (mut d, mut a) = pair().await;
-    let k2 = k.clone();
-    tokio::spawn(async move { accept(&mut a, Role::Helper, &[Role::P0], &k2, T).await });
-    let e = dial(&mut d, Role::P0, Role::P1, &k, T)
+    tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0], T).await });
+    let e = dial(&mut d, &k0, Role::P1, T)
         .await
         .expect_err("wrong peer");
     assert!(e.to_string().contains("says it is Helper"), "{e}");
@@ -80,23 +177,17 @@ async fn an_unexpected_role_is_refused() {
 
 #[tokio::test]
 async fn a_silent_peer_times_out() {
-    let k = Psk::random().expect("rng");
+    let [_, _, kh] = keys();
     let (_d, mut a) = pair().await;
     let t = std::time::Instant::now();
-    let e = accept(
-        &mut a,
-        Role::Helper,
-        &[Role::P0],
-        &k,
-        Duration::from_millis(300),
-    )
-    .await
-    .expect_err("timeout");
+    let e = accept(&mut a, &kh, &[Role::P0], Duration::from_millis(300))
+        .await
+        .expect_err("timeout");
     assert!(t.elapsed() < Duration::from_secs(2), "{e}");
 }
 
 #[test]
-fn keys_parse_from_hex_only() {
+fn keys_parse_from_hex_only_and_weak_keys_are_refused() {
     let k = Psk::random().expect("rng");
     assert_eq!(
         Psk::from_hex(&format!("  {}\n", k.to_hex())).expect("round trip"),
@@ -104,7 +195,43 @@ fn keys_parse_from_hex_only() {
     );
     assert!(Psk::from_hex("abcd").is_err());
     assert!(Psk::from_hex(&"zz".repeat(32)).is_err());
+    assert!(Psk::from_hex(&"00".repeat(32)).is_err(), "all-zero key");
+    assert!(Psk::from_hex(&"ab".repeat(32)).is_err(), "equal bytes");
     assert_eq!(format!("{k:?}"), "Psk(..)");
+}
+
+#[test]
+fn key_files_round_trip_and_bad_ones_are_refused() {
+    let [k0, k1, kh] = keys();
+    for k in [&k0, &k1, &kh] {
+        let back = PartyKeys::parse(k.me(), &k.to_text()).expect("round trip");
+        assert_eq!(&back, k);
+        assert!(
+            !format!("{k:?}").contains(&k.to_text()[80..100]),
+            "Debug hides keys"
+        );
+    }
+    let h = || Psk::random().expect("rng").to_hex();
+    // the old single shared key
+    let e = PartyKeys::parse(Role::P0, &h()).expect_err("single key");
+    assert!(e.to_string().contains("sotto certs"), "{e}");
+    // a missing peer, an unknown or wrong peer, a duplicate, the same key twice, oversize
+    assert!(PartyKeys::parse(Role::P0, &format!("p1 = {}", h())).is_err());
+    assert!(PartyKeys::parse(
+        Role::P0,
+        &format!("p1 = {}\nhelper = {}\np9 = {}", h(), h(), h())
+    )
+    .is_err());
+    assert!(PartyKeys::parse(Role::P0, &format!("p1 = {}\np0 = {}", h(), h())).is_err());
+    assert!(PartyKeys::parse(Role::P0, &format!("p1 = {}\np1 = {}", h(), h())).is_err());
+    let same = h();
+    assert!(PartyKeys::parse(Role::P0, &format!("p1 = {same}\nhelper = {same}")).is_err());
+    assert!(PartyKeys::parse(Role::P0, &"#".repeat(5000)).is_err());
+    assert!(PartyKeys::parse(
+        Role::P0,
+        &format!("# c\n\np1 = {}\nhelper = {}\n", h(), h())
+    )
+    .is_ok());
 }
 
 fn cert(ca: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (String, String) {

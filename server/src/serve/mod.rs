@@ -27,7 +27,7 @@ use serde::Deserialize;
 use sotto_core::transport::PartyId;
 use sotto_model::files::{read_file, PartyFile, Role as FileRole};
 use sotto_model::private::{HelperLoaded, Loaded};
-use sotto_net::auth::Psk;
+use sotto_net::auth::{PartyKeys, UpgradeGuard, UPGRADE_HEADER};
 use sotto_net::{WsTransport, PARTY_MAX_PAYLOAD};
 use sotto_wire::{Manifest, Role, DEFAULT_MAX_PAYLOAD};
 
@@ -76,8 +76,8 @@ pub struct ServeConfig {
     pub tls: Option<(Vec<u8>, Vec<u8>)>,
     /// The CA to trust when dialing `wss://` parties (PEM).
     pub ca: Option<Vec<u8>>,
-    /// The parties' pre-shared key.
-    pub psk: Psk,
+    /// This party's keys, one per peer it links with.
+    pub keys: PartyKeys,
     /// Sessions dealt ahead per (batch size, count).
     pub pool: Vec<(usize, usize)>,
     /// Largest batch a client may ask for.
@@ -118,7 +118,24 @@ pub struct State {
     /// P0 and P1: pooled sessions whose input-independent part is done.
     pub(crate) prepared: Mutex<HashMap<u128, client::PreparedSession>>,
     pub(crate) status: Mutex<String>,
+    /// Checks the upgrade tokens of parties dialing `/v1/party`.
+    pub(crate) upgrades: UpgradeGuard,
+    /// Rate limits of log lines an outsider can cause, by category.
+    pub(crate) log_budget: Mutex<HashMap<&'static str, LogWindow>>,
 }
+
+/// Log lines of one category in the current window.
+#[derive(Debug)]
+pub(crate) struct LogWindow {
+    start: std::time::Instant,
+    printed: u32,
+    suppressed: u64,
+}
+
+/// Lines per category and window that [`State::log_limited`] prints.
+const LOG_LINES: u32 = 10;
+/// The window of [`State::log_limited`].
+const LOG_WINDOW: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +159,39 @@ impl State {
         if *st != s {
             eprintln!("[{:?}] {s}", self.me);
             *st = s;
+        }
+    }
+
+    /// Logs a line of `category` unless that category already printed [`LOG_LINES`] lines
+    /// in the last [`LOG_WINDOW`] (what an outsider can trigger must not flood the log); the
+    /// next window starts with a count of the lines left out.
+    pub fn log_limited(&self, category: &'static str, line: impl FnOnce() -> String) {
+        let now = std::time::Instant::now();
+        let mut b = self.log_budget.lock().unwrap_or_else(|e| e.into_inner());
+        let w = b.entry(category).or_insert(LogWindow {
+            start: now,
+            printed: 0,
+            suppressed: 0,
+        });
+        if now.duration_since(w.start) >= LOG_WINDOW {
+            if w.suppressed > 0 {
+                eprintln!(
+                    "[{:?}] {} more {category} lines left out in the last {:?}",
+                    self.me, w.suppressed, LOG_WINDOW
+                );
+            }
+            *w = LogWindow {
+                start: now,
+                printed: 0,
+                suppressed: 0,
+            };
+        }
+        if w.printed < LOG_LINES {
+            w.printed += 1;
+            drop(b);
+            eprintln!("[{:?}] {}", self.me, line());
+        } else {
+            w.suppressed += 1;
         }
     }
 
@@ -386,6 +436,8 @@ pub fn prepare(cfg: ServeConfig) -> Result<Arc<State>, String> {
         loading: Mutex::new(HashMap::new()),
         prepared: Mutex::new(HashMap::new()),
         status: Mutex::new(String::new()),
+        upgrades: UpgradeGuard::default(),
+        log_budget: Mutex::new(HashMap::new()),
         cfg,
     });
     party::start(state.clone(), control)?;
@@ -399,8 +451,11 @@ pub async fn run_state(state: Arc<State>, bound: Bound) -> Result<(), String> {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
-        .route("/v1/deployment", get(deployment))
-        .route("/v1/party", get(party_ws));
+        .route("/v1/deployment", get(deployment));
+    // P0 dials the others and takes no party connection at all.
+    if me != PartyId::P0 {
+        app = app.route("/v1/party", get(party_ws));
+    }
     if me != PartyId::Helper {
         app = app.route("/v1/ws", get(client_ws));
     }
@@ -502,10 +557,28 @@ async fn deployment(AxState(st): AxState<Arc<State>>) -> Response {
         .into_response()
 }
 
-async fn party_ws(AxState(st): AxState<Arc<State>>, ws: WebSocketUpgrade) -> Response {
+/// `/v1/party`: the upgrade request must carry a valid token of a peer party (checked before
+/// any WebSocket exists, so an outsider cannot make this party buffer a large message).
+async fn party_ws(
+    AxState(st): AxState<Arc<State>>,
+    headers: axum::http::HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let token = headers
+        .get(UPGRADE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let dialer = match st.upgrades.check(&st.cfg.keys, token) {
+        Ok(r) => r,
+        Err(e) => {
+            st.metrics.error("party_auth");
+            st.log_limited("party_auth", || format!("refused a party upgrade: {e}"));
+            return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+        }
+    };
     ws.max_message_size(PARTY_MAX_PAYLOAD + 64)
         .max_frame_size(PARTY_MAX_PAYLOAD + 64)
-        .on_upgrade(move |sock| party::accept(st, http::duplex(sock)))
+        .on_upgrade(move |sock| party::accept(st, http::duplex(sock), dialer))
 }
 
 async fn client_ws(

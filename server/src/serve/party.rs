@@ -96,22 +96,14 @@ pub fn start(st: Arc<State>, control: ControlReceiver) -> Result<(), String> {
     Ok(())
 }
 
-/// Accepts a party connection at `/v1/party`.
-pub async fn accept(st: Arc<State>, mut link: Duplex) {
-    let allowed: &[Role] = match st.me {
-        PartyId::Helper => &[Role::P0, Role::P1],
-        PartyId::P1 => &[Role::P0],
+/// Accepts a party connection at `/v1/party` from `dialer` (whose upgrade token was good):
+/// the handshake must name the same role.
+pub async fn accept(st: Arc<State>, mut link: Duplex, dialer: Role) {
+    let allowed: &[Role] = match (st.me, dialer) {
+        (PartyId::Helper, Role::P0 | Role::P1) | (PartyId::P1, Role::P0) => &[dialer],
         _ => &[],
     };
-    match auth::accept(
-        &mut link,
-        role_of(st.me),
-        allowed,
-        &st.cfg.psk,
-        AUTH_TIMEOUT,
-    )
-    .await
-    {
+    match auth::accept(&mut link, &st.cfg.keys, allowed, AUTH_TIMEOUT).await {
         Ok(role) => {
             let peer = party_of(role);
             if st.me == PartyId::P1 && peer == PartyId::P0 {
@@ -123,7 +115,7 @@ pub async fn accept(st: Arc<State>, mut link: Duplex) {
         }
         Err(e) => {
             st.metrics.error("party_auth");
-            eprintln!("[{:?}] refused a party connection: {e}", st.me);
+            st.log_limited("party_auth", || format!("refused a party connection: {e}"));
         }
     }
 }
@@ -140,18 +132,18 @@ async fn dial(st: &State, peer: PartyId) -> Result<Duplex, String> {
         Some(ca) => Some(sotto_net::tls::client_config(ca).map_err(|e| e.to_string())?),
         None => None,
     };
-    let mut link = sotto_net::tls::connect(&url, tls, party_ws_config())
-        .await
-        .map_err(|e| e.to_string())?;
-    auth::dial(
-        &mut link,
-        role_of(st.me),
-        role_of(peer),
-        &st.cfg.psk,
-        AUTH_TIMEOUT,
+    let token = auth::upgrade_token(&st.cfg.keys, role_of(peer)).map_err(|e| e.to_string())?;
+    let mut link = sotto_net::tls::connect_with_headers(
+        &url,
+        tls,
+        party_ws_config(),
+        &[(auth::UPGRADE_HEADER, token)],
     )
     .await
     .map_err(|e| e.to_string())?;
+    auth::dial(&mut link, &st.cfg.keys, role_of(peer), AUTH_TIMEOUT)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(link)
 }
 
