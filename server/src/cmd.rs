@@ -47,7 +47,8 @@ pub struct ServeArgs {
     /// The CA certificate (PEM) the other parties' certificates are checked against.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
-    /// The parties' pre-shared key file (64 hex digits; `sotto certs` writes one).
+    /// This party's key file: one key per peer (`sotto certs` writes p0.keys, p1.keys,
+    /// helper.keys).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
     /// Allow plain-text links on non-loopback addresses (only behind another encrypted layer).
@@ -62,6 +63,17 @@ pub struct ServeArgs {
     /// How long a party waits for another inside a session, in ms [default: 5000].
     #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// MiB of helper material the client requests in flight may hold at this party; one
+    /// request and one connection may take half [default: 256].
+    #[arg(long)]
+    pub inflight_budget_mb: Option<u64>,
+    /// A client connection with nothing in flight is closed after this many ms without a
+    /// frame [default: 60000].
+    #[arg(long)]
+    pub idle_timeout_ms: Option<u64>,
+    /// Most open connections (clients, parties, HTTP) [default: 512].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// A directory of static files served at `/` (P0 and P1), e.g. the demo page.
     #[arg(long)]
     pub web: Option<PathBuf>,
@@ -74,6 +86,11 @@ pub struct ServeArgs {
     #[arg(long)]
     pub verbose: bool,
 }
+
+/// Default of `--inflight-budget-mb`.
+pub const DEFAULT_BUDGET_MB: u64 = 256;
+/// Default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{what} {}: {e}", path.display()))
@@ -205,6 +222,26 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
         return Err(format!("--pool batch {b} exceeds --max-batch {max_batch}"));
     }
     let timeout = Duration::from_millis(a.timeout_ms.or(f.timeout_ms).unwrap_or(5000).max(1));
+    let budget_mb = a
+        .inflight_budget_mb
+        .or(f.inflight_budget_mb)
+        .unwrap_or(DEFAULT_BUDGET_MB);
+    if !(1..=1 << 20).contains(&budget_mb) {
+        return Err("--inflight-budget-mb is 1 to 1048576".into());
+    }
+    let idle_timeout = Duration::from_millis(
+        a.idle_timeout_ms
+            .or(f.idle_timeout_ms)
+            .unwrap_or(60_000)
+            .max(100),
+    );
+    let max_connections = a
+        .max_connections
+        .or(f.max_connections)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections < 4 {
+        return Err("--max-connections is at least 4".into());
+    }
     let models = serve::load_models(role, &models)?;
     Ok((
         ServeConfig {
@@ -219,6 +256,9 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
             pool,
             max_batch,
             timeout,
+            inflight_budget: budget_mb << 20,
+            idle_timeout,
+            max_connections,
             web: a.web.or(f.web),
             allowed_origins: if a.allowed_origins.is_empty() {
                 f.allowed_origins
@@ -246,7 +286,7 @@ pub fn serve_cmd(a: ServeArgs) -> Result<(), String> {
     let (cfg, listen) = serve_config(a)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let bound = serve::bind(listen, &cfg.tls).await?;
+        let bound = serve::bind(listen, &cfg.tls, cfg.max_connections).await?;
         let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
         eprintln!(
             "sotto {:?} on {scheme}://{} with model(s) {}",

@@ -19,13 +19,36 @@ use sotto_net::{Duplex, WsTransport};
 use sotto_wire::{decode, Control, ErrorPayload, Frame, Hello, Kind, Role, DEFAULT_MAX_PAYLOAD};
 use tokio::sync::mpsc;
 
+use super::admit::{Admission, Refusal, MAX_STRIKES};
 use super::party::{claim_session, take_session};
 use super::State;
 
 /// How long a new connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued for a client that does not read them before its connection is closed.
+const OUT_QUEUE: usize = 256;
 
-type Out = mpsc::UnboundedSender<Vec<u8>>;
+/// Frames to one client: a bounded queue to its connection's writer. A client that lets it
+/// fill (it does not read its results) is disconnected: `kick` tells the connection's reader.
+#[derive(Clone)]
+pub(crate) struct Out {
+    tx: mpsc::Sender<Vec<u8>>,
+    kick: Arc<tokio::sync::Notify>,
+}
+
+impl Out {
+    /// Queues a frame; false (and the connection is closed) when the client is not reading.
+    fn push(&self, frame: Vec<u8>) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kick.notify_one();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
 
 fn error_frame(session: u128, step: u32, code: &str, message: impl Into<String>) -> Vec<u8> {
     let e = ErrorPayload {
@@ -106,7 +129,11 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
         st.metrics.clients.dec();
         return;
     }
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
+    let out = Out {
+        tx,
+        kick: Arc::new(tokio::sync::Notify::new()),
+    };
     let counted = st.clone();
     let writer = tokio::spawn(async move {
         while let Some(b) = out_rx.recv().await {
@@ -122,7 +149,46 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
     let model_id = model.id.clone();
     let plan = &model.file.plan;
     let per_input = plan.input_len * 8;
-    while let Some(msg) = stream.next().await {
+    let material = plan.material_per_input(model.file.private);
+    let conn = st.admission.connection();
+    let mut strikes = 0u32;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = out.kick.notified() => {
+                st.metrics.error("slow_client");
+                break;
+            }
+            m = tokio::time::timeout(st.cfg.idle_timeout, stream.next()) => m,
+        };
+        let msg = match next {
+            Err(_) if conn.idle() => {
+                st.metrics.error("idle");
+                out.push(error_frame(
+                    0,
+                    0,
+                    "idle",
+                    format!(
+                        "nothing sent for {:?}: the connection is closed",
+                        st.cfg.idle_timeout
+                    ),
+                ));
+                break;
+            }
+            Err(_) => continue,
+            Ok(None) => break,
+            Ok(Some(m)) => m,
+        };
+        if strikes >= MAX_STRIKES {
+            st.metrics.error("too_many_errors");
+            out.push(error_frame(
+                0,
+                0,
+                "too_many_errors",
+                format!("{strikes} bad requests on this connection: it is closed"),
+            ));
+            break;
+        }
         let bytes = match msg {
             Ok(b) => b,
             Err(e) => {
@@ -138,7 +204,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                 };
                 if let Some(code) = code {
                     st.metrics.error(code);
-                    let _ = out.send(error_frame(0, 0, code, e.clone()));
+                    out.push(error_frame(0, 0, code, e.clone()));
                 }
                 if st.cfg.verbose {
                     eprintln!("[{:?}] client connection error: {e}", st.me);
@@ -154,7 +220,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     _ => "bad_frame",
                 };
                 st.metrics.error(code);
-                let _ = out.send(error_frame(0, 0, code, e.to_string()));
+                out.push(error_frame(0, 0, code, e.to_string()));
                 break;
             }
         };
@@ -162,8 +228,9 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             (PartyId::P0, Kind::InputShare) if f.session == 0 => {
                 let len = f.payload.len();
                 if len == 0 || len % per_input != 0 || len / per_input > st.cfg.max_batch {
+                    strikes += 1;
                     st.metrics.error("bad_shape");
-                    let _ = out.send(error_frame(
+                    out.push(error_frame(
                         0,
                         f.step,
                         "bad_shape",
@@ -175,11 +242,44 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     continue;
                 }
                 let batch = len / per_input;
+                let reserved = match st.admission.reserve(&conn, Admission::weight(batch, material)) {
+                    Ok(r) => r,
+                    Err(Refusal::TooLarge { kib, limit_kib }) => {
+                        strikes += 1;
+                        st.metrics.error("too_large");
+                        out.push(error_frame(
+                            0,
+                            f.step,
+                            "too_large",
+                            format!(
+                                "a batch of {batch} needs {} MiB of correlated randomness per server; this deployment admits {} MiB per request (--inflight-budget-mb): send at most {} inputs of model {model_id} per request",
+                                kib / 1024,
+                                limit_kib / 1024,
+                                st.admission.max_batch(material)
+                            ),
+                        ));
+                        continue;
+                    }
+                    Err(Refusal::Busy(m)) => {
+                        st.metrics.error("busy");
+                        out.push(error_frame(0, f.step, "busy", m));
+                        continue;
+                    }
+                };
                 let (st, out, model_id) = (st.clone(), out.clone(), model_id.clone());
                 tokio::spawn(async move {
+                    // Held until the session ends: its material counts against the budget.
+                    let _admitted = match reserved.admit(len).await {
+                        Ok(a) => a,
+                        Err(e) => {
+                            st.metrics.error("busy");
+                            out.push(error_frame(0, f.step, "busy", e.message()));
+                            return;
+                        }
+                    };
                     if !st.ready() {
                         st.metrics.error("not_ready");
-                        let _ = out.send(error_frame(
+                        out.push(error_frame(
                             0,
                             f.step,
                             "not_ready",
@@ -189,7 +289,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     }
                     match take_session(&st, &model_id, batch).await {
                         Ok(session) => {
-                            let _ = out.send(
+                            out.push(
                                 Frame {
                                     kind: Kind::Session,
                                     session,
@@ -202,15 +302,16 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         }
                         Err(e) => {
                             st.metrics.error("no_material");
-                            let _ = out.send(error_frame(0, f.step, "no_material", e));
+                            out.push(error_frame(0, f.step, "no_material", e));
                         }
                     }
                 });
             }
             (PartyId::P1, Kind::InputSeed) if f.session != 0 => {
                 if f.payload.len() != 32 {
+                    strikes += 1;
                     st.metrics.error("bad_shape");
-                    let _ = out.send(error_frame(
+                    out.push(error_frame(
                         f.session,
                         0,
                         "bad_shape",
@@ -218,8 +319,17 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     ));
                     continue;
                 }
+                let claim = match st.admission.claim(&conn) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        st.metrics.error("busy");
+                        out.push(error_frame(f.session, 0, "busy", e.message()));
+                        continue;
+                    }
+                };
                 let (st, out, model_id) = (st.clone(), out.clone(), model_id.clone());
                 tokio::spawn(async move {
+                    let _claim = claim;
                     match claim_session(&st, f.session, &model_id).await {
                         Ok(batch) => {
                             run_session(&st, &model_id, batch, f.session, f.payload, &out).await
@@ -233,7 +343,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                                 f.session,
                                 &Control::Abort { reason: e.clone() },
                             );
-                            let _ = out.send(error_frame(f.session, 0, "unknown_session", e));
+                            out.push(error_frame(f.session, 0, "unknown_session", e));
                         }
                     }
                 });
@@ -241,7 +351,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             (_, Kind::Close) => break,
             (me, k) => {
                 st.metrics.error("bad_frame");
-                let _ = out.send(error_frame(
+                out.push(error_frame(
                     f.session,
                     f.step,
                     "bad_frame",
@@ -394,7 +504,7 @@ async fn run_session(
                 .mesh
                 .send_control(peer, session, &Control::Abort { reason: e.clone() });
             st.mesh.end_session(session, "session failed");
-            let _ = out.send(error_frame(
+            out.push(error_frame(
                 session,
                 0,
                 "session_failed",
@@ -437,9 +547,15 @@ impl Transport for SessionLink {
             payload: data,
         };
         let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        out.ok_or_else(|| CoreError::Transport("no client is attached to this session".into()))?
-            .send(f.encode())
-            .map_err(|_| CoreError::Transport("the client's connection closed".into()))
+        let out = out
+            .ok_or_else(|| CoreError::Transport("no client is attached to this session".into()))?;
+        if out.push(f.encode()) {
+            Ok(())
+        } else {
+            Err(CoreError::Transport(
+                "the client's connection closed or does not read its results".into(),
+            ))
+        }
     }
 
     async fn recv(&self, from: PartyId, tag: Tag) -> sotto_core::Result<Vec<u8>> {

@@ -18,48 +18,145 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sotto_net::Duplex;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
 /// How long a client may take for its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection holding one of the listener's connection slots until it closes.
+pub struct Counted<S> {
+    io: S,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// Accepts a TCP connection when a slot is free; a connection over the cap is closed at once.
+async fn accept_slot(
+    tcp: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    loop {
+        let (sock, addr) = match tcp.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let _ = sock.set_nodelay(true);
+                return (sock, addr, slot);
+            }
+            // Over the cap: closed before anything is read from it.
+            Err(_) => drop(sock),
+        }
+    }
+}
+
+/// Plain TCP connections, at most as many at once as the slots allow.
+pub struct PlainListener {
+    tcp: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl PlainListener {
+    /// Accepts on `tcp` with `slots` connection slots.
+    pub fn new(tcp: TcpListener, slots: Arc<Semaphore>) -> Self {
+        PlainListener { tcp, slots }
+    }
+}
+
+impl axum::serve::Listener for PlainListener {
+    type Io = Counted<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr, slot) = accept_slot(&self.tcp, &self.slots).await;
+        (Counted { io, _slot: slot }, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow client never
-/// holds up the others); axum gets only finished TLS streams.
+/// holds up the others); axum gets only finished TLS streams. Connections, handshakes
+/// included, take slots.
 pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    rx: mpsc::Receiver<(Counted<TlsStream<TcpStream>>, SocketAddr)>,
     local: SocketAddr,
 }
 
 impl TlsListener {
-    /// Starts accepting on `tcp` with `cfg`.
-    pub fn new(tcp: TcpListener, cfg: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    /// Starts accepting on `tcp` with `cfg` and `slots` connection slots.
+    pub fn new(
+        tcp: TcpListener,
+        cfg: Arc<rustls::ServerConfig>,
+        slots: Arc<Semaphore>,
+    ) -> std::io::Result<Self> {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
         tokio::spawn(async move {
             loop {
-                let (sock, addr) = match tcp.accept().await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        eprintln!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = sock.set_nodelay(true);
+                let (sock, addr, slot) = accept_slot(&tcp, &slots).await;
                 if tx.is_closed() {
                     break;
                 }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-                        Ok(Ok(s)) => {
-                            let _ = tx.send((s, addr)).await;
-                        }
-                        Ok(Err(e)) => eprintln!("TLS handshake with {addr} failed: {e}"),
-                        Err(_) => eprintln!("TLS handshake with {addr} timed out"),
+                    // A failed or slow handshake (outsiders can cause either) is dropped
+                    // without a log line: the client reports its own failure.
+                    if let Ok(Ok(io)) =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await
+                    {
+                        let _ = tx.send((Counted { io, _slot: slot }, addr)).await;
                     }
                 });
             }
@@ -69,7 +166,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Counted<TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -151,6 +248,10 @@ pub struct Metrics {
     pub queued_sessions: Gauge<i64, AtomicI64>,
     /// Open client connections.
     pub clients: Gauge<i64, AtomicI64>,
+    /// KiB of helper material held by admitted requests (set when rendered).
+    pub inflight_kib: Gauge<i64, AtomicI64>,
+    /// Open TCP connections of every kind.
+    pub connections: Gauge<i64, AtomicI64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -173,6 +274,18 @@ impl Metrics {
         let pool_ready = Gauge::<i64, AtomicI64>::default();
         let queued_sessions = Gauge::<i64, AtomicI64>::default();
         let clients = Gauge::<i64, AtomicI64>::default();
+        let inflight_kib = Gauge::<i64, AtomicI64>::default();
+        let connections = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "inflight_material_kib",
+            "KiB of helper material held by the admitted requests (bounded by --inflight-budget-mb)",
+            inflight_kib.clone(),
+        );
+        registry.register(
+            "connections",
+            "Open TCP connections of every kind (bounded by --max-connections)",
+            connections.clone(),
+        );
         registry.register("requests", "Finished prediction requests", requests.clone());
         registry.register(
             "prediction_seconds",
@@ -211,6 +324,8 @@ impl Metrics {
             pool_ready,
             queued_sessions,
             clients,
+            inflight_kib,
+            connections,
         }
     }
 

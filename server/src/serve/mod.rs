@@ -7,6 +7,7 @@
 //! session from the pool. A session's material is used once: P0 takes it out of its pool,
 //! P1 out of its own when the client's seed arrives, and a failed session is aborted on both.
 
+pub mod admit;
 mod client;
 pub mod http;
 mod party;
@@ -84,6 +85,13 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// How long a party waits for another inside a session.
     pub timeout: Duration,
+    /// Bytes of helper material the requests in flight may hold at this party (see
+    /// [`admit`]).
+    pub inflight_budget: u64,
+    /// A client connection with nothing in flight closes after this long without a frame.
+    pub idle_timeout: Duration,
+    /// Most open connections (clients, parties, HTTP), counted from the TCP accept.
+    pub max_connections: usize,
     /// Static files served at `/` (the demo page).
     pub web: Option<PathBuf>,
     /// Web origins allowed to open client connections (empty: any); requests without an
@@ -120,6 +128,10 @@ pub struct State {
     pub(crate) status: Mutex<String>,
     /// Checks the upgrade tokens of parties dialing `/v1/party`.
     pub(crate) upgrades: UpgradeGuard,
+    /// The listener's connection slots (set when serving starts).
+    pub(crate) conn_slots: std::sync::OnceLock<Arc<tokio::sync::Semaphore>>,
+    /// Admission control of client requests.
+    pub(crate) admission: Arc<admit::Admission>,
     /// Rate limits of log lines an outsider can cause, by category.
     pub(crate) log_budget: Mutex<HashMap<&'static str, LogWindow>>,
 }
@@ -304,6 +316,12 @@ pub struct FileConfig {
     pub max_batch: Option<usize>,
     /// Party timeout in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// MiB of helper material requests in flight may hold.
+    pub inflight_budget_mb: Option<u64>,
+    /// Idle client connections close after this many ms.
+    pub idle_timeout_ms: Option<u64>,
+    /// Most open connections.
+    pub max_connections: Option<usize>,
     /// Static files at `/`.
     pub web: Option<PathBuf>,
     /// Web origins allowed to open client connections (empty: any).
@@ -370,12 +388,12 @@ pub fn check_tls(
     Ok(())
 }
 
-/// A bound listener: plain TCP or TLS.
+/// A bound listener: plain TCP or TLS, and its connection slots.
 pub enum Bound {
     /// Plain TCP.
-    Plain(tokio::net::TcpListener),
+    Plain(http::PlainListener, Arc<tokio::sync::Semaphore>),
     /// TLS.
-    Tls(http::TlsListener),
+    Tls(http::TlsListener, Arc<tokio::sync::Semaphore>),
 }
 
 impl std::fmt::Debug for Bound {
@@ -388,22 +406,31 @@ impl Bound {
     /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
-            Bound::Plain(l) => l.local_addr(),
-            Bound::Tls(l) => axum::serve::Listener::local_addr(l),
+            Bound::Plain(l, _) => axum::serve::Listener::local_addr(l),
+            Bound::Tls(l, _) => axum::serve::Listener::local_addr(l),
         }
     }
 }
 
-/// Binds the listener (TLS when configured).
-pub async fn bind(listen: SocketAddr, tls: &Option<(Vec<u8>, Vec<u8>)>) -> Result<Bound, String> {
+/// Binds the listener (TLS when configured), taking at most `max_connections` connections at
+/// once (a connection over the cap is closed as soon as it is accepted).
+pub async fn bind(
+    listen: SocketAddr,
+    tls: &Option<(Vec<u8>, Vec<u8>)>,
+    max_connections: usize,
+) -> Result<Bound, String> {
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     Ok(match tls {
-        None => Bound::Plain(tcp),
+        None => Bound::Plain(http::PlainListener::new(tcp, slots.clone()), slots),
         Some((cert, key)) => {
             let cfg = sotto_net::tls::server_config(cert, key).map_err(|e| e.to_string())?;
-            Bound::Tls(http::TlsListener::new(tcp, cfg).map_err(|e| e.to_string())?)
+            Bound::Tls(
+                http::TlsListener::new(tcp, cfg, slots.clone()).map_err(|e| e.to_string())?,
+                slots,
+            )
         }
     })
 }
@@ -438,6 +465,8 @@ pub fn prepare(cfg: ServeConfig) -> Result<Arc<State>, String> {
         status: Mutex::new(String::new()),
         upgrades: UpgradeGuard::default(),
         log_budget: Mutex::new(HashMap::new()),
+        admission: Arc::new(admit::Admission::new(cfg.inflight_budget)),
+        conn_slots: std::sync::OnceLock::new(),
         cfg,
     });
     party::start(state.clone(), control)?;
@@ -468,14 +497,14 @@ pub async fn run_state(state: Arc<State>, bound: Bound) -> Result<(), String> {
     let addr = bound.local_addr().map_err(|e| e.to_string())?;
     state.set_status(format!("listening on {addr}"));
     let res = match bound {
-        Bound::Plain(l) => {
-            use axum::serve::ListenerExt;
-            let l = l.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
+        Bound::Plain(l, slots) => {
+            let _ = state.conn_slots.set(slots);
             axum::serve(l, app).await
         }
-        Bound::Tls(l) => axum::serve(l, app).await,
+        Bound::Tls(l, slots) => {
+            let _ = state.conn_slots.set(slots);
+            axum::serve(l, app).await
+        }
     };
     res.map_err(|e| e.to_string())
 }
@@ -521,6 +550,14 @@ async fn metrics(AxState(st): AxState<Arc<State>>) -> Response {
         .queued_sessions
         .set(st.mesh.queued_sessions() as i64);
     st.metrics.pool_ready.set(party::pool_size(&st) as i64);
+    st.metrics
+        .inflight_kib
+        .set(st.admission.in_flight_kib() as i64);
+    if let Some(s) = st.conn_slots.get() {
+        st.metrics
+            .connections
+            .set(st.cfg.max_connections.saturating_sub(s.available_permits()) as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -598,10 +635,26 @@ async fn client_ws(
                 .into_response();
         }
     }
-    ws.max_message_size(DEFAULT_MAX_PAYLOAD + 64)
-        .max_frame_size(DEFAULT_MAX_PAYLOAD + 64)
+    // The largest message a client needs: a full batch of input shares.
+    let largest = st
+        .cfg
+        .models
+        .iter()
+        .map(|m| m.file.plan.input_len.saturating_mul(8 * st.cfg.max_batch))
+        .max()
+        .unwrap_or(0)
+        .clamp(4096, DEFAULT_MAX_PAYLOAD)
+        + sotto_wire::HEADER_LEN;
+    ws.max_message_size(largest)
+        .max_frame_size(largest)
+        // What a client that does not read (pongs to its pings, results) can make us queue.
+        .max_write_buffer_size(CLIENT_WRITE_BUFFER)
         .on_upgrade(move |sock| client::handle(st, http::duplex(sock)))
 }
+
+/// Most bytes queued for a client's socket (the rest of the flow control is the bounded queue
+/// of frames in `client`).
+const CLIENT_WRITE_BUFFER: usize = 4 << 20;
 
 async fn web_root(AxState(st): AxState<Arc<State>>) -> Response {
     web_serve(&st, "").await

@@ -222,7 +222,28 @@ async fn pool_prepared(st: Arc<State>, model: String, batch: usize, load: u128, 
             }
         }
         if let Some(v) = s {
-            q.ready.push_back(v);
+            // Beyond the configured pool for this batch size (a request that stopped waiting,
+            // or a batch size no pool is kept for): not kept, freed here and at P1.
+            let target = st
+                .cfg
+                .pool
+                .iter()
+                .find(|(b, _)| *b == batch)
+                .map_or(0, |(_, c)| *c);
+            if q.ready.len() >= target {
+                drop(pools);
+                lock(&st.prepared).remove(&v);
+                st.mesh.end_session(v, "not needed: the pool is full");
+                let _ = st.mesh.send_control(
+                    PartyId::P1,
+                    v,
+                    &Control::Abort {
+                        reason: "not needed: P0's pool is full".into(),
+                    },
+                );
+            } else {
+                q.ready.push_back(v);
+            }
         }
     }
 }
