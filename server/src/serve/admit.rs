@@ -115,7 +115,11 @@ impl Admission {
     /// Reserves room for a request of `kib` on connection `conn`, without waiting: refuses a
     /// request heavier than a request may be, or one its connection has no room for. The
     /// reservation then waits for room in the party's budget with [`Reserved::admit`].
-    pub fn reserve(self: &Arc<Self>, conn: &ConnectionBudget, kib: u64) -> Result<Reserved, Refusal> {
+    pub fn reserve(
+        self: &Arc<Self>,
+        conn: &ConnectionBudget,
+        kib: u64,
+    ) -> Result<Reserved, Refusal> {
         if kib > self.per_request_kib() {
             return Err(Refusal::TooLarge {
                 kib,
@@ -253,12 +257,22 @@ mod tests {
         assert_eq!(a.max_batch(1 << 20), 4);
         let c = a.connection();
         assert!(matches!(a.reserve(&c, 5000), Err(Refusal::TooLarge { .. })));
-        let p1 = a.reserve(&c, 3000).expect("fits").admit(10).await.expect("room");
+        let p1 = a
+            .reserve(&c, 3000)
+            .expect("fits")
+            .admit(10)
+            .await
+            .expect("room");
         assert!(!c.idle());
         assert!(matches!(a.reserve(&c, 2000), Err(Refusal::Busy(_))));
         // another connection gets the rest of the party's budget, then waits
         let c2 = a.connection();
-        let p2 = a.reserve(&c2, 4000).expect("fits").admit(10).await.expect("room");
+        let p2 = a
+            .reserve(&c2, 4000)
+            .expect("fits")
+            .admit(10)
+            .await
+            .expect("room");
         let a2 = a.clone();
         let waiting = tokio::spawn(async move {
             let c3 = a2.connection();
@@ -268,7 +282,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "waits for room");
         drop(p1);
-        waiting.await.expect("join").expect("admitted once room is freed");
+        waiting
+            .await
+            .expect("join")
+            .expect("admitted once room is freed");
         drop(p2);
         assert!(c.idle() && c2.idle());
         assert_eq!(a.in_flight_kib(), 0);
@@ -278,16 +295,29 @@ mod tests {
     async fn waiting_input_is_bounded() {
         let a = Arc::new(Admission::new(2 << 20));
         let c = a.connection();
-        let _held = a.reserve(&c, 1024).expect("fits").admit(0).await.expect("room");
+        let _held = a
+            .reserve(&c, 1024)
+            .expect("fits")
+            .admit(0)
+            .await
+            .expect("room");
         let c2 = a.connection();
-        let _held2 = a.reserve(&c2, 1024).expect("fits").admit(0).await.expect("room");
+        let _held2 = a
+            .reserve(&c2, 1024)
+            .expect("fits")
+            .admit(0)
+            .await
+            .expect("room");
         let c3 = a.connection();
         let r = a
             .reserve(&c3, 10)
             .expect("fits")
             .admit(MAX_WAITING_BYTES + 1)
             .await;
-        assert!(matches!(r, Err(Refusal::Busy(ref m)) if m.contains("queue")), "{r:?}");
+        assert!(
+            matches!(r, Err(Refusal::Busy(ref m)) if m.contains("queue")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -242,7 +242,10 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     continue;
                 }
                 let batch = len / per_input;
-                let reserved = match st.admission.reserve(&conn, Admission::weight(batch, material)) {
+                let reserved = match st
+                    .admission
+                    .reserve(&conn, Admission::weight(batch, material))
+                {
                     Ok(r) => r,
                     Err(Refusal::TooLarge { kib, limit_kib }) => {
                         strikes += 1;

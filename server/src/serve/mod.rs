@@ -635,12 +635,14 @@ async fn client_ws(
                 .into_response();
         }
     }
-    // The largest message a client needs: a full batch of input shares.
+    // The largest message a client needs is a full batch of input shares; up to twice that
+    // is read, so that a batch just over --max-batch gets a `bad_shape` answer on a
+    // connection that stays open, and anything larger closes the connection.
     let largest = st
         .cfg
         .models
         .iter()
-        .map(|m| m.file.plan.input_len.saturating_mul(8 * st.cfg.max_batch))
+        .map(|m| m.file.plan.input_len.saturating_mul(16 * st.cfg.max_batch))
         .max()
         .unwrap_or(0)
         .clamp(4096, DEFAULT_MAX_PAYLOAD)
