@@ -581,6 +581,17 @@ impl Plan {
             .collect()
     }
 
+    /// Bytes of helper material one server holds for one input of a prediction (batch 1,
+    /// every step's [`Step::cost`]): what admission control weighs a request by.
+    pub fn material_per_input(&self, private: bool) -> u64 {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.cost(self.step_input_len(i), private).helper_bytes)
+            .sum::<u64>()
+            .max(1)
+    }
+
     /// Elements per example entering step `i`.
     pub fn step_input_len(&self, i: usize) -> usize {
         if i == 0 {
