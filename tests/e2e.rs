@@ -812,6 +812,104 @@ fn a_client_that_disconnects_mid_session_frees_the_parties() {
     });
 }
 
+/// Sends a signal to a process (`STOP`, `CONT`).
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A frozen party (SIGSTOP: its sockets stay open, nothing is answered): the predictions
+/// waiting on it fail and P0's /health turns 503 within the party timeout (5 s; the links'
+/// pings notice the silence), new requests fail at once, and after SIGCONT the deployment
+/// answers again.
+#[test]
+fn a_frozen_party_is_noticed_within_the_party_timeout() {
+    let _g = serial();
+    rt().block_on(async {
+        let d = Deployment::start(&[]);
+        d.ready(Duration::from_secs(20)).await;
+        for victim in [P::Helper, P::P1] {
+            let c = Arc::new(d.client().await);
+            let mut tasks = Vec::new();
+            for i in 0..4 {
+                let c = c.clone();
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        if let Err(e) = c.predict(data().x(i, 1), 1).await {
+                            return (Instant::now(), e);
+                        }
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let frozen = Instant::now();
+            signal(d.pid(victim), "STOP");
+            // When P0's /health first says 503, watched from the moment of the freeze.
+            let (port, ca) = (d.ports[P::P0.index()], d.ca.clone());
+            let health = tokio::spawn(async move {
+                loop {
+                    if https_get(port, "/health", &ca).await.map(|r| r.0) == Some(503) {
+                        return frozen.elapsed();
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            let margin = Duration::from_secs(2);
+            for t in tasks {
+                let (at, e) = tokio::time::timeout(SECS5 + margin + SECS5, t)
+                    .await
+                    .unwrap_or_else(|_| {
+                        signal(d.pid(victim), "CONT");
+                        panic!("a prediction hung while {victim:?} was frozen")
+                    })
+                    .expect("task");
+                let after = at.saturating_duration_since(frozen);
+                // The servers fail what waits on the frozen party within the party timeout.
+                // One case is the client's alone: P0 already sent its output share and only
+                // the frozen P1's is missing; the client's own timeout (10 s) bounds that wait.
+                let client_side =
+                    victim == P::P1 && e.to_string().contains("P1 did not answer within");
+                let limit = if client_side {
+                    Duration::from_secs(10) + margin
+                } else {
+                    SECS5
+                };
+                assert!(after < limit, "error {after:?} after {victim:?} froze: {e}");
+            }
+            let unhealthy = tokio::time::timeout(SECS5 + margin, health)
+                .await
+                .unwrap_or_else(|_| panic!("P0 still healthy after {victim:?} froze"))
+                .expect("join");
+            eprintln!("{victim:?} frozen: P0's /health said 503 after {unhealthy:?}");
+            assert!(unhealthy < SECS5, "503 only after {unhealthy:?}");
+            if victim == P::Helper {
+                // A new request fails at once instead of waiting for the frozen helper (a
+                // client cannot even connect to a frozen P1: its own connect timeout says so).
+                let c2 = d.client().await;
+                let t = Instant::now();
+                let e = c2.predict(data().x(0, 1), 1).await.expect_err("frozen");
+                assert!(
+                    t.elapsed() < Duration::from_secs(1),
+                    "{:?}: {e}",
+                    t.elapsed()
+                );
+            }
+            signal(d.pid(victim), "CONT");
+            d.ready(Duration::from_secs(20)).await;
+            let c = d.client().await;
+            let p = c
+                .predict(data().x(5, 1), 1)
+                .await
+                .unwrap_or_else(|e| panic!("after {victim:?} resumed: {e}\n{}", d.logs()));
+            check(&p.logits, &p.labels, 5, 1);
+        }
+    });
+}
+
 /// Waits until both servers' pools are full (nothing being dealt), so that memory figures
 /// compare like with like (not a helper caught halfway through a refill).
 async fn settle(d: &Deployment) {

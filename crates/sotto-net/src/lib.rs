@@ -222,6 +222,18 @@ struct Out {
     tx: mpsc::UnboundedSender<Vec<u8>>,
 }
 
+/// How often a party link is probed.
+pub const PING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a link may stay silent (no frame, not even a pong) before it is declared dead:
+/// two ping intervals less than the transport's timeout (so that a frozen peer is reported
+/// within that timeout), at least 1.5 s.
+fn liveness_deadline(timeout: Duration) -> Duration {
+    timeout
+        .saturating_sub(2 * PING_INTERVAL)
+        .max(Duration::from_millis(1500))
+}
+
 /// Control frames received from other parties, with their sender.
 pub type ControlReceiver = mpsc::UnboundedReceiver<(PartyId, u128, Control)>;
 
@@ -287,13 +299,15 @@ impl WsTransport {
             mut stream,
         } = link;
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let pong_tx = tx.clone();
+        let ping_tx = tx.clone();
         self.lock_outs().insert(peer, Out { tx });
         {
             let mut st = self.inbox.lock();
             st.closed_peers.remove(&peer);
             st.generations.insert(peer, generation);
         }
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 if sink.send(bytes).await.is_err() {
                     break;
@@ -306,10 +320,14 @@ impl WsTransport {
         let control = self.control.clone();
         let counters = self.counters.clone();
         let me = self.me;
-        tokio::spawn(async move {
+        let started = Instant::now();
+        let last_seen = Arc::new(AtomicU64::new(0));
+        let seen = last_seen.clone();
+        let reader = tokio::spawn(async move {
             let why = loop {
                 match stream.next().await {
                     Some(Ok(b)) => {
+                        seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                         counters[peer.index()]
                             .received
                             .fetch_add(b.len() as u64, Ordering::Relaxed);
@@ -325,6 +343,14 @@ impl WsTransport {
                             Ok(f) if f.kind == Kind::Control => {
                                 let parsed = f.parse_json::<Control>(Kind::Control);
                                 match (parsed, &control) {
+                                    (Ok(Control::Ping { n }), _) => {
+                                        if let Ok(p) =
+                                            Frame::json(Kind::Control, 0, 0, &Control::Pong { n })
+                                        {
+                                            let _ = pong_tx.send(p.encode());
+                                        }
+                                    }
+                                    (Ok(Control::Pong { .. }), _) => {}
                                     (Ok(c), Some(tx)) => {
                                         if let Control::Abort { reason } = &c {
                                             inbox.end_session(
@@ -350,6 +376,49 @@ impl WsTransport {
             };
             // Only the link still in use marks the peer closed.
             inbox.close_link(peer, generation, why);
+        });
+        // Liveness: a ping every PING_INTERVAL; a link with no frame at all for the deadline
+        // (a frozen or unreachable peer) is closed, so that waiting receives fail and the
+        // party reports the peer down, within the transport's timeout.
+        let inbox = self.inbox.clone();
+        let deadline = liveness_deadline(self.timeout);
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                tokio::time::sleep(PING_INTERVAL).await;
+                let replaced = {
+                    let st = inbox.lock();
+                    st.generations.get(&peer) != Some(&generation)
+                        || st.closed_peers.contains_key(&peer)
+                };
+                if replaced || reader.is_finished() || writer.is_finished() {
+                    // A replaced, closed or failed link: end both of its tasks (the reader
+                    // and this task hold senders that would keep the writer alive).
+                    reader.abort();
+                    writer.abort();
+                    break;
+                }
+                let silent = started.elapsed().as_millis() as u64
+                    - last_seen
+                        .load(Ordering::Relaxed)
+                        .min(started.elapsed().as_millis() as u64);
+                if Duration::from_millis(silent) > deadline {
+                    inbox.close_link(
+                        peer,
+                        generation,
+                        format!("{peer:?} sent nothing, not even a pong, for {deadline:?}"),
+                    );
+                    reader.abort();
+                    writer.abort();
+                    break;
+                }
+                n += 1;
+                if let Ok(f) = Frame::json(Kind::Control, 0, 0, &Control::Ping { n }) {
+                    if ping_tx.send(f.encode()).is_err() {
+                        break;
+                    }
+                }
+            }
         });
     }
 

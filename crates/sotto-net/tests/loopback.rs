@@ -138,3 +138,67 @@ async fn an_ended_session_frees_its_messages_and_fails_its_receives() {
     assert!(t.elapsed() < Duration::from_secs(1));
     assert_eq!(t1.queued_sessions(), 0);
 }
+
+/// A frozen peer (its socket open, nothing read or answered, as under SIGSTOP): the link is
+/// declared dead within the transport's timeout, a waiting receive fails then (not at some
+/// later client timeout), and the peer reads as down. A live peer that is merely idle stays
+/// up: its link answers the pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_is_declared_dead_within_the_timeout() {
+    use sotto_core::transport::{PartyId, Tag, Transport};
+    use sotto_net::{tls, WsTransport};
+    let timeout = Duration::from_millis(2000);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    // The frozen side: completes the WebSocket handshake, then never polls the socket.
+    let frozen = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.expect("accept");
+        let ws = tokio_tungstenite::accept_async(tcp).await.expect("ws");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(ws);
+    });
+    let link = tls::connect(&format!("ws://{addr}/"), None, sotto_net::party_ws_config())
+        .await
+        .expect("dial");
+    let t0 = WsTransport::new(PartyId::P0, timeout);
+    t0.attach(PartyId::P1, link);
+    assert!(t0.is_up(PartyId::P1));
+    let started = std::time::Instant::now();
+    let e = t0
+        .recv(
+            PartyId::P1,
+            Tag {
+                session: 1,
+                step: 1,
+            },
+        )
+        .await
+        .expect_err("nothing comes");
+    assert!(
+        started.elapsed() <= timeout + Duration::from_millis(700),
+        "{:?}",
+        started.elapsed()
+    );
+    // Declared dead within the deadline plus about one ping interval.
+    while t0.is_up(PartyId::P1) {
+        assert!(
+            started.elapsed() < timeout + Duration::from_millis(1200),
+            "still up after {:?} ({e})",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    frozen.abort();
+
+    // An idle but live pair stays up well past the deadline.
+    let [a, b, _h, _c] = sotto_net::loopback_mesh(Duration::from_millis(1500))
+        .await
+        .expect("mesh");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(
+        a.is_up(PartyId::P1) && b.is_up(PartyId::P0),
+        "pings keep an idle link up"
+    );
+}

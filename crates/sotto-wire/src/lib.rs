@@ -352,6 +352,16 @@ pub enum Control {
         /// Why, for the logs and the client.
         reason: String,
     },
+    /// Liveness probe on a party link (answered with [`Control::Pong`] by the link itself).
+    Ping {
+        /// A counter echoed back.
+        n: u64,
+    },
+    /// The answer to a [`Control::Ping`].
+    Pong {
+        /// The ping's counter.
+        n: u64,
+    },
 }
 
 /// What a client needs to know about a model.

@@ -376,16 +376,33 @@ pub fn check_tls(
         ));
     }
     for u in urls.iter().filter_map(|u| u.as_deref()) {
-        let loopback = ["ws://127.0.0.1", "ws://localhost", "ws://[::1]"]
-            .iter()
-            .any(|p| u.starts_with(p));
-        if u.starts_with("ws://") && !loopback {
+        if !u.starts_with("wss://") && !is_loopback_ws(u) {
             return Err(format!(
                 "refusing to dial {u} without TLS: use a wss:// URL (with --tls-ca), or --insecure-no-tls"
             ));
         }
     }
     Ok(())
+}
+
+/// True for a `ws://` URL whose host is exactly `localhost` or a loopback IP address, parsed
+/// as a URL (not a string prefix: `ws://localhost@evil.test`, `ws://127.0.0.1.evil.test` and
+/// `ws://localhost.example.com` are not loopback).
+pub fn is_loopback_ws(url: &str) -> bool {
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return false;
+    };
+    let Some(auth) = uri.authority() else {
+        return false;
+    };
+    if uri.scheme_str() != Some("ws") || auth.as_str().contains('@') {
+        return false;
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A bound listener: plain TCP or TLS, and its connection slots.
@@ -673,5 +690,44 @@ async fn web_serve(st: &State, path: &str) -> Response {
     match &st.cfg.web {
         Some(root) => http::static_file(root, path).await,
         None => (StatusCode::NOT_FOUND, "not found").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_real_loopback_urls_may_be_plain() {
+        for ok in [
+            "ws://127.0.0.1:8101",
+            "ws://localhost:8101",
+            "ws://LOCALHOST",
+            "ws://[::1]:8102/",
+            "ws://127.8.9.10:1",
+        ] {
+            assert!(is_loopback_ws(ok), "{ok}");
+        }
+        for bad in [
+            "ws://localhost@evil.test",
+            "ws://localhost:1@evil.test:2",
+            "ws://127.0.0.1.evil.test",
+            "ws://localhost.example.com",
+            "ws://10.0.0.1:8101",
+            "ws://[::2]:8101",
+            "wss://127.0.0.1:8101",
+            "http://127.0.0.1:8101",
+            "ws://",
+            "not a url",
+        ] {
+            assert!(!is_loopback_ws(bad), "{bad}");
+        }
+        let listen: SocketAddr = "127.0.0.1:8100".parse().expect("addr");
+        let evil = Some("ws://localhost@evil.test:8101".to_string());
+        let e = check_tls(&listen, &[&evil], false, false).expect_err("refused");
+        assert!(e.contains("without TLS"), "{e}");
+        let tls = Some("wss://p1.example:8101".to_string());
+        let local = Some("ws://127.0.0.1:8101".to_string());
+        assert!(check_tls(&listen, &[&tls, &local], false, false).is_ok());
     }
 }

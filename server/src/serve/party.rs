@@ -402,12 +402,30 @@ pub async fn take_session(st: &Arc<State>, model: &str, batch: usize) -> Result<
         rx
     };
     refill(st);
-    match tokio::time::timeout(DEAL_WAIT, rx).await {
-        Ok(Ok(s)) => Ok(s),
-        Ok(Err(_)) => Err("the party links were reset while waiting for material".into()),
-        Err(_) => Err(format!(
-            "the helper dealt no material for a batch of {batch} within {DEAL_WAIT:?}"
-        )),
+    let deadline = tokio::time::Instant::now() + DEAL_WAIT;
+    tokio::pin!(rx);
+    loop {
+        // Woken by the session, or every 50 ms to notice a helper or P1 link that dropped
+        // (a dead or frozen party: waiting the full DEAL_WAIT would only delay the error).
+        match tokio::time::timeout(LINK_POLL, &mut rx).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(_)) => {
+                return Err("the party links were reset while waiting for material".into())
+            }
+            Err(_) => {}
+        }
+        for peer in [PartyId::Helper, PartyId::P1] {
+            if !st.mesh.is_up(peer) {
+                return Err(format!(
+                    "{peer:?} is unreachable: no material for this request"
+                ));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the helper dealt no material for a batch of {batch} within {DEAL_WAIT:?}"
+            ));
+        }
     }
 }
 
