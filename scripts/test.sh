@@ -22,6 +22,9 @@ cargo build -p sotto-core --target wasm32-unknown-unknown
 step "tests (release mode: the protocol tests run real cryptography)"
 cargo test --workspace --release
 
+step "fuzz: frames, model files, ONNX files and comparison keys (20,000 cases each; crates/sotto-fuzz/README.md runs 10^6)"
+cargo run --release -q -p sotto-fuzz -- --target all --cases 20000 --seed 1 --deep --out target/fuzz-out
+
 step "benchmarks compile and run once each"
 cargo bench --workspace --benches -- --test
 

@@ -464,6 +464,7 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
     } else if !blob.is_empty() {
         return Err(bad("trailing bytes after the header"));
     }
+    plan.validate().map_err(|e| bad(format!("plan: {e}")))?;
     Ok(PartyFile {
         role: expected,
         private: header.private,

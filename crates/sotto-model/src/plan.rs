@@ -368,7 +368,7 @@ impl Plan {
             }
             prev_shape = l.out_shape.clone();
         }
-        Ok(Plan {
+        let plan = Plan {
             fp,
             input_bound,
             input_len: model.input_len(),
@@ -385,7 +385,9 @@ impl Plan {
             out_frac: scale,
             output_len: per,
             weights: dense,
-        })
+        };
+        plan.validate()?;
+        Ok(plan)
     }
 
     /// Runs the plan in the clear on fixed-point inputs: the plaintext twin of the private
@@ -579,6 +581,134 @@ impl Plan {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Checks that the steps fit together: each step takes what the previous one gives,
+    /// shapes are positive and fit in memory, comparison widths and shifts are in range, a
+    /// transpose keeps the batch first. [`Plan::new`] builds only such plans; a plan read from
+    /// a file (which anyone could have edited, checksum included) is checked with this before
+    /// any evaluator or protocol indexes by its numbers.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |i: usize, m: String| Err(ModelError::Graph(format!("step {i}: {m}")));
+        const MAX_ELEMENTS: usize = 1 << 32;
+        let f = self.fp.frac_bits();
+        if self.input_len == 0 || self.input_len > MAX_ELEMENTS {
+            return Err(ModelError::Graph(format!(
+                "input of {} elements",
+                self.input_len
+            )));
+        }
+        let mut cur = self.input_len;
+        for (i, st) in self.steps.iter().enumerate() {
+            let out = st.per_example;
+            if out == 0 || out > MAX_ELEMENTS {
+                return bad(i, format!("{out} elements per example"));
+            }
+            let chw = |c: [usize; 3]| c.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+            match st.kind {
+                StepKind::Dense {
+                    inputs, outputs, ..
+                } => {
+                    if inputs != cur
+                        || outputs != out
+                        || inputs.checked_mul(outputs).is_none_or(|n| n > MAX_ELEMENTS)
+                    {
+                        return bad(
+                            i,
+                            format!("dense {inputs}×{outputs} after {cur} elements, giving {out}"),
+                        );
+                    }
+                }
+                StepKind::Conv { params, .. } => {
+                    let cs = params.core_shape(1);
+                    Bilinear::Conv2d(cs).check().map_err(core_err)?;
+                    let want = cs
+                        .out_h()
+                        .checked_mul(cs.out_w())
+                        .and_then(|n| n.checked_mul(params.out_channels));
+                    if chw(params.in_chw) != Some(cur) || want != Some(out) {
+                        return bad(
+                            i,
+                            format!("convolution {params:?} after {cur} elements, giving {out}"),
+                        );
+                    }
+                }
+                StepKind::MaxPool { params, .. } | StepKind::AvgPool { params } => {
+                    let [c, h, w] = params.in_chw;
+                    let ok = params.kernel.iter().all(|k| *k >= 1)
+                        && params.stride.iter().all(|s| *s >= 1)
+                        && params.kernel[0] <= h
+                        && params.kernel[1] <= w
+                        && params.kernel[0]
+                            .checked_mul(params.kernel[1])
+                            .is_some_and(|k| k <= 1 << 16)
+                        && chw(params.in_chw) == Some(cur);
+                    let ps = params.core_shape(1);
+                    if !ok || c * ps.out_h() * ps.out_w() != out {
+                        return bad(
+                            i,
+                            format!("pooling {params:?} after {cur} elements, giving {out}"),
+                        );
+                    }
+                    if let StepKind::MaxPool { bits, .. } = st.kind {
+                        if !(2..=64).contains(&bits) {
+                            return bad(i, format!("comparison on {bits} bits"));
+                        }
+                    }
+                }
+                StepKind::Transpose { dims, rank, perm } => {
+                    let mut seen = [false; 9];
+                    let perm_ok = rank <= 8
+                        && perm[0] == 0
+                        && perm[..rank + 1]
+                            .iter()
+                            .all(|p| *p <= rank && !std::mem::replace(&mut seen[*p], true));
+                    let size = dims[..rank.min(8)]
+                        .iter()
+                        .try_fold(1usize, |a, d| a.checked_mul(*d));
+                    if !perm_ok || size != Some(cur) || out != cur {
+                        return bad(
+                            i,
+                            format!(
+                                "transpose of {:?} by {:?} after {cur} elements",
+                                &dims[..rank.min(8)],
+                                &perm[..(rank + 1).min(9)]
+                            ),
+                        );
+                    }
+                }
+                StepKind::Truncate => {
+                    if out != cur {
+                        return bad(i, format!("truncation of {cur} elements giving {out}"));
+                    }
+                }
+                StepKind::Relu { shift, bits } => {
+                    if out != cur || shift > 62 || !(2..=64).contains(&bits) {
+                        return bad(
+                            i,
+                            format!("ReLU >> {shift} on {bits} bits, {cur} elements giving {out}"),
+                        );
+                    }
+                }
+                StepKind::Sigmoid { in_frac } | StepKind::Tanh { in_frac } => {
+                    if out != cur
+                        || in_frac > 62
+                        || in_frac + SLOPE_BITS < f
+                        || in_frac + SLOPE_BITS - f > 62
+                    {
+                        return bad(i, format!("activation from {in_frac} fractional bits, {cur} elements giving {out}"));
+                    }
+                }
+            }
+            cur = out;
+        }
+        if self.output_len != cur || self.out_frac > 62 {
+            return Err(ModelError::Graph(format!(
+                "the plan ends with {cur} elements at {} fractional bits, the file says {}",
+                self.out_frac, self.output_len
+            )));
+        }
+        Ok(())
     }
 
     /// Bytes of helper material one server holds for one input of a prediction (batch 1,
