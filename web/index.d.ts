@@ -76,9 +76,29 @@ export interface SottoError extends Error {
   kind: 'input' | 'server' | 'connection' | 'protocol';
   /** For server errors: "P0" or "P1". */
   server?: 'P0' | 'P1';
-  /** For server errors: the server's error code, e.g. "bad_shape". */
-  code?: string;
+  /** For server errors: the server's error code (see ErrorCode). */
+  code?: ErrorCode;
 }
+
+/**
+ * The codes of server errors (the same list as sotto-wire's `ErrorCode`; a test keeps them
+ * equal). "busy" and "not_ready" are worth retrying later; the others describe the request.
+ */
+export type ErrorCode =
+  | 'bad_hello'
+  | 'unknown_model'
+  | 'bad_frame'
+  | 'bad_message'
+  | 'bad_shape'
+  | 'too_large'
+  | 'busy'
+  | 'idle'
+  | 'too_many_errors'
+  | 'not_ready'
+  | 'no_material'
+  | 'unknown_session'
+  | 'session_failed'
+  | 'unauthenticated';
 
 /** Options of connect(). */
 export interface ConnectOptions {

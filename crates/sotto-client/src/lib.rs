@@ -52,7 +52,7 @@ pub enum ClientError {
         /// "P0" or "P1".
         server: String,
         /// The server's error code.
-        code: String,
+        code: sotto_wire::ErrorCode,
         /// The server's message.
         message: String,
     },
@@ -171,7 +171,7 @@ pub(crate) fn server_error(name: &str, f: &sotto_wire::Frame) -> ClientError {
     match f.parse_json::<sotto_wire::ErrorPayload>(sotto_wire::Kind::Error) {
         Ok(e) => ClientError::Server {
             server: name.into(),
-            code: e.code,
+            code: e.error_code(),
             message: e.message,
         },
         Err(e) => ClientError::Protocol(format!("{name} sent an unreadable error: {e}")),

@@ -32,12 +32,27 @@ pub enum CoreError {
     /// A parameter is outside what a protocol supports.
     #[error("invalid parameter: {0}")]
     Param(String),
-    /// The transport failed or a peer went away.
-    #[error("transport: {0}")]
-    Transport(String),
+    /// The transport failed: a peer went away, nothing came in time, or the session was
+    /// aborted.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
     /// A message arrived that the protocol did not expect at this point.
     #[error("protocol violation: {0}")]
     Protocol(String),
+}
+
+/// How a [`crate::transport::Transport`] failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum TransportError {
+    /// Nothing arrived within the transport's timeout.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The peer (or the client) went away: its connection closed or was declared dead.
+    #[error("peer gone: {0}")]
+    PeerGone(String),
+    /// The session was ended (finished, or aborted by a party) while this was waiting.
+    #[error("session ended: {0}")]
+    Aborted(String),
 }
 
 /// Result alias of `sotto-core`.

@@ -83,4 +83,4 @@ pub mod share;
 pub mod tensor;
 pub mod transport;
 
-pub use error::{CoreError, Result};
+pub use error::{CoreError, Result, TransportError};

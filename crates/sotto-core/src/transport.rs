@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::error::{CoreError, Result};
+use crate::error::{CoreError, Result, TransportError};
 
 /// The four parties of a prediction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,7 +144,7 @@ impl Transport for MemoryTransport {
         let res = (|| {
             let mut st = self.hub.lock();
             if st.closed[to.index()] {
-                return Err(CoreError::Transport(format!("{to:?} has gone away")));
+                return Err(TransportError::PeerGone(format!("{to:?} has gone away")).into());
             }
             let key = (self.me, to, tag);
             st.queues.entry(key).or_default().push_back(data);
@@ -183,9 +183,10 @@ impl Future for Recv {
         }
         let (from, me, _) = self.key;
         if st.closed[from.index()] || st.closed[me.index()] {
-            return Poll::Ready(Err(CoreError::Transport(format!(
+            return Poll::Ready(Err(TransportError::PeerGone(format!(
                 "{from:?} went away before sending"
-            ))));
+            ))
+            .into()));
         }
         st.wakers.insert(self.key, cx.waker().clone());
         Poll::Pending

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use sotto_core::transport::{PartyId, Tag, Transport};
-use sotto_core::CoreError;
+use sotto_core::{CoreError, TransportError};
 use sotto_wire::{decode, Control, Frame, Kind, WireError};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -72,11 +72,48 @@ pub fn party_ws_config() -> WebSocketConfig {
         .max_frame_size(Some(PARTY_MAX_PAYLOAD + 64))
 }
 
+/// How a message connection failed, as its reader or writer sees it.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum LinkError {
+    /// A message or frame over the connection's size limit (the connection is unusable).
+    #[error("a message over the size limit: {0}")]
+    TooLarge(String),
+    /// A text message (the protocol is binary frames only).
+    #[error("text messages are not part of the protocol")]
+    Text,
+    /// The peer broke the WebSocket protocol.
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(String),
+    /// The connection failed or closed.
+    #[error("connection error: {0}")]
+    Io(String),
+}
+
+impl LinkError {
+    /// Classifies an error from a WebSocket library (tokio-tungstenite's, or one that wraps
+    /// it, such as axum's) by walking its source chain.
+    pub fn classify(e: &(dyn std::error::Error + 'static)) -> LinkError {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(ws) = err.downcast_ref::<WsError>() {
+                return match ws {
+                    WsError::Capacity(c) => LinkError::TooLarge(c.to_string()),
+                    WsError::Protocol(p) => LinkError::Protocol(p.to_string()),
+                    other => LinkError::Io(other.to_string()),
+                };
+            }
+            cur = err.source();
+        }
+        LinkError::Io(e.to_string())
+    }
+}
+
 /// The sending half of a message connection.
-pub type BoxSink = Pin<Box<dyn Sink<Vec<u8>, Error = String> + Send>>;
+pub type BoxSink = Pin<Box<dyn Sink<Vec<u8>, Error = LinkError> + Send>>;
 /// The receiving half of a message connection: binary messages, an `Err` on failure, the end
 /// of the stream on close.
-pub type BoxStream = Pin<Box<dyn Stream<Item = std::result::Result<Vec<u8>, String>> + Send>>;
+pub type BoxStream = Pin<Box<dyn Stream<Item = std::result::Result<Vec<u8>, LinkError>> + Send>>;
 
 /// A message connection (a WebSocket, whichever library accepted it), as binary messages.
 pub struct Duplex {
@@ -100,14 +137,14 @@ impl Duplex {
     {
         let (sink, stream) = ws.split();
         let sink = sink
-            .sink_map_err(|e| e.to_string())
+            .sink_map_err(|e| LinkError::classify(&e))
             .with(|b: Vec<u8>| futures_util::future::ready(Ok(Message::Binary(b.into()))));
         let stream = stream.filter_map(|m| {
             futures_util::future::ready(match m {
                 Ok(Message::Binary(b)) => Some(Ok(b.to_vec())),
-                Ok(Message::Close(_)) => None,
+                Ok(Message::Text(_)) => Some(Err(LinkError::Text)),
                 Ok(_) => None,
-                Err(e) => Some(Err(e.to_string())),
+                Err(e) => Some(Err(LinkError::classify(&e))),
             })
         });
         Duplex {
@@ -118,7 +155,10 @@ impl Duplex {
 
     /// Sends one frame.
     pub async fn send_frame(&mut self, f: &Frame) -> Result<()> {
-        self.sink.send(f.encode()).await.map_err(NetError::Closed)
+        self.sink
+            .send(f.encode())
+            .await
+            .map_err(|e| NetError::Closed(e.to_string()))
     }
 
     /// Receives one frame (at most `limit` payload bytes) within `timeout`.
@@ -126,7 +166,7 @@ impl Duplex {
         match tokio::time::timeout(timeout, self.stream.next()).await {
             Err(_) => Err(NetError::Timeout(format!("no message within {timeout:?}"))),
             Ok(None) => Err(NetError::Closed("the peer closed the connection".into())),
-            Ok(Some(Err(e))) => Err(NetError::Closed(e)),
+            Ok(Some(Err(e))) => Err(NetError::Closed(e.to_string())),
             Ok(Some(Ok(b))) => Ok(decode(&b, limit)?),
         }
     }
@@ -486,7 +526,11 @@ impl WsTransport {
 }
 
 fn core(e: NetError) -> CoreError {
-    CoreError::Transport(e.to_string())
+    match e {
+        NetError::Timeout(m) => TransportError::Timeout(m),
+        e => TransportError::PeerGone(e.to_string()),
+    }
+    .into()
 }
 
 impl Transport for WsTransport {
@@ -517,7 +561,7 @@ impl Transport for WsTransport {
             let session_notify = {
                 let mut st = self.inbox.lock();
                 if let Some(why) = st.dead.get(&tag.session) {
-                    return Err(CoreError::Transport(why.clone()));
+                    return Err(TransportError::Aborted(why.clone()).into());
                 }
                 let st = &mut *st;
                 let b = st.sessions.entry(tag.session).or_default();
@@ -530,7 +574,7 @@ impl Transport for WsTransport {
                     }
                 }
                 if let Some(why) = st.closed_peers.get(&from) {
-                    return Err(CoreError::Transport(format!("{from:?}: {why}")));
+                    return Err(TransportError::PeerGone(format!("{from:?}: {why}")).into());
                 }
                 b.notify.clone()
             };
@@ -569,10 +613,10 @@ impl Transport for WsTransport {
                 {
                     st.sessions.remove(&tag.session);
                 }
-                return Err(CoreError::Transport(format!(
+                return Err(CoreError::from(TransportError::Timeout(format!(
                     "{from:?} sent nothing for {:?} (step {})",
                     self.timeout, tag.step
-                )));
+                ))));
             }
         }
     }

@@ -383,11 +383,121 @@ pub struct Manifest {
     pub input_bound: f64,
 }
 
+/// The codes of [`ErrorPayload`]s: one list for the servers, both clients and the npm
+/// package's `index.d.ts` (a test checks the two agree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The first message was not a valid client hello.
+    BadHello,
+    /// The hello named a model the server does not serve.
+    UnknownModel,
+    /// A frame that is malformed, or of a kind this server does not take from a client.
+    BadFrame,
+    /// A WebSocket message that is not binary.
+    BadMessage,
+    /// An input share or seed of the wrong size, or a batch over the limit.
+    BadShape,
+    /// A message, or a request's material, over the server's limits.
+    TooLarge,
+    /// The server, or this connection, is at capacity now: retry later.
+    Busy,
+    /// The connection sent nothing for too long and is closed.
+    Idle,
+    /// Too many bad requests on one connection: it is closed.
+    TooManyErrors,
+    /// The parties are not ready (a party link is down, or models are loading).
+    NotReady,
+    /// No helper material could be had for the request.
+    NoMaterial,
+    /// A seed for a session P1 does not know (never dealt, used, or expired).
+    UnknownSession,
+    /// The session failed while running (a party died, froze or aborted it).
+    SessionFailed,
+    /// A party failed authentication.
+    Unauthenticated,
+    /// A code this version does not know (from a newer server).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// Every code a server sends (not [`ErrorCode::Unknown`]).
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::BadHello,
+        ErrorCode::UnknownModel,
+        ErrorCode::BadFrame,
+        ErrorCode::BadMessage,
+        ErrorCode::BadShape,
+        ErrorCode::TooLarge,
+        ErrorCode::Busy,
+        ErrorCode::Idle,
+        ErrorCode::TooManyErrors,
+        ErrorCode::NotReady,
+        ErrorCode::NoMaterial,
+        ErrorCode::UnknownSession,
+        ErrorCode::SessionFailed,
+        ErrorCode::Unauthenticated,
+    ];
+
+    /// The code as it travels (`bad_shape`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadHello => "bad_hello",
+            ErrorCode::UnknownModel => "unknown_model",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::BadMessage => "bad_message",
+            ErrorCode::BadShape => "bad_shape",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Idle => "idle",
+            ErrorCode::TooManyErrors => "too_many_errors",
+            ErrorCode::NotReady => "not_ready",
+            ErrorCode::NoMaterial => "no_material",
+            ErrorCode::UnknownSession => "unknown_session",
+            ErrorCode::SessionFailed => "session_failed",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+
+    /// The code of a travelling string ([`ErrorCode::Unknown`] for one this version does
+    /// not know).
+    pub fn parse(s: &str) -> ErrorCode {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or(ErrorCode::Unknown)
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error sent to the peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorPayload {
-    /// A short machine-readable code (`bad_shape`, `unknown_model`, `too_large`, ...).
+    /// A short machine-readable code, one of [`ErrorCode`] (kept as text on the wire so that
+    /// an older client still reads a newer server's codes).
     pub code: String,
     /// A message for people.
     pub message: String,
+}
+
+impl ErrorPayload {
+    /// An error with `code`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorPayload {
+        ErrorPayload {
+            code: code.as_str().to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// The code, typed.
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::parse(&self.code)
+    }
 }

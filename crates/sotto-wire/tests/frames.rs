@@ -120,3 +120,34 @@ fn every_malformation_has_its_error() {
         "Debug hides the payload"
     );
 }
+
+#[test]
+fn error_codes_round_trip_and_match_the_npm_types() {
+    use sotto_wire::{ErrorCode, ErrorPayload};
+    for c in ErrorCode::ALL {
+        assert_eq!(ErrorCode::parse(c.as_str()), c);
+        let json = serde_json::to_string(&c).expect("json");
+        assert_eq!(json, format!("\"{}\"", c.as_str()));
+        assert_eq!(ErrorPayload::new(c, "m").error_code(), c);
+    }
+    assert_eq!(ErrorCode::parse("from_a_newer_server"), ErrorCode::Unknown);
+    let later: ErrorCode = serde_json::from_str("\"from_a_newer_server\"").expect("other");
+    assert_eq!(later, ErrorCode::Unknown);
+    // index.d.ts lists exactly these codes in its ErrorCode type.
+    let dts = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../web/index.d.ts"),
+    )
+    .expect("web/index.d.ts");
+    let start = dts
+        .find("export type ErrorCode")
+        .expect("index.d.ts declares ErrorCode");
+    let decl = &dts[start..start + dts[start..].find(';').expect("end of the type")];
+    let mut listed: Vec<&str> = decl.split('\'').skip(1).step_by(2).collect();
+    listed.sort_unstable();
+    let mut ours: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    ours.sort_unstable();
+    assert_eq!(
+        listed, ours,
+        "index.d.ts's ErrorCode and sotto-wire's differ"
+    );
+}

@@ -13,13 +13,16 @@ use futures_util::{SinkExt, StreamExt};
 use sotto_core::protocols as p;
 use sotto_core::session::{Server, OUTPUT_STEP};
 use sotto_core::transport::{PartyId, Tag, Transport};
-use sotto_core::CoreError;
+use sotto_core::{CoreError, TransportError};
 use sotto_model::private::{finish_predict, prepare_predict, Loaded, PreparedPrediction};
-use sotto_net::{Duplex, WsTransport};
-use sotto_wire::{decode, Control, ErrorPayload, Frame, Hello, Kind, Role, DEFAULT_MAX_PAYLOAD};
+use sotto_net::{Duplex, LinkError, WsTransport};
+use sotto_wire::{
+    decode, Control, ErrorCode, ErrorPayload, Frame, Hello, Kind, Role, DEFAULT_MAX_PAYLOAD,
+};
 use tokio::sync::mpsc;
 
 use super::admit::{Admission, Refusal, MAX_STRIKES};
+use super::error::Result;
 use super::party::{claim_session, take_session};
 use super::State;
 
@@ -50,11 +53,8 @@ impl Out {
     }
 }
 
-fn error_frame(session: u128, step: u32, code: &str, message: impl Into<String>) -> Vec<u8> {
-    let e = ErrorPayload {
-        code: code.into(),
-        message: message.into(),
-    };
+fn error_frame(session: u128, step: u32, code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
+    let e = ErrorPayload::new(code, message);
     Frame::json(Kind::Error, session, step, &e)
         .map(|f| f.encode())
         .unwrap_or_default()
@@ -86,7 +86,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     .send(error_frame(
                         0,
                         0,
-                        "unknown_model",
+                        ErrorCode::UnknownModel,
                         format!(
                             "no model {:?} here; models: {}",
                             h.model_id,
@@ -105,7 +105,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                 .send(error_frame(
                     0,
                     0,
-                    "bad_hello",
+                    ErrorCode::BadHello,
                     format!("a {:?} cannot connect here (parties use /v1/party)", h.role),
                 ))
                 .await;
@@ -115,7 +115,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
         }
         Err(e) => {
             st.metrics.error("bad_hello");
-            let _ = sink.send(error_frame(0, 0, "bad_hello", e)).await;
+            let _ = sink.send(error_frame(0, 0, ErrorCode::BadHello, e)).await;
             let _ = sink.close().await;
             st.metrics.clients.dec();
             return;
@@ -167,7 +167,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                 out.push(error_frame(
                     0,
                     0,
-                    "idle",
+                    ErrorCode::Idle,
                     format!(
                         "nothing sent for {:?}: the connection is closed",
                         st.cfg.idle_timeout
@@ -184,7 +184,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             out.push(error_frame(
                 0,
                 0,
-                "too_many_errors",
+                ErrorCode::TooManyErrors,
                 format!("{strikes} bad requests on this connection: it is closed"),
             ));
             break;
@@ -195,16 +195,15 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                 // Tell the client why its connection ends (an oversized message, a text
                 // message, a broken frame) before closing it.
                 // A connection that just dropped gets no answer.
-                let code = if e.contains("too long") || e.contains("too big") {
-                    Some("too_large")
-                } else if e.contains("text messages") {
-                    Some("bad_message")
-                } else {
-                    None
+                let code = match e {
+                    LinkError::TooLarge(_) => Some(ErrorCode::TooLarge),
+                    LinkError::Text => Some(ErrorCode::BadMessage),
+                    LinkError::Protocol(_) => Some(ErrorCode::BadFrame),
+                    LinkError::Io(_) => None,
                 };
                 if let Some(code) = code {
-                    st.metrics.error(code);
-                    out.push(error_frame(0, 0, code, e.clone()));
+                    st.metrics.error(code.as_str());
+                    out.push(error_frame(0, 0, code, e.to_string()));
                 }
                 if st.cfg.verbose {
                     eprintln!("[{:?}] client connection error: {e}", st.me);
@@ -216,10 +215,10 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             Ok(f) => f,
             Err(e) => {
                 let code = match e {
-                    sotto_wire::WireError::TooLarge { .. } => "too_large",
-                    _ => "bad_frame",
+                    sotto_wire::WireError::TooLarge { .. } => ErrorCode::TooLarge,
+                    _ => ErrorCode::BadFrame,
                 };
-                st.metrics.error(code);
+                st.metrics.error(code.as_str());
                 out.push(error_frame(0, 0, code, e.to_string()));
                 break;
             }
@@ -233,7 +232,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     out.push(error_frame(
                         0,
                         f.step,
-                        "bad_shape",
+                        ErrorCode::BadShape,
                         format!(
                             "{len} bytes of input share: model {model_id} takes inputs of {} values ({per_input} bytes) each, 1 to {} per request",
                             plan.input_len, st.cfg.max_batch
@@ -253,7 +252,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         out.push(error_frame(
                             0,
                             f.step,
-                            "too_large",
+                            ErrorCode::TooLarge,
                             format!(
                                 "a batch of {batch} needs {} MiB of correlated randomness per server; this deployment admits {} MiB per request (--inflight-budget-mb): send at most {} inputs of model {model_id} per request",
                                 kib / 1024,
@@ -265,7 +264,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     }
                     Err(Refusal::Busy(m)) => {
                         st.metrics.error("busy");
-                        out.push(error_frame(0, f.step, "busy", m));
+                        out.push(error_frame(0, f.step, ErrorCode::Busy, m));
                         continue;
                     }
                 };
@@ -276,7 +275,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         Ok(a) => a,
                         Err(e) => {
                             st.metrics.error("busy");
-                            out.push(error_frame(0, f.step, "busy", e.message()));
+                            out.push(error_frame(0, f.step, ErrorCode::Busy, e.message()));
                             return;
                         }
                     };
@@ -285,7 +284,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         out.push(error_frame(
                             0,
                             f.step,
-                            "not_ready",
+                            ErrorCode::NotReady,
                             format!("the parties are not ready: {}", st.status()),
                         ));
                         return;
@@ -305,7 +304,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         }
                         Err(e) => {
                             st.metrics.error("no_material");
-                            out.push(error_frame(0, f.step, "no_material", e));
+                            out.push(error_frame(0, f.step, ErrorCode::NoMaterial, e.to_string()));
                         }
                     }
                 });
@@ -317,7 +316,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     out.push(error_frame(
                         f.session,
                         0,
-                        "bad_shape",
+                        ErrorCode::BadShape,
                         format!("an input seed is 32 bytes, got {}", f.payload.len()),
                     ));
                     continue;
@@ -326,7 +325,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     Ok(c) => c,
                     Err(e) => {
                         st.metrics.error("busy");
-                        out.push(error_frame(f.session, 0, "busy", e.message()));
+                        out.push(error_frame(f.session, 0, ErrorCode::Busy, e.message()));
                         continue;
                     }
                 };
@@ -344,9 +343,16 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                             let _ = st.mesh.send_control(
                                 PartyId::P0,
                                 f.session,
-                                &Control::Abort { reason: e.clone() },
+                                &Control::Abort {
+                                    reason: e.to_string(),
+                                },
                             );
-                            out.push(error_frame(f.session, 0, "unknown_session", e));
+                            out.push(error_frame(
+                                f.session,
+                                0,
+                                ErrorCode::UnknownSession,
+                                e.to_string(),
+                            ));
                         }
                     }
                 });
@@ -357,7 +363,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                 out.push(error_frame(
                     f.session,
                     f.step,
-                    "bad_frame",
+                    ErrorCode::BadFrame,
                     format!(
                         "{me:?} does not take a {k:?} frame (session {:x}) from a client",
                         f.session
@@ -390,7 +396,7 @@ pub(crate) async fn prepare_session(
     load: u128,
     batch: usize,
     session: u128,
-) -> Result<PreparedSession, String> {
+) -> Result<PreparedSession> {
     let m = st.model(model).ok_or("model gone")?;
     let loaded = loaded_model(st, model, load)?;
     let link = Arc::new(SessionLink {
@@ -398,12 +404,8 @@ pub(crate) async fn prepare_session(
         out: Mutex::new(None),
         input: Mutex::new(None),
     });
-    let mut server = Server::start(link.clone(), session)
-        .await
-        .map_err(|e| e.to_string())?;
-    let prep = prepare_predict(&mut server, &m.file.plan, &loaded, batch)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut server = Server::start(link.clone(), session).await?;
+    let prep = prepare_predict(&mut server, &m.file.plan, &loaded, batch).await?;
     Ok(PreparedSession {
         server,
         link,
@@ -413,7 +415,7 @@ pub(crate) async fn prepare_session(
 }
 
 /// The loaded model `model` if it is load `load`.
-fn loaded_model(st: &State, model: &str, load: u128) -> Result<Arc<Loaded>, String> {
+fn loaded_model(st: &State, model: &str, load: u128) -> Result<Arc<Loaded>> {
     match st
         .loaded
         .read()
@@ -443,7 +445,7 @@ async fn run_session(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&session);
-    let res: Result<(), String> = async {
+    let res: Result<()> = async {
         let m = st.model(model_id).ok_or("model gone")?;
         let plan = &m.file.plan;
         let Some(PreparedSession {
@@ -459,20 +461,14 @@ async fn run_session(
             return Err(format!(
                 "session prepared for a batch of {}, the request has {batch}",
                 prep.batch()
-            ));
+            )
+            .into());
         }
         let loaded = loaded_model(st, model_id, load)?;
         link.attach(out.clone(), input);
-        let xs = server
-            .receive_input(batch * plan.input_len)
-            .await
-            .map_err(|e| e.to_string())?;
-        let y = finish_predict(&mut server, plan, &loaded, prep, xs)
-            .await
-            .map_err(|e| e.to_string())?;
-        p::output(&mut server, &y, 64)
-            .await
-            .map_err(|e| e.to_string())
+        let xs = server.receive_input(batch * plan.input_len).await?;
+        let y = finish_predict(&mut server, plan, &loaded, prep, xs).await?;
+        Ok(p::output(&mut server, &y, 64).await?)
     }
     .await;
     st.metrics.active.dec();
@@ -503,14 +499,18 @@ async fn run_session(
             } else {
                 PartyId::P0
             };
-            let _ = st
-                .mesh
-                .send_control(peer, session, &Control::Abort { reason: e.clone() });
+            let _ = st.mesh.send_control(
+                peer,
+                session,
+                &Control::Abort {
+                    reason: e.to_string(),
+                },
+            );
             st.mesh.end_session(session, "session failed");
             out.push(error_frame(
                 session,
                 0,
-                "session_failed",
+                ErrorCode::SessionFailed,
                 format!("{:?}: {e}", st.me),
             ));
             eprintln!("[{:?}] session {session:x} failed: {e}", st.me);
@@ -550,14 +550,18 @@ impl Transport for SessionLink {
             payload: data,
         };
         let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let out = out
-            .ok_or_else(|| CoreError::Transport("no client is attached to this session".into()))?;
+        let out = out.ok_or_else(|| {
+            CoreError::from(TransportError::PeerGone(
+                "no client is attached to this session".into(),
+            ))
+        })?;
         if out.push(f.encode()) {
             Ok(())
         } else {
-            Err(CoreError::Transport(
+            Err(TransportError::PeerGone(
                 "the client's connection closed or does not read its results".into(),
-            ))
+            )
+            .into())
         }
     }
 
@@ -569,6 +573,10 @@ impl Transport for SessionLink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .ok_or_else(|| CoreError::Transport("no client input for this session".into()))
+            .ok_or_else(|| {
+                CoreError::from(TransportError::PeerGone(
+                    "no client input for this session".into(),
+                ))
+            })
     }
 }

@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use sotto_net::Duplex;
+use sotto_net::{Duplex, LinkError};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -183,14 +183,14 @@ impl axum::serve::Listener for TlsListener {
 pub fn duplex(ws: WebSocket) -> Duplex {
     let (sink, stream) = ws.split();
     let sink = sink
-        .sink_map_err(|e| e.to_string())
+        .sink_map_err(|e| LinkError::classify(&e))
         .with(|b: Vec<u8>| futures_util::future::ready(Ok(Message::Binary(b.into()))));
     let stream = stream.filter_map(|m| {
         futures_util::future::ready(match m {
             Ok(Message::Binary(b)) => Some(Ok(b.to_vec())),
-            Ok(Message::Text(_)) => Some(Err("text messages are not part of the protocol".into())),
+            Ok(Message::Text(_)) => Some(Err(LinkError::Text)),
             Ok(_) => None,
-            Err(e) => Some(Err(e.to_string())),
+            Err(e) => Some(Err(LinkError::classify(&e))),
         })
     });
     Duplex {

@@ -9,6 +9,7 @@
 
 pub mod admit;
 mod client;
+pub mod error;
 pub mod http;
 mod party;
 pub use party::{dealing, pool_size, top_up};

@@ -14,6 +14,7 @@ use sotto_net::{party_ws_config, ControlReceiver, Duplex};
 use sotto_wire::{Control, Role};
 use tokio::sync::{mpsc, oneshot};
 
+use super::error::Result;
 use super::State;
 
 /// How long a party waits for a handshake message.
@@ -75,7 +76,7 @@ pub fn dealing(st: &State) -> usize {
 }
 
 /// Starts the party's background work: dialing, the control loop, loads and pools.
-pub fn start(st: Arc<State>, control: ControlReceiver) -> Result<(), String> {
+pub fn start(st: Arc<State>, control: ControlReceiver) -> std::result::Result<(), String> {
     match st.me {
         PartyId::P0 => {
             if st.cfg.p1.is_none() || st.cfg.helper.is_none() {
@@ -120,7 +121,7 @@ pub async fn accept(st: Arc<State>, mut link: Duplex, dialer: Role) {
     }
 }
 
-async fn dial(st: &State, peer: PartyId) -> Result<Duplex, String> {
+async fn dial(st: &State, peer: PartyId) -> Result<Duplex> {
     let url = match peer {
         PartyId::P1 => st.cfg.p1.as_deref(),
         PartyId::Helper => st.cfg.helper.as_deref(),
@@ -129,21 +130,18 @@ async fn dial(st: &State, peer: PartyId) -> Result<Duplex, String> {
     .ok_or("no URL")?;
     let url = format!("{}/v1/party", url.trim_end_matches('/'));
     let tls = match &st.cfg.ca {
-        Some(ca) => Some(sotto_net::tls::client_config(ca).map_err(|e| e.to_string())?),
+        Some(ca) => Some(sotto_net::tls::client_config(ca)?),
         None => None,
     };
-    let token = auth::upgrade_token(&st.cfg.keys, role_of(peer)).map_err(|e| e.to_string())?;
+    let token = auth::upgrade_token(&st.cfg.keys, role_of(peer))?;
     let mut link = sotto_net::tls::connect_with_headers(
         &url,
         tls,
         party_ws_config(),
         &[(auth::UPGRADE_HEADER, token)],
     )
-    .await
-    .map_err(|e| e.to_string())?;
-    auth::dial(&mut link, &st.cfg.keys, role_of(peer), AUTH_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+    .await?;
+    auth::dial(&mut link, &st.cfg.keys, role_of(peer), AUTH_TIMEOUT).await?;
     Ok(link)
 }
 
@@ -299,27 +297,21 @@ async fn p0_supervisor(st: Arc<State>) {
     }
 }
 
-async fn load_all(st: &Arc<State>) -> Result<(), String> {
+async fn load_all(st: &Arc<State>) -> Result<()> {
     st.loaded.write().unwrap_or_else(|e| e.into_inner()).clear();
     for m in &st.cfg.models {
-        let session = new_session_id().map_err(|e| e.to_string())?;
+        let session = new_session_id()?;
         let c = Control::Load {
             model: m.id.clone(),
             set_id: m.file.set_id.clone(),
         };
         for peer in [PartyId::P1, PartyId::Helper] {
-            st.mesh
-                .send_control(peer, session, &c)
-                .map_err(|e| e.to_string())?;
+            st.mesh.send_control(peer, session, &c)?;
         }
-        let weights = m.file.server_weights().map_err(|e| e.to_string())?;
-        let res = async {
-            let mut s = Server::start(st.mesh.clone(), session)
-                .await
-                .map_err(|e| e.to_string())?;
-            load(&mut s, &m.file.plan, weights)
-                .await
-                .map_err(|e| e.to_string())
+        let weights = m.file.server_weights()?;
+        let res: Result<_> = async {
+            let mut s = Server::start(st.mesh.clone(), session).await?;
+            Ok(load(&mut s, &m.file.plan, weights).await?)
         }
         .await;
         st.mesh.end_session(session, "load finished");
@@ -388,7 +380,7 @@ fn refill_to(st: &State, full: bool) {
 
 /// P0: a fresh dealt session for `batch` inputs of `model` (waits for the helper if the pool
 /// is empty).
-pub async fn take_session(st: &Arc<State>, model: &str, batch: usize) -> Result<u128, String> {
+pub async fn take_session(st: &Arc<State>, model: &str, batch: usize) -> Result<u128> {
     let rx = {
         let mut pools = lock(&st.pools);
         let q = pools.queues.entry((model.to_string(), batch)).or_default();
@@ -416,15 +408,16 @@ pub async fn take_session(st: &Arc<State>, model: &str, batch: usize) -> Result<
         }
         for peer in [PartyId::Helper, PartyId::P1] {
             if !st.mesh.is_up(peer) {
-                return Err(format!(
-                    "{peer:?} is unreachable: no material for this request"
-                ));
+                return Err(
+                    format!("{peer:?} is unreachable: no material for this request").into(),
+                );
             }
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(format!(
                 "the helper dealt no material for a batch of {batch} within {DEAL_WAIT:?}"
-            ));
+            )
+            .into());
         }
     }
 }
@@ -434,7 +427,7 @@ const LINK_POLL: Duration = Duration::from_millis(50);
 
 /// P1: takes the dealt session `session` for `model` (waiting up to the party timeout for the
 /// helper's announcement); returns its batch size.
-pub async fn claim_session(st: &Arc<State>, session: u128, model: &str) -> Result<usize, String> {
+pub async fn claim_session(st: &Arc<State>, session: u128, model: &str) -> Result<usize> {
     let deadline = Instant::now() + st.cfg.timeout;
     loop {
         let changed = st.pool_changed.notified();
@@ -447,27 +440,30 @@ pub async fn claim_session(st: &Arc<State>, session: u128, model: &str) -> Resul
                     st.mesh.end_session(session, "claimed for another model");
                     return Err(format!(
                         "session {session:x} is for model {m}, this connection is for {model}"
-                    ));
+                    )
+                    .into());
                 }
                 return Ok(batch);
             }
         }
         if st.mesh.is_ended(session) {
-            return Err(format!("session {session:x} was already used or aborted"));
+            return Err(format!("session {session:x} was already used or aborted").into());
         }
         if !st.mesh.is_up(PartyId::Helper) {
             // No announcement can come: the helper may have died between dealing to P0
             // and dealing to us.
             return Err(format!(
                 "session {session:x} was not dealt to P1 and the helper is unreachable"
-            ));
+            )
+            .into());
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(format!(
                 "unknown session {session:x} (not dealt, or not announced within {:?})",
                 st.cfg.timeout
-            ));
+            )
+            .into());
         }
         // Woken by an announcement, or every 50 ms to notice a helper link that dropped.
         let _ = tokio::time::timeout(left.min(LINK_POLL), changed).await;
@@ -565,7 +561,7 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
 }
 
 async fn load_here(st: Arc<State>, session: u128, model: String, set_id: String) {
-    let res: Result<(), String> = async {
+    let res: Result<()> = async {
         let m = st
             .model(&model)
             .filter(|m| m.id == model)
@@ -574,27 +570,27 @@ async fn load_here(st: Arc<State>, session: u128, model: String, set_id: String)
             return Err(format!(
                 "model {model:?}: {:?}'s file is from set {}, P0's from set {set_id}; give every party the files of one `sotto share-model` run",
                 st.me, m.file.set_id
-            ));
+            ).into());
         }
         if st.me == PartyId::Helper {
             let mut d = Dealer::start(st.mesh.clone(), session)
                 .await
-                .map_err(|e| e.to_string())?;
+                ?;
             let h = deal_load(&mut d, &m.file.plan, m.file.private)
                 .await
-                .map_err(|e| e.to_string())?;
+                ?;
             st.helper_loaded
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(model.clone(), (session, Arc::new(h)));
         } else {
-            let weights = m.file.server_weights().map_err(|e| e.to_string())?;
+            let weights = m.file.server_weights()?;
             let mut s = Server::start(st.mesh.clone(), session)
                 .await
-                .map_err(|e| e.to_string())?;
+                ?;
             let l = load(&mut s, &m.file.plan, weights)
                 .await
-                .map_err(|e| e.to_string())?;
+                ?;
             st.loaded
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
@@ -616,9 +612,13 @@ async fn load_here(st: Arc<State>, session: u128, model: String, set_id: String)
             st.set_status(format!("loading model {model} failed: {e}"));
             for peer in [PartyId::P0, PartyId::P1, PartyId::Helper] {
                 if peer != st.me {
-                    let _ =
-                        st.mesh
-                            .send_control(peer, session, &Control::Abort { reason: e.clone() });
+                    let _ = st.mesh.send_control(
+                        peer,
+                        session,
+                        &Control::Abort {
+                            reason: e.to_string(),
+                        },
+                    );
                 }
             }
         }
@@ -645,17 +645,11 @@ fn dealer_worker(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<(String, usize,
         }
         let plan = &m.file.plan;
         for _ in 0..count {
-            let res: Result<u128, String> = block_on(async {
-                let session = new_session_id().map_err(|e| e.to_string())?;
-                let mut d = Dealer::start(st.mesh.clone(), session)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                deal_predict(&mut d, plan, &h, batch)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                p::deal_output(&mut d, batch * plan.output_len)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            let res: Result<u128> = block_on(async {
+                let session = new_session_id()?;
+                let mut d = Dealer::start(st.mesh.clone(), session).await?;
+                deal_predict(&mut d, plan, &h, batch).await?;
+                p::deal_output(&mut d, batch * plan.output_len).await?;
                 Ok(session)
             });
             match res {
