@@ -108,7 +108,8 @@ impl Conn {
         tokio::spawn(async move {
             while let Some(b) = rx.recv().await {
                 if sink.send(b).await.is_err() {
-                    break;
+                    // A failed sink is not polled again (not even to close it).
+                    return;
                 }
             }
             let _ = sink.close().await;

@@ -350,7 +350,8 @@ impl WsTransport {
         let writer = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 if sink.send(bytes).await.is_err() {
-                    break;
+                    // A failed sink is not polled again (not even to close it).
+                    return;
                 }
             }
             let _ = sink.close().await;

@@ -27,10 +27,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub const WAIT: Duration = Duration::from_secs(10);
 /// Most bytes of input shares held by requests waiting for room.
 pub const MAX_WAITING_BYTES: usize = 64 << 20;
-/// Seeds one P1 connection may have waiting for their session.
-pub const MAX_CLAIMS_PER_CONNECTION: usize = 64;
-/// Seeds all P1 connections together may have waiting for their session.
-pub const MAX_CLAIMS: usize = 1024;
+/// Seeds one P1 connection may have waiting for their session's announcement (a seed whose
+/// session P1 already holds does not wait).
+pub const MAX_CLAIMS_PER_CONNECTION: usize = 16;
+/// Seeds all P1 connections together may have waiting: the default connection cap (512)
+/// times the per-connection cap, so that filling it takes more connections than a party
+/// accepts (a waiting seed costs about a kilobyte).
+pub const MAX_CLAIMS: usize = 8192;
 /// Bad requests (wrong shapes, unknown frames) after which a connection is closed.
 pub const MAX_STRIKES: u32 = 8;
 

@@ -15,7 +15,7 @@ use sotto_core::session::{Server, OUTPUT_STEP};
 use sotto_core::transport::{PartyId, Tag, Transport};
 use sotto_core::{CoreError, TransportError};
 use sotto_model::private::{finish_predict, prepare_predict, Loaded, PreparedPrediction};
-use sotto_net::{Duplex, LinkError, WsTransport};
+use sotto_net::{BoxSink, Duplex, LinkError, WsTransport};
 use sotto_wire::{
     decode, Control, ErrorCode, ErrorPayload, Frame, Hello, Kind, Role, DEFAULT_MAX_PAYLOAD,
 };
@@ -60,9 +60,31 @@ fn error_frame(session: u128, step: u32, code: ErrorCode, message: impl Into<Str
         .unwrap_or_default()
 }
 
+/// How long one write to a client may take: a client that does not read (its socket's buffers
+/// full) is disconnected rather than holding the connection.
+const CLIENT_WRITE: Duration = Duration::from_secs(5);
+
+/// Counts an open client connection for as long as it lives (whichever way it ends).
+struct Counted(Arc<State>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.metrics.clients.dec();
+    }
+}
+
+/// Sends a last frame and closes, each within [`CLIENT_WRITE`]; after a failed send the sink
+/// is not touched again (a failed sink must not be polled to close).
+async fn send_last(sink: &mut BoxSink, frame: Vec<u8>) {
+    if let Ok(Ok(())) = tokio::time::timeout(CLIENT_WRITE, sink.send(frame)).await {
+        let _ = tokio::time::timeout(CLIENT_WRITE, sink.close()).await;
+    }
+}
+
 /// Handles one client connection until it closes.
 pub async fn handle(st: Arc<State>, link: Duplex) {
     st.metrics.clients.inc();
+    let _counted = Counted(st.clone());
     let Duplex {
         mut sink,
         mut stream,
@@ -82,42 +104,34 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             None => {
                 st.metrics.error("unknown_model");
                 let known: Vec<&str> = st.cfg.models.iter().map(|m| m.id.as_str()).collect();
-                let _ = sink
-                    .send(error_frame(
-                        0,
-                        0,
-                        ErrorCode::UnknownModel,
-                        format!(
-                            "no model {:?} here; models: {}",
-                            h.model_id,
-                            known.join(", ")
-                        ),
-                    ))
-                    .await;
-                let _ = sink.close().await;
-                st.metrics.clients.dec();
+                let e = error_frame(
+                    0,
+                    0,
+                    ErrorCode::UnknownModel,
+                    format!(
+                        "no model {:?} here; models: {}",
+                        h.model_id,
+                        known.join(", ")
+                    ),
+                );
+                send_last(&mut sink, e).await;
                 return;
             }
         },
         Ok(h) => {
             st.metrics.error("bad_hello");
-            let _ = sink
-                .send(error_frame(
-                    0,
-                    0,
-                    ErrorCode::BadHello,
-                    format!("a {:?} cannot connect here (parties use /v1/party)", h.role),
-                ))
-                .await;
-            let _ = sink.close().await;
-            st.metrics.clients.dec();
+            let e = error_frame(
+                0,
+                0,
+                ErrorCode::BadHello,
+                format!("a {:?} cannot connect here (parties use /v1/party)", h.role),
+            );
+            send_last(&mut sink, e).await;
             return;
         }
         Err(e) => {
             st.metrics.error("bad_hello");
-            let _ = sink.send(error_frame(0, 0, ErrorCode::BadHello, e)).await;
-            let _ = sink.close().await;
-            st.metrics.clients.dec();
+            send_last(&mut sink, error_frame(0, 0, ErrorCode::BadHello, e)).await;
             return;
         }
     };
@@ -125,8 +139,10 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
         Ok(f) => f.encode(),
         Err(_) => return,
     };
-    if sink.send(manifest).await.is_err() {
-        st.metrics.clients.dec();
+    if !matches!(
+        tokio::time::timeout(CLIENT_WRITE, sink.send(manifest)).await,
+        Ok(Ok(()))
+    ) {
         return;
     }
     let (tx, mut out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
@@ -140,11 +156,16 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             counted
                 .client_sent
                 .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            if sink.send(b).await.is_err() {
-                break;
+            if !matches!(
+                tokio::time::timeout(CLIENT_WRITE, sink.send(b)).await,
+                Ok(Ok(()))
+            ) {
+                // Failed, or the client stopped reading: drop the connection (a failed sink
+                // is not polled again).
+                return;
             }
         }
-        let _ = sink.close().await;
+        let _ = tokio::time::timeout(CLIENT_WRITE, sink.close()).await;
     });
     let model_id = model.id.clone();
     let plan = &model.file.plan;
@@ -331,8 +352,11 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                 };
                 let (st, out, model_id) = (st.clone(), out.clone(), model_id.clone());
                 tokio::spawn(async move {
-                    let _claim = claim;
-                    match claim_session(&st, f.session, &model_id).await {
+                    // The slot is held while the seed waits for its session, not while the
+                    // session runs (that is P0's budget).
+                    let claimed = claim_session(&st, f.session, &model_id).await;
+                    drop(claim);
+                    match claimed {
                         Ok(batch) => {
                             run_session(&st, &model_id, batch, f.session, f.payload, &out).await
                         }
@@ -374,8 +398,11 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
         }
     }
     drop(out);
-    let _ = writer.await;
-    st.metrics.clients.dec();
+    // The reader is done: the writer gets a last chance to flush, then the connection goes.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(CLIENT_WRITE, writer).await.is_err() {
+        abort.abort();
+    }
 }
 
 /// A session whose input-independent part is done (material parsed, `A_i·F` computed), kept

@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sotto_net::{Duplex, LinkError};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -28,10 +29,64 @@ use tokio_rustls::server::TlsStream;
 /// How long a client may take for its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection holding one of the listener's connection slots until it closes.
+/// How long a new connection has until the server first answers it (its request read in
+/// full, TLS done before): a slow or silent client loses its connection slot then.
+const FIRST_ANSWER: Duration = Duration::from_secs(10);
+/// How long an answered connection may go without any byte read or written (WebSocket
+/// clients are closed earlier by the idle timeout; party links ping every 500 ms).
+const IO_IDLE: Duration = Duration::from_secs(120);
+/// How long a write may stay blocked (the peer's receive window full: it does not read, as a
+/// ping flood that never reads its pongs) before the connection is closed.
+const WRITE_STALL: Duration = Duration::from_secs(5);
+
+/// A connection holding one of the listener's connection slots until it closes, and closed
+/// when it goes quiet: no answer within [`FIRST_ANSWER`] of the accept (hyper under axum has
+/// no header-read timeout of its own), or no progress for [`IO_IDLE`] after that.
 pub struct Counted<S> {
     io: S,
     _slot: OwnedSemaphorePermit,
+    answered: bool,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Since when writes have been blocked, if they are.
+    stalled: Option<tokio::time::Instant>,
+}
+
+impl<S> Counted<S> {
+    fn new(io: S, slot: OwnedSemaphorePermit) -> Self {
+        Counted {
+            io,
+            _slot: slot,
+            answered: false,
+            deadline: Box::pin(tokio::time::sleep(FIRST_ANSWER)),
+            stalled: None,
+        }
+    }
+
+    /// Called when a write is pending: true once writes have been blocked for
+    /// [`WRITE_STALL`] (checked whenever the connection is polled, as a flood of pings does).
+    fn write_stalled(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let since = *self.stalled.get_or_insert(now);
+        now.duration_since(since) >= WRITE_STALL
+    }
+
+    fn progress(&mut self) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + IO_IDLE);
+    }
+
+    /// Called when the inner IO is pending: an error once the deadline has passed.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn quiet() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the connection went quiet (no request in time, or no progress)",
+    )
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -40,7 +95,15 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        match &r {
+            // Before the first answer, bytes trickling in do not extend the deadline.
+            Poll::Ready(Ok(())) if self.answered && buf.filled().len() > before => self.progress(),
+            Poll::Pending if self.expired(cx) => return Poll::Ready(Err(quiet())),
+            _ => {}
+        }
+        r
     }
 }
 
@@ -50,10 +113,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.answered = true;
+                self.stalled = None;
+                self.progress();
+            }
+            Poll::Pending if self.write_stalled() || self.expired(cx) => {
+                return Poll::Ready(Err(quiet()))
+            }
+            _ => {}
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        if r.is_pending() && self.expired(cx) {
+            return Poll::Ready(Err(quiet()));
+        }
+        r
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
@@ -63,7 +142,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.answered = true;
+                self.stalled = None;
+                self.progress();
+            }
+            Poll::Pending if self.write_stalled() || self.expired(cx) => {
+                return Poll::Ready(Err(quiet()))
+            }
+            _ => {}
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
@@ -114,7 +205,7 @@ impl axum::serve::Listener for PlainListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr, slot) = accept_slot(&self.tcp, &self.slots).await;
-        (Counted { io, _slot: slot }, addr)
+        (Counted::new(io, slot), addr)
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
@@ -153,7 +244,7 @@ impl TlsListener {
                     if let Ok(Ok(io)) =
                         tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await
                     {
-                        let _ = tx.send((Counted { io, _slot: slot }, addr)).await;
+                        let _ = tx.send((Counted::new(io, slot), addr)).await;
                     }
                 });
             }
@@ -179,16 +270,34 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// WebSocket control messages (pings, pongs) a connection may send per second.
+const CONTROL_RATE: u32 = 64;
+
 /// An axum WebSocket as a [`Duplex`] of binary messages.
 pub fn duplex(ws: WebSocket) -> Duplex {
     let (sink, stream) = ws.split();
     let sink = sink
         .sink_map_err(|e| LinkError::classify(&e))
         .with(|b: Vec<u8>| futures_util::future::ready(Ok(Message::Binary(b.into()))));
-    let stream = stream.filter_map(|m| {
+    // WebSocket pings and pongs are answered by the library; more than CONTROL_RATE of them
+    // in a second is a flood (each costs the party a parse and a pong) and ends the stream.
+    let mut window = (std::time::Instant::now(), 0u32);
+    let stream = stream.filter_map(move |m| {
         futures_util::future::ready(match m {
             Ok(Message::Binary(b)) => Some(Ok(b.to_vec())),
             Ok(Message::Text(_)) => Some(Err(LinkError::Text)),
+            Ok(Message::Ping(_) | Message::Pong(_)) => {
+                let now = std::time::Instant::now();
+                if now.duration_since(window.0) >= Duration::from_secs(1) {
+                    window = (now, 0);
+                }
+                window.1 += 1;
+                (window.1 > CONTROL_RATE).then(|| {
+                    Err(LinkError::Protocol(format!(
+                        "more than {CONTROL_RATE} WebSocket pings or pongs in a second"
+                    )))
+                })
+            }
             Ok(_) => None,
             Err(e) => Some(Err(LinkError::classify(&e))),
         })

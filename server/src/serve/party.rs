@@ -626,48 +626,104 @@ async fn load_here(st: Arc<State>, session: u128, model: String, set_id: String)
 }
 
 /// Helper: deals the sessions P0 asks for, one after another, on a blocking thread.
+/// The helper's dealer: deals the sessions P0 asks for, one at a time, taking the (model,
+/// batch) queues in turn so that a burst of large batches does not starve the small ones
+/// (each refill of a pool waits at most one session of every other queue).
 fn dealer_worker(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<(String, usize, usize, String)>) {
-    while let Some((model, batch, count, load_hex)) = rx.blocking_recv() {
-        let entry = st
-            .helper_loaded
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&model)
-            .cloned();
-        let (Some((load_id, h)), Some(m)) = (entry, st.model(&model).filter(|m| m.id == model))
-        else {
-            eprintln!("[Helper] asked to deal for model {model:?}, which is not loaded");
+    // (model, batch) -> (sessions still to deal, load); `turns` is the round-robin order.
+    let mut pending: HashMap<(String, usize), (usize, String)> = HashMap::new();
+    let mut turns: VecDeque<(String, usize)> = VecDeque::new();
+    let add = |(model, batch, count, load): (String, usize, usize, String),
+               pending: &mut HashMap<(String, usize), (usize, String)>,
+               turns: &mut VecDeque<(String, usize)>| {
+        let key = (model, batch);
+        match pending.get_mut(&key) {
+            // A newer load replaces what was asked for an older one.
+            Some((n, l)) if *l == load => *n = n.saturating_add(count),
+            Some(entry) => *entry = (count, load),
+            None => {
+                pending.insert(key.clone(), (count, load));
+                turns.push_back(key);
+            }
+        }
+    };
+    loop {
+        if turns.is_empty() {
+            match rx.blocking_recv() {
+                Some(r) => add(r, &mut pending, &mut turns),
+                None => return,
+            }
+        }
+        while let Ok(r) = rx.try_recv() {
+            add(r, &mut pending, &mut turns);
+        }
+        let Some(key) = turns.pop_front() else {
             continue;
         };
-        if hex(load_id) != load_hex {
-            eprintln!("[Helper] asked to deal for an older load of {model:?}; skipped");
+        let Some((count, load_hex)) = pending.get_mut(&key).map(|(n, l)| {
+            *n -= 1;
+            (*n, l.clone())
+        }) else {
             continue;
+        };
+        if count > 0 {
+            turns.push_back(key.clone());
+        } else {
+            pending.remove(&key);
         }
-        let plan = &m.file.plan;
-        for _ in 0..count {
-            let res: Result<u128> = block_on(async {
-                let session = new_session_id()?;
-                let mut d = Dealer::start(st.mesh.clone(), session).await?;
-                deal_predict(&mut d, plan, &h, batch).await?;
-                p::deal_output(&mut d, batch * plan.output_len).await?;
-                Ok(session)
-            });
-            match res {
-                Ok(session) => {
-                    let c = Control::Ready {
-                        model: model.clone(),
-                        batch,
-                        load: load_hex.clone(),
-                    };
-                    for peer in [PartyId::P0, PartyId::P1] {
-                        let _ = st.mesh.send_control(peer, session, &c);
-                    }
-                }
-                Err(e) => {
-                    st.set_status(format!("dealing failed: {e}"));
-                    break;
-                }
+        let (model, batch) = key;
+        if !deal_one(&st, &model, batch, &load_hex) {
+            // Nothing more can be dealt for this queue now (not loaded, or dealing failed).
+            pending.remove(&(model.clone(), batch));
+            turns.retain(|k| *k != (model.clone(), batch));
+        }
+    }
+}
+
+/// Deals one session of `batch` inputs of `model` (load `load_hex`) and announces it to P0
+/// and P1; false when it cannot.
+fn deal_one(st: &Arc<State>, model: &str, batch: usize, load_hex: &str) -> bool {
+    let entry = st
+        .helper_loaded
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(model)
+        .cloned();
+    let (Some((load_id, h)), Some(m)) = (entry, st.model(model).filter(|m| m.id == model)) else {
+        st.log_limited("dealing", || {
+            format!("asked to deal for model {model:?}, which is not loaded")
+        });
+        return false;
+    };
+    if hex(load_id) != load_hex {
+        st.log_limited("dealing", || {
+            format!("asked to deal for an older load of {model:?}; skipped")
+        });
+        return false;
+    }
+    let plan = &m.file.plan;
+    let res: Result<u128> = block_on(async {
+        let session = new_session_id()?;
+        let mut d = Dealer::start(st.mesh.clone(), session).await?;
+        deal_predict(&mut d, plan, &h, batch).await?;
+        p::deal_output(&mut d, batch * plan.output_len).await?;
+        Ok(session)
+    });
+    match res {
+        Ok(session) => {
+            let c = Control::Ready {
+                model: model.to_string(),
+                batch,
+                load: load_hex.to_string(),
+            };
+            for peer in [PartyId::P0, PartyId::P1] {
+                let _ = st.mesh.send_control(peer, session, &c);
             }
+            true
+        }
+        Err(e) => {
+            st.set_status(format!("dealing failed: {e}"));
+            false
         }
     }
 }
