@@ -14,7 +14,7 @@ use crate::serve::{self, FileConfig, ServeConfig};
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// A TOML file with any of the settings below (flags win), e.g. `role = "p0"`,
-    /// `listen = "0.0.0.0:8100"`, `models = ["models/a"]`, `key_file = "party.key"`.
+    /// `listen = "0.0.0.0:8100"`, `models = ["models/a"]`, `key_file = "p0.keys"`.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Which party this process is: p0, p1 or helper.

@@ -71,9 +71,9 @@ enum Command {
     /// Run one party: P0, P1 or the helper.
     ///
     /// Example (three hosts; files from `sotto share-model` and `sotto certs`):
-    ///   helper: sotto serve --role helper --listen 0.0.0.0:8102 --model net=models/net --tls-cert helper.pem --tls-key helper.key --tls-ca ca.pem --key-file party.key
-    ///   p1:     sotto serve --role p1 --listen 0.0.0.0:8101 --helper wss://helper.example:8102 --model net=models/net --tls-cert p1.pem --tls-key p1.key --tls-ca ca.pem --key-file party.key
-    ///   p0:     sotto serve --role p0 --listen 0.0.0.0:8100 --p1 wss://p1.example:8101 --helper wss://helper.example:8102 --model net=models/net --tls-cert p0.pem --tls-key p0.key --tls-ca ca.pem --key-file party.key
+    ///   helper: sotto serve --role helper --listen 0.0.0.0:8102 --model net=models/net --tls-cert helper.pem --tls-key helper.key --tls-ca ca.pem --key-file helper.keys
+    ///   p1:     sotto serve --role p1 --listen 0.0.0.0:8101 --helper wss://helper.example:8102 --model net=models/net --tls-cert p1.pem --tls-key p1.key --tls-ca ca.pem --key-file p1.keys
+    ///   p0:     sotto serve --role p0 --listen 0.0.0.0:8100 --p1 wss://p1.example:8101 --helper wss://helper.example:8102 --model net=models/net --tls-cert p0.pem --tls-key p0.key --tls-ca ca.pem --key-file p0.keys
     Serve(Box<cmd::ServeArgs>),
     /// Make a deployment's TLS CA, a certificate and key per party (each valid for its own
     /// host names only), and one key per pair of parties (p0.keys, p1.keys, helper.keys: each
