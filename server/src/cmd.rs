@@ -132,7 +132,7 @@ fn warn_if_readable_by_others(path: &Path) {
 }
 
 /// Writes a secret file readable by its owner only (0600 on Unix).
-fn write_secret(path: &Path, data: &[u8]) -> Result<(), String> {
+pub(crate) fn write_secret(path: &Path, data: &[u8]) -> Result<(), String> {
     use std::io::Write;
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);

@@ -397,7 +397,8 @@ fn share_model(
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     for (role, data) in [Role::P0, Role::P1, Role::Helper].iter().zip(&set.files) {
         let p = out.join(role.file_name());
-        std::fs::write(&p, data).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+        // Weight shares: readable by their owner only.
+        cmd::write_secret(&p, data)?;
         println!(
             "{:<8} {} ({} bytes)",
             format!("{role:?}"),
@@ -406,7 +407,7 @@ fn share_model(
         );
     }
     let p = out.join(SET_RECORD_FILE);
-    std::fs::write(&p, record + "\n").map_err(|e| format!("cannot write {}: {e}", p.display()))?;
+    cmd::write_secret(&p, (record + "\n").as_bytes())?;
     println!(
         "{:<8} {} (the model owner's record: keep it, do not copy it to the parties' hosts)",
         "set",
