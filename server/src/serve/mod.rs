@@ -587,7 +587,13 @@ async fn metrics(AxState(st): AxState<Arc<State>>) -> Response {
 }
 
 async fn models(AxState(st): AxState<Arc<State>>) -> Response {
-    let list: Vec<Manifest> = st.cfg.models.iter().map(ModelEntry::manifest).collect();
+    // The helper serves no client, and its files hold only what dealing needs (no input
+    // shape or bound): it lists nothing.
+    let list: Vec<Manifest> = if st.me == PartyId::Helper {
+        Vec::new()
+    } else {
+        st.cfg.models.iter().map(ModelEntry::manifest).collect()
+    };
     (
         [
             (header::CONTENT_TYPE, "application/json"),
