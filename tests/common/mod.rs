@@ -5,7 +5,7 @@
 
 use std::io::Read as _;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,7 +43,24 @@ pub fn run_sotto(args: &[&str]) {
 pub fn material() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sotto-e2e-{}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        // Earlier runs' directories (nothing removes a test binary's at its exit): those
+        // whose process is gone are removed here.
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                let Some(pid) = name.strip_prefix("sotto-e2e-") else {
+                    continue;
+                };
+                let alive = pid
+                    .parse::<u32>()
+                    .is_ok_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                if !alive {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let dir = tmp.join(format!("sotto-e2e-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
         let d = dir.display().to_string();
