@@ -19,7 +19,11 @@
 //!    be replayed.
 //!
 //! Every MAC is HMAC-SHA256 over a length-prefixed transcript (each field preceded by its
-//! length as a u32), so no two different field lists give the same bytes.
+//! length as a u32), so no two different field lists give the same bytes. Over TLS the
+//! handshake's transcript also holds 32 bytes of the TLS exporter (label
+//! [`crate::tls::BINDING_LABEL`]), which both ends of one TLS channel compute alike: a
+//! handshake relayed into another TLS channel fails. (A TLS-terminating proxy between two
+//! parties breaks the binding too: the parties must hold the TLS channel themselves.)
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -81,14 +85,23 @@ impl Psk {
         m
     }
 
-    fn proof(&self, label: &str, dialer: Role, acceptor: Role, na: &str, nd: &str) -> Hmac<Sha256> {
+    fn proof(
+        &self,
+        label: &str,
+        dialer: Role,
+        acceptor: Role,
+        na: &str,
+        nd: &str,
+        binding: Option<&[u8; 32]>,
+    ) -> Hmac<Sha256> {
         self.mac(&[
-            b"sotto-party-auth-v2",
+            b"sotto-party-auth-v3",
             label.as_bytes(),
             role_name(dialer).as_bytes(),
             role_name(acceptor).as_bytes(),
             na.as_bytes(),
             nd.as_bytes(),
+            binding.map_or(&[][..], |b| &b[..]),
         ])
     }
 }
@@ -410,12 +423,15 @@ fn verify(m: Hmac<Sha256>, proof: Option<&str>) -> bool {
         .is_some_and(|p| m.verify_slice(&p).is_ok())
 }
 
-/// Dialing side: authenticates as `keys.me()` to a party that must be `expect`.
+/// Dialing side: authenticates as `keys.me()` to a party that must be `expect`. `binding` is
+/// the TLS channel's exporter value ([`crate::tls::connect_bound`]; `None` without TLS): both
+/// sides must see the same channel, so a handshake relayed into another TLS channel fails.
 pub async fn dial(
     link: &mut Duplex,
     keys: &PartyKeys,
     expect: Role,
     timeout: Duration,
+    binding: Option<&[u8; 32]>,
 ) -> Result<()> {
     let me = keys.me;
     let psk = keys.key_for(expect)?;
@@ -428,7 +444,7 @@ pub async fn dial(
     }
     let nd = nonce()?;
     let proof = psk
-        .proof("dialer", me, expect, &first.nonce, &nd)
+        .proof("dialer", me, expect, &first.nonce, &nd, binding)
         .finalize();
     send_auth(
         link,
@@ -443,7 +459,7 @@ pub async fn dial(
     let ok = reply.role == expect
         && reply.nonce == first.nonce
         && verify(
-            psk.proof("acceptor", me, expect, &first.nonce, &nd),
+            psk.proof("acceptor", me, expect, &first.nonce, &nd, binding),
             reply.proof.as_deref(),
         );
     if !ok {
@@ -462,6 +478,7 @@ pub async fn accept(
     keys: &PartyKeys,
     allowed: &[Role],
     timeout: Duration,
+    binding: Option<&[u8; 32]>,
 ) -> Result<Role> {
     let me = keys.me;
     let na = nonce()?;
@@ -489,20 +506,20 @@ pub async fn accept(
         }
     };
     if !verify(
-        psk.proof("dialer", answer.role, me, &na, &answer.nonce),
+        psk.proof("dialer", answer.role, me, &na, &answer.nonce, binding),
         answer.proof.as_deref(),
     ) {
         return Err(refuse(
             link,
             format!(
-                "the peer claiming to be {:?} does not hold the party key",
+                "the peer claiming to be {:?} does not hold the party key (or its TLS channel is not this one: is a TLS-terminating proxy between the parties?)",
                 answer.role
             ),
         )
         .await);
     }
     let proof = psk
-        .proof("acceptor", answer.role, me, &na, &answer.nonce)
+        .proof("acceptor", answer.role, me, &na, &answer.nonce, binding)
         .finalize();
     send_auth(
         link,

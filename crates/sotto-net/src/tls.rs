@@ -83,6 +83,21 @@ pub async fn connect_with_headers(
     ws: WebSocketConfig,
     headers: &[(&'static str, String)],
 ) -> Result<Duplex> {
+    Ok(connect_bound(url, tls, ws, headers).await?.0)
+}
+
+/// The label of the TLS exporter that binds a party handshake to its TLS channel.
+pub const BINDING_LABEL: &[u8] = b"EXPORTER-sotto-party-link";
+
+/// Like [`connect_with_headers`], also returning the TLS channel's binding (32 bytes from the
+/// TLS exporter with [`BINDING_LABEL`]; `None` over `ws://`), which the party handshake
+/// includes so that a handshake relayed into another TLS channel fails.
+pub async fn connect_bound(
+    url: &str,
+    tls: Option<Arc<ClientConfig>>,
+    ws: WebSocketConfig,
+    headers: &[(&'static str, String)],
+) -> Result<(Duplex, Option<[u8; 32]>)> {
     match tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(url, tls, ws, headers)).await {
         Ok(r) => r,
         Err(_) => Err(NetError::Timeout(format!(
@@ -96,7 +111,7 @@ async fn connect_inner(
     tls: Option<Arc<ClientConfig>>,
     ws: WebSocketConfig,
     headers: &[(&'static str, String)],
-) -> Result<Duplex> {
+) -> Result<(Duplex, Option<[u8; 32]>)> {
     let mut request = url
         .into_client_request()
         .map_err(|e| NetError::Io(format!("{url}: {e}")))?;
@@ -136,14 +151,19 @@ async fn connect_inner(
             .connect(name, tcp)
             .await
             .map_err(|e| NetError::Tls(format!("{url}: {e}")))?;
+        let binding = stream
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], BINDING_LABEL, None)
+            .map_err(|e| NetError::Tls(format!("{url}: channel binding: {e}")))?;
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(ws))
             .await
             .map_err(err)?;
-        Ok(Duplex::from_ws(ws))
+        Ok((Duplex::from_ws(ws), Some(binding)))
     } else {
         let (ws, _) = tokio_tungstenite::client_async_with_config(request, tcp, Some(ws))
             .await
             .map_err(err)?;
-        Ok(Duplex::from_ws(ws))
+        Ok((Duplex::from_ws(ws), None))
     }
 }

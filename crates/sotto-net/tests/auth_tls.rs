@@ -33,8 +33,9 @@ fn keys() -> [PartyKeys; 3] {
 async fn the_right_key_and_role_pass() {
     let [_, k1, kh] = keys();
     let (mut d, mut a) = pair().await;
-    let acc = tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0, Role::P1], T).await });
-    dial(&mut d, &k1, Role::Helper, T)
+    let acc =
+        tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0, Role::P1], T, None).await });
+    dial(&mut d, &k1, Role::Helper, T, None)
         .await
         .expect("dialer accepted");
     assert_eq!(
@@ -48,8 +49,8 @@ async fn a_wrong_key_is_refused_on_both_sides() {
     let (mut d, mut a) = pair().await;
     let [_, _, kh] = keys();
     let [other, _, _] = keys();
-    let acc = tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0], T).await });
-    let e = dial(&mut d, &other, Role::Helper, T)
+    let acc = tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0], T, None).await });
+    let e = dial(&mut d, &other, Role::Helper, T, None)
         .await
         .expect_err("refused");
     assert!(matches!(e, NetError::Auth(_)), "{e}");
@@ -78,8 +79,9 @@ async fn a_party_cannot_pose_as_another() {
     )
     .expect("parses");
     let (mut d, mut a) = pair().await;
-    let acc = tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0, Role::P1], T).await });
-    let e = dial(&mut d, &posing, Role::Helper, T)
+    let acc =
+        tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0, Role::P1], T, None).await });
+    let e = dial(&mut d, &posing, Role::Helper, T, None)
         .await
         .expect_err("refused");
     assert!(e.to_string().contains("party key"), "{e}");
@@ -162,14 +164,16 @@ async fn an_unexpected_role_is_refused() {
     let (mut d, mut a) = pair().await;
     // P1 only takes P0; a helper dialing it is refused.
     let k1 = k1b.clone();
-    let acc = tokio::spawn(async move { accept(&mut a, &k1, &[Role::P0], T).await });
-    let e = dial(&mut d, &kh, Role::P1, T).await.expect_err("refused");
+    let acc = tokio::spawn(async move { accept(&mut a, &k1, &[Role::P0], T, None).await });
+    let e = dial(&mut d, &kh, Role::P1, T, None)
+        .await
+        .expect_err("refused");
     assert!(e.to_string().contains("takes no party connection"), "{e}");
     assert!(acc.await.expect("join").is_err());
     // And a dialer that expects P1 but reaches someone else stops at once.
     let (mut d, mut a) = pair().await;
-    tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0], T).await });
-    let e = dial(&mut d, &k0, Role::P1, T)
+    tokio::spawn(async move { accept(&mut a, &kh, &[Role::P0], T, None).await });
+    let e = dial(&mut d, &k0, Role::P1, T, None)
         .await
         .expect_err("wrong peer");
     assert!(e.to_string().contains("says it is Helper"), "{e}");
@@ -180,7 +184,7 @@ async fn a_silent_peer_times_out() {
     let [_, _, kh] = keys();
     let (_d, mut a) = pair().await;
     let t = std::time::Instant::now();
-    let e = accept(&mut a, &kh, &[Role::P0], Duration::from_millis(300))
+    let e = accept(&mut a, &kh, &[Role::P0], Duration::from_millis(300), None)
         .await
         .expect_err("timeout");
     assert!(t.elapsed() < Duration::from_secs(2), "{e}");
@@ -306,4 +310,29 @@ async fn tls_links_trust_only_the_deployment_ca() {
         .is_err());
     assert!(tls::client_config(b"not pem").is_err());
     assert!(tls::server_config(c.as_bytes(), b"junk").is_err());
+}
+
+/// The handshake is bound to the TLS channel: a dialer and an acceptor that see different
+/// channels (a relay, or a TLS-terminating proxy between them) do not authenticate, even with
+/// the right keys.
+#[tokio::test]
+async fn a_handshake_in_another_channel_is_refused() {
+    let [_, k1, kh] = keys();
+    let (mut d, mut a) = pair().await;
+    let acc =
+        tokio::spawn(async move { accept(&mut a, &kh, &[Role::P1], T, Some(&[1u8; 32])).await });
+    let e = dial(&mut d, &k1, Role::Helper, T, Some(&[2u8; 32]))
+        .await
+        .expect_err("different channels");
+    assert!(matches!(e, NetError::Auth(_)), "{e}");
+    assert!(acc.await.expect("join").is_err());
+    // the same binding on both sides passes
+    let [_, k1, kh] = keys();
+    let (mut d, mut a) = pair().await;
+    let acc =
+        tokio::spawn(async move { accept(&mut a, &kh, &[Role::P1], T, Some(&[7u8; 32])).await });
+    dial(&mut d, &k1, Role::Helper, T, Some(&[7u8; 32]))
+        .await
+        .expect("same channel");
+    assert_eq!(acc.await.expect("join").expect("accepted"), Role::P1);
 }

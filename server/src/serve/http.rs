@@ -161,6 +161,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
+/// What a handler learns of its connection: the TLS channel's binding (the TLS exporter's
+/// value, as the dialer computes it in `sotto_net::tls::connect_bound`), `None` without TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Channel(pub Option<[u8; 32]>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
+    for Channel
+{
+    fn connect_info(_: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+        Channel(None)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for Channel
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Channel(
+            s.io()
+                .io
+                .get_ref()
+                .1
+                .export_keying_material([0u8; 32], sotto_net::tls::BINDING_LABEL, None)
+                .ok(),
+        )
+    }
+}
+
 /// Accepts a TCP connection when a slot is free; a connection over the cap is closed at once.
 async fn accept_slot(
     tcp: &TcpListener,

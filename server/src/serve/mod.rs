@@ -517,11 +517,19 @@ pub async fn run_state(state: Arc<State>, bound: Bound) -> Result<(), String> {
     let res = match bound {
         Bound::Plain(l, slots) => {
             let _ = state.conn_slots.set(slots);
-            axum::serve(l, app).await
+            axum::serve(
+                l,
+                app.into_make_service_with_connect_info::<http::Channel>(),
+            )
+            .await
         }
         Bound::Tls(l, slots) => {
             let _ = state.conn_slots.set(slots);
-            axum::serve(l, app).await
+            axum::serve(
+                l,
+                app.into_make_service_with_connect_info::<http::Channel>(),
+            )
+            .await
         }
     };
     res.map_err(|e| e.to_string())
@@ -622,6 +630,7 @@ async fn deployment(AxState(st): AxState<Arc<State>>) -> Response {
 /// any WebSocket exists, so an outsider cannot make this party buffer a large message).
 async fn party_ws(
     AxState(st): AxState<Arc<State>>,
+    axum::extract::ConnectInfo(channel): axum::extract::ConnectInfo<http::Channel>,
     headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -639,7 +648,7 @@ async fn party_ws(
     };
     ws.max_message_size(PARTY_MAX_PAYLOAD + 64)
         .max_frame_size(PARTY_MAX_PAYLOAD + 64)
-        .on_upgrade(move |sock| party::accept(st, http::duplex(sock), dialer))
+        .on_upgrade(move |sock| party::accept(st, http::duplex(sock), dialer, channel.0))
 }
 
 async fn client_ws(

@@ -98,13 +98,21 @@ pub fn start(st: Arc<State>, control: ControlReceiver) -> std::result::Result<()
 }
 
 /// Accepts a party connection at `/v1/party` from `dialer` (whose upgrade token was good):
-/// the handshake must name the same role.
-pub async fn accept(st: Arc<State>, mut link: Duplex, dialer: Role) {
+/// the handshake must name the same role and see the same TLS channel (`binding`).
+pub async fn accept(st: Arc<State>, mut link: Duplex, dialer: Role, binding: Option<[u8; 32]>) {
     let allowed: &[Role] = match (st.me, dialer) {
         (PartyId::Helper, Role::P0 | Role::P1) | (PartyId::P1, Role::P0) => &[dialer],
         _ => &[],
     };
-    match auth::accept(&mut link, &st.cfg.keys, allowed, AUTH_TIMEOUT).await {
+    match auth::accept(
+        &mut link,
+        &st.cfg.keys,
+        allowed,
+        AUTH_TIMEOUT,
+        binding.as_ref(),
+    )
+    .await
+    {
         Ok(role) => {
             let peer = party_of(role);
             if st.me == PartyId::P1 && peer == PartyId::P0 {
@@ -134,14 +142,21 @@ async fn dial(st: &State, peer: PartyId) -> Result<Duplex> {
         None => None,
     };
     let token = auth::upgrade_token(&st.cfg.keys, role_of(peer))?;
-    let mut link = sotto_net::tls::connect_with_headers(
+    let (mut link, binding) = sotto_net::tls::connect_bound(
         &url,
         tls,
         party_ws_config(),
         &[(auth::UPGRADE_HEADER, token)],
     )
     .await?;
-    auth::dial(&mut link, &st.cfg.keys, role_of(peer), AUTH_TIMEOUT).await?;
+    auth::dial(
+        &mut link,
+        &st.cfg.keys,
+        role_of(peer),
+        AUTH_TIMEOUT,
+        binding.as_ref(),
+    )
+    .await?;
     Ok(link)
 }
 
