@@ -287,9 +287,11 @@ async function main() {
     const p = plain(modelFile, [r.last.input]);
     const want = p.labels[0];
     const gap = maxDiff(r.last.logits, p.logits[0]);
+    const exact = maxDiff(r.last.logits, p.logits_fixed[0]);
     check(String(r.shown) === String(r.last.label), `${what}: the page shows the label it computed (${r.shown})`);
     check(r.last.label === want, `${what}: label ${r.last.label} = plaintext model's label ${want}`);
     check(gap < 0.01, `${what}: logits within 0.01 of the plaintext model's (max diff ${gap.toExponential(2)})`);
+    check(exact === 0, `${what}: logits equal the fixed-point model's bit for bit (max diff ${exact})`);
     const probs = softmax(r.last.logits);
     check(
       r.bars.length === 10 && maxDiff(r.bars, r.last.probabilities || probs) < 1e-9,
