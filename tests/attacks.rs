@@ -819,24 +819,6 @@ fn upgrade_request(path: &str, token: Option<&str>, content_length: Option<usize
     )
 }
 
-/// Reads an HTTP status line: the status code.
-async fn read_status<S: AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
-    let go = async {
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while !buf.ends_with(b"\r\n") && buf.len() < 200 {
-            s.read_exact(&mut byte).await.ok()?;
-            buf.push(byte[0]);
-        }
-        String::from_utf8_lossy(&buf)
-            .split(' ')
-            .nth(1)?
-            .parse()
-            .ok()
-    };
-    tokio::time::timeout(SECS5, go).await.ok().flatten()
-}
-
 /// The status of an upgrade request to `/v1/party` at `port` (None: no answer).
 async fn party_upgrade(port: u16, ca: &[u8], token: Option<&str>) -> Option<u16> {
     let mut tls = tls_to(port, ca).await?;

@@ -389,6 +389,26 @@ fn a_client_that_disconnects_mid_session_frees_the_parties() {
     });
 }
 
+/// `n` tasks on one client, each predicting image `i` over and over until a prediction fails;
+/// each returns when that error came, and the error.
+fn predict_until_error(
+    c: Arc<Client>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(Instant, ClientError)>> {
+    (0..n)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = c.predict(data().x(i, 1), 1).await {
+                        return (Instant::now(), e);
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
 /// A frozen party (SIGSTOP: its sockets stay open, nothing is answered): the predictions
 /// waiting on it fail and P0's /health turns 503 within the party timeout (5 s; the links'
 /// pings notice the silence), new requests fail at once, and after SIGCONT the deployment
@@ -400,18 +420,7 @@ fn a_frozen_party_is_noticed_within_the_party_timeout() {
         let d = Deployment::start(&[]);
         d.ready(Duration::from_secs(20)).await;
         for victim in [P::Helper, P::P1] {
-            let c = Arc::new(d.client().await);
-            let mut tasks = Vec::new();
-            for i in 0..4 {
-                let c = c.clone();
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        if let Err(e) = c.predict(data().x(i, 1), 1).await {
-                            return (Instant::now(), e);
-                        }
-                    }
-                }));
-            }
+            let tasks = predict_until_error(Arc::new(d.client().await), 4);
             tokio::time::sleep(Duration::from_millis(300)).await;
             let frozen = Instant::now();
             signal(d.pid(victim), "STOP");
@@ -486,19 +495,7 @@ fn a_killed_party_gives_clear_errors_and_a_restart_recovers() {
         let mut d = Deployment::start(&[]);
         d.ready(Duration::from_secs(20)).await;
         for victim in [P::P1, P::Helper, P::P0] {
-            let c = Arc::new(d.client().await);
-            let mut tasks = Vec::new();
-            for i in 0..8 {
-                let c = c.clone();
-                tasks.push(tokio::spawn(async move {
-                    // Keep predicting until an error: return when it came.
-                    loop {
-                        if let Err(e) = c.predict(data().x(i, 1), 1).await {
-                            return (Instant::now(), e);
-                        }
-                    }
-                }));
-            }
+            let tasks = predict_until_error(Arc::new(d.client().await), 8);
             tokio::time::sleep(Duration::from_millis(300)).await;
             let killed = Instant::now();
             d.kill(victim);

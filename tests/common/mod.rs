@@ -16,7 +16,7 @@ use sotto_model::ir::argmax;
 use sotto_model::{import::import, plan::Plan};
 use sotto_net::Duplex;
 use sotto_wire::{ErrorPayload, Frame, Hello, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 pub const SOTTO: &str = env!("CARGO_BIN_EXE_sotto");
 
@@ -323,10 +323,18 @@ pub async fn upgrade_status(port: u16, origin: Option<&str>, ca: &[u8]) -> Optio
             "GET /v1/ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c290dG8gdGVzdCBrZXkgMQ==\r\n{origin}\r\n"
         );
         tls.write_all(req.as_bytes()).await.ok()?;
+        read_status(&mut tls).await
+    };
+    tokio::time::timeout(SECS5, go).await.ok().flatten()
+}
+
+/// Reads an HTTP status line within 5 s: the status code.
+pub async fn read_status<S: AsyncRead + Unpin>(s: &mut S) -> Option<u16> {
+    let go = async {
         let mut buf = Vec::new();
         let mut byte = [0u8; 1];
         while !buf.ends_with(b"\r\n") && buf.len() < 200 {
-            tls.read_exact(&mut byte).await.ok()?;
+            s.read_exact(&mut byte).await.ok()?;
             buf.push(byte[0]);
         }
         String::from_utf8_lossy(&buf)

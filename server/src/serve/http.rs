@@ -76,6 +76,27 @@ impl<S> Counted<S> {
             .reset(tokio::time::Instant::now() + IO_IDLE);
     }
 
+    /// Bookkeeping after a write attempt: bytes written answer the connection and count as
+    /// progress; a write blocked for [`WRITE_STALL`], or past the deadline, fails.
+    fn after_write(
+        &mut self,
+        r: Poll<std::io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.answered = true;
+                self.stalled = None;
+                self.progress();
+            }
+            Poll::Pending if self.write_stalled() || self.expired(cx) => {
+                return Poll::Ready(Err(quiet()))
+            }
+            _ => {}
+        }
+        r
+    }
+
     /// Called when the inner IO is pending: an error once the deadline has passed.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         self.deadline.as_mut().poll(cx).is_ready()
@@ -114,18 +135,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        match &r {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                self.answered = true;
-                self.stalled = None;
-                self.progress();
-            }
-            Poll::Pending if self.write_stalled() || self.expired(cx) => {
-                return Poll::Ready(Err(quiet()))
-            }
-            _ => {}
-        }
-        r
+        self.after_write(r, cx)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let r = Pin::new(&mut self.io).poll_flush(cx);
@@ -143,18 +153,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        match &r {
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                self.answered = true;
-                self.stalled = None;
-                self.progress();
-            }
-            Poll::Pending if self.write_stalled() || self.expired(cx) => {
-                return Poll::Ready(Err(quiet()))
-            }
-            _ => {}
-        }
-        r
+        self.after_write(r, cx)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
