@@ -155,6 +155,7 @@ impl Target {
         let h = Hello {
             role: Role::Client,
             model_id: String::new(),
+            api_key: None,
         };
         l.send_frame(&Frame::json(Kind::Hello, 0, 0, &h).ok()?)
             .await
@@ -1063,6 +1064,7 @@ async fn ping_flood(port: u16, ca: Arc<Vec<u8>>, hello: bool, until: Instant) ->
         let h = Hello {
             role: Role::Client,
             model_id: String::new(),
+            api_key: None,
         };
         let f = Frame::json(Kind::Hello, 0, 0, &h).expect("hello").encode();
         if sink.send(Message::Binary(f.into())).await.is_err() {

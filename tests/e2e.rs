@@ -214,6 +214,22 @@ fn bad_input_gets_a_clear_error_and_the_servers_keep_answering() {
                 c.close().await;
             }
         };
+        // Wrong roles: the client refuses before any share or seed leaves it.
+        for (a, b, why) in [
+            (P::P1, P::P0, "swapped"),
+            (P::P0, P::P0, "both URLs reach a P0"),
+            (P::P1, P::P1, "both URLs reach a P1"),
+        ] {
+            let opts = ClientOptions {
+                ca_pem: Some(d.ca.clone()),
+                ..ClientOptions::default()
+            };
+            match Client::connect(&d.url(a), &d.url(b), opts).await {
+                Err(e) => assert!(e.to_string().contains(why), "{why}: {e}"),
+                Ok(_) => panic!("a client connected with {a:?} as P0 and {b:?} as P1"),
+            }
+        }
+        works(0).await;
         // Garbage instead of a hello.
         let mut l = d.raw(P::P0).await;
         l.sink.send(b"hello?".to_vec()).await.expect("send");

@@ -16,6 +16,10 @@ export interface Manifest {
   readonly outFrac: number;
   /** True when the model ends with a softmax that the client applies (probabilities are then given). */
   readonly softmaxAtClient: boolean;
+  /** The deployment's id (the same at P0 and P1; the client refuses servers of two deployments). */
+  readonly deployment: string;
+  /** The largest batch one `predictBatch` may carry. */
+  readonly maxBatch: number;
 }
 
 /** Bytes sent to each server. */

@@ -76,7 +76,7 @@ export class SottoClient {
     this.#manifest = Object.freeze({ ...m, inputShape: Object.freeze([...m.inputShape]) });
   }
 
-  /** The model: modelId, inputShape, outputLen, inputBound, fracBits, outFrac, softmaxAtClient. */
+  /** The model: modelId, inputShape, outputLen, inputBound, fracBits, outFrac, softmaxAtClient, deployment, maxBatch. */
   get manifest() {
     return this.#manifest;
   }

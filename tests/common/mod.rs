@@ -263,6 +263,7 @@ impl Deployment {
         let h = Hello {
             role: Role::Client,
             model_id: String::new(),
+            api_key: None,
         };
         l.send_frame(&Frame::json(Kind::Hello, 0, 0, &h).expect("hello"))
             .await

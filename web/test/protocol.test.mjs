@@ -48,6 +48,8 @@ const MANIFEST = {
   out_frac: 16,
   softmax_at_client: true,
   input_bound: 1,
+  deployment: '5e'.repeat(16),
+  max_batch: 128,
 };
 
 /** Output shares of `values` (fixed point, 16 fractional bits): [for P0, for P1]. */
@@ -89,7 +91,7 @@ async function scripted({ on = () => {}, hello } = {}) {
             assert.equal(f.kind, KIND.Hello);
             assert.equal(JSON.parse(f.payload).role, 'Client');
             if (hello) return hello(role, f, ws);
-            return ws.send(encode(KIND.Manifest, 0, 0, json(MANIFEST)));
+            return ws.send(encode(KIND.Manifest, 0, 0, json({ ...MANIFEST, role })));
           }
           on(role, f, ws);
         });
@@ -281,11 +283,34 @@ test('a connection closing mid-prediction rejects every waiting prediction at on
 test('bad replies: different manifests, a garbage frame, an unknown model', async () => {
   let addr = await scripted({
     hello(role, f, ws) {
-      const m = role === 'P0' ? MANIFEST : { ...MANIFEST, frac_bits: 12 };
+      const m = role === 'P0' ? { ...MANIFEST, role } : { ...MANIFEST, role, frac_bits: 12 };
       ws.send(encode(KIND.Manifest, 0, 0, json(m)));
     },
   });
   await assert.rejects(connect(addr), /protocol: P0 and P1 describe model "toy" differently/);
+
+  // Roles: one server for both, swapped servers, two deployments; nothing is sent after the
+  // hello (a share or a seed reaching the wrong server would reveal the input).
+  const cases = [
+    [(role) => ({ ...MANIFEST, role: 'P0' }), /both URLs reach a P0/],
+    [(role) => ({ ...MANIFEST, role: role === 'P0' ? 'P1' : 'P0' }), /P0 and P1 URLs are swapped/],
+    [(role) => ({ ...MANIFEST, role, deployment: role === 'P0' ? MANIFEST.deployment : '77'.repeat(16) }), /not one deployment/],
+    [(role) => { const { role: _r, ...m } = { ...MANIFEST }; return m; }, /protocol: P0/],
+  ];
+  for (const [manifest, why] of cases) {
+    let after = 0;
+    addr = await scripted({
+      hello(role, f, ws) {
+        ws.send(encode(KIND.Manifest, 0, 0, json(manifest(role))));
+      },
+      on() {
+        after += 1;
+      },
+    });
+    await assert.rejects(connect(addr), why);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(after, 0, 'no frame may follow the hello when the roles are wrong');
+  }
 
   addr = await scripted({
     on(role, f, ws) {

@@ -29,6 +29,8 @@ pub struct ClientOptions {
     pub ca_pem: Option<Vec<u8>>,
     /// How long one prediction (or the connection setup) may take before it fails.
     pub timeout: Duration,
+    /// The API key to present in the hello, when the servers require one.
+    pub api_key: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -37,6 +39,7 @@ impl Default for ClientOptions {
             model: String::new(),
             ca_pem: None,
             timeout: Duration::from_secs(10),
+            api_key: None,
         }
     }
 }
@@ -79,6 +82,7 @@ impl Conn {
         let hello = Hello {
             role: Role::Client,
             model_id: opts.model.clone(),
+            api_key: opts.api_key.clone(),
         };
         let f = Frame::json(Kind::Hello, 0, 0, &hello)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -267,12 +271,7 @@ impl Client {
         );
         let (p0, m0) = a?;
         let (p1, m1) = b?;
-        if m0 != m1 {
-            return Err(ClientError::Protocol(format!(
-                "P0 and P1 describe model {:?} differently ({m0:?} vs {m1:?}): are they one deployment?",
-                m0.model_id
-            )));
-        }
+        Manifest::check_pair(&m0, &m1).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Client {
             p0,
             p1,

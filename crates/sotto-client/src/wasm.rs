@@ -396,6 +396,7 @@ impl Conn {
             &Hello {
                 role: Role::Client,
                 model_id: model.to_string(),
+                api_key: None,
             },
         )
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -673,12 +674,8 @@ impl WasmClient {
         }
         .await;
         let ((c0, m0), (c1, m1)) = opened.map_err(|e| js_error(&e))?;
-        if m0 != m1 {
-            return Err(js_error(&ClientError::Protocol(format!(
-                "P0 and P1 describe model {:?} differently ({m0:?} vs {m1:?}): are they one deployment?",
-                m0.model_id
-            ))));
-        }
+        Manifest::check_pair(&m0, &m1)
+            .map_err(|e| js_error(&ClientError::Protocol(e.to_string())))?;
         Ok(WasmClient {
             inner: Rc::new(Inner {
                 p0: c0,
@@ -693,7 +690,7 @@ impl WasmClient {
     }
 
     /// The model's manifest as an object: `modelId`, `inputShape`, `fracBits`, `outputLen`,
-    /// `outFrac`, `softmaxAtClient`, `inputBound`.
+    /// `outFrac`, `softmaxAtClient`, `inputBound`, `deployment`, `maxBatch`.
     pub fn manifest(&self) -> JsValue {
         let m = &self.inner.manifest;
         let o = Object::new();
@@ -708,6 +705,8 @@ impl WasmClient {
             &JsValue::from_bool(m.softmax_at_client),
         );
         set(&o, "inputBound", &JsValue::from_f64(m.input_bound));
+        set(&o, "deployment", &m.deployment.as_str().into());
+        set(&o, "maxBatch", &JsValue::from_f64(m.max_batch as f64));
         o.into()
     }
 

@@ -59,6 +59,7 @@ fn seeds() -> Result<Vec<Frame>, String> {
             &Hello {
                 role: Role::Client,
                 model_id: "network_a".into(),
+                api_key: None,
             },
         )
         .map_err(e)?,
@@ -69,6 +70,7 @@ fn seeds() -> Result<Vec<Frame>, String> {
             &Hello {
                 role: Role::P1,
                 model_id: String::new(),
+                api_key: None,
             },
         )
         .map_err(e)?,
@@ -84,6 +86,9 @@ fn seeds() -> Result<Vec<Frame>, String> {
                 out_frac: 32,
                 softmax_at_client: true,
                 input_bound: 1.0,
+                role: Role::P0,
+                deployment: "00".repeat(16),
+                max_batch: 128,
             },
         )
         .map_err(e)?,

@@ -66,6 +66,9 @@ pub enum WireError {
         /// What is wrong.
         reason: String,
     },
+    /// The two servers a client dialed are not P0 and P1 of one deployment.
+    #[error("{0}")]
+    NotAPair(String),
 }
 
 /// Result alias of `sotto-wire`.
@@ -299,6 +302,9 @@ pub struct Hello {
     pub role: Role,
     /// The model the connection is for; empty for the server's default model.
     pub model_id: String,
+    /// The client's API key, when the deployment requires one (`sotto serve --client-keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 /// One message of the pre-shared-key handshake between parties (see `sotto-net`).
@@ -381,6 +387,61 @@ pub struct Manifest {
     pub softmax_at_client: bool,
     /// Largest input magnitude the model's bit budget allows.
     pub input_bound: f64,
+    /// The role of the server that sent this manifest ([`Role::P0`] or [`Role::P1`]). A
+    /// client refuses a P0 that says P1, a P1 that says P0, or one server for both, before
+    /// any share or seed leaves it.
+    pub role: Role,
+    /// The deployment's id: the set id of the model files (`sotto share-model`), the same at
+    /// P0 and P1 of one deployment and different across deployments.
+    pub deployment: String,
+    /// The largest batch one request may carry (beyond it the server answers `too_large`).
+    pub max_batch: usize,
+}
+
+impl Manifest {
+    /// Whether `other` describes the same model of the same deployment (everything but the
+    /// sender's role agrees).
+    pub fn same_model(&self, other: &Manifest) -> bool {
+        let mut o = other.clone();
+        o.role = self.role;
+        *self == o
+    }
+
+    /// The check a client makes before any share or seed leaves it: `p0` came from the
+    /// server it dialed as P0 and says so, `p1` likewise, and both describe one model of one
+    /// deployment. The error says what is wrong in words an operator can act on.
+    pub fn check_pair(p0: &Manifest, p1: &Manifest) -> Result<()> {
+        match (p0.role, p1.role) {
+            (Role::P0, Role::P1) => {}
+            (Role::P1, Role::P0) => {
+                return Err(WireError::NotAPair("the P0 and P1 URLs are swapped: the server given as P0 is P1 and the one given as P1 is P0".into()))
+            }
+            (Role::P0, Role::P0) | (Role::P1, Role::P1) => {
+                return Err(WireError::NotAPair(format!(
+                    "both URLs reach a {:?}: P0 and P1 must be the two different servers of one deployment (one server would see both the share and the seed, that is the input)",
+                    p0.role
+                )))
+            }
+            (a, b) => {
+                return Err(WireError::NotAPair(format!(
+                    "the server given as P0 says it is {a:?} and the one given as P1 says it is {b:?}"
+                )))
+            }
+        }
+        if p0.deployment != p1.deployment {
+            return Err(WireError::NotAPair(format!(
+                "P0 and P1 are not one deployment (model files of set {} at P0, {} at P1)",
+                p0.deployment, p1.deployment
+            )));
+        }
+        if !p0.same_model(p1) {
+            return Err(WireError::NotAPair(format!(
+                "P0 and P1 describe model {:?} differently ({p0:?} vs {p1:?})",
+                p0.model_id
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The codes of [`ErrorPayload`]s: one list for the servers, both clients and the npm

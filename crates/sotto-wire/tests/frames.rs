@@ -100,6 +100,7 @@ fn every_malformation_has_its_error() {
         &Hello {
             role: Role::Client,
             model_id: "network_a".into(),
+            api_key: None,
         },
     )
     .expect("encodes");
@@ -150,4 +151,39 @@ fn error_codes_round_trip_and_match_the_npm_types() {
         listed, ours,
         "index.d.ts's ErrorCode and sotto-wire's differ"
     );
+}
+
+fn manifest(role: Role) -> Manifest {
+    Manifest {
+        model_id: "m".into(),
+        input_shape: vec![4],
+        frac_bits: 16,
+        output_len: 3,
+        out_frac: 16,
+        softmax_at_client: false,
+        input_bound: 1.0,
+        role,
+        deployment: "ab".repeat(16),
+        max_batch: 128,
+    }
+}
+
+#[test]
+fn a_client_accepts_only_p0_then_p1_of_one_deployment() {
+    let (p0, p1) = (manifest(Role::P0), manifest(Role::P1));
+    assert!(Manifest::check_pair(&p0, &p1).is_ok());
+    let refused = |a: &Manifest, b: &Manifest| match Manifest::check_pair(a, b) {
+        Err(WireError::NotAPair(m)) => m,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(refused(&p1, &p0).contains("swapped"));
+    assert!(refused(&p0, &p0).contains("both URLs reach a P0"));
+    assert!(refused(&p1, &p1).contains("both URLs reach a P1"));
+    assert!(refused(&manifest(Role::Helper), &p1).contains("says it is Helper"));
+    let mut other = p1.clone();
+    other.deployment = "cd".repeat(16);
+    assert!(refused(&p0, &other).contains("not one deployment"));
+    let mut other = p1.clone();
+    other.frac_bits = 12;
+    assert!(refused(&p0, &other).contains("differently"));
 }

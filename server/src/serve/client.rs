@@ -135,7 +135,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             return;
         }
     };
-    let manifest = match Frame::json(Kind::Manifest, 0, 0, &model.manifest()) {
+    let manifest = match Frame::json(Kind::Manifest, 0, 0, &st.manifest(model)) {
         Ok(f) => f.encode(),
         Err(_) => return,
     };

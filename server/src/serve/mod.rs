@@ -45,8 +45,9 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
-    /// What clients are told about the model.
-    pub fn manifest(&self) -> Manifest {
+    /// What clients are told about the model by this party (`role`), which admits at most
+    /// `max_batch` inputs per request.
+    pub fn manifest(&self, role: Role, max_batch: usize) -> Manifest {
         let plan = &self.file.plan;
         Manifest {
             model_id: self.id.clone(),
@@ -56,6 +57,9 @@ impl ModelEntry {
             out_frac: plan.out_frac,
             softmax_at_client: plan.softmax_at_client,
             input_bound: plan.input_bound,
+            role,
+            deployment: self.file.set_id.clone(),
+            max_batch,
         }
     }
 }
@@ -157,6 +161,18 @@ impl std::fmt::Debug for State {
 }
 
 impl State {
+    /// What this party tells clients about `m`: its batch limit is the smaller of
+    /// `--max-batch` and what one request may reserve of the admission budget.
+    pub fn manifest(&self, m: &ModelEntry) -> Manifest {
+        let material = m.file.plan.material_per_input(m.file.private);
+        let max_batch = self
+            .cfg
+            .max_batch
+            .min(self.admission.max_batch(material))
+            .max(1);
+        m.manifest(self.cfg.role, max_batch)
+    }
+
     /// The model `id` (the default for an empty id).
     pub fn model(&self, id: &str) -> Option<&ModelEntry> {
         if id.is_empty() {
@@ -600,7 +616,7 @@ async fn models(AxState(st): AxState<Arc<State>>) -> Response {
     let list: Vec<Manifest> = if st.me == PartyId::Helper {
         Vec::new()
     } else {
-        st.cfg.models.iter().map(ModelEntry::manifest).collect()
+        st.cfg.models.iter().map(|m| st.manifest(m)).collect()
     };
     (
         [
