@@ -6,8 +6,10 @@
 //! - one request may weigh at most half of the party's budget (`--inflight-budget-mb`), else
 //!   it is refused as `too_large` with the largest batch that fits;
 //! - one connection may have at most half of the budget in flight, else `busy` at once;
-//! - all connections together at most the whole budget; a request over it waits (first come,
-//!   first served) up to [`WAIT`] and is then refused `busy`; the input shares of waiting
+//! - all connections together at most the whole budget; a request over it waits up to [`WAIT`]
+//!   and is then refused `busy`. Freed room goes to the waiting request whose connection holds
+//!   the least (oldest first among equals), so a connection that floods the party queues
+//!   behind everyone else's first request instead of ahead of it. The input shares of waiting
 //!   requests may take at most [`MAX_WAITING_BYTES`], beyond which a request is refused `busy`
 //!   at once;
 //! - P1 keeps at most [`MAX_CLAIMS_PER_CONNECTION`] seeds per connection and
@@ -18,10 +20,10 @@
 //! `--idle-timeout-ms`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Longest a request waits for room in the budget.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -41,9 +43,55 @@ pub const MAX_STRIKES: u32 = 8;
 #[derive(Debug)]
 pub struct Admission {
     budget_kib: u32,
-    sem: Arc<Semaphore>,
+    pool: Mutex<Pool>,
     waiting_bytes: AtomicUsize,
     claims: AtomicUsize,
+}
+
+/// The party's free room and the requests waiting for it.
+#[derive(Debug)]
+struct Pool {
+    free_kib: u64,
+    next_seq: u64,
+    waiting: Vec<Waiter>,
+}
+
+/// A request waiting for room.
+#[derive(Debug)]
+struct Waiter {
+    seq: u64,
+    kib: u64,
+    /// Its connection's budget (what the connection holds decides who goes first).
+    conn: Arc<Semaphore>,
+    conn_limit: u64,
+    grant: oneshot::Sender<()>,
+}
+
+impl Waiter {
+    fn conn_holds(&self) -> u64 {
+        self.conn_limit
+            .saturating_sub(self.conn.available_permits() as u64)
+    }
+}
+
+impl Pool {
+    /// Hands freed room to waiting requests: the one whose connection holds least goes first
+    /// (the oldest among equals); when it does not fit yet, nobody overtakes it.
+    fn dispatch(&mut self) {
+        while let Some(i) = (0..self.waiting.len())
+            .min_by_key(|&i| (self.waiting[i].conn_holds(), self.waiting[i].seq))
+        {
+            if self.waiting[i].kib > self.free_kib {
+                return;
+            }
+            let w = self.waiting.swap_remove(i);
+            self.free_kib -= w.kib;
+            if w.grant.send(()).is_err() {
+                // Its request is gone: the room stays free.
+                self.free_kib += w.kib;
+            }
+        }
+    }
 }
 
 /// Why a request was not admitted.
@@ -84,7 +132,11 @@ impl Admission {
         let budget_kib = kib(bytes).min(u64::from(u32::MAX >> 4)) as u32;
         Admission {
             budget_kib,
-            sem: Arc::new(Semaphore::new(budget_kib as usize)),
+            pool: Mutex::new(Pool {
+                free_kib: u64::from(budget_kib),
+                next_seq: 0,
+                waiting: Vec::new(),
+            }),
             waiting_bytes: AtomicUsize::new(0),
             claims: AtomicUsize::new(0),
         }
@@ -139,7 +191,9 @@ impl Admission {
         Ok(Reserved {
             all: self.clone(),
             own,
-            kib: kib as u32,
+            conn: conn.sem.clone(),
+            conn_limit: conn.limit_kib,
+            kib,
         })
     }
 
@@ -167,7 +221,17 @@ impl Admission {
 
     /// KiB in flight now (for metrics).
     pub fn in_flight_kib(&self) -> u64 {
-        u64::from(self.budget_kib) - self.sem.available_permits() as u64
+        u64::from(self.budget_kib).saturating_sub(self.pool().free_kib)
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn release(&self, kib: u64) {
+        let mut p = self.pool();
+        p.free_kib += kib;
+        p.dispatch();
     }
 }
 
@@ -176,39 +240,113 @@ impl Admission {
 pub struct Reserved {
     all: Arc<Admission>,
     own: OwnedSemaphorePermit,
-    kib: u32,
+    conn: Arc<Semaphore>,
+    conn_limit: u64,
+    kib: u64,
+}
+
+/// A request in the queue; leaving it (admitted, timed out or dropped) cleans up after it.
+struct Queued<'a> {
+    all: &'a Admission,
+    seq: u64,
+    kib: u64,
+    input_bytes: usize,
+    granted: oneshot::Receiver<()>,
+    taken: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.all
+            .waiting_bytes
+            .fetch_sub(self.input_bytes, Ordering::SeqCst);
+        if self.taken {
+            return;
+        }
+        let mut p = self.all.pool();
+        if let Some(i) = p.waiting.iter().position(|w| w.seq == self.seq) {
+            p.waiting.swap_remove(i);
+            // It may have been the one everybody else waited behind.
+            p.dispatch();
+        } else if self.granted.try_recv().is_ok() {
+            // Granted (under the lock, while this receiver was alive) but never taken.
+            p.free_kib += self.kib;
+            p.dispatch();
+        }
+    }
 }
 
 impl Reserved {
-    /// Waits up to [`WAIT`] for room in the party's budget (first come, first served); the
-    /// waiting request's input (`input_bytes`) counts against [`MAX_WAITING_BYTES`].
+    /// Waits up to [`WAIT`] for room in the party's budget (freed room goes first to the
+    /// request whose connection holds least); the waiting request's input (`input_bytes`)
+    /// counts against [`MAX_WAITING_BYTES`].
     pub async fn admit(self, input_bytes: usize) -> Result<Admitted, Refusal> {
         let a = &self.all;
-        if let Ok(p) = a.sem.clone().try_acquire_many_owned(self.kib) {
-            return Ok(Admitted {
-                _own: self.own,
-                _all: p,
-            });
-        }
-        let before = a.waiting_bytes.fetch_add(input_bytes, Ordering::SeqCst);
-        let res = if before + input_bytes > MAX_WAITING_BYTES {
-            Err(Refusal::Busy(
-                "the server is at capacity and its queue is full: try again shortly".into(),
-            ))
-        } else {
-            match tokio::time::timeout(WAIT, a.sem.clone().acquire_many_owned(self.kib)).await {
-                Ok(Ok(p)) => Ok(p),
-                Ok(Err(_)) => Err(Refusal::Busy("the server is shutting down".into())),
-                Err(_) => Err(Refusal::Busy(format!(
-                    "the server stayed at capacity for {WAIT:?}: try again shortly"
-                ))),
+        let (tx, rx) = oneshot::channel();
+        let seq = {
+            let mut p = a.pool();
+            if p.waiting.is_empty() && p.free_kib >= self.kib {
+                p.free_kib -= self.kib;
+                drop(p);
+                return Ok(self.admitted());
             }
+            if a.waiting_bytes.fetch_add(input_bytes, Ordering::SeqCst) + input_bytes
+                > MAX_WAITING_BYTES
+            {
+                a.waiting_bytes.fetch_sub(input_bytes, Ordering::SeqCst);
+                return Err(Refusal::Busy(
+                    "the server is at capacity and its queue is full: try again shortly".into(),
+                ));
+            }
+            let seq = p.next_seq;
+            p.next_seq += 1;
+            p.waiting.push(Waiter {
+                seq,
+                kib: self.kib,
+                conn: self.conn.clone(),
+                conn_limit: self.conn_limit,
+                grant: tx,
+            });
+            p.dispatch();
+            seq
         };
-        a.waiting_bytes.fetch_sub(input_bytes, Ordering::SeqCst);
-        res.map(|p| Admitted {
+        let mut q = Queued {
+            all: a,
+            seq,
+            kib: self.kib,
+            input_bytes,
+            granted: rx,
+            taken: false,
+        };
+        let res = match tokio::time::timeout(WAIT, &mut q.granted).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Refusal::Busy("the server is shutting down".into())),
+            Err(_) => Err(Refusal::Busy(format!(
+                "the server stayed at capacity for {WAIT:?}: try again shortly"
+            ))),
+        };
+        match res {
+            Ok(()) => {
+                q.taken = true;
+                drop(q);
+                Ok(self.admitted())
+            }
+            // Dropping the queue entry removes it, or returns room granted at the last moment.
+            Err(r) => {
+                drop(q);
+                Err(r)
+            }
+        }
+    }
+
+    fn admitted(self) -> Admitted {
+        Admitted {
             _own: self.own,
-            _all: p,
-        })
+            _all: Grant {
+                all: self.all,
+                kib: self.kib,
+            },
+        }
     }
 }
 
@@ -232,7 +370,20 @@ impl ConnectionBudget {
 #[derive(Debug)]
 pub struct Admitted {
     _own: OwnedSemaphorePermit,
-    _all: OwnedSemaphorePermit,
+    _all: Grant,
+}
+
+/// Room in the party's budget; returned (and handed on) when dropped.
+#[derive(Debug)]
+struct Grant {
+    all: Arc<Admission>,
+    kib: u64,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.all.release(self.kib);
+    }
 }
 
 /// A claim slot, held while a seed waits for its session and the session runs.
@@ -292,6 +443,60 @@ mod tests {
         drop(p2);
         assert!(c.idle() && c2.idle());
         assert_eq!(a.in_flight_kib(), 0);
+    }
+
+    #[tokio::test]
+    async fn freed_room_goes_to_the_connection_holding_least() {
+        let a = Arc::new(Admission::new(8 << 20)); // 8,192 KiB; 4,096 per connection
+        let admit = |c: &ConnectionBudget, kib: u64| {
+            let r = a.reserve(c, kib).expect("fits its connection");
+            tokio::spawn(async move { r.admit(0).await })
+        };
+        let (flood, g, k, honest) = (
+            a.connection(),
+            a.connection(),
+            a.connection(),
+            a.connection(),
+        );
+        let f1 = admit(&flood, 2000).await.expect("join").expect("room");
+        let g1 = admit(&g, 4000).await.expect("join").expect("room");
+        let k1 = admit(&k, 2000).await.expect("join").expect("room");
+        // 192 KiB free: the flooder queues first, the honest connection after it.
+        let f2 = admit(&flood, 2000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let h = admit(&honest, 2000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!f2.is_finished() && !h.is_finished());
+        // Room for one: it goes to the honest connection (it holds 2,000 KiB, the flooder
+        // 4,000 with its waiting request), although the flooder came first.
+        drop(k1);
+        let h1 = h.await.expect("join").expect("admitted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!f2.is_finished(), "the flooder waits for the next room");
+        drop(g1);
+        let f2 = f2.await.expect("join").expect("admitted next");
+        drop((f1, f2, h1));
+        assert_eq!(a.in_flight_kib(), 0);
+        assert!(flood.idle() && honest.idle());
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_waiting_leaves_no_trace() {
+        let a = Arc::new(Admission::new(2 << 20));
+        let (c, c2) = (a.connection(), a.connection());
+        let held = a.reserve(&c, 1024).expect("fits").admit(0).await.expect("room");
+        let held2 = a.reserve(&c2, 1024).expect("fits").admit(0).await.expect("room");
+        let c3 = a.connection();
+        let r = a.reserve(&c3, 512).expect("fits");
+        let waiting = tokio::spawn(async move { r.admit(100).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(a.waiting_bytes.load(Ordering::SeqCst), 0);
+        assert!(a.pool().waiting.is_empty());
+        drop((held, held2));
+        assert_eq!(a.in_flight_kib(), 0);
+        assert!(c3.idle());
     }
 
     #[tokio::test]
