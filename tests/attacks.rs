@@ -1153,6 +1153,9 @@ fn attack_3_input_share_flood_without_seeds() {
     rt().block_on(async {
         let mut a = Arena::start("3 InputShare flood, no seeds", &[], BUDGET_MB).await;
         let target = a.target(P::P0);
+        // The largest batch the server admits per request, as its manifest states.
+        let max_batch = a.d.hello(P::P0).await.1.max_batch;
+        assert!((1..=MAX_BATCH).contains(&max_batch), "manifest max_batch {max_batch}");
         let share = |batch: usize| -> Arc<dyn Fn(usize) -> Vec<u8> + Send + Sync> {
             let base = Frame {
                 kind: Kind::InputShare,
@@ -1168,7 +1171,7 @@ fn attack_3_input_share_flood_without_seeds() {
             // name, connections, frames per connection, batch, send for, read until (s)
             ("1 conn", 1, 3000, 1, 5, 6),
             ("8 conns", 8, 1000, 1, 5, 6),
-            ("max batch", 1, 60, MAX_BATCH, 2, 3),
+            ("max batch", 1, 60, max_batch, 2, 3),
         ];
         let mut sent_all = Vec::new();
         let mut start = t0;

@@ -64,7 +64,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub timeout_ms: Option<u64>,
     /// MiB of helper material the client requests in flight may hold at this party; one
-    /// request and one connection may take half [default: 128; the party's memory grows by
+    /// request and one connection may take half [default: 96; the party's memory grows by
     /// about 1.5 times this under a flood].
     #[arg(long)]
     pub inflight_budget_mb: Option<u64>,
@@ -89,7 +89,7 @@ pub struct ServeArgs {
 }
 
 /// Default of `--inflight-budget-mb`.
-pub const DEFAULT_BUDGET_MB: u64 = 128;
+pub const DEFAULT_BUDGET_MB: u64 = 96;
 /// Default of `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 

@@ -142,8 +142,13 @@ impl Admission {
         }
     }
 
-    /// The most one request (and one connection) may weigh, KiB.
+    /// The most one request may weigh, KiB.
     pub fn per_request_kib(&self) -> u64 {
+        u64::from(self.budget_kib / 2).max(1)
+    }
+
+    /// The most one connection may have in flight, KiB.
+    pub fn per_connection_kib(&self) -> u64 {
         u64::from(self.budget_kib / 2).max(1)
     }
 
@@ -161,8 +166,8 @@ impl Admission {
     /// A connection's own budget (half of the party's).
     pub fn connection(&self) -> ConnectionBudget {
         ConnectionBudget {
-            sem: Arc::new(Semaphore::new(self.per_request_kib() as usize)),
-            limit_kib: self.per_request_kib(),
+            sem: Arc::new(Semaphore::new(self.per_connection_kib() as usize)),
+            limit_kib: self.per_connection_kib(),
             claims: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -406,48 +411,43 @@ mod tests {
 
     #[tokio::test]
     async fn requests_are_weighed_and_limited() {
-        let a = Arc::new(Admission::new(8 << 20)); // 8 MiB: 4 MiB per request and connection
-        assert_eq!(a.per_request_kib(), 4096);
-        assert_eq!(a.max_batch(1 << 20), 4);
+        // 16 MiB: 8 MiB per request and per connection.
+        let a = Arc::new(Admission::new(16 << 20));
+        assert_eq!(a.per_request_kib(), 8192);
+        assert_eq!(a.per_connection_kib(), 8192);
+        assert_eq!(a.max_batch(1 << 20), 8);
         let c = a.connection();
-        assert!(matches!(a.reserve(&c, 5000), Err(Refusal::TooLarge { .. })));
-        let p1 = a
-            .reserve(&c, 3000)
-            .expect("fits")
-            .admit(10)
-            .await
-            .expect("room");
+        assert!(matches!(a.reserve(&c, 9000), Err(Refusal::TooLarge { .. })));
+        let admit = |c: &ConnectionBudget, kib: u64| {
+            let r = a.reserve(c, kib).expect("fits its connection");
+            tokio::spawn(async move { r.admit(10).await })
+        };
+        let p1 = admit(&c, 4000).await.expect("join").expect("room");
+        let p2 = admit(&c, 4000).await.expect("join").expect("room");
         assert!(!c.idle());
-        assert!(matches!(a.reserve(&c, 2000), Err(Refusal::Busy(_))));
+        assert!(matches!(a.reserve(&c, 1000), Err(Refusal::Busy(_))));
         // another connection gets the rest of the party's budget, then waits
         let c2 = a.connection();
-        let p2 = a
-            .reserve(&c2, 4000)
-            .expect("fits")
-            .admit(10)
-            .await
-            .expect("room");
-        let a2 = a.clone();
-        let waiting = tokio::spawn(async move {
-            let c3 = a2.connection();
-            let r = a2.reserve(&c3, 2000).expect("fits its connection");
-            r.admit(10).await.map(|_| ())
-        });
+        let p3 = admit(&c2, 4000).await.expect("join").expect("room");
+        let p4 = admit(&c2, 4000).await.expect("join").expect("room");
+        let c3 = a.connection();
+        let waiting = admit(&c3, 2000);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "waits for room");
         drop(p1);
-        waiting
+        let p5 = waiting
             .await
             .expect("join")
             .expect("admitted once room is freed");
-        drop(p2);
-        assert!(c.idle() && c2.idle());
+        drop((p2, p3, p4, p5));
+        assert!(c.idle() && c2.idle() && c3.idle());
         assert_eq!(a.in_flight_kib(), 0);
     }
 
     #[tokio::test]
     async fn freed_room_goes_to_the_connection_holding_least() {
-        let a = Arc::new(Admission::new(8 << 20)); // 8,192 KiB; 4,096 per connection
+        // 16,384 KiB; 4,096 per request, 8,192 per connection.
+        let a = Arc::new(Admission::new(16 << 20));
         let admit = |c: &ConnectionBudget, kib: u64| {
             let r = a.reserve(c, kib).expect("fits its connection");
             tokio::spawn(async move { r.admit(0).await })
@@ -458,34 +458,43 @@ mod tests {
             a.connection(),
             a.connection(),
         );
-        let f1 = admit(&flood, 2000).await.expect("join").expect("room");
+        let f1 = admit(&flood, 4000).await.expect("join").expect("room");
         let g1 = admit(&g, 4000).await.expect("join").expect("room");
-        let k1 = admit(&k, 2000).await.expect("join").expect("room");
-        // 192 KiB free: the flooder queues first, the honest connection after it.
-        let f2 = admit(&flood, 2000);
+        let g2 = admit(&g, 4000).await.expect("join").expect("room");
+        let k1 = admit(&k, 4000).await.expect("join").expect("room");
+        // 384 KiB free: the flooder queues first, the honest connection after it.
+        let f2 = admit(&flood, 4000);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let h = admit(&honest, 2000);
+        let h = admit(&honest, 4000);
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!f2.is_finished() && !h.is_finished());
-        // Room for one: it goes to the honest connection (it holds 2,000 KiB, the flooder
-        // 4,000 with its waiting request), although the flooder came first.
+        // Room for one: it goes to the honest connection (it holds 4,000 KiB, the flooder
+        // 8,000 with its waiting request), although the flooder came first.
         drop(k1);
         let h1 = h.await.expect("join").expect("admitted");
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!f2.is_finished(), "the flooder waits for the next room");
         drop(g1);
         let f2 = f2.await.expect("join").expect("admitted next");
-        drop((f1, f2, h1));
+        drop((f1, f2, g2, h1));
         assert_eq!(a.in_flight_kib(), 0);
-        assert!(flood.idle() && honest.idle());
+        assert!(flood.idle() && honest.idle() && g.idle() && k.idle());
     }
 
     #[tokio::test]
     async fn a_request_dropped_while_waiting_leaves_no_trace() {
-        let a = Arc::new(Admission::new(2 << 20));
+        let a = Arc::new(Admission::new(4 << 20));
         let (c, c2) = (a.connection(), a.connection());
-        let held = a.reserve(&c, 1024).expect("fits").admit(0).await.expect("room");
-        let held2 = a.reserve(&c2, 1024).expect("fits").admit(0).await.expect("room");
+        let mut held = Vec::new();
+        for c in [&c, &c, &c2, &c2] {
+            held.push(
+                a.reserve(c, 1024)
+                    .expect("fits")
+                    .admit(0)
+                    .await
+                    .expect("room"),
+            );
+        }
         let c3 = a.connection();
         let r = a.reserve(&c3, 512).expect("fits");
         let waiting = tokio::spawn(async move { r.admit(100).await.map(|_| ()) });
@@ -494,28 +503,25 @@ mod tests {
         let _ = waiting.await;
         assert_eq!(a.waiting_bytes.load(Ordering::SeqCst), 0);
         assert!(a.pool().waiting.is_empty());
-        drop((held, held2));
+        drop(held);
         assert_eq!(a.in_flight_kib(), 0);
         assert!(c3.idle());
     }
 
     #[tokio::test]
     async fn waiting_input_is_bounded() {
-        let a = Arc::new(Admission::new(2 << 20));
-        let c = a.connection();
-        let _held = a
-            .reserve(&c, 1024)
-            .expect("fits")
-            .admit(0)
-            .await
-            .expect("room");
-        let c2 = a.connection();
-        let _held2 = a
-            .reserve(&c2, 1024)
-            .expect("fits")
-            .admit(0)
-            .await
-            .expect("room");
+        let a = Arc::new(Admission::new(4 << 20));
+        let (c, c2) = (a.connection(), a.connection());
+        let mut _held = Vec::new();
+        for c in [&c, &c, &c2, &c2] {
+            _held.push(
+                a.reserve(c, 1024)
+                    .expect("fits")
+                    .admit(0)
+                    .await
+                    .expect("room"),
+            );
+        }
         let c3 = a.connection();
         let r = a
             .reserve(&c3, 10)
