@@ -639,7 +639,9 @@ impl Arena {
             )),
             // An attack the servers end within a few honest predictions' time (a ping flood
             // closed at once) leaves nothing to measure; a longer one must leave some.
-            (None, _) if t1.duration_since(t0) < Duration::from_millis(200) => {}
+            // (1 s: on a loaded 2-core machine one honest prediction and its pause can take
+            // a few hundred ms.)
+            (None, _) if t1.duration_since(t0) < Duration::from_secs(1) => {}
             (None, _) => self.fail("(b) no honest prediction succeeded during the attack"),
             _ => {}
         }

@@ -169,6 +169,103 @@ fn a_party_posing_as_another_is_refused() {
 }
 
 #[test]
+fn with_client_keys_only_key_holders_predict_each_at_its_rate() {
+    let _g = serial();
+    let dir = std::env::temp_dir().join(format!("sotto-client-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("client.keys");
+    let make = |name: &str, rate: Option<&str>| -> String {
+        let mut c = Command::new(SOTTO);
+        c.args(["client-key", "--name", name, "--file"]).arg(&file);
+        if let Some(r) = rate {
+            c.args(["--rate", r]);
+        }
+        let out = c.output().expect("sotto client-key");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf8")
+            .trim()
+            .to_string()
+    };
+    let alice = make("alice", Some("2"));
+    let bob = make("bob", None);
+    let text = std::fs::read_to_string(&file).expect("keys file");
+    assert!(
+        !text.contains(&alice) && !text.contains(&bob),
+        "the file holds digests only"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // A name used twice is refused.
+    let again = Command::new(SOTTO)
+        .args(["client-key", "--name", "alice", "--file"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert!(!again.status.success());
+    rt().block_on(async {
+        let d = Deployment::start(&["--client-keys", file.to_str().expect("path")]);
+        d.ready(Duration::from_secs(20)).await;
+        let (u0, u1) = (d.url(P::P0), d.url(P::P1));
+        let connect = |key: Option<&str>| {
+            let opts = ClientOptions {
+                ca_pem: Some(d.ca.clone()),
+                api_key: key.map(str::to_string),
+                ..ClientOptions::default()
+            };
+            Client::connect(&u0, &u1, opts)
+        };
+        for (key, why) in [
+            (None, "requires an API key"),
+            (Some("0".repeat(64)), "not valid"),
+        ] {
+            match connect(key.as_deref()).await {
+                Err(ClientError::Server { code, message, .. }) => {
+                    assert_eq!(code, sotto_wire::ErrorCode::Unauthenticated);
+                    assert!(message.contains(why), "{message}");
+                }
+                Err(e) => panic!("expected unauthenticated, got {e}"),
+                Ok(_) => panic!("a client with key {key:?} connected"),
+            }
+        }
+        // alice: 2 requests/s, a burst of 2; the third at once is refused, later ones pass.
+        let a = connect(Some(&alice)).await.expect("alice connects");
+        for i in 0..2 {
+            let p = a.predict(data().x(i, 1), 1).await.expect("within the rate");
+            check(&p.logits, &p.labels, i, 1);
+        }
+        match a.predict(data().x(2, 1), 1).await {
+            Err(ClientError::Server { code, message, .. }) => {
+                assert_eq!(code, sotto_wire::ErrorCode::RateLimited);
+                assert!(message.contains("retry in"), "{message}");
+            }
+            other => panic!("expected rate_limited, got {:?}", other.map(|p| p.labels)),
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let p = a.predict(data().x(3, 1), 1).await.expect("after waiting");
+        check(&p.logits, &p.labels, 3, 1);
+        // bob: no rate.
+        let b = connect(Some(&bob)).await.expect("bob connects");
+        for i in 0..20 {
+            let p = b.predict(data().x(i, 1), 1).await.expect("unlimited");
+            check(&p.logits, &p.labels, i, 1);
+        }
+        a.close().await;
+        b.close().await;
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn only_allowed_web_origins_may_connect() {
     let _g = serial();
     rt().block_on(async {

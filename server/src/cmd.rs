@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// are always accepted. Default: any origin.
     #[arg(long = "allowed-origin")]
     pub allowed_origins: Vec<String>,
+    /// Only clients presenting one of these API keys may connect: a file of
+    /// `NAME sha256:HEX [REQUESTS_PER_SECOND]` lines (`sotto client-key` writes them). Give
+    /// P0 and P1 the same file.
+    #[arg(long)]
+    pub client_keys: Option<PathBuf>,
     /// Log a line per prediction (sizes and times only; never shares).
     #[arg(long)]
     pub verbose: bool,
@@ -153,6 +158,31 @@ pub(crate) fn write_secret(path: &Path, data: &[u8]) -> Result<(), String> {
     }
     f.write_all(data)
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `sotto client-key`: a new key printed once, its digest line appended to `file`.
+pub fn client_key(name: &str, rate: Option<f64>, file: &Path) -> Result<(), String> {
+    let (key, line) = serve::keys::new_key(name, rate).map_err(|e| e.to_string())?;
+    let old = match std::fs::metadata(file) {
+        Ok(_) => read_bounded(file, "client keys file", serve::keys::MAX_FILE)?,
+        Err(_) => Vec::new(),
+    };
+    let mut text = String::from_utf8_lossy(&old).into_owned();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&line);
+    text.push('\n');
+    // The whole file must still parse (a name used twice is refused here, not at serve).
+    serve::keys::ClientKeys::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    write_secret(file, text.as_bytes())?;
+    eprintln!(
+        "added key {name:?} to {} ({} requests/s); the key, shown only now:",
+        file.display(),
+        rate.map_or("unlimited".to_string(), |r| r.to_string())
+    );
+    println!("{key}");
+    Ok(())
 }
 
 /// Builds the configuration from the file and the flags.
@@ -243,6 +273,20 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
     if max_connections < 4 {
         return Err("--max-connections is at least 4".into());
     }
+    let client_keys = match a.client_keys.or(f.client_keys) {
+        Some(p) => {
+            let text = read_bounded(&p, "client keys file", serve::keys::MAX_FILE)?;
+            let keys = serve::keys::ClientKeys::parse(&String::from_utf8_lossy(&text))
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            if role == Role::Helper {
+                eprintln!("note: the helper serves no client: --client-keys is not used here");
+                None
+            } else {
+                Some(std::sync::Arc::new(keys))
+            }
+        }
+        None => None,
+    };
     let models = serve::load_models(role, &models)?;
     Ok((
         ServeConfig {
@@ -269,6 +313,7 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
             .into_iter()
             .map(|o| o.trim_end_matches('/').to_string())
             .collect(),
+            client_keys,
             verbose: a.verbose,
         },
         listen,
@@ -290,14 +335,18 @@ pub fn serve_cmd(a: ServeArgs) -> Result<(), String> {
         let bound = serve::bind(listen, &cfg.tls, cfg.max_connections).await?;
         let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
         eprintln!(
-            "sotto {:?} on {scheme}://{} with model(s) {}",
+            "sotto {:?} on {scheme}://{} with model(s) {}{}",
             cfg.role,
             bound.local_addr().map_err(|e| e.to_string())?,
             cfg.models
                 .iter()
                 .map(|m| m.id.as_str())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            match &cfg.client_keys {
+                Some(k) => format!("; clients need one of {} API keys", k.len()),
+                None => String::new(),
+            }
         );
         tokio::select! {
             r = serve::run(cfg, bound) => r,
@@ -374,28 +423,44 @@ pub fn certs(out: &Path, names: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// `sotto predict`.
+/// The client options of `sotto predict`: the model, the CA for wss:// URLs, the API key.
+pub fn client_options(
+    model: &str,
+    ca: Option<&Path>,
+    api_key_file: Option<&Path>,
+) -> Result<ClientOptions, String> {
+    let ca_pem = match ca {
+        Some(p) => Some(read(p, "CA certificate")?),
+        None => None,
+    };
+    let api_key = match api_key_file {
+        Some(p) => Some(
+            String::from_utf8_lossy(&read_bounded(p, "API key file", 4096)?)
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    Ok(ClientOptions {
+        model: model.to_string(),
+        ca_pem,
+        api_key,
+        ..ClientOptions::default()
+    })
+}
+
+/// `sotto predict`: the inputs of `input` (an .npy file) through P0 and P1.
 pub fn predict(
     p0: &str,
     p1: &str,
     input: &Path,
     limit: Option<usize>,
     batch: usize,
-    model: &str,
-    ca: Option<&Path>,
+    opts: ClientOptions,
 ) -> Result<(), String> {
     let (x, shape) = crate::read_npy(input)?;
-    let ca_pem = match ca {
-        Some(p) => Some(read(p, "CA certificate")?),
-        None => None,
-    };
     let rt = runtime()?;
     rt.block_on(async {
-        let opts = ClientOptions {
-            model: model.to_string(),
-            ca_pem,
-            ..ClientOptions::default()
-        };
         let client = Client::connect(p0, p1, opts)
             .await
             .map_err(|e| e.to_string())?;
@@ -436,6 +501,7 @@ pub fn predict(
             i += b;
         }
         let (b0, b1) = client.bytes_sent();
+        let model = client.manifest().model_id.clone();
         client.close().await;
         let out = serde_json::json!({
             "model": model,

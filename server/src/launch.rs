@@ -112,6 +112,7 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
         max_connections: crate::cmd::DEFAULT_MAX_CONNECTIONS,
         web,
         allowed_origins: Vec::new(),
+        client_keys: None,
         verbose: false,
     };
     let helper_url = format!("ws://{ah}");

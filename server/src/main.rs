@@ -95,6 +95,23 @@ enum Command {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+    /// Make a client API key for `sotto serve --client-keys FILE`: prints the key once (give
+    /// it to the client) and appends its line (name, the key's SHA-256, rate) to FILE, which
+    /// holds digests only and is written mode 0600. Give P0 and P1 the same file.
+    ///
+    /// Example: sotto client-key --name alice --rate 20 --file deploy/client.keys
+    ClientKey {
+        /// The key's name (in logs; letters, digits, -_.@).
+        #[arg(long)]
+        name: String,
+        /// Requests per second the key may make (a burst of one second's worth); none:
+        /// unlimited.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The client-keys file to append to (created if missing).
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Predict privately through running parties: shares each input (P0 gets x − PRG(s), P1
     /// only s) and prints logits and labels as JSON.
     ///
@@ -121,6 +138,9 @@ enum Command {
         /// CA certificate for wss:// URLs.
         #[arg(long)]
         tls_ca: Option<PathBuf>,
+        /// A file holding the API key (`sotto client-key`), when the servers require one.
+        #[arg(long)]
+        api_key_file: Option<PathBuf>,
     },
     /// Measure private predictions end to end and print JSON (latency, throughput, bytes per
     /// link, rounds, the plaintext model's time); a progress bar on a terminal.
@@ -229,6 +249,7 @@ fn main() -> ExitCode {
         }),
         Command::Serve(a) => cmd::serve_cmd(*a),
         Command::Certs { out, names } => cmd::certs(&out, &names),
+        Command::ClientKey { name, rate, file } => cmd::client_key(&name, rate, &file),
         Command::Predict {
             p0,
             p1,
@@ -237,15 +258,9 @@ fn main() -> ExitCode {
             batch,
             model,
             tls_ca,
-        } => cmd::predict(
-            &p0,
-            &p1,
-            &input,
-            limit,
-            batch.max(1),
-            &model,
-            tls_ca.as_deref(),
-        ),
+            api_key_file,
+        } => cmd::client_options(&model, tls_ca.as_deref(), api_key_file.as_deref())
+            .and_then(|opts| cmd::predict(&p0, &p1, &input, limit, batch.max(1), opts)),
         Command::Bench(a) => bench::run(*a),
         Command::Inspect {
             model,

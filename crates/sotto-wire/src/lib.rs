@@ -475,8 +475,11 @@ pub enum ErrorCode {
     UnknownSession,
     /// The session failed while running (a party died, froze or aborted it).
     SessionFailed,
-    /// A party failed authentication.
+    /// A party failed authentication, or a client's API key is missing or unknown.
     Unauthenticated,
+    /// The client's API key is over its request rate: retry after the time the message
+    /// states.
+    RateLimited,
     /// A code this version does not know (from a newer server).
     #[serde(other)]
     Unknown,
@@ -484,7 +487,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code a server sends (not [`ErrorCode::Unknown`]).
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadHello,
         ErrorCode::UnknownModel,
         ErrorCode::BadFrame,
@@ -499,6 +502,7 @@ impl ErrorCode {
         ErrorCode::UnknownSession,
         ErrorCode::SessionFailed,
         ErrorCode::Unauthenticated,
+        ErrorCode::RateLimited,
     ];
 
     /// The code as it travels (`bad_shape`, ...).
@@ -518,6 +522,7 @@ impl ErrorCode {
             ErrorCode::UnknownSession => "unknown_session",
             ErrorCode::SessionFailed => "session_failed",
             ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -98,6 +98,24 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
         Ok(_) => Err("the connection closed before its hello".to_string()),
         Err(_) => Err(format!("no hello within {HELLO_TIMEOUT:?}")),
     };
+    // The API key, when the deployment requires one: checked before the manifest is sent.
+    let key = match (&hello, &st.cfg.client_keys) {
+        (Ok(h), Some(keys)) if h.role == Role::Client => match keys.check(h.api_key.as_deref()) {
+            Ok(k) => {
+                if st.cfg.verbose {
+                    eprintln!("[{:?}] a client with key {:?} connected", st.me, k.name);
+                }
+                Some(k)
+            }
+            Err(refusal) => {
+                st.metrics.error("unauthenticated");
+                let e = error_frame(0, 0, ErrorCode::Unauthenticated, refusal.message());
+                send_last(&mut sink, e).await;
+                return;
+            }
+        },
+        _ => None,
+    };
     let model = match hello {
         Ok(h) if h.role == Role::Client => match st.model(&h.model_id) {
             Some(m) => m,
@@ -257,6 +275,20 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         format!(
                             "{len} bytes of input share: model {model_id} takes inputs of {} values ({per_input} bytes) each, 1 to {} per request",
                             plan.input_len, st.cfg.max_batch
+                        ),
+                    ));
+                    continue;
+                }
+                if let Some(Err(wait)) = key.as_ref().map(|k| k.take()) {
+                    st.metrics.error("rate_limited");
+                    out.push(error_frame(
+                        0,
+                        f.step,
+                        ErrorCode::RateLimited,
+                        format!(
+                            "this API key may make {} requests per second: retry in {} ms",
+                            key.as_ref().and_then(|k| k.rate).unwrap_or(0.0),
+                            wait.as_millis().max(1)
                         ),
                     ));
                     continue;

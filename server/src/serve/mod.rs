@@ -11,6 +11,7 @@ pub mod admit;
 mod client;
 pub mod error;
 pub mod http;
+pub mod keys;
 mod party;
 pub use party::{dealing, pool_size, top_up};
 
@@ -102,6 +103,8 @@ pub struct ServeConfig {
     /// Web origins allowed to open client connections (empty: any); requests without an
     /// Origin header (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// Client API keys (`--client-keys`): when set, a client's hello must carry one of them.
+    pub client_keys: Option<Arc<keys::ClientKeys>>,
     /// Print a line per prediction.
     pub verbose: bool,
 }
@@ -344,6 +347,8 @@ pub struct FileConfig {
     /// Web origins allowed to open client connections (empty: any).
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Client API keys file.
+    pub client_keys: Option<PathBuf>,
 }
 
 impl FileConfig {
