@@ -102,7 +102,8 @@ export type ErrorCode =
   | 'no_material'
   | 'unknown_session'
   | 'session_failed'
-  | 'unauthenticated';
+  | 'unauthenticated'
+  | 'rate_limited';
 
 /** Options of connect(). */
 export interface ConnectOptions {
