@@ -824,7 +824,17 @@ fn upgrade_request(path: &str, token: Option<&str>, content_length: Option<usize
 
 /// The status of an upgrade request to `/v1/party` at `port` (None: no answer).
 async fn party_upgrade(port: u16, ca: &[u8], token: Option<&str>) -> Option<u16> {
-    let mut tls = tls_to(port, ca).await?;
+    party_upgrade_as(port, ca, token, None).await
+}
+
+/// Like [`party_upgrade`], presenting `cert`'s party certificate (mutual TLS).
+async fn party_upgrade_as(
+    port: u16,
+    ca: &[u8],
+    token: Option<&str>,
+    cert: Option<P>,
+) -> Option<u16> {
+    let mut tls = tls_as(port, ca, cert).await?;
     tls.write_all(upgrade_request("/v1/party", token, None).as_bytes())
         .await
         .ok()?;
@@ -962,17 +972,29 @@ fn attack_1_unauthenticated_party_upgrades() {
                     }
                 }
                 if i < 5 {
-                    // A captured token used once (101: the WebSocket exists, then we leave
-                    // without authenticating), then replayed: 401.
+                    // A captured token used once with P0's certificate (101: the WebSocket
+                    // exists, then we leave without authenticating), then replayed: 401.
                     let once = upgrade_token(&p0_keys, role).expect("token");
-                    let first = party_upgrade(port, &ca, Some(&once)).await;
-                    let again = party_upgrade(port, &ca, Some(&once)).await;
-                    requests += 2;
+                    let first = party_upgrade_as(port, &ca, Some(&once), Some(P::P0)).await;
+                    let again = party_upgrade_as(port, &ca, Some(&once), Some(P::P0)).await;
+                    // A valid token without P0's certificate (none, or P1's): 401 (mutual TLS).
+                    let bare = upgrade_token(&p0_keys, role).expect("token");
+                    let no_cert = party_upgrade(port, &ca, Some(&bare)).await;
+                    let other = upgrade_token(&p0_keys, role).expect("token");
+                    let wrong_cert = party_upgrade_as(port, &ca, Some(&other), Some(P::P1)).await;
+                    requests += 4;
                     a.codes.add("101 (token's first use)", u64::from(first == Some(101)));
                     a.codes.add(format!("{} (replay)", again.map_or("none".into(), |s| s.to_string())), 1);
+                    a.codes.add(format!("{} (valid token, no certificate)", no_cert.map_or("none".into(), |s| s.to_string())), 1);
+                    a.codes.add(format!("{} (valid token, P1's certificate)", wrong_cert.map_or("none".into(), |s| s.to_string())), 1);
                     if first != Some(101) || again != Some(401) {
                         a.fail(format!(
                             "{target:?}: a fresh token got {first:?}, its replay {again:?} (want 101, then 401)"
+                        ));
+                    }
+                    if no_cert != Some(401) || wrong_cert != Some(401) {
+                        a.fail(format!(
+                            "{target:?}: P0's valid token without its certificate got {no_cert:?}, with P1's {wrong_cert:?} (want 401 both)"
                         ));
                     }
                 }

@@ -235,6 +235,17 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
                 "dialing {u} needs --tls-ca (the CA that signed the parties' certificates)"
             ));
         }
+        if u.starts_with("wss://") && tls.is_none() {
+            return Err(format!(
+                "dialing {u} needs this party's own --tls-cert and --tls-key: parties show each other their certificates (mutual TLS)"
+            ));
+        }
+    }
+    if tls.is_some() && role != Role::P0 && ca.is_none() {
+        return Err(format!(
+            "{} needs --tls-ca: it checks the certificates of the parties that dial it (mutual TLS)",
+            role_name(role)
+        ));
     }
     let key_file = a
         .key_file
@@ -332,7 +343,13 @@ pub fn serve_cmd(a: ServeArgs) -> Result<(), String> {
     let (cfg, listen) = serve_config(a)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let bound = serve::bind(listen, &cfg.tls, cfg.max_connections).await?;
+        // P1 and the helper take party links: their peers' certificates are checked against
+        // the deployment's CA (P0 takes none).
+        let party_ca = match cfg.role {
+            Role::P0 => None,
+            _ => cfg.ca.as_deref(),
+        };
+        let bound = serve::bind(listen, &cfg.tls, party_ca, cfg.max_connections).await?;
         let scheme = if cfg.tls.is_some() { "wss" } else { "ws" };
         eprintln!(
             "sotto {:?} on {scheme}://{} with model(s) {}{}",
@@ -359,7 +376,8 @@ pub fn serve_cmd(a: ServeArgs) -> Result<(), String> {
 /// keys (one per pair).
 pub fn certs(out: &Path, names: &[String]) -> Result<(), String> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
     };
     let roles = [Role::P0, Role::P1, Role::Helper];
     let mut own: [Vec<String>; 3] = Default::default();
@@ -407,10 +425,16 @@ pub fn certs(out: &Path, names: &[String]) -> Result<(), String> {
         let name = role_name(*role);
         let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into()];
         sans.extend(own[i].iter().cloned());
+        // The role's own name: a party link's peer is known by it (mutual TLS).
+        sans.push(sotto_net::tls::role_dns_name(*role));
         let key = KeyPair::generate().map_err(e)?;
         let mut p = CertificateParams::new(sans.clone()).map_err(e)?;
         p.distinguished_name
             .push(DnType::CommonName, format!("sotto {name}"));
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let cert = p.signed_by(&key, &issuer).map_err(e)?;
         write(&format!("{name}.pem"), cert.pem().as_bytes(), false)?;
         write(&format!("{name}.key"), key.serialize_pem().as_bytes(), true)?;

@@ -84,9 +84,9 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
     let keys = PartyKeys::generate().map_err(|e| e.to_string())?;
     let port = |i: u16| if o.port == 0 { 0 } else { o.port + i };
     let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], port(i)));
-    let b0 = serve::bind(addr(0), &None, crate::cmd::DEFAULT_MAX_CONNECTIONS).await?;
-    let b1 = serve::bind(addr(1), &None, crate::cmd::DEFAULT_MAX_CONNECTIONS).await?;
-    let bh = serve::bind(addr(2), &None, crate::cmd::DEFAULT_MAX_CONNECTIONS).await?;
+    let b0 = serve::bind(addr(0), &None, None, crate::cmd::DEFAULT_MAX_CONNECTIONS).await?;
+    let b1 = serve::bind(addr(1), &None, None, crate::cmd::DEFAULT_MAX_CONNECTIONS).await?;
+    let bh = serve::bind(addr(2), &None, None, crate::cmd::DEFAULT_MAX_CONNECTIONS).await?;
     let a0 = b0.local_addr().map_err(|e| e.to_string())?;
     let a1 = b1.local_addr().map_err(|e| e.to_string())?;
     let ah = bh.local_addr().map_err(|e| e.to_string())?;

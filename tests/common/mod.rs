@@ -288,7 +288,25 @@ pub async fn tls_to(
     port: u16,
     ca: &[u8],
 ) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let cfg = sotto_net::tls::client_config(ca).ok()?;
+    tls_as(port, ca, None).await
+}
+
+/// A TLS connection presenting `party`'s certificate from the test material (mutual TLS), or
+/// none.
+pub async fn tls_as(
+    port: u16,
+    ca: &[u8],
+    party: Option<P>,
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let cfg = match party {
+        None => sotto_net::tls::client_config(ca).ok()?,
+        Some(p) => {
+            let c = material().join("certs");
+            let cert = std::fs::read(c.join(format!("{}.pem", p.name()))).ok()?;
+            let key = std::fs::read(c.join(format!("{}.key", p.name()))).ok()?;
+            sotto_net::tls::party_client_config(ca, &cert, &key).ok()?
+        }
+    };
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use sotto_wire::Role;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -34,35 +36,100 @@ fn certs(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// A client configuration trusting only the certificates in `ca_pem` (the deployment's CA).
-pub fn client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>> {
+fn roots(ca_pem: &[u8]) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for c in certs(ca_pem, "CA certificate")? {
         roots
             .add(c)
             .map_err(|e| NetError::Tls(format!("CA certificate: {e}")))?;
     }
+    Ok(roots)
+}
+
+/// The name a party's certificate carries to state its role (`p0.party.sotto`, ...): a party
+/// link's peer is known by it (mutual TLS), not by what the peer says.
+pub fn role_dns_name(role: Role) -> String {
+    format!("{}.party.sotto", crate::auth::role_name(role))
+}
+
+/// A client configuration trusting only the certificates in `ca_pem` (the deployment's CA).
+pub fn client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>> {
     let cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| NetError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
+        .with_root_certificates(roots(ca_pem)?)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
 }
 
-/// A server configuration presenting `cert_pem` (leaf first, then any intermediates) with the
-/// private key in `key_pem`.
-pub fn server_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<ServerConfig>> {
+/// A party's dialing configuration: trusts `ca_pem` and presents the party's own certificate
+/// (`cert_pem`, `key_pem`) to the peer (mutual TLS).
+pub fn party_client_config(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<Arc<ClientConfig>> {
     let chain = certs(cert_pem, "certificate")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem)
         .map_err(|e| NetError::Tls(format!("private key: {e}")))?;
-    let cfg = ServerConfig::builder_with_provider(provider())
+    let cfg = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| NetError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| NetError::Tls(format!("certificate and key: {e}")))?;
+    Ok(Arc::new(cfg))
+}
+
+/// A server configuration presenting `cert_pem` (leaf first, then any intermediates) with the
+/// private key in `key_pem`. With `party_ca_pem`, a peer may present a certificate signed by
+/// that CA (parties do; clients and browsers present none and are accepted as before), and
+/// [`peer_role`] reads the role from it.
+pub fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    party_ca_pem: Option<&[u8]>,
+) -> Result<Arc<ServerConfig>> {
+    let chain = certs(cert_pem, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| NetError::Tls(format!("private key: {e}")))?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::Tls(e.to_string()))?;
+    let builder = match party_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| NetError::Tls(format!("party CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let cfg = builder
         .with_single_cert(chain, key)
         .map_err(|e| NetError::Tls(format!("certificate and key: {e}")))?;
     Ok(Arc::new(cfg))
+}
+
+/// The party role stated by a TLS peer's certificate (already verified against the party CA
+/// by the server configuration of [`server_config`]): the one of [`role_dns_name`] it is
+/// valid for, `None` without a certificate or with one that names no role (or several).
+pub fn peer_role(chain: Option<&[CertificateDer<'_>]>) -> Option<Role> {
+    let leaf = chain?.first()?;
+    let parsed = ParsedCertificate::try_from(leaf).ok()?;
+    let mut found = None;
+    for role in [Role::P0, Role::P1, Role::Helper] {
+        let name = ServerName::try_from(role_dns_name(role)).ok()?;
+        if rustls::client::verify_server_name(&parsed, &name).is_ok() {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(role);
+        }
+    }
+    found
 }
 
 /// Opens a WebSocket to `url` (`ws://` or `wss://`; `wss://` needs `tls`), within

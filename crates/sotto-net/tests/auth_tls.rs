@@ -256,7 +256,8 @@ fn ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
 }
 
 async fn tls_server(cert_pem: &str, key_pem: &str) -> std::net::SocketAddr {
-    let cfg = tls::server_config(cert_pem.as_bytes(), key_pem.as_bytes()).expect("server config");
+    let cfg =
+        tls::server_config(cert_pem.as_bytes(), key_pem.as_bytes(), None).expect("server config");
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -309,7 +310,84 @@ async fn tls_links_trust_only_the_deployment_ca() {
         .await
         .is_err());
     assert!(tls::client_config(b"not pem").is_err());
-    assert!(tls::server_config(c.as_bytes(), b"junk").is_err());
+    assert!(tls::server_config(c.as_bytes(), b"junk", None).is_err());
+}
+
+fn cert_named(ca: &rcgen::Issuer<'_, rcgen::KeyPair>, names: &[String]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut p = rcgen::CertificateParams::new(names.to_vec()).expect("params");
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let c = p.signed_by(&key, ca).expect("sign");
+    (c.pem(), key.serialize_pem())
+}
+
+/// Mutual TLS: the server reads the dialer's role from its certificate; a client without a
+/// certificate is still accepted (browsers), with no role; another CA's certificate is refused.
+#[tokio::test]
+async fn the_peer_role_comes_from_its_certificate() {
+    let (ca_pem, issuer) = ca();
+    let (sc, sk) = cert_named(&issuer, &["localhost".into()]);
+    let cfg = tls::server_config(sc.as_bytes(), sk.as_bytes(), Some(ca_pem.as_bytes()))
+        .expect("server config");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            let acc = tokio_rustls::TlsAcceptor::from(cfg.clone());
+            tokio::spawn(async move {
+                if let Ok(s) = acc.accept(tcp).await {
+                    let role = format!("{:?}", tls::peer_role(s.get_ref().1.peer_certificates()));
+                    if let Ok(ws) = tokio_tungstenite::accept_async(s).await {
+                        let mut d = Duplex::from_ws(ws);
+                        let f = sotto_wire::Frame {
+                            kind: sotto_wire::Kind::Share,
+                            session: 1,
+                            step: 1,
+                            payload: role.into_bytes(),
+                        };
+                        let _ = d.send_frame(&f).await;
+                    }
+                }
+            });
+        }
+    });
+    let url = format!("wss://localhost:{port}/");
+    let seen = |cfg| async {
+        let mut d = tls::connect(&url, Some(cfg), sotto_net::party_ws_config()).await?;
+        let f = d.recv_frame(1024, T).await?;
+        Ok::<String, NetError>(String::from_utf8_lossy(&f.payload).into_owned())
+    };
+    for (names, want) in [
+        (vec![tls::role_dns_name(Role::P0)], "Some(P0)"),
+        (
+            vec!["localhost".into(), tls::role_dns_name(Role::Helper)],
+            "Some(Helper)",
+        ),
+        (vec!["localhost".into()], "None"),
+        // A certificate naming two roles states none.
+        (
+            vec![tls::role_dns_name(Role::P0), tls::role_dns_name(Role::P1)],
+            "None",
+        ),
+    ] {
+        let (c, k) = cert_named(&issuer, &names);
+        let cfg = tls::party_client_config(ca_pem.as_bytes(), c.as_bytes(), k.as_bytes())
+            .expect("client config");
+        assert_eq!(seen(cfg).await.expect("accepted"), want, "{names:?}");
+    }
+    let plain = tls::client_config(ca_pem.as_bytes()).expect("client config");
+    assert_eq!(seen(plain).await.expect("accepted"), "None");
+    // A certificate from another CA: the handshake fails.
+    let (_, other) = ca();
+    let (c, k) = cert_named(&other, &[tls::role_dns_name(Role::P0)]);
+    let cfg = tls::party_client_config(ca_pem.as_bytes(), c.as_bytes(), k.as_bytes())
+        .expect("client config");
+    assert!(seen(cfg).await.is_err());
 }
 
 /// The handshake is bound to the TLS channel: a dialer and an acceptor that see different

@@ -161,15 +161,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 }
 
 /// What a handler learns of its connection: the TLS channel's binding (the TLS exporter's
-/// value, as the dialer computes it in `sotto_net::tls::connect_bound`), `None` without TLS.
+/// value, as the dialer computes it in `sotto_net::tls::connect_bound`; `None` without TLS)
+/// and the party role the peer's certificate states (mutual TLS; `None` for clients).
 #[derive(Debug, Clone, Copy)]
-pub struct Channel(pub Option<[u8; 32]>);
+pub struct Channel {
+    /// The TLS exporter's value.
+    pub binding: Option<[u8; 32]>,
+    /// The role in the peer's verified certificate.
+    pub peer: Option<sotto_wire::Role>,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
     for Channel
 {
     fn connect_info(_: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
-        Channel(None)
+        Channel {
+            binding: None,
+            peer: None,
+        }
     }
 }
 
@@ -177,14 +186,13 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
     for Channel
 {
     fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Channel(
-            s.io()
-                .io
-                .get_ref()
-                .1
+        let conn = s.io().io.get_ref().1;
+        Channel {
+            binding: conn
                 .export_keying_material([0u8; 32], sotto_net::tls::BINDING_LABEL, None)
                 .ok(),
-        )
+            peer: sotto_net::tls::peer_role(conn.peer_certificates()),
+        }
     }
 }
 

@@ -456,6 +456,7 @@ impl Bound {
 pub async fn bind(
     listen: SocketAddr,
     tls: &Option<(Vec<u8>, Vec<u8>)>,
+    party_ca: Option<&[u8]>,
     max_connections: usize,
 ) -> Result<Bound, String> {
     let tcp = tokio::net::TcpListener::bind(listen)
@@ -465,7 +466,8 @@ pub async fn bind(
     Ok(match tls {
         None => Bound::Plain(http::PlainListener::new(tcp, slots.clone()), slots),
         Some((cert, key)) => {
-            let cfg = sotto_net::tls::server_config(cert, key).map_err(|e| e.to_string())?;
+            let cfg =
+                sotto_net::tls::server_config(cert, key, party_ca).map_err(|e| e.to_string())?;
             Bound::Tls(
                 http::TlsListener::new(tcp, cfg, slots.clone()).map_err(|e| e.to_string())?,
                 slots,
@@ -667,9 +669,22 @@ async fn party_ws(
             return (StatusCode::UNAUTHORIZED, e.to_string()).into_response();
         }
     };
+    // Over TLS the dialer's certificate must state the role its token claims (mutual TLS).
+    if channel.binding.is_some() && channel.peer != Some(dialer) {
+        st.metrics.error("party_auth");
+        let why = match channel.peer {
+            None => format!(
+                "a {dialer:?} must present its party certificate (mutual TLS; certificates from `sotto certs` name their role as {})",
+                sotto_net::tls::role_dns_name(dialer)
+            ),
+            Some(r) => format!("the token says {dialer:?} but the certificate says {r:?}"),
+        };
+        st.log_limited("party_auth", || format!("refused a party upgrade: {why}"));
+        return (StatusCode::UNAUTHORIZED, why).into_response();
+    }
     ws.max_message_size(PARTY_MAX_PAYLOAD + 64)
         .max_frame_size(PARTY_MAX_PAYLOAD + 64)
-        .on_upgrade(move |sock| party::accept(st, http::duplex(sock), dialer, channel.0))
+        .on_upgrade(move |sock| party::accept(st, http::duplex(sock), dialer, channel.binding))
 }
 
 async fn client_ws(

@@ -137,9 +137,11 @@ async fn dial(st: &State, peer: PartyId) -> Result<Duplex> {
     }
     .ok_or("no URL")?;
     let url = format!("{}/v1/party", url.trim_end_matches('/'));
-    let tls = match &st.cfg.ca {
-        Some(ca) => Some(sotto_net::tls::client_config(ca)?),
-        None => None,
+    // With TLS the party shows its own certificate, whose name states its role.
+    let tls = match (&st.cfg.ca, &st.cfg.tls) {
+        (Some(ca), Some((cert, key))) => Some(sotto_net::tls::party_client_config(ca, cert, key)?),
+        (Some(ca), None) => Some(sotto_net::tls::client_config(ca)?),
+        (None, _) => None,
     };
     let token = auth::upgrade_token(&st.cfg.keys, role_of(peer))?;
     let (mut link, binding) = sotto_net::tls::connect_bound(
