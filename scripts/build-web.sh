@@ -27,7 +27,7 @@ fi
 
 # A cdylib of sotto-client with the wasm feature (the crate itself stays an rlib for the
 # native build). Size-tuned release settings apply to this build only.
-CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
 CARGO_PROFILE_RELEASE_LTO=true \
 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
 CARGO_PROFILE_RELEASE_PANIC=abort \
@@ -48,20 +48,25 @@ wasm_loads() {
   " >/dev/null 2>&1
 }
 
-if command -v wasm-opt >/dev/null 2>&1; then
-  # Debian's binaryen may be too old for this module's features: it can fail, or write a
-  # module that no longer instantiates. Keep the un-optimised module in both cases.
-  cp "$WASM" "$WASM.orig"
-  if wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-    --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
-    "$WASM" -o "$WASM.opt" >/dev/null 2>&1 && mv "$WASM.opt" "$WASM" && wasm_loads; then
-    echo "build-web: wasm-opt -Oz applied"
-  else
-    mv "$WASM.orig" "$WASM"
-    echo "build-web: wasm-opt did not give a working module; keeping the un-optimised one"
-  fi
-  rm -f "$WASM.opt" "$WASM.orig"
+# wasm-opt from the npm `binaryen` package (a devDependency of web/, installed by `npm ci`):
+# Debian's binaryen is too old for this module (it writes one that no longer instantiates).
+WASM_OPT="$ROOT/web/node_modules/.bin/wasm-opt"
+if [ ! -x "$WASM_OPT" ]; then
+  (cd web && npm ci --no-audit --no-fund)
 fi
+RAW0=$(wc -c <"$WASM")
+cp "$WASM" "$WASM.orig"
+if "$WASM_OPT" -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+  --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
+  --strip-debug --strip-producers --converge \
+  "$WASM" -o "$WASM.opt" && mv "$WASM.opt" "$WASM" && wasm_loads; then
+  echo "build-web: wasm-opt -Oz ($("$WASM_OPT" --version)): $RAW0 -> $(wc -c <"$WASM") bytes"
+else
+  mv "$WASM.orig" "$WASM"
+  echo "build-web: wasm-opt failed or gave a module that does not instantiate" >&2
+  exit 1
+fi
+rm -f "$WASM.opt" "$WASM.orig"
 wasm_loads || { echo "build-web: $WASM does not instantiate in Node" >&2; exit 1; }
 
 rm -rf web/dist
@@ -69,8 +74,9 @@ mkdir -p web/dist/sotto
 if [ -d web/demo ]; then
   cp -R web/demo/. web/dist/
 fi
-cp web/index.js web/index.d.ts web/package.json web/dist/sotto/
-cp -R web/pkg web/dist/sotto/pkg
+cp web/index.js web/node.js web/client.js web/index.d.ts web/package.json web/LICENSE web/dist/sotto/
+mkdir -p web/dist/sotto/pkg
+cp web/pkg/sotto_client.js web/pkg/sotto_client_bg.wasm web/dist/sotto/pkg/
 node web/scripts/samples.mjs models web/dist/samples.json 12
 
 RAW=$(wc -c <"$WASM")

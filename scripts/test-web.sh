@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The web client's tests on a fresh Debian machine (run as root): installs Chromium and the
 # npm packages, builds the WebAssembly package (scripts/build-web.sh) and the sotto binary,
-# then runs the Node tests against real `sotto serve` processes and, when present, the
-# browser test (web/test/browser.mjs).
+# then runs the Node tests against real `sotto serve` processes, the browser test
+# (web/test/browser.mjs: the demo page, a CSP page) and the bundler checks
+# (web/test/bundlers.mjs: the `npm pack` tarball in a Vite app and a webpack app predicting in
+# Chromium, and a strict tsc of a typed example).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +28,5 @@ export SOTTO_BIN="${SOTTO_BIN:-$TARGET_DIR/release/sotto}"
 # a test/ directory (the harness, the browser test) as a test file.
 node --test web/test/*.test.mjs
 
-if [ -f web/test/browser.mjs ]; then
-  node web/test/browser.mjs
-fi
+node web/test/browser.mjs
+node web/test/bundlers.mjs

@@ -1,4 +1,14 @@
-// Types of sotto-client (web/index.js).
+// Types of sotto-client (index.js for browsers and bundlers, node.js for Node: one API).
+// Self-contained: no DOM or Node types are needed (structural types stand in for ImageData,
+// WebSocket, Response, AbortSignal and events; URL and WebAssembly.Module are used when the
+// project's libraries declare them).
+
+/** The platform's URL type when declared (DOM or Node types), else never. */
+type PlatformURL = typeof globalThis extends { URL: abstract new (...args: any) => infer U } ? U : never;
+/** The platform's WebAssembly.Module type when declared, else never. */
+type PlatformWasmModule = typeof globalThis extends { WebAssembly: { Module: abstract new (...args: any) => infer M } }
+  ? M
+  : never;
 
 /** What a client knows about a model (from the servers' manifest). */
 export interface Manifest {
@@ -18,7 +28,7 @@ export interface Manifest {
   readonly softmaxAtClient: boolean;
   /** The deployment's id (the same at P0 and P1; the client refuses servers of two deployments). */
   readonly deployment: string;
-  /** The largest batch one `predictBatch` may carry. */
+  /** The largest batch one `predictBatch` may carry (larger ones are refused before sending). */
   readonly maxBatch: number;
 }
 
@@ -66,23 +76,17 @@ export interface LastSent {
   p1: Uint8Array;
 }
 
-/** One input: values batch-free in the model's input shape (flat or nested), or an image. */
-export type Input = Float32Array | ArrayLike<number> | NestedNumbers | ImageData;
-/** A nested array of numbers. */
-export type NestedNumbers = ReadonlyArray<number | NestedNumbers>;
-
-/**
- * Errors from connect() and predictions are `Error` objects (TypeError for arguments of the
- * wrong type) with these extra properties.
- */
-export interface SottoError extends Error {
-  /** "input" (the input does not fit the model), "server" (a server refused), "connection" (failed, closed or timed out) or "protocol". */
-  kind: 'input' | 'server' | 'connection' | 'protocol';
-  /** For server errors: "P0" or "P1". */
-  server?: 'P0' | 'P1';
-  /** For server errors: the server's error code (see ErrorCode). */
-  code?: ErrorCode;
+/** An image (a canvas's ImageData, or anything shaped like one): RGBA bytes, row by row. */
+export interface ImageDataLike {
+  readonly width: number;
+  readonly height: number;
+  readonly data: Uint8ClampedArray;
 }
+
+/** One input: values in the model's input shape (flat, or nested one level per dimension), or an image. */
+export type Input = Float32Array | Float64Array | readonly number[] | readonly (readonly number[])[] | NestedNumbers | ImageDataLike;
+/** A nested array of numbers (e.g. [28][28] or [28][28][1]). */
+export type NestedNumbers = readonly (number | NestedNumbers)[];
 
 /**
  * The codes of server errors (the same list as sotto-wire's `ErrorCode`; a test keeps them
@@ -105,16 +109,113 @@ export type ErrorCode =
   | 'unauthenticated'
   | 'rate_limited';
 
+/**
+ * What went wrong:
+ * - `input`: the input does not fit the model (length, bound, a batch over maxBatch); nothing was sent.
+ * - `server`: a server refused or failed the request (`server` and `code` say which and why).
+ * - `connection`: a server is unreachable, closed the connection, or did not answer within timeoutMs.
+ * - `protocol`: a server sent something the protocol does not allow.
+ * - `bad_deployment`: the two URLs are not P0 and P1 of one deployment (swapped, the same server twice, two deployments); refused before any share or seed was sent.
+ * - `no_websocket`: no WebSocket class (Node 20 without the `ws` package).
+ * - `wasm_fetch`: the .wasm could not be fetched or read.
+ * - `wasm_blocked`: the page's Content Security Policy forbids WebAssembly (add 'wasm-unsafe-eval' to script-src).
+ * - `wasm_compile`: the bytes are not a WebAssembly module.
+ * - `wasm_instantiate`: the module does not fit this package's JavaScript (another version).
+ */
+export type ErrorKind =
+  | 'input'
+  | 'server'
+  | 'connection'
+  | 'protocol'
+  | 'bad_deployment'
+  | 'no_websocket'
+  | 'wasm_fetch'
+  | 'wasm_blocked'
+  | 'wasm_compile'
+  | 'wasm_instantiate';
+
+/**
+ * The error of everything sotto-client does. Arguments of the wrong type throw a TypeError,
+ * and a call whose AbortSignal fires rejects with the signal's reason (as fetch does).
+ */
+export declare class SottoError extends Error {
+  constructor(message: string, details: { kind: ErrorKind; code?: ErrorCode; server?: 'P0' | 'P1'; cause?: unknown });
+  readonly name: 'SottoError';
+  /** What went wrong (see ErrorKind). */
+  readonly kind: ErrorKind;
+  /** For `server` errors: the server's error code. */
+  readonly code?: ErrorCode;
+  /** For `server` errors: which server, "P0" or "P1". */
+  readonly server?: 'P0' | 'P1';
+}
+
+/** True for a SottoError (also one from another copy of this package). */
+export declare function isSottoError(e: unknown): e is SottoError;
+
+/** A WebSocket class (the browser's, or `ws`'s in Node). */
+export type WebSocketClass = new (url: string) => object;
+
+/** Where the WebAssembly module comes from: a URL (string or URL), a fetch Response (or a promise of one), its bytes, or a compiled module. */
+export type WasmSource =
+  | string
+  | PlatformURL
+  | { readonly ok: boolean; readonly status: number; arrayBuffer(): Promise<ArrayBuffer> }
+  | PromiseLike<{ readonly ok: boolean; readonly status: number; arrayBuffer(): Promise<ArrayBuffer> }>
+  | ArrayBuffer
+  | ArrayBufferView
+  | PlatformWasmModule;
+
+/** Options of load(). */
+export interface LoadOptions {
+  /** The module (default: `pkg/sotto_client_bg.wasm` next to the package's JavaScript, also exported as `sotto-client/wasm`). */
+  wasm?: WasmSource;
+}
+
+/** Reconnection after a lost connection: exponential back-off with jitter, from minDelayMs up to maxDelayMs. */
+export interface ReconnectOptions {
+  /** Attempts before giving up (default Infinity). */
+  retries?: number;
+  /** First delay, ms (default 250). */
+  minDelayMs?: number;
+  /** Largest delay, ms (default 30 000). */
+  maxDelayMs?: number;
+}
+
+/** A minimal AbortSignal (the platform's). */
+export interface AbortSignalLike {
+  readonly aborted: boolean;
+  readonly reason: unknown;
+  throwIfAborted(): void;
+  addEventListener(type: 'abort', listener: () => void, options?: { once?: boolean }): void;
+  removeEventListener(type: 'abort', listener: () => void): void;
+}
+
 /** Options of connect(). */
 export interface ConnectOptions {
-  /** P0's base URL, e.g. "ws://127.0.0.1:8100" (http(s):// URLs also work; /v1/ws is appended). */
-  p0: string;
+  /** P0's base URL, e.g. "ws://127.0.0.1:8100" (http(s):// also works; /v1/ws is appended unless present). */
+  p0: string | PlatformURL;
   /** P1's base URL. */
-  p1: string;
-  /** The model id; empty or absent for the servers' default model. */
+  p1: string | PlatformURL;
+  /** The model id; empty or absent for the servers' default model (see listModels()). */
   model?: string;
   /** Deadline of the connection setup and of each step of a prediction, ms (default 10 000). */
   timeoutMs?: number;
+  /** The API key, for deployments that require one. */
+  apiKey?: string;
+  /** Aborts connecting (the promise rejects with the signal's reason). */
+  signal?: AbortSignalLike;
+  /** Reconnect after a lost connection (default false). */
+  reconnect?: boolean | ReconnectOptions;
+  /** The WebSocket class (default: the browser's; in Node the `ws` package, else Node's global). */
+  WebSocket?: WebSocketClass;
+  /** Where the WebAssembly module comes from (see load()). */
+  wasm?: WasmSource;
+}
+
+/** Options of a prediction. */
+export interface PredictOptions {
+  /** Aborts the prediction: it rejects with the signal's reason and late replies are dropped. */
+  signal?: AbortSignalLike;
 }
 
 /** Options of imageDataToInput(). */
@@ -123,41 +224,94 @@ export interface ImageOptions {
   center?: boolean;
 }
 
-/** A connection to P0 and P1 for one model. Predictions may overlap. */
+/** The connection's state: "open", "reconnecting" (with `reconnect`), or "closed" (for good). */
+export type ConnectionState = 'open' | 'reconnecting' | 'closed';
+
+/** An event of a SottoClient (a DOM/Node Event at run time). */
+export interface SottoEvent {
+  readonly type: string;
+}
+
+/** The `statechange` event. */
+export interface StateChangeEvent extends SottoEvent {
+  readonly type: 'statechange';
+  readonly state: ConnectionState;
+}
+
+/** The `close` event: the connection was lost (or closed by close()). */
+export interface CloseEvent extends SottoEvent {
+  readonly type: 'close';
+  /** Why. */
+  readonly error: SottoError;
+  /** True when a reconnect follows (then `reconnect` or a final `close` comes later). */
+  readonly reconnecting: boolean;
+}
+
+/** The `reconnect` event: connected again. */
+export interface ReconnectEvent extends SottoEvent {
+  readonly type: 'reconnect';
+  /** Which attempt succeeded (1 for the first). */
+  readonly attempt: number;
+}
+
+/** The events of a SottoClient. */
+export interface SottoClientEventMap {
+  statechange: StateChangeEvent;
+  close: CloseEvent;
+  reconnect: ReconnectEvent;
+}
+
+/** A connection to P0 and P1 for one model (an EventTarget). Predictions may overlap. */
 export declare class SottoClient {
   private constructor();
+  /** The connection's state; a lost connection is noticed at once (`statechange` and `close` events). */
+  readonly state: ConnectionState;
   /** The model's manifest. */
   readonly manifest: Manifest;
   /** Values per input (the product of manifest.inputShape). */
   readonly inputSize: number;
   /**
    * Predicts one input privately. Rejects with a SottoError when the input does not fit the
-   * model (the connection stays usable), when a server refuses, when a step takes longer than
-   * timeoutMs, or at once when a connection closes.
+   * model (nothing is sent; the connection stays usable), when a server refuses, when a step
+   * takes longer than timeoutMs, or at once when a connection closes.
    */
-  predict(input: Input): Promise<Prediction>;
-  /** Predicts several inputs in one request (at most the servers' --max-batch). */
-  predictBatch(inputs: Input[]): Promise<BatchPrediction>;
-  /** Bytes sent to each server since connect(). */
+  predict(input: Input, options?: PredictOptions): Promise<Prediction>;
+  /** Predicts several inputs in one request (at most manifest.maxBatch, else a SottoError of kind `input` before anything is sent). */
+  predictBatch(inputs: readonly Input[], options?: PredictOptions): Promise<BatchPrediction>;
+  /** Bytes sent to each server since connect() (or the last reconnect). */
   bytesSent(): BytesSent;
   /** What each server received of the last input (empty arrays before the first prediction). */
   lastSent(): LastSent;
-  /** Closes both connections; predictions still waiting reject. */
+  /** Closes both connections and stops reconnecting; predictions still waiting reject. Never keeps Node running. */
   close(): void;
+  addEventListener<K extends keyof SottoClientEventMap>(
+    type: K,
+    listener: (ev: SottoClientEventMap[K]) => void,
+    options?: boolean | { once?: boolean; signal?: AbortSignalLike },
+  ): void;
+  removeEventListener<K extends keyof SottoClientEventMap>(type: K, listener: (ev: SottoClientEventMap[K]) => void): void;
+  dispatchEvent(event: SottoEvent): boolean;
+  // Also `[Symbol.dispose]()` (calls close()), for `using client = await connect(...)`; not
+  // declared here so that projects without the esnext.disposable library type-check.
 }
 
 /**
- * Connects to P0 and P1, asks both for the model and checks that they describe it the same
- * way. Loads the WebAssembly module on first use. Rejects with a SottoError when a server is
- * unreachable, refuses, or does not answer within timeoutMs.
+ * Connects to P0 and P1, checks they are P0 and P1 of one deployment serving the model (a
+ * SottoError of kind `bad_deployment` otherwise, before anything secret is sent). Loads the
+ * WebAssembly module on first use. Throws a TypeError for URLs that are not ws(s):// or
+ * http(s):// URLs.
  */
 export declare function connect(options: ConnectOptions): Promise<SottoClient>;
 
 /**
- * Loads the WebAssembly module (connect() does it on first use). In Node it also sets
- * globalThis.WebSocket from the `ws` package when there is none.
+ * Loads and compiles the WebAssembly module (connect() does it on first use; later calls
+ * return the first call's promise once it succeeded). Every failure is a SottoError of kind
+ * `wasm_fetch`, `wasm_blocked`, `wasm_compile` or `wasm_instantiate`.
  */
-export declare function load(): Promise<void>;
+export declare function load(options?: LoadOptions): Promise<void>;
+
+/** The models a server serves (its GET /v1/models), e.g. to choose `model` for connect(). */
+export declare function listModels(server: string | PlatformURL, options?: { signal?: AbortSignalLike }): Promise<Manifest[]>;
 
 /**
  * Converts an ImageData (e.g. a canvas drawing) into a model input of `inputShape`: for
@@ -166,7 +320,7 @@ export declare function load(): Promise<void>;
  * like MNIST; three-channel models get RGB in [0, 1]. Resized by area averaging.
  */
 export declare function imageDataToInput(
-  imageData: ImageData,
+  imageData: ImageDataLike,
   inputShape: readonly number[],
   options?: ImageOptions,
 ): Float32Array;

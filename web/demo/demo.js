@@ -274,8 +274,67 @@ pad.addEventListener('pointercancel', penUp);
 // 20×20 and centred by mass in 28×28, white on black, values in 0..1).
 function padInput() {
   const img = pctx.getImageData(0, 0, pad.width, pad.height);
-  return sottoModule.imageDataToInput(img, client.manifest.inputShape, { centre: true });
+  return sottoModule.imageDataToInput(img, client.manifest.inputShape, { center: true });
 }
+
+// The keyboard: arrows move a cursor (one MNIST pixel a step, Shift: three), Space puts the
+// pen down or lifts it (lifting predicts), Enter predicts, Delete/Backspace/Escape clears.
+const cursor = $('cursor');
+const key = { x: pad.width / 2, y: pad.height / 2, pen: false };
+
+function showCursor() {
+  cursor.hidden = document.activeElement !== pad;
+  cursor.style.left = `${(100 * key.x) / pad.width}%`;
+  cursor.style.top = `${(100 * key.y) / pad.height}%`;
+  cursor.classList.toggle('down', key.pen);
+}
+
+function penDownAt(p) {
+  drawing = { id: 'keyboard', x: p.x, y: p.y };
+  pctx.fillStyle = '#fff';
+  pctx.beginPath();
+  pctx.arc(p.x, p.y, pad.width / 26, 0, 2 * Math.PI);
+  pctx.fill();
+  inked = true;
+  markSample(-1);
+}
+
+pad.addEventListener('focus', showCursor);
+pad.addEventListener('blur', () => {
+  if (key.pen) {
+    key.pen = false;
+    drawing = null;
+  }
+  showCursor();
+});
+pad.addEventListener('keydown', (ev) => {
+  const step = (pad.width / SIDE) * (ev.shiftKey ? 3 : 1);
+  const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+  if (moves[ev.key]) {
+    const [dx, dy] = moves[ev.key];
+    key.x = Math.min(pad.width - 1, Math.max(0, key.x + dx * step));
+    key.y = Math.min(pad.height - 1, Math.max(0, key.y + dy * step));
+    if (key.pen && drawing) strokeTo({ x: key.x, y: key.y });
+  } else if (ev.key === ' ') {
+    key.pen = !key.pen;
+    if (key.pen && !drawing) penDownAt(key);
+    else if (!key.pen && drawing && drawing.id === 'keyboard') {
+      drawing = null;
+      if (inked && client) request(padInput(), 'your drawing');
+    }
+  } else if (ev.key === 'Enter') {
+    if (inked && client) request(padInput(), 'your drawing');
+  } else if (['Delete', 'Backspace', 'Escape'].includes(ev.key)) {
+    key.pen = false;
+    drawing = null;
+    clearPad();
+    $('source').textContent = '';
+  } else {
+    return;
+  }
+  ev.preventDefault();
+  showCursor();
+});
 
 $('clear').addEventListener('click', () => {
   clearPad();
@@ -314,7 +373,7 @@ async function predictOne({ input, source, then }) {
     if (then) then();
     const hint =
       e && e.kind === 'connection'
-        ? ' The server may have stopped or the network dropped; “Try again” reconnects.'
+        ? ' The server may have stopped or the network dropped; “Reconnect” tries again.'
         : '';
     showError(`Prediction failed: ${errText(e)}.${hint}`.replace(/\.\./g, '.'));
     setState('error', 'Prediction failed');
@@ -476,12 +535,13 @@ async function start() {
   $('retry').hidden = true;
   clearError();
   if (client) {
+    const old = client;
+    client = null; // first: its close event is then not shown as a lost connection
     try {
-      client.close();
+      old.close();
     } catch {
       /* already closed */
     }
-    client = null;
   }
   const mod = sottoModule
     ? Promise.resolve(sottoModule)
@@ -511,6 +571,14 @@ async function start() {
       throw new Error(`Could not connect to the servers (P0 ${urls.p0}, P1 ${urls.p1}): ${errText(e)}`);
     }
     demo.manifest = client.manifest;
+    const mine = client;
+    client.addEventListener('close', (ev) => {
+      if (client !== mine) return;
+      // Noticed at once (no prediction needed): say so and offer to reconnect.
+      showError(`Lost the connection: ${errText(ev.error)}. “Reconnect” tries again.`.replace(/\.\./g, '.'));
+      setState('error', 'Disconnected');
+      $('retry').hidden = false;
+    });
     const mf = client.manifest || {};
     $('model').textContent = mf.modelId || mf.model_id || '(default)';
     setState('ready', `Connected: private predictions with ${mf.modelId || mf.model_id || 'the model'}`);

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { connect, imageDataToInput } from '../index.js';
+import { connect, imageDataToInput, isSottoError, listModels } from 'sotto-client';
 import { mnistSamples } from '../scripts/npy.mjs';
 import { startParties, freePort, sotto, MODELS } from './servers.mjs';
 
@@ -157,18 +157,40 @@ test('a value outside the input bound: a clear Error, and the next prediction wo
   checkAgainstPlain(6, r.logits, r.label);
 });
 
-test("a server's refusal (batch above --max-batch) rejects with its code; the client stays usable", async () => {
+test('a batch over the manifest\'s maxBatch is refused in the client; the client stays usable', async () => {
+  assert.equal(client.manifest.maxBatch, 128);
+  const before = client.bytesSent();
   const big = new Array(129).fill(samples[0].pixels);
   await assert.rejects(client.predictBatch(big), (e) => {
-    assert.ok(e instanceof Error);
-    assert.equal(e.kind, 'server');
-    assert.equal(e.server, 'P0');
-    assert.equal(e.code, 'bad_shape');
-    assert.match(e.message, /^P0 refused: .*\(bad_shape\)$/);
+    assert.ok(isSottoError(e));
+    assert.equal(e.kind, 'input');
+    assert.match(e.message, /over the servers' limit of 128/);
     return true;
   });
+  assert.deepEqual(client.bytesSent(), before);
   const r = await client.predict(samples[7].pixels);
   checkAgainstPlain(7, r.logits, r.label);
+});
+
+test('listModels(): the manifests each server serves, as connect() sees them', async () => {
+  for (const url of [parties.p0Url, parties.httpP1, `${parties.p0Url}/v1/ws`]) {
+    const list = await listModels(url);
+    assert.equal(list.length, 1);
+    assert.deepEqual({ ...list[0], inputShape: [...list[0].inputShape] }, { ...client.manifest, inputShape: [...client.manifest.inputShape] });
+  }
+});
+
+test('swapped or doubled servers: bad_deployment before anything secret is sent', async () => {
+  for (const [p0, p1, why] of [
+    [parties.p1Url, parties.p0Url, /swapped/],
+    [parties.p0Url, parties.p0Url, /both URLs reach a P0/],
+  ]) {
+    await assert.rejects(connect({ p0, p1 }), (e) => {
+      assert.equal(e.kind, 'bad_deployment');
+      assert.match(e.message, why);
+      return true;
+    });
+  }
 });
 
 test('an unknown model: connect rejects with the servers\' code', async () => {
@@ -202,7 +224,7 @@ test('an unreachable server: connect rejects within a few seconds', async () => 
     },
   );
   assert.ok(Date.now() - t0 < 3500, `took ${Date.now() - t0} ms`);
-  await assert.rejects(connect({ p0: 'not a url', p1: parties.p1Url }), /P0 \(not a url\/v1\/ws\)/);
+  await assert.rejects(connect({ p0: 'not a url', p1: parties.p1Url }), TypeError);
   await assert.rejects(connect({ p1: parties.p1Url }), TypeError);
 });
 

@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { connect } from '../index.js';
+import { connect } from 'sotto-client';
 import { mnistSamples } from '../scripts/npy.mjs';
 import { startParties, MODELS } from './servers.mjs';
 

@@ -6,7 +6,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { WebSocketServer } from 'ws';
 
-import { connect } from '../index.js';
+import { connect, isSottoError, SottoError } from 'sotto-client';
 
 const KIND = { Hello: 1, Manifest: 2, InputShare: 3, InputSeed: 4, Output: 6, Error: 7, Close: 8, Session: 9 };
 const MASK = (1n << 64n) - 1n;
@@ -238,7 +238,7 @@ test('timeouts: a silent hello, a silent P0, a missing output', async () => {
   addr = await scripted({ on: () => {} });
   let c = await connect({ ...addr, timeoutMs: 300 });
   t0 = Date.now();
-  await assert.rejects(c.predict([0, 0, 0, 0]), /^Error: P0 did not assign a session within 300 ms$/);
+  await assert.rejects(c.predict([0, 0, 0, 0]), /^SottoError: P0 did not assign a session within 300 ms$/);
   assert.ok(Date.now() - t0 >= 250 && Date.now() - t0 < 1500);
   c.close();
 
@@ -252,7 +252,7 @@ test('timeouts: a silent hello, a silent P0, a missing output', async () => {
     },
   });
   c = await connect({ ...addr, timeoutMs: 300 });
-  await assert.rejects(c.predict([0, 0, 0, 0]), /^Error: P1 did not send its output within 300 ms$/);
+  await assert.rejects(c.predict([0, 0, 0, 0]), /^SottoError: P1 did not answer within 300 ms \(no output share\)$/);
   c.close();
 });
 
@@ -287,7 +287,11 @@ test('bad replies: different manifests, a garbage frame, an unknown model', asyn
       ws.send(encode(KIND.Manifest, 0, 0, json(m)));
     },
   });
-  await assert.rejects(connect(addr), /protocol: P0 and P1 describe model "toy" differently/);
+  await assert.rejects(connect(addr), (e) => {
+    assert.equal(e.kind, 'bad_deployment');
+    assert.match(e.message, /^P0 and P1 describe model "toy" differently/);
+    return true;
+  });
 
   // Roles: one server for both, swapped servers, two deployments; nothing is sent after the
   // hello (a share or a seed reaching the wrong server would reveal the input).
@@ -307,7 +311,13 @@ test('bad replies: different manifests, a garbage frame, an unknown model', asyn
         after += 1;
       },
     });
-    await assert.rejects(connect(addr), why);
+    await assert.rejects(connect(addr), (e) => {
+      assert.ok(isSottoError(e) && e instanceof SottoError);
+      assert.match(e.message, why);
+      // A missing role is a manifest that does not parse; the others are not a pair.
+      assert.equal(e.kind, /protocol/.test(String(why)) ? 'protocol' : 'bad_deployment');
+      return true;
+    });
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(after, 0, 'no frame may follow the hello when the roles are wrong');
   }

@@ -19,10 +19,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Both clients drive one protocol core without IO, [`session::ClientSession`] (hello and
+//! the role check, message order, routing, deadlines, reconstruction).
+//!
 //! With the `wasm` feature on `wasm32`, `WasmClient` does the same exchange from a browser or
 //! Node through the JS `WebSocket`, exported with wasm-bindgen; `scripts/build-web.sh` builds
 //! it and the `web/` npm package (`sotto-client`) that wraps it.
 #![deny(missing_docs)]
+
+pub mod session;
 
 #[cfg(feature = "native")]
 mod native;
@@ -62,6 +67,29 @@ pub enum ClientError {
     /// A reply that does not follow the protocol.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The two servers are not P0 and P1 of one deployment (swapped, one server for both,
+    /// two deployments, or two descriptions of the model): refused before any share or seed
+    /// was sent.
+    #[error("{0}")]
+    BadDeployment(String),
+    /// The caller gave up on the request (an abort).
+    #[error("the request was aborted")]
+    Aborted,
+}
+
+impl ClientError {
+    /// The kind of error as the JavaScript package names it: `input`, `server`,
+    /// `connection`, `protocol`, `bad_deployment` or `aborted`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Input(_) => "input",
+            ClientError::Server { .. } => "server",
+            ClientError::Connection(_) => "connection",
+            ClientError::Protocol(_) => "protocol",
+            ClientError::BadDeployment(_) => "bad_deployment",
+            ClientError::Aborted => "aborted",
+        }
+    }
 }
 
 /// Result alias of `sotto-client`.

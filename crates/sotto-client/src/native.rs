@@ -1,17 +1,18 @@
-//! The native client: two WebSocket connections (P0 and P1) over tokio-tungstenite.
+//! The native client: two WebSocket connections (P0 and P1) over tokio-tungstenite, driving
+//! a [`ClientSession`] from one task (the protocol itself lives in `session.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use sotto_core::ring;
-use sotto_net::Duplex;
-use sotto_wire::{decode, Frame, Hello, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD};
+use sotto_net::{BoxStream, Duplex};
+use sotto_wire::{Manifest, DEFAULT_MAX_PAYLOAD};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{reconstruct, server_error, share_input, ClientError, Prediction, Result};
+use crate::session::{ClientSession, Event, Outcome, Server, SessionConfig, SessionState};
+use crate::{ClientError, Prediction, Result};
 
 /// Client links take frames up to sotto-wire's default limit.
 fn ws_config() -> sotto_net::tls::WsConfig {
@@ -27,7 +28,7 @@ pub struct ClientOptions {
     pub model: String,
     /// The CA certificate (PEM) to trust for `wss://` URLs.
     pub ca_pem: Option<Vec<u8>>,
-    /// How long one prediction (or the connection setup) may take before it fails.
+    /// How long the connection setup, and each step of a prediction, may take.
     pub timeout: Duration,
     /// The API key to present in the hello, when the servers require one.
     pub api_key: Option<String>,
@@ -44,215 +45,21 @@ impl Default for ClientOptions {
     }
 }
 
-type Reply = std::result::Result<Frame, ClientError>;
-
-#[derive(Default)]
-struct Waiting {
-    by_request: HashMap<u32, oneshot::Sender<Reply>>,
-    by_session: HashMap<u128, oneshot::Sender<Reply>>,
-    early: HashMap<u128, Frame>,
-    closed: Option<ClientError>,
-}
-
-/// One server connection: a writer task and a reader task that routes replies.
-struct Conn {
-    name: &'static str,
-    out: mpsc::UnboundedSender<Vec<u8>>,
-    waiting: Arc<Mutex<Waiting>>,
-    sent: AtomicU64,
-}
-
-fn lock(w: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
-    w.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Conn {
-    async fn open(name: &'static str, url: &str, opts: &ClientOptions) -> Result<(Conn, Manifest)> {
-        let url = format!("{}/v1/ws", url.trim_end_matches('/'));
-        let tls = match &opts.ca_pem {
-            Some(ca) => Some(
-                sotto_net::tls::client_config(ca)
-                    .map_err(|e| ClientError::Connection(format!("{name}: {e}")))?,
-            ),
-            None => None,
-        };
-        let mut link = sotto_net::tls::connect(&url, tls, ws_config())
-            .await
-            .map_err(|e| ClientError::Connection(format!("{name} ({url}): {e}")))?;
-        let hello = Hello {
-            role: Role::Client,
-            model_id: opts.model.clone(),
-            api_key: opts.api_key.clone(),
-        };
-        let f = Frame::json(Kind::Hello, 0, 0, &hello)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        link.send_frame(&f)
-            .await
-            .map_err(|e| ClientError::Connection(format!("{name}: {e}")))?;
-        let reply = link
-            .recv_frame(1 << 20, opts.timeout)
-            .await
-            .map_err(|e| ClientError::Connection(format!("{name}: {e}")))?;
-        let manifest: Manifest = match reply.kind {
-            Kind::Manifest => reply
-                .parse_json(Kind::Manifest)
-                .map_err(|e| ClientError::Protocol(format!("{name}: {e}")))?,
-            Kind::Error => return Err(server_error(name, &reply)),
-            k => {
-                return Err(ClientError::Protocol(format!(
-                    "{name} answered the hello with a {k:?} frame"
-                )))
-            }
-        };
-        let Duplex {
-            mut sink,
-            mut stream,
-        } = link;
-        let (out, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        tokio::spawn(async move {
-            while let Some(b) = rx.recv().await {
-                if sink.send(b).await.is_err() {
-                    // A failed sink is not polled again (not even to close it).
-                    return;
-                }
-            }
-            let _ = sink.close().await;
-        });
-        let waiting = Arc::new(Mutex::new(Waiting::default()));
-        let w = waiting.clone();
-        tokio::spawn(async move {
-            let why = loop {
-                let f = match stream.next().await {
-                    None => break ClientError::Connection(format!("{name} closed the connection")),
-                    Some(Err(e)) => break ClientError::Connection(format!("{name}: {e}")),
-                    Some(Ok(b)) => match decode(&b, DEFAULT_MAX_PAYLOAD) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            break ClientError::Protocol(format!("{name} sent a bad frame: {e}"))
-                        }
-                    },
-                };
-                let mut st = lock(&w);
-                match f.kind {
-                    Kind::Session => {
-                        if let Some(tx) = st.by_request.remove(&f.step) {
-                            let _ = tx.send(Ok(f));
-                        }
-                    }
-                    Kind::Output => {
-                        if let Some(tx) = st.by_session.remove(&f.session) {
-                            let _ = tx.send(Ok(f));
-                        } else {
-                            st.early.insert(f.session, f);
-                        }
-                    }
-                    Kind::Error if f.session != 0 => {
-                        let e = server_error(name, &f);
-                        if let Some(tx) = st.by_session.remove(&f.session) {
-                            let _ = tx.send(Err(e));
-                        } else {
-                            st.early.insert(f.session, f);
-                        }
-                    }
-                    Kind::Error => {
-                        let e = server_error(name, &f);
-                        match st.by_request.remove(&f.step) {
-                            Some(tx) => {
-                                let _ = tx.send(Err(e));
-                            }
-                            None => break e,
-                        }
-                    }
-                    k => {
-                        break ClientError::Protocol(format!(
-                            "{name} sent an unexpected {k:?} frame"
-                        ))
-                    }
-                }
-            };
-            let mut st = lock(&w);
-            for (_, tx) in st.by_request.drain() {
-                let _ = tx.send(Err(why.clone()));
-            }
-            for (_, tx) in st.by_session.drain() {
-                let _ = tx.send(Err(why.clone()));
-            }
-            st.closed = Some(why);
-        });
-        Ok((
-            Conn {
-                name,
-                out,
-                waiting,
-                sent: AtomicU64::new(0),
-            },
-            manifest,
-        ))
-    }
-
-    fn send(&self, f: Frame) -> Result<()> {
-        let b = f.encode();
-        let n = b.len() as u64;
-        self.out
-            .send(b)
-            .map_err(|_| ClientError::Connection(format!("{} connection is closed", self.name)))?;
-        self.sent.fetch_add(n, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn expect_request(&self, req: u32) -> Result<oneshot::Receiver<Reply>> {
-        let (tx, rx) = oneshot::channel();
-        let mut st = lock(&self.waiting);
-        if let Some(e) = &st.closed {
-            return Err(e.clone());
-        }
-        st.by_request.insert(req, tx);
-        Ok(rx)
-    }
-
-    fn expect_session(&self, session: u128) -> Result<oneshot::Receiver<Reply>> {
-        let (tx, rx) = oneshot::channel();
-        let mut st = lock(&self.waiting);
-        if let Some(f) = st.early.remove(&session) {
-            let _ = tx.send(if f.kind == Kind::Error {
-                Err(server_error(self.name, &f))
-            } else {
-                Ok(f)
-            });
-        } else if let Some(e) = &st.closed {
-            return Err(e.clone());
-        } else {
-            st.by_session.insert(session, tx);
-        }
-        Ok(rx)
-    }
-
-    fn forget(&self, session: u128) {
-        let mut st = lock(&self.waiting);
-        st.by_session.remove(&session);
-        st.early.remove(&session);
-    }
-}
-
-async fn wait(name: &str, rx: oneshot::Receiver<Reply>, timeout: Duration) -> Result<Frame> {
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(_)) => Err(ClientError::Connection(format!(
-            "{name} connection is gone"
-        ))),
-        Err(_) => Err(ClientError::Connection(format!(
-            "{name} did not answer within {timeout:?}"
-        ))),
-    }
+enum Cmd {
+    Predict {
+        x: Vec<f32>,
+        batch: usize,
+        reply: oneshot::Sender<Result<Outcome>>,
+    },
+    Close,
 }
 
 /// A connection to P0 and P1 for one model. `predict` may be called concurrently.
 pub struct Client {
-    p0: Conn,
-    p1: Conn,
+    cmds: mpsc::UnboundedSender<Cmd>,
     manifest: Manifest,
-    next_request: AtomicU32,
-    timeout: Duration,
+    sent: Arc<[AtomicU64; 2]>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl std::fmt::Debug for Client {
@@ -262,26 +69,71 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects to P0 and P1 (`ws://` or `wss://` base URLs), and checks that both serve the
-    /// same model.
+    /// Connects to P0 and P1 (`ws://`, `wss://`, `http://` or `https://` base URLs), and
+    /// checks that they are P0 and P1 of one deployment serving the same model (a
+    /// [`ClientError::BadDeployment`] otherwise, before anything secret is sent).
     pub async fn connect(p0_url: &str, p1_url: &str, opts: ClientOptions) -> Result<Client> {
-        let (a, b) = tokio::join!(
-            Conn::open("P0", p0_url, &opts),
-            Conn::open("P1", p1_url, &opts)
+        let epoch = Instant::now();
+        let cfg = SessionConfig {
+            p0: p0_url.into(),
+            p1: p1_url.into(),
+            model: opts.model.clone(),
+            api_key: opts.api_key.clone(),
+            timeout_ms: u64::try_from(opts.timeout.as_millis()).unwrap_or(u64::MAX),
+            keep_last_sent: false,
+        };
+        let mut session = ClientSession::new(cfg, 0)?;
+        let tls = match &opts.ca_pem {
+            Some(ca) => Some(
+                sotto_net::tls::client_config(ca)
+                    .map_err(|e| ClientError::Connection(format!("TLS: {e}")))?,
+            ),
+            None => None,
+        };
+        let (u0, u1) = (
+            session.url(Server::P0).to_string(),
+            session.url(Server::P1).to_string(),
         );
-        let (p0, m0) = a?;
-        let (p1, m1) = b?;
-        Manifest::check_pair(&m0, &m1).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let opened = tokio::time::timeout(opts.timeout, async {
+            let open = |server: Server, url: String| {
+                let tls = tls.clone();
+                async move {
+                    sotto_net::tls::connect(&url, tls, ws_config())
+                        .await
+                        .map_err(|e| (server, e.to_string()))
+                }
+            };
+            tokio::try_join!(open(Server::P0, u0), open(Server::P1, u1))
+        })
+        .await;
+        let (l0, l1) = match opened {
+            Ok(Ok(links)) => links,
+            Ok(Err((server, e))) => {
+                session.handle_io_error(server, &e);
+                return Err(closed(&session));
+            }
+            Err(_) => {
+                session.handle_timeout(u64::MAX);
+                return Err(closed(&session));
+            }
+        };
+        let sent = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+        let (cmds, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(drive(session, [l0, l1], rx, ready_tx, epoch, sent.clone()));
+        let manifest = match ready_rx.await {
+            Ok(r) => r?,
+            Err(_) => return Err(ClientError::Connection("the client task ended".into())),
+        };
         Ok(Client {
-            p0,
-            p1,
-            manifest: m0,
-            next_request: AtomicU32::new(1),
-            timeout: opts.timeout,
+            cmds,
+            manifest,
+            sent,
+            task,
         })
     }
 
-    /// The model's manifest (input shape, fixed-point format, output size).
+    /// The model's manifest (input shape, fixed-point format, output size, batch limit).
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -289,60 +141,165 @@ impl Client {
     /// Bytes sent so far to P0 and to P1.
     pub fn bytes_sent(&self) -> (u64, u64) {
         (
-            self.p0.sent.load(Ordering::Relaxed),
-            self.p1.sent.load(Ordering::Relaxed),
+            self.sent[0].load(Ordering::Relaxed),
+            self.sent[1].load(Ordering::Relaxed),
         )
     }
 
-    /// Predicts `batch` inputs (`x` batch first, `batch × input size` values).
+    /// Predicts `batch` inputs (`x` batch first, `batch × input size` values). Input that
+    /// does not fit the model (length, bound, a batch over `max_batch`) is refused before
+    /// anything is sent.
     pub async fn predict(&self, x: &[f32], batch: usize) -> Result<Prediction> {
-        let shares = share_input(&self.manifest, x, batch)?;
-        let req = self.next_request.fetch_add(1, Ordering::Relaxed);
-        let assigned = self.p0.expect_request(req)?;
-        self.p0.send(Frame {
-            kind: Kind::InputShare,
-            session: 0,
-            step: req,
-            payload: ring::to_le_bytes(&shares.to_p0),
-        })?;
-        let s = wait("P0", assigned, self.timeout).await?;
-        let session = s.session;
-        if session == 0 {
-            return Err(ClientError::Protocol("P0 assigned session 0".into()));
+        let (reply, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Predict {
+                x: x.to_vec(),
+                batch,
+                reply,
+            })
+            .map_err(|_| ClientError::Connection("the client is closed".into()))?;
+        match rx.await {
+            Ok(r) => r.map(|o| o.prediction),
+            Err(_) => Err(ClientError::Connection("the client is closed".into())),
         }
-        let out0 = self.p0.expect_session(session)?;
-        let out1 = self.p1.expect_session(session)?;
-        self.p1.send(Frame {
-            kind: Kind::InputSeed,
-            session,
-            step: 0,
-            payload: shares.to_p1.0.to_vec(),
-        })?;
-        // The first error wins: a server that refuses need not wait for the other's timeout.
-        let res = tokio::try_join!(
-            wait("P0", out0, self.timeout),
-            wait("P1", out1, self.timeout)
-        );
-        self.p0.forget(session);
-        self.p1.forget(session);
-        let (a, b) = res?;
-        let n = batch.saturating_mul(self.manifest.output_len);
-        let ya = crate::elements(&a.payload, n)?;
-        let yb = crate::elements(&b.payload, n)?;
-        reconstruct(&self.manifest, &ya, &yb, batch)
     }
 
-    /// Closes both connections.
+    /// Closes both connections (after sending each server a `Close`).
     pub async fn close(self) {
-        let close = |c: &Conn| {
-            let _ = c.send(Frame {
-                kind: Kind::Close,
-                session: 0,
-                step: 0,
-                payload: Vec::new(),
-            });
+        let Client { cmds, task, .. } = self;
+        let _ = cmds.send(Cmd::Close);
+        drop(cmds);
+        let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+    }
+}
+
+fn closed(s: &ClientSession) -> ClientError {
+    s.close_reason()
+        .cloned()
+        .unwrap_or_else(|| ClientError::Connection("closed".into()))
+}
+
+/// One writer task per link, so that a slow socket does not hold up reading.
+fn writer(mut sink: sotto_net::BoxSink) -> mpsc::UnboundedSender<Vec<u8>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            if sink.send(b).await.is_err() {
+                // A failed sink is not polled again (not even to close it).
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    tx
+}
+
+async fn next(s: &mut Option<BoxStream>) -> Option<std::result::Result<Vec<u8>, String>> {
+    match s {
+        Some(st) => st.next().await.map(|r| r.map_err(|e| e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
+/// The task that owns the session: feeds it what arrives, the time and the caller's
+/// commands, and hands on what it says.
+async fn drive(
+    mut session: ClientSession,
+    links: [Duplex; 2],
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    ready: oneshot::Sender<Result<Manifest>>,
+    epoch: Instant,
+    sent: Arc<[AtomicU64; 2]>,
+) {
+    let now = || u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let [l0, l1] = links;
+    let mut writers = [Some(writer(l0.sink)), Some(writer(l1.sink))];
+    let mut streams = [Some(l0.stream), Some(l1.stream)];
+    let mut ready = Some(ready);
+    let mut waiters: HashMap<u32, oneshot::Sender<Result<Outcome>>> = HashMap::new();
+    loop {
+        // Hand on what the session says.
+        for server in Server::BOTH {
+            while let Some(b) = session.poll_transmit(server) {
+                if let Some(w) = &writers[server.idx()] {
+                    let _ = w.send(b);
+                }
+            }
+        }
+        let b = session.bytes_sent();
+        sent[0].store(b[0], Ordering::Relaxed);
+        sent[1].store(b[1], Ordering::Relaxed);
+        while let Some(ev) = session.poll_event() {
+            match ev {
+                Event::Connected => {
+                    if let (Some(tx), Some(m)) = (ready.take(), session.manifest()) {
+                        let _ = tx.send(Ok(m.clone()));
+                    }
+                }
+                Event::Done(id, r) => {
+                    if let Some(tx) = waiters.remove(&id) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Event::Closed(e) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            }
+        }
+        if session.state() == SessionState::Closed {
+            // Writers close their sinks once their queue is sent; readers are dropped.
+            writers = [None, None];
+            streams = [None, None];
+            let why = closed(&session);
+            // Answer whoever still asks, until the client is dropped.
+            while let Some(cmd) = cmds.recv().await {
+                if let Cmd::Predict { reply, .. } = cmd {
+                    let _ = reply.send(Err(why.clone()));
+                }
+            }
+            drop((writers, streams));
+            return;
+        }
+        let deadline = session.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(ms) => {
+                    tokio::time::sleep_until((epoch + Duration::from_millis(ms)).into()).await
+                }
+                None => std::future::pending().await,
+            }
         };
-        close(&self.p0);
-        close(&self.p1);
+        let [s0, s1] = &mut streams;
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(Cmd::Predict { x, batch, reply }) => match session.start_predict(&x, batch, now()) {
+                    Ok(id) => {
+                        waiters.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                },
+                Some(Cmd::Close) | None => session.close(),
+            },
+            m = next(s0) => on_message(&mut session, Server::P0, m, now()),
+            m = next(s1) => on_message(&mut session, Server::P1, m, now()),
+            () = sleep => session.handle_timeout(now()),
+        }
+    }
+}
+
+fn on_message(
+    session: &mut ClientSession,
+    server: Server,
+    m: Option<std::result::Result<Vec<u8>, String>>,
+    now: u64,
+) {
+    match m {
+        Some(Ok(b)) => session.handle_bytes(server, &b, now),
+        Some(Err(e)) => session.handle_io_error(server, &e),
+        None => session.handle_closed(server, None, ""),
     }
 }

@@ -1,46 +1,60 @@
-//! The browser / Node client: two WebSockets (P0 and P1) through the JS global `WebSocket`,
+//! The browser / Node client: two WebSockets (P0 and P1) driving a [`ClientSession`],
 //! exported to JavaScript with wasm-bindgen as [`WasmClient`].
 //!
-//! The wire protocol is the native client's: a `Hello` answered by a `Manifest`; per
-//! prediction an `InputShare` to P0 (session 0, `step` = request number) answered by a
-//! `Session` frame, then the `InputSeed` to P1 for that session, then one `Output` (or `Error`)
-//! frame from each server. Replies are routed by request number and session, so several
-//! predictions may be in flight at once; an `Output` that arrives before its prediction waits
-//! for it is kept. Every wait has a deadline (a JS timer), and a connection that closes or
-//! fails rejects every prediction waiting on it at once.
+//! The protocol (hello and role check, message order, routing, deadlines, reconstruction)
+//! is the session's; this file only moves bytes between it and the sockets, keeps one JS
+//! timer armed at the session's next deadline, and hands results to the promises waiting
+//! for them (`futures` oneshot channels). The WebSocket class is passed in by the caller
+//! (the npm package gives the browser's, or the `ws` package's in Node): nothing global is
+//! installed.
 //!
-//! Errors cross into JavaScript as `Error` objects whose message is the [`ClientError`]'s, with
-//! extra properties `kind` (`"input"`, `"server"`, `"connection"` or `"protocol"`) and, for
-//! server errors, `server` (`"P0"`/`"P1"`) and `code` (the server's error code). Shares are
-//! never logged.
+//! Errors cross into JavaScript as `Error` objects whose message is the [`ClientError`]'s,
+//! with extra properties `kind` (see [`ClientError::kind`]) and, for server errors, `server`
+//! (`"P0"`/`"P1"`) and `code` (the server's error code). Shares are never logged.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::rc::{Rc, Weak};
 
-use js_sys::{Array, Float64Array, Object, Reflect, Uint8Array};
-use sotto_core::ring;
-use sotto_wire::{decode, Frame, Hello, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD, HEADER_LEN};
+use futures_channel::oneshot;
+use js_sys::{Array, Float64Array, Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
-use web_sys::{BinaryType, CloseEvent, WebSocket};
 
-use crate::{elements, reconstruct, server_error, share_input, ClientError, Prediction, Result};
-
-/// Deadline of the connection setup and of each wait of a prediction when none is given.
-const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+use crate::session::{ClientSession, Event, Outcome, Server, SessionConfig, SessionState};
+use crate::{ClientError, Prediction};
 
 #[wasm_bindgen]
 extern "C" {
+    /// Anything with the WebSocket interface (the browser's, Node's `ws`).
+    type Socket;
+    #[wasm_bindgen(method, setter, js_name = binaryType)]
+    fn set_binary_type(this: &Socket, v: &str);
+    #[wasm_bindgen(method, setter, js_name = onopen)]
+    fn set_onopen(this: &Socket, f: &JsValue);
+    #[wasm_bindgen(method, setter, js_name = onmessage)]
+    fn set_onmessage(this: &Socket, f: &JsValue);
+    #[wasm_bindgen(method, setter, js_name = onerror)]
+    fn set_onerror(this: &Socket, f: &JsValue);
+    #[wasm_bindgen(method, setter, js_name = onclose)]
+    fn set_onclose(this: &Socket, f: &JsValue);
+    #[wasm_bindgen(method, catch)]
+    fn send(this: &Socket, data: &Uint8Array) -> Result<(), JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn close(this: &Socket) -> Result<(), JsValue>;
+
     #[wasm_bindgen(js_name = setTimeout)]
-    fn set_timeout(f: &js_sys::Function, ms: f64) -> JsValue;
+    fn set_timeout(f: &Function, ms: f64) -> JsValue;
     #[wasm_bindgen(js_name = clearTimeout)]
     fn clear_timeout(id: &JsValue);
+    #[wasm_bindgen(js_namespace = Date, js_name = now)]
+    fn date_now() -> f64;
     #[wasm_bindgen(js_namespace = console, js_name = error)]
     fn console_error(msg: &str);
+}
+
+fn now() -> u64 {
+    date_now().max(0.0) as u64
 }
 
 /// Sends Rust panics to `console.error` (once per module instance).
@@ -53,117 +67,8 @@ fn install_panic_hook() {
     });
 }
 
-// ---------------------------------------------------------------------------------------------
-// A one-shot reply slot and its future (single-threaded: wasm has no threads here).
-
-enum SlotState<T> {
-    Waiting(Option<Waker>),
-    Ready(Result<T>),
-    Taken,
-}
-
-/// Where one reply lands: filled once (later fills are ignored), awaited once.
-struct Slot<T>(RefCell<SlotState<T>>);
-
-impl<T> Slot<T> {
-    fn new() -> Rc<Slot<T>> {
-        Rc::new(Slot(RefCell::new(SlotState::Waiting(None))))
-    }
-
-    fn fill(&self, r: Result<T>) {
-        let waker = {
-            let mut s = self.0.borrow_mut();
-            match &mut *s {
-                SlotState::Waiting(w) => {
-                    let w = w.take();
-                    *s = SlotState::Ready(r);
-                    w
-                }
-                _ => None,
-            }
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-}
-
-/// Waits for a [`Slot`].
-struct Wait<T>(Rc<Slot<T>>);
-
-impl<T> Future for Wait<T> {
-    type Output = Result<T>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        let mut s = self.0 .0.borrow_mut();
-        match std::mem::replace(&mut *s, SlotState::Taken) {
-            SlotState::Ready(r) => Poll::Ready(r),
-            SlotState::Waiting(_) => {
-                *s = SlotState::Waiting(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-            SlotState::Taken => Poll::Ready(Err(ClientError::Protocol(
-                "a reply was awaited twice".into(),
-            ))),
-        }
-    }
-}
-
-/// A JS timer that runs `on_fire` once unless dropped first.
-struct Timer {
-    id: JsValue,
-    _cb: Closure<dyn FnMut()>,
-}
-
-impl Timer {
-    fn start(ms: u32, on_fire: impl FnOnce() + 'static) -> Timer {
-        let mut f = Some(on_fire);
-        let cb = Closure::<dyn FnMut()>::new(move || {
-            if let Some(f) = f.take() {
-                f()
-            }
-        });
-        let id = set_timeout(cb.as_ref().unchecked_ref(), f64::from(ms));
-        Timer { id, _cb: cb }
-    }
-
-    /// A timer that fails each slot with "`<name>` did not `<what>` within `ms` ms".
-    fn deadline(ms: u32, what: &'static str, slots: Vec<(&'static str, Rc<Slot<Frame>>)>) -> Timer {
-        Timer::start(ms, move || {
-            for (name, s) in slots {
-                s.fill(Err(ClientError::Connection(format!(
-                    "{name} did not {what} within {ms} ms"
-                ))));
-            }
-        })
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        clear_timeout(&self.id);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// One server connection.
-
-#[derive(Default)]
-struct Routes {
-    open: Option<Rc<Slot<()>>>,
-    hello: Option<Rc<Slot<Frame>>>,
-    by_request: HashMap<u32, Rc<Slot<Frame>>>,
-    by_session: HashMap<u128, Rc<Slot<Frame>>>,
-    early: HashMap<u128, Frame>,
-    closed: Option<ClientError>,
-}
-
-/// What the socket's event handlers share with the client.
-struct Shared {
-    name: &'static str,
-    ws: WebSocket,
-    routes: RefCell<Routes>,
-}
+type Handler = Closure<dyn FnMut(JsValue)>;
+type Reply = Result<Outcome, ClientError>;
 
 fn js_message(v: &JsValue) -> Option<String> {
     Reflect::get(v, &JsValue::from_str("message"))
@@ -173,109 +78,197 @@ fn js_message(v: &JsValue) -> Option<String> {
         .filter(|m| !m.is_empty())
 }
 
-impl Shared {
-    /// Marks the connection failed (the first reason stays), rejects everything waiting on it
-    /// and closes the socket.
-    fn fail(&self, why: ClientError) {
-        let (open, hello, waiting) = {
-            let mut r = self.routes.borrow_mut();
-            if r.closed.is_some() {
-                return;
+fn get(v: &JsValue, k: &str) -> JsValue {
+    Reflect::get(v, &JsValue::from_str(k)).unwrap_or(JsValue::UNDEFINED)
+}
+
+/// What the sockets' handlers, the timer and the client share.
+struct Driver {
+    session: RefCell<ClientSession>,
+    sockets: RefCell<Vec<Socket>>,
+    open: [Cell<bool>; 2],
+    detached: Cell<bool>,
+    waiters: RefCell<HashMap<u32, oneshot::Sender<Reply>>>,
+    ready: RefCell<Option<oneshot::Sender<Result<(), ClientError>>>>,
+    on_close: Option<Function>,
+    /// The pending timeout's id and deadline.
+    timer: RefCell<Option<(JsValue, u64)>>,
+    /// The one timer callback (kept for the driver's lifetime: never dropped while running).
+    timer_cb: RefCell<Option<Closure<dyn FnMut()>>>,
+    handlers: RefCell<Vec<Handler>>,
+}
+
+impl Driver {
+    /// Hands on what the session says (messages, results, the end), and re-arms the timer.
+    fn pump(&self) {
+        loop {
+            let mut out: Vec<(Server, Vec<u8>)> = Vec::new();
+            let mut events = Vec::new();
+            {
+                let mut s = self.session.borrow_mut();
+                for server in Server::BOTH {
+                    if self.open[server.idx()].get() && !self.detached.get() {
+                        while let Some(b) = s.poll_transmit(server) {
+                            out.push((server, b));
+                        }
+                    }
+                }
+                while let Some(e) = s.poll_event() {
+                    events.push(e);
+                }
             }
-            r.closed = Some(why.clone());
-            r.early.clear();
-            let mut waiting: Vec<Rc<Slot<Frame>>> = r.by_request.drain().map(|(_, s)| s).collect();
-            waiting.extend(r.by_session.drain().map(|(_, s)| s));
-            (r.open.take(), r.hello.take(), waiting)
-        };
-        if let Some(s) = open {
-            s.fill(Err(why.clone()));
+            if out.is_empty() && events.is_empty() {
+                break;
+            }
+            for (server, b) in out {
+                let sent = {
+                    let sockets = self.sockets.borrow();
+                    match sockets.get(server.idx()) {
+                        // A copy owned by JS: the socket may keep (and mask) it.
+                        Some(ws) => ws.send(&Uint8Array::from(&b[..])),
+                        None => Ok(()),
+                    }
+                };
+                if let Err(e) = sent {
+                    let detail = format!(
+                        "cannot send: {}",
+                        js_message(&e).unwrap_or_else(|| "the socket refused the message".into())
+                    );
+                    self.session.borrow_mut().handle_io_error(server, &detail);
+                }
+            }
+            for e in events {
+                match e {
+                    Event::Connected => {
+                        if let Some(tx) = self.ready.borrow_mut().take() {
+                            let _ = tx.send(Ok(()));
+                        }
+                    }
+                    Event::Done(id, r) => {
+                        let tx = self.waiters.borrow_mut().remove(&id);
+                        if let Some(tx) = tx {
+                            let _ = tx.send(r);
+                        }
+                    }
+                    Event::Closed(why) => {
+                        if let Some(tx) = self.ready.borrow_mut().take() {
+                            let _ = tx.send(Err(why.clone()));
+                        }
+                        self.detach();
+                        if let Some(f) = &self.on_close {
+                            let _ = f.call1(&JsValue::UNDEFINED, &js_error(&why));
+                        }
+                    }
+                }
+            }
         }
-        if let Some(s) = hello {
-            s.fill(Err(why.clone()));
-        }
-        for s in waiting {
-            s.fill(Err(why.clone()));
-        }
-        let _ = self.ws.close();
+        self.arm();
     }
 
-    fn on_open(&self) {
-        let open = self.routes.borrow_mut().open.take();
-        if let Some(s) = open {
-            s.fill(Ok(()));
-        }
-    }
-
-    fn on_message(&self, ev: JsValue) {
-        let name = self.name;
-        let data = Reflect::get(&ev, &JsValue::from_str("data")).unwrap_or(JsValue::UNDEFINED);
-        if data.is_string() || data.is_undefined() || data.is_null() {
-            return self.fail(ClientError::Protocol(format!(
-                "{name} sent a message that is not binary"
-            )));
-        }
-        let bytes = Uint8Array::new(&data).to_vec();
-        let f = match decode(&bytes, DEFAULT_MAX_PAYLOAD) {
-            Ok(f) => f,
-            Err(e) => {
-                return self.fail(ClientError::Protocol(format!(
-                    "{name} sent a bad frame: {e}"
-                )))
-            }
-        };
-        let mut r = self.routes.borrow_mut();
-        if r.closed.is_some() {
+    /// Sends what is still queued (the `Close` frames), then closes both sockets and
+    /// silences their handlers.
+    fn detach(&self) {
+        if self.detached.get() {
             return;
         }
-        if let Some(s) = r.hello.take() {
-            drop(r);
-            return s.fill(Ok(f));
-        }
-        match f.kind {
-            Kind::Session => {
-                // A request nobody waits for any more (timed out) is ignored.
-                if let Some(s) = r.by_request.remove(&f.step) {
-                    drop(r);
-                    s.fill(Ok(f));
+        let mut queued: Vec<(Server, Vec<u8>)> = Vec::new();
+        {
+            let mut s = self.session.borrow_mut();
+            for server in Server::BOTH {
+                while let Some(b) = s.poll_transmit(server) {
+                    queued.push((server, b));
                 }
-            }
-            Kind::Output => {
-                if let Some(s) = r.by_session.remove(&f.session) {
-                    drop(r);
-                    s.fill(Ok(f));
-                } else {
-                    r.early.insert(f.session, f);
-                }
-            }
-            Kind::Error if f.session != 0 => {
-                if let Some(s) = r.by_session.remove(&f.session) {
-                    drop(r);
-                    s.fill(Err(server_error(name, &f)));
-                } else {
-                    r.early.insert(f.session, f);
-                }
-            }
-            Kind::Error => {
-                if let Some(s) = r.by_request.remove(&f.step) {
-                    drop(r);
-                    s.fill(Err(server_error(name, &f)));
-                } else {
-                    drop(r);
-                    self.fail(server_error(name, &f));
-                }
-            }
-            k => {
-                drop(r);
-                self.fail(ClientError::Protocol(format!(
-                    "{name} sent an unexpected {k:?} frame"
-                )))
             }
         }
+        self.detached.set(true);
+        let sockets = self.sockets.borrow();
+        for (server, b) in queued {
+            if self.open[server.idx()].get() {
+                if let Some(ws) = sockets.get(server.idx()) {
+                    let _ = ws.send(&Uint8Array::from(&b[..]));
+                }
+            }
+        }
+        for ws in sockets.iter() {
+            ws.set_onopen(&JsValue::NULL);
+            ws.set_onmessage(&JsValue::NULL);
+            ws.set_onclose(&JsValue::NULL);
+            // Not null: Node's `ws` throws an "error" event nobody listens to (closing a
+            // socket that is still connecting emits one).
+            NOOP.with(|f| ws.set_onerror(f));
+            let _ = ws.close();
+        }
+    }
+
+    /// Keeps one timeout armed at the session's next deadline.
+    fn arm(&self) {
+        let next = self.session.borrow().next_deadline();
+        let mut t = self.timer.borrow_mut();
+        if t.as_ref().map(|(_, d)| *d) == next {
+            return;
+        }
+        if let Some((id, _)) = t.take() {
+            clear_timeout(&id);
+        }
+        if let (Some(deadline), Some(cb)) = (next, self.timer_cb.borrow().as_ref()) {
+            let ms = deadline.saturating_sub(now()) as f64;
+            let id = set_timeout(cb.as_ref().unchecked_ref(), ms);
+            *t = Some((id, deadline));
+        }
+    }
+
+    fn on_timer(&self) {
+        self.timer.borrow_mut().take();
+        self.session.borrow_mut().handle_timeout(now());
+        self.pump();
+    }
+
+    fn on_open(&self, server: Server) {
+        self.open[server.idx()].set(true);
+        self.pump();
+    }
+
+    fn on_message(&self, server: Server, ev: JsValue) {
+        let data = get(&ev, "data");
+        {
+            let mut s = self.session.borrow_mut();
+            if data.is_instance_of::<js_sys::ArrayBuffer>() || js_sys::ArrayBuffer::is_view(&data) {
+                let bytes = Uint8Array::new(&data).to_vec();
+                s.handle_bytes(server, &bytes, now());
+            } else {
+                s.handle_text(server);
+            }
+        }
+        self.pump();
+    }
+
+    fn on_error(&self, server: Server, ev: JsValue) {
+        let detail = js_message(&ev)
+            .or_else(|| js_message(&get(&ev, "error")))
+            .unwrap_or_else(|| "connection failed".into());
+        self.session.borrow_mut().handle_io_error(server, &detail);
+        self.pump();
+    }
+
+    fn on_close(&self, server: Server, ev: JsValue) {
+        let code = get(&ev, "code").as_f64().map(|c| c as u16);
+        let reason = get(&ev, "reason").as_string().unwrap_or_default();
+        self.session
+            .borrow_mut()
+            .handle_closed(server, code, &reason);
+        self.pump();
     }
 }
 
-type Handler = Closure<dyn FnMut(JsValue)>;
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.session.borrow_mut().close();
+        self.detach();
+        if let Some((id, _)) = self.timer.borrow_mut().take() {
+            clear_timeout(&id);
+        }
+    }
+}
 
 thread_local! {
     /// An event handler that does nothing, for sockets whose client is gone (one per module,
@@ -283,324 +276,14 @@ thread_local! {
     static NOOP: JsValue = Handler::new(|_: JsValue| {}).into_js_value();
 }
 
-struct Conn {
-    shared: Rc<Shared>,
-    sent: Cell<u64>,
-    _handlers: Vec<Handler>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        let ws = &self.shared.ws;
-        ws.set_onopen(None);
-        ws.set_onmessage(None);
-        ws.set_onclose(None);
-        // Not None: Node's `ws` throws an "error" event nobody listens to (closing a socket
-        // that is still connecting emits one).
-        NOOP.with(|f| ws.set_onerror(Some(f.unchecked_ref())));
-        let _ = ws.close();
-    }
-}
-
-/// `http(s)://` base URLs name the same server as `ws(s)://`.
-fn ws_url(base: &str) -> String {
-    let base = base.trim_end_matches('/');
-    let base = if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else {
-        base.to_string()
-    };
-    format!("{base}/v1/ws")
-}
-
-impl Conn {
-    async fn open(
-        name: &'static str,
-        base: &str,
-        model: &str,
-        timeout_ms: u32,
-    ) -> Result<(Conn, Manifest)> {
-        let url = ws_url(base);
-        let ws = WebSocket::new(&url).map_err(|e| {
-            ClientError::Connection(format!(
-                "{name} ({url}): {}",
-                js_message(&e).unwrap_or_else(|| "cannot open a WebSocket".into())
-            ))
-        })?;
-        ws.set_binary_type(BinaryType::Arraybuffer);
-        let open = Slot::new();
-        let shared = Rc::new(Shared {
-            name,
-            ws,
-            routes: RefCell::new(Routes {
-                open: Some(open.clone()),
-                ..Routes::default()
-            }),
-        });
-        let s = shared.clone();
-        let on_open = Handler::new(move |_: JsValue| s.on_open());
-        let s = shared.clone();
-        let on_message = Handler::new(move |ev: JsValue| s.on_message(ev));
-        let s = shared.clone();
-        let u = url.clone();
-        let on_error = Handler::new(move |ev: JsValue| {
-            let detail = js_message(&ev)
-                .or_else(|| {
-                    Reflect::get(&ev, &JsValue::from_str("error"))
-                        .ok()
-                        .and_then(|e| js_message(&e))
-                })
-                .unwrap_or_else(|| "connection failed".into());
-            s.fail(ClientError::Connection(format!("{name} ({u}): {detail}")))
-        });
-        let s = shared.clone();
-        let on_close = Handler::new(move |ev: JsValue| {
-            let ev: CloseEvent = ev.unchecked_into();
-            let reason = ev.reason();
-            let reason = if reason.is_empty() {
-                String::new()
-            } else {
-                format!(": {reason}")
-            };
-            s.fail(ClientError::Connection(format!(
-                "{name} closed the connection (code {}{reason})",
-                ev.code()
-            )))
-        });
-        let ws = &shared.ws;
-        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        ws.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        let conn = Conn {
-            shared: shared.clone(),
-            sent: Cell::new(0),
-            _handlers: vec![on_open, on_message, on_error, on_close],
-        };
-        let s = shared.clone();
-        let u = url.clone();
-        let _timer = Timer::start(timeout_ms, move || {
-            s.fail(ClientError::Connection(format!(
-                "{name} ({u}) did not answer within {timeout_ms} ms"
-            )))
-        });
-        Wait(open).await?;
-        let hello = Slot::new();
-        shared.routes.borrow_mut().hello = Some(hello.clone());
-        let f = Frame::json(
-            Kind::Hello,
-            0,
-            0,
-            &Hello {
-                role: Role::Client,
-                model_id: model.to_string(),
-                api_key: None,
-            },
-        )
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        conn.send(&f)?;
-        let reply = Wait(hello).await?;
-        let manifest = match reply.kind {
-            Kind::Manifest => reply
-                .parse_json::<Manifest>(Kind::Manifest)
-                .map_err(|e| ClientError::Protocol(format!("{name}: {e}")))?,
-            Kind::Error => return Err(server_error(name, &reply)),
-            k => {
-                return Err(ClientError::Protocol(format!(
-                    "{name} answered the hello with a {k:?} frame"
-                )))
-            }
-        };
-        Ok((conn, manifest))
-    }
-
-    fn name(&self) -> &'static str {
-        self.shared.name
-    }
-
-    fn check_open(&self) -> Result<()> {
-        match &self.shared.routes.borrow().closed {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
-    }
-
-    fn send(&self, f: &Frame) -> Result<()> {
-        self.check_open()?;
-        let b = f.encode();
-        // A copy owned by JS: the socket may keep (and mask) it after this call.
-        let arr = Uint8Array::from(&b[..]);
-        self.shared
-            .ws
-            .send_with_array_buffer(&arr.buffer())
-            .map_err(|e| {
-                ClientError::Connection(format!(
-                    "{}: cannot send: {}",
-                    self.name(),
-                    js_message(&e).unwrap_or_else(|| "the socket refused the message".into())
-                ))
-            })?;
-        self.sent.set(self.sent.get() + b.len() as u64);
-        Ok(())
-    }
-
-    fn expect_request(&self, req: u32) -> Result<Rc<Slot<Frame>>> {
-        let mut r = self.shared.routes.borrow_mut();
-        if let Some(e) = &r.closed {
-            return Err(e.clone());
-        }
-        let s = Slot::new();
-        r.by_request.insert(req, s.clone());
-        Ok(s)
-    }
-
-    fn expect_session(&self, session: u128) -> Result<Rc<Slot<Frame>>> {
-        let mut r = self.shared.routes.borrow_mut();
-        let s = Slot::new();
-        if let Some(f) = r.early.remove(&session) {
-            s.fill(if f.kind == Kind::Error {
-                Err(server_error(self.name(), &f))
-            } else {
-                Ok(f)
-            });
-        } else if let Some(e) = &r.closed {
-            return Err(e.clone());
-        } else {
-            r.by_session.insert(session, s.clone());
-        }
-        Ok(s)
-    }
-
-    fn forget_request(&self, req: u32) {
-        self.shared.routes.borrow_mut().by_request.remove(&req);
-    }
-
-    fn forget_session(&self, session: u128) {
-        let mut r = self.shared.routes.borrow_mut();
-        r.by_session.remove(&session);
-        r.early.remove(&session);
-    }
-
-    fn close(&self) {
-        let _ = self.send(&Frame {
-            kind: Kind::Close,
-            session: 0,
-            step: 0,
-            payload: Vec::new(),
-        });
-        self.shared.fail(ClientError::Connection(format!(
-            "the client closed its connection to {}",
-            self.name()
-        )));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The client.
-
-struct Inner {
-    p0: Conn,
-    p1: Conn,
-    manifest: Manifest,
-    timeout_ms: u32,
-    next_request: Cell<u32>,
-    last_p0: RefCell<Vec<u8>>,
-    last_p1: RefCell<Vec<u8>>,
-}
-
-impl Inner {
-    /// Predicts; also returns the bytes sent to P0 and to P1 for this prediction.
-    async fn predict(&self, x: &[f32], batch: usize) -> Result<(Prediction, [usize; 2])> {
-        let shares = share_input(&self.manifest, x, batch)?;
-        self.p0.check_open()?;
-        self.p1.check_open()?;
-        let req = self.next_request.get();
-        self.next_request.set(req.checked_add(1).unwrap_or(1));
-
-        let payload = ring::to_le_bytes(&shares.to_p0);
-        let assigned = self.p0.expect_request(req)?;
-        let timer = Timer::deadline(
-            self.timeout_ms,
-            "assign a session",
-            vec![("P0", assigned.clone())],
-        );
-        let sent = self.p0.send(&Frame {
-            kind: Kind::InputShare,
-            session: 0,
-            step: req,
-            payload: payload.clone(),
-        });
-        let s = match sent {
-            Ok(()) => Wait(assigned).await,
-            Err(e) => Err(e),
-        };
-        drop(timer);
-        self.p0.forget_request(req);
-        let s = s?;
-        let sent = [payload.len() + HEADER_LEN, 32 + HEADER_LEN];
-        *self.last_p0.borrow_mut() = payload;
-        let session = s.session;
-        if session == 0 {
-            return Err(ClientError::Protocol("P0 assigned session 0".into()));
-        }
-
-        let res = async {
-            let out0 = self.p0.expect_session(session)?;
-            let out1 = self.p1.expect_session(session)?;
-            let _timer = Timer::deadline(
-                self.timeout_ms,
-                "send its output",
-                vec![("P0", out0.clone()), ("P1", out1.clone())],
-            );
-            let seed = shares.to_p1.0.to_vec();
-            self.p1.send(&Frame {
-                kind: Kind::InputSeed,
-                session,
-                step: 0,
-                payload: seed.clone(),
-            })?;
-            *self.last_p1.borrow_mut() = seed;
-            Both {
-                a: Box::pin(Wait(out0)),
-                b: Box::pin(Wait(out1)),
-                ra: None,
-                rb: None,
-            }
-            .await
-        }
-        .await;
-        self.p0.forget_session(session);
-        self.p1.forget_session(session);
-        let (a, b) = res?;
-        if a.kind != Kind::Output || b.kind != Kind::Output {
-            return Err(ClientError::Protocol(format!(
-                "expected output frames, got {:?} and {:?}",
-                a.kind, b.kind
-            )));
-        }
-        let n = batch.saturating_mul(self.manifest.output_len);
-        let ya = elements(&a.payload, n)?;
-        let yb = elements(&b.payload, n)?;
-        Ok((reconstruct(&self.manifest, &ya, &yb, batch)?, sent))
-    }
-}
-
 /// Turns a [`ClientError`] into a JS `Error` with `kind` (and `server`, `code`) properties.
 fn js_error(e: &ClientError) -> JsValue {
     let err = js_sys::Error::new(&e.to_string());
-    let kind = match e {
-        ClientError::Input(_) => "input",
-        ClientError::Server { server, code, .. } => {
-            let _ = Reflect::set(&err, &"server".into(), &server.as_str().into());
-            let _ = Reflect::set(&err, &"code".into(), &code.as_str().into());
-            "server"
-        }
-        ClientError::Connection(_) => "connection",
-        ClientError::Protocol(_) => "protocol",
-    };
-    let _ = Reflect::set(&err, &"kind".into(), &kind.into());
+    if let ClientError::Server { server, code, .. } = e {
+        let _ = Reflect::set(&err, &"server".into(), &server.as_str().into());
+        let _ = Reflect::set(&err, &"code".into(), &code.as_str().into());
+    }
+    let _ = Reflect::set(&err, &"kind".into(), &e.kind().into());
     err.into()
 }
 
@@ -608,18 +291,19 @@ fn set(o: &Object, k: &str, v: &JsValue) {
     let _ = Reflect::set(o, &JsValue::from_str(k), v);
 }
 
+fn num(v: usize) -> JsValue {
+    JsValue::from_f64(v as f64)
+}
+
 /// A JS array of numbers from sizes or indices.
 fn index_array(v: &[usize]) -> JsValue {
-    v.iter()
-        .map(|x| JsValue::from_f64(*x as f64))
-        .collect::<Array>()
-        .into()
+    v.iter().map(|x| num(*x)).collect::<Array>().into()
 }
 
 fn prediction_to_js(p: &Prediction, sent: [usize; 2]) -> JsValue {
     let o = Object::new();
-    set(&o, "sentP0", &JsValue::from_f64(sent[0] as f64));
-    set(&o, "sentP1", &JsValue::from_f64(sent[1] as f64));
+    set(&o, "sentP0", &num(sent[0]));
+    set(&o, "sentP1", &num(sent[1]));
     set(&o, "logits", &Float64Array::from(&p.logits[..]).into());
     set(
         &o,
@@ -630,74 +314,165 @@ fn prediction_to_js(p: &Prediction, sent: [usize; 2]) -> JsValue {
         },
     );
     set(&o, "labels", &index_array(&p.labels));
-    set(&o, "outputLen", &JsValue::from_f64(p.output_len as f64));
+    set(&o, "outputLen", &num(p.output_len));
     o.into()
 }
 
-/// A private-prediction client connected to P0 and P1 for one model (from JavaScript).
+/// A private-prediction client for P0 and P1 of one deployment (from JavaScript).
 ///
-/// `predict` may be called again before earlier predictions finish.
+/// `new WasmClient(...)` opens both sockets at once; `ready()` resolves when both servers
+/// answered and form a pair. Predictions may overlap.
 #[wasm_bindgen]
 pub struct WasmClient {
-    inner: Rc<Inner>,
+    d: Rc<Driver>,
 }
 
 impl std::fmt::Debug for WasmClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WasmClient(model {})", self.inner.manifest.model_id)
+        write!(f, "WasmClient({:?})", self.d.session.borrow())
     }
 }
 
 #[wasm_bindgen]
 impl WasmClient {
-    /// Connects to P0 and P1 (`ws://`, `wss://`, `http://` or `https://` base URLs; the
-    /// client appends `/v1/ws`), asks both for `model` (empty: the servers' default) and
-    /// checks that they describe it identically. `timeout_ms` (0: 10 000) bounds the setup
-    /// and each wait of every prediction. Rejects with an `Error` on failure.
-    pub async fn connect(
+    /// Starts connecting to P0 and P1 (`ws://`, `wss://`, `http://` or `https://` base
+    /// URLs; `/v1/ws` is appended unless present) with `web_socket` (a WebSocket class),
+    /// asking for `model` (empty: the servers' default) with `api_key`, if any. `timeout_ms`
+    /// (0: 10 000) bounds the setup and each step of every prediction. `on_close` is called
+    /// once, with the error, when the connection ends for any reason. Throws on a bad URL.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
         p0: String,
         p1: String,
         model: String,
+        api_key: Option<String>,
         timeout_ms: u32,
-    ) -> std::result::Result<WasmClient, JsValue> {
+        web_socket: JsValue,
+        on_close: Option<Function>,
+    ) -> Result<WasmClient, JsValue> {
         install_panic_hook();
-        let timeout_ms = if timeout_ms == 0 {
-            DEFAULT_TIMEOUT_MS
-        } else {
-            timeout_ms
+        let cfg = SessionConfig {
+            p0,
+            p1,
+            model,
+            api_key,
+            timeout_ms: u64::from(timeout_ms),
+            keep_last_sent: true,
         };
-        let opened = Both {
-            a: Box::pin(Conn::open("P0", &p0, &model, timeout_ms)),
-            b: Box::pin(Conn::open("P1", &p1, &model, timeout_ms)),
-            ra: None,
-            rb: None,
+        let session = ClientSession::new(cfg, now()).map_err(|e| js_error(&e))?;
+        let ctor: Function = web_socket.dyn_into().map_err(|_| {
+            JsValue::from(js_sys::TypeError::new(
+                "webSocket must be a WebSocket class",
+            ))
+        })?;
+        let d = Rc::new(Driver {
+            session: RefCell::new(session),
+            sockets: RefCell::new(Vec::new()),
+            open: [Cell::new(false), Cell::new(false)],
+            detached: Cell::new(false),
+            waiters: RefCell::new(HashMap::new()),
+            ready: RefCell::new(None),
+            on_close,
+            timer: RefCell::new(None),
+            timer_cb: RefCell::new(None),
+            handlers: RefCell::new(Vec::new()),
+        });
+        let w = Rc::downgrade(&d);
+        *d.timer_cb.borrow_mut() = Some(Closure::<dyn FnMut()>::new(move || {
+            if let Some(d) = w.upgrade() {
+                d.on_timer()
+            }
+        }));
+        for server in Server::BOTH {
+            let url = d.session.borrow().url(server).to_string();
+            let ws = match Reflect::construct(&ctor, &Array::of1(&url.into())) {
+                Ok(ws) => ws.unchecked_into::<Socket>(),
+                Err(e) => {
+                    let detail = js_message(&e).unwrap_or_else(|| "cannot open a WebSocket".into());
+                    d.session.borrow_mut().handle_io_error(server, &detail);
+                    break;
+                }
+            };
+            ws.set_binary_type("arraybuffer");
+            let handler = |f: fn(&Driver, Server, JsValue)| {
+                let w: Weak<Driver> = Rc::downgrade(&d);
+                Handler::new(move |ev: JsValue| {
+                    if let Some(d) = w.upgrade() {
+                        f(&d, server, ev)
+                    }
+                })
+            };
+            let hs = [
+                handler(|d, s, _| d.on_open(s)),
+                handler(Driver::on_message),
+                handler(Driver::on_error),
+                handler(Driver::on_close),
+            ];
+            ws.set_onopen(hs[0].as_ref());
+            ws.set_onmessage(hs[1].as_ref());
+            ws.set_onerror(hs[2].as_ref());
+            ws.set_onclose(hs[3].as_ref());
+            d.handlers.borrow_mut().extend(hs);
+            d.sockets.borrow_mut().push(ws);
         }
-        .await;
-        let ((c0, m0), (c1, m1)) = opened.map_err(|e| js_error(&e))?;
-        Manifest::check_pair(&m0, &m1)
-            .map_err(|e| js_error(&ClientError::Protocol(e.to_string())))?;
-        Ok(WasmClient {
-            inner: Rc::new(Inner {
-                p0: c0,
-                p1: c1,
-                manifest: m0,
-                timeout_ms,
-                next_request: Cell::new(1),
-                last_p0: RefCell::new(Vec::new()),
-                last_p1: RefCell::new(Vec::new()),
-            }),
+        d.pump();
+        Ok(WasmClient { d })
+    }
+
+    /// Resolves when both servers answered with manifests that form a pair; rejects with the
+    /// reason the setup failed (call once).
+    pub fn ready(&self) -> js_sys::Promise {
+        let (tx, rx) = oneshot::channel();
+        *self.d.ready.borrow_mut() = Some(tx);
+        let state = self.d.session.borrow().state();
+        let now = match state {
+            SessionState::Ready => Some(Ok(())),
+            SessionState::Closed => Some(Err(self
+                .d
+                .session
+                .borrow()
+                .close_reason()
+                .cloned()
+                .unwrap_or_else(|| ClientError::Connection("closed".into())))),
+            SessionState::Connecting => None,
+        };
+        if let Some(r) = now {
+            if let Some(tx) = self.d.ready.borrow_mut().take() {
+                let _ = tx.send(r);
+            }
+        }
+        wasm_bindgen_futures::future_to_promise(async move {
+            match rx.await {
+                Ok(Ok(())) => Ok(JsValue::UNDEFINED),
+                Ok(Err(e)) => Err(js_error(&e)),
+                Err(_) => Err(js_error(&ClientError::Connection("closed".into()))),
+            }
         })
     }
 
-    /// The model's manifest as an object: `modelId`, `inputShape`, `fracBits`, `outputLen`,
-    /// `outFrac`, `softmaxAtClient`, `inputBound`, `deployment`, `maxBatch`.
+    /// `"connecting"`, `"open"` or `"closed"`.
+    pub fn state(&self) -> String {
+        match self.d.session.borrow().state() {
+            SessionState::Connecting => "connecting",
+            SessionState::Ready => "open",
+            SessionState::Closed => "closed",
+        }
+        .into()
+    }
+
+    /// The model's manifest as an object (`undefined` before `ready()`): `modelId`,
+    /// `inputShape`, `fracBits`, `outputLen`, `outFrac`, `softmaxAtClient`, `inputBound`,
+    /// `deployment`, `maxBatch`.
     pub fn manifest(&self) -> JsValue {
-        let m = &self.inner.manifest;
+        let s = self.d.session.borrow();
+        let Some(m) = s.manifest() else {
+            return JsValue::UNDEFINED;
+        };
         let o = Object::new();
         set(&o, "modelId", &m.model_id.as_str().into());
         set(&o, "inputShape", &index_array(&m.input_shape));
         set(&o, "fracBits", &JsValue::from_f64(f64::from(m.frac_bits)));
-        set(&o, "outputLen", &JsValue::from_f64(m.output_len as f64));
+        set(&o, "outputLen", &num(m.output_len));
         set(&o, "outFrac", &JsValue::from_f64(f64::from(m.out_frac)));
         set(
             &o,
@@ -706,38 +481,53 @@ impl WasmClient {
         );
         set(&o, "inputBound", &JsValue::from_f64(m.input_bound));
         set(&o, "deployment", &m.deployment.as_str().into());
-        set(&o, "maxBatch", &JsValue::from_f64(m.max_batch as f64));
+        set(&o, "maxBatch", &num(m.max_batch));
         o.into()
     }
 
-    /// Predicts `batch` inputs (`x` batch first). Resolves to `{logits: Float64Array,
-    /// probabilities: Float64Array | null, labels: number[], outputLen, sentP0, sentP1}`
-    /// (`sentP0`/`sentP1`: bytes of this prediction's frames to each server); rejects with an
-    /// `Error` (bad input, a server's refusal, a timeout, a closed connection).
-    pub fn predict(&self, x: Vec<f32>, batch: u32) -> js_sys::Promise {
-        let inner = self.inner.clone();
-        wasm_bindgen_futures::future_to_promise(async move {
-            match inner.predict(&x, batch as usize).await {
-                Ok((p, sent)) => Ok(prediction_to_js(&p, sent)),
-                Err(e) => Err(js_error(&e)),
+    /// Starts a prediction of `batch` inputs (`x` batch first): throws at once for input
+    /// that does not fit (nothing is sent), else returns `{id, done}` where `done` resolves
+    /// to `{logits: Float64Array, probabilities: Float64Array | null, labels: number[],
+    /// outputLen, sentP0, sentP1}` or rejects (a server's refusal, a timeout, a closed
+    /// connection, `cancel(id)`).
+    pub fn begin(&self, x: Vec<f32>, batch: u32) -> Result<JsValue, JsValue> {
+        let id = self
+            .d
+            .session
+            .borrow_mut()
+            .start_predict(&x, batch as usize, now())
+            .map_err(|e| js_error(&e))?;
+        let (tx, rx) = oneshot::channel();
+        self.d.waiters.borrow_mut().insert(id, tx);
+        self.d.pump();
+        let done = wasm_bindgen_futures::future_to_promise(async move {
+            match rx.await {
+                Ok(Ok(o)) => Ok(prediction_to_js(&o.prediction, o.sent)),
+                Ok(Err(e)) => Err(js_error(&e)),
+                Err(_) => Err(js_error(&ClientError::Connection("closed".into()))),
             }
-        })
+        });
+        let o = Object::new();
+        set(&o, "id", &JsValue::from_f64(f64::from(id)));
+        set(&o, "done", &done.into());
+        Ok(o.into())
+    }
+
+    /// Gives up on prediction `id`: its `done` rejects with kind `aborted`, and whatever the
+    /// servers still send for it is dropped. False when it is no longer in flight.
+    pub fn cancel(&self, id: u32) -> bool {
+        let found = self.d.session.borrow_mut().cancel(id);
+        self.d.pump();
+        found
     }
 
     /// Bytes sent so far (frames, headers included): `{p0, p1}`.
     #[wasm_bindgen(js_name = bytesSent)]
     pub fn bytes_sent(&self) -> JsValue {
+        let b = self.d.session.borrow().bytes_sent();
         let o = Object::new();
-        set(
-            &o,
-            "p0",
-            &JsValue::from_f64(self.inner.p0.sent.get() as f64),
-        );
-        set(
-            &o,
-            "p1",
-            &JsValue::from_f64(self.inner.p1.sent.get() as f64),
-        );
+        set(&o, "p0", &JsValue::from_f64(b[0] as f64));
+        set(&o, "p1", &JsValue::from_f64(b[1] as f64));
         o.into()
     }
 
@@ -746,71 +536,16 @@ impl WasmClient {
     /// server received of the input.
     #[wasm_bindgen(js_name = lastSent)]
     pub fn last_sent(&self) -> JsValue {
+        let s = self.d.session.borrow();
         let o = Object::new();
-        set(
-            &o,
-            "p0",
-            &Uint8Array::from(&self.inner.last_p0.borrow()[..]).into(),
-        );
-        set(
-            &o,
-            "p1",
-            &Uint8Array::from(&self.inner.last_p1.borrow()[..]).into(),
-        );
+        set(&o, "p0", &Uint8Array::from(s.last_sent(Server::P0)).into());
+        set(&o, "p1", &Uint8Array::from(s.last_sent(Server::P1)).into());
         o.into()
     }
 
     /// Closes both connections; predictions still waiting reject.
     pub fn close(&self) {
-        self.inner.p0.close();
-        self.inner.p1.close();
-    }
-}
-
-/// Runs two futures together; the first error wins at once.
-struct Both<A, B, TA, TB>
-where
-    A: Future<Output = Result<TA>>,
-    B: Future<Output = Result<TB>>,
-{
-    a: Pin<Box<A>>,
-    b: Pin<Box<B>>,
-    ra: Option<TA>,
-    rb: Option<TB>,
-}
-
-impl<A, B, TA, TB> Future for Both<A, B, TA, TB>
-where
-    A: Future<Output = Result<TA>>,
-    B: Future<Output = Result<TB>>,
-    TA: Unpin,
-    TB: Unpin,
-{
-    type Output = Result<(TA, TB)>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let me = &mut *self;
-        if me.ra.is_none() {
-            match me.a.as_mut().poll(cx) {
-                Poll::Ready(Ok(v)) => me.ra = Some(v),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-        }
-        if me.rb.is_none() {
-            match me.b.as_mut().poll(cx) {
-                Poll::Ready(Ok(v)) => me.rb = Some(v),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
-            }
-        }
-        match (me.ra.take(), me.rb.take()) {
-            (Some(a), Some(b)) => Poll::Ready(Ok((a, b))),
-            (a, b) => {
-                me.ra = a;
-                me.rb = b;
-                Poll::Pending
-            }
-        }
+        self.d.session.borrow_mut().close();
+        self.d.pump();
     }
 }

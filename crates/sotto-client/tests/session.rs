@@ -1,0 +1,431 @@
+//! The sans-IO client core against scripted servers: message order, routing, the role check,
+//! limits, deadlines as data, cancellation and closing.
+
+use sotto_client::session::{
+    ws_url, ClientSession, Event, RequestId, Server, SessionConfig, SessionState,
+};
+use sotto_client::ClientError;
+use sotto_wire::{decode, ErrorPayload, Frame, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD};
+
+fn manifest(role: Role) -> Manifest {
+    Manifest {
+        model_id: "toy".into(),
+        input_shape: vec![4],
+        frac_bits: 16,
+        output_len: 3,
+        out_frac: 16,
+        softmax_at_client: false,
+        input_bound: 1.0,
+        role,
+        deployment: "5e".repeat(16),
+        max_batch: 8,
+    }
+}
+
+fn cfg() -> SessionConfig {
+    let mut c = SessionConfig::new("ws://p0.test:1", "http://p1.test:2/");
+    c.timeout_ms = 1000;
+    c.keep_last_sent = true;
+    c
+}
+
+fn frames(s: &mut ClientSession, server: Server) -> Vec<Frame> {
+    std::iter::from_fn(|| s.poll_transmit(server))
+        .map(|b| decode(&b, DEFAULT_MAX_PAYLOAD).expect("the client sends frames"))
+        .collect()
+}
+
+fn events(s: &mut ClientSession) -> Vec<Event> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn manifest_frame(m: &Manifest) -> Vec<u8> {
+    Frame::json(Kind::Manifest, 0, 0, m).expect("json").encode()
+}
+
+fn error_frame(session: u128, step: u32, code: &str) -> Vec<u8> {
+    let p = ErrorPayload {
+        code: code.into(),
+        message: format!("scripted {code}"),
+    };
+    Frame::json(Kind::Error, session, step, &p)
+        .expect("json")
+        .encode()
+}
+
+/// Output shares (P0's, P1's) of `values` with 16 fractional bits.
+fn output_shares(values: &[f64], mask: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let enc = (v * 65536.0).round() as i64 as u64;
+        let r = mask.wrapping_mul(i as u64 + 1).wrapping_add(0x9e37_79b9);
+        a.extend_from_slice(&r.to_le_bytes());
+        b.extend_from_slice(&enc.wrapping_sub(r).to_le_bytes());
+    }
+    (a, b)
+}
+
+fn output(session: u128, payload: Vec<u8>) -> Vec<u8> {
+    Frame {
+        kind: Kind::Output,
+        session,
+        step: 0,
+        payload,
+    }
+    .encode()
+}
+
+fn assigned(session: u128, step: u32) -> Vec<u8> {
+    Frame {
+        kind: Kind::Session,
+        session,
+        step,
+        payload: Vec::new(),
+    }
+    .encode()
+}
+
+/// A session whose hellos were answered by a proper pair.
+fn connected() -> ClientSession {
+    let mut s = ClientSession::new(cfg(), 0).expect("session");
+    for server in Server::BOTH {
+        let hello = frames(&mut s, server);
+        assert_eq!(hello.len(), 1);
+        assert_eq!(hello[0].kind, Kind::Hello);
+    }
+    s.handle_bytes(Server::P1, &manifest_frame(&manifest(Role::P1)), 1);
+    assert_eq!(s.state(), SessionState::Connecting);
+    s.handle_bytes(Server::P0, &manifest_frame(&manifest(Role::P0)), 2);
+    assert_eq!(s.state(), SessionState::Ready);
+    assert!(matches!(events(&mut s)[..], [Event::Connected]));
+    s
+}
+
+fn done(evs: Vec<Event>) -> Vec<(RequestId, Result<Vec<f64>, ClientError>)> {
+    evs.into_iter()
+        .filter_map(|e| match e {
+            Event::Done(id, r) => Some((id, r.map(|o| o.prediction.logits))),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn urls_get_one_v1_ws_and_bad_ones_are_refused() {
+    assert_eq!(ws_url("ws://h:1").unwrap(), "ws://h:1/v1/ws");
+    assert_eq!(ws_url("ws://h:1/").unwrap(), "ws://h:1/v1/ws");
+    assert_eq!(ws_url("ws://h:1/v1/ws").unwrap(), "ws://h:1/v1/ws");
+    assert_eq!(
+        ws_url("https://h/base/v1/ws/").unwrap(),
+        "wss://h/base/v1/ws"
+    );
+    assert_eq!(ws_url("http://h:8/x").unwrap(), "ws://h:8/x/v1/ws");
+    for bad in ["not a url", "ftp://h", "ws://", "ws:///x", "h:1", ""] {
+        assert!(
+            matches!(ws_url(bad), Err(ClientError::Input(_))),
+            "{bad:?} accepted"
+        );
+    }
+    let s = ClientSession::new(cfg(), 0).unwrap();
+    assert_eq!(s.url(Server::P1), "ws://p1.test:2/v1/ws");
+}
+
+#[test]
+fn a_prediction_share_then_session_then_seed_then_both_outputs() {
+    let mut s = connected();
+    let id = s
+        .start_predict(&[0.1, 0.2, 0.3, 0.4], 1, 10)
+        .expect("start");
+    let to0 = frames(&mut s, Server::P0);
+    assert_eq!(to0.len(), 1);
+    assert_eq!(
+        (to0[0].kind, to0[0].session, to0[0].step),
+        (Kind::InputShare, 0, id)
+    );
+    assert_eq!(to0[0].payload.len(), 4 * 8);
+    // Nothing for P1 before P0 has assigned the session.
+    assert!(frames(&mut s, Server::P1).is_empty());
+    s.handle_bytes(Server::P0, &assigned(77, id), 20);
+    let to1 = frames(&mut s, Server::P1);
+    assert_eq!(to1.len(), 1);
+    assert_eq!((to1[0].kind, to1[0].session), (Kind::InputSeed, 77));
+    assert_eq!(to1[0].payload.len(), 32);
+    assert_eq!(s.last_sent(Server::P1), &to1[0].payload[..]);
+    assert_eq!(s.last_sent(Server::P0), &to0[0].payload[..]);
+    let (a, b) = output_shares(&[1.5, -2.0, 0.25], 12345);
+    s.handle_bytes(Server::P1, &output(77, b), 30);
+    assert!(events(&mut s).is_empty());
+    s.handle_bytes(Server::P0, &output(77, a), 31);
+    let evs = events(&mut s);
+    match &evs[..] {
+        [Event::Done(got, Ok(o))] => {
+            assert_eq!(*got, id);
+            assert_eq!(o.prediction.logits, vec![1.5, -2.0, 0.25]);
+            assert_eq!(o.prediction.labels, vec![0]);
+            assert_eq!(o.sent, [32 + 32, 32 + 32]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.in_flight(), 0);
+    assert_eq!(s.next_deadline(), None);
+}
+
+#[test]
+fn replies_out_of_order_reach_their_requests() {
+    let mut s = connected();
+    let ids: Vec<u32> = (0..3)
+        .map(|_| s.start_predict(&[0.0; 4], 1, 0).unwrap())
+        .collect();
+    frames(&mut s, Server::P0);
+    for &id in ids.iter().rev() {
+        let session = 1000 + u128::from(id);
+        s.handle_bytes(Server::P0, &assigned(session, id), 1);
+        let v = f64::from(id);
+        let (a, _) = output_shares(&[v, -v, 0.5], u64::from(id));
+        s.handle_bytes(Server::P0, &output(session, a), 1);
+    }
+    let seeds = frames(&mut s, Server::P1);
+    assert_eq!(seeds.len(), 3);
+    for f in &seeds {
+        let id = (f.session - 1000) as u32;
+        let v = f64::from(id);
+        let (_, b) = output_shares(&[v, -v, 0.5], u64::from(id));
+        s.handle_bytes(Server::P1, &output(f.session, b), 2);
+    }
+    let mut got = done(events(&mut s));
+    got.sort_by_key(|(id, _)| *id);
+    for (id, r) in got {
+        let v = f64::from(id);
+        assert_eq!(r.unwrap(), vec![v, -v, 0.5]);
+    }
+    // Every seed is fresh.
+    assert_ne!(seeds[0].payload, seeds[1].payload);
+}
+
+#[test]
+fn wrong_roles_or_deployments_send_nothing_secret() {
+    let other = Manifest {
+        deployment: "77".repeat(16),
+        ..manifest(Role::P1)
+    };
+    let cases = [
+        (manifest(Role::P1), manifest(Role::P0), "swapped"),
+        (
+            manifest(Role::P0),
+            manifest(Role::P0),
+            "both URLs reach a P0",
+        ),
+        (manifest(Role::P0), other, "not one deployment"),
+    ];
+    for (m0, m1, why) in cases {
+        let mut s = ClientSession::new(cfg(), 0).unwrap();
+        frames(&mut s, Server::P0);
+        frames(&mut s, Server::P1);
+        s.handle_bytes(Server::P0, &manifest_frame(&m0), 1);
+        s.handle_bytes(Server::P1, &manifest_frame(&m1), 1);
+        assert_eq!(s.state(), SessionState::Closed);
+        match &events(&mut s)[..] {
+            [Event::Closed(ClientError::BadDeployment(m))] => assert!(m.contains(why), "{m}"),
+            other => panic!("{why}: {other:?}"),
+        }
+        let e = s.start_predict(&[0.0; 4], 1, 2).unwrap_err();
+        assert_eq!(e.kind(), "bad_deployment");
+        assert!(frames(&mut s, Server::P0).is_empty());
+        assert!(frames(&mut s, Server::P1).is_empty());
+    }
+}
+
+#[test]
+fn a_batch_over_max_batch_and_bad_input_are_refused_before_sending() {
+    let mut s = connected();
+    let before = s.bytes_sent();
+    let e = s.start_predict(&[0.0; 4 * 9], 9, 0).unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Input(m) if m.contains("limit of 8")),
+        "{e}"
+    );
+    assert!(matches!(
+        s.start_predict(&[0.0; 3], 1, 0),
+        Err(ClientError::Input(_))
+    ));
+    assert!(matches!(
+        s.start_predict(&[2.0; 4], 1, 0),
+        Err(ClientError::Input(_))
+    ));
+    assert_eq!(s.bytes_sent(), before);
+    assert!(frames(&mut s, Server::P0).is_empty());
+    assert!(s.start_predict(&[0.0; 4 * 8], 8, 0).is_ok());
+}
+
+#[test]
+fn deadlines_are_data_and_late_replies_are_dropped() {
+    // The setup: P1 answered, P0 did not.
+    let mut s = ClientSession::new(cfg(), 100).unwrap();
+    s.handle_bytes(Server::P1, &manifest_frame(&manifest(Role::P1)), 150);
+    assert_eq!(s.next_deadline(), Some(1100));
+    s.handle_timeout(1099);
+    assert_eq!(s.state(), SessionState::Connecting);
+    s.handle_timeout(1100);
+    match &events(&mut s)[..] {
+        [Event::Closed(ClientError::Connection(m))] => {
+            assert_eq!(m, "P0 (ws://p0.test:1/v1/ws) did not answer within 1000 ms")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut s = connected();
+    let a = s.start_predict(&[0.0; 4], 1, 1000).unwrap();
+    let b = s.start_predict(&[0.0; 4], 1, 1500).unwrap();
+    assert_eq!(s.next_deadline(), Some(2000));
+    s.handle_bytes(Server::P0, &assigned(9, b), 1600);
+    assert_eq!(s.next_deadline(), Some(2000));
+    s.handle_timeout(2000);
+    let got = done(events(&mut s));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, a);
+    assert!(
+        matches!(&got[0].1, Err(ClientError::Connection(m)) if m == "P0 did not assign a session within 1000 ms")
+    );
+    // P0's late answer to the abandoned request is dropped; so is a late refusal.
+    s.handle_bytes(Server::P0, &assigned(8, a), 2100);
+    s.handle_bytes(Server::P0, &error_frame(0, a, "busy"), 2100);
+    assert!(frames(&mut s, Server::P1).iter().all(|f| f.session == 9));
+    assert_eq!(s.state(), SessionState::Ready);
+    // P0 sends its output, P1 does not: the error names P1.
+    let (o0, _) = output_shares(&[0.0; 3], 1);
+    s.handle_bytes(Server::P0, &output(9, o0), 2200);
+    assert_eq!(s.next_deadline(), Some(2600));
+    s.handle_timeout(2600);
+    let got = done(events(&mut s));
+    assert!(
+        matches!(&got[..], [(id, Err(ClientError::Connection(m)))] if *id == b && m == "P1 did not answer within 1000 ms (no output share)"),
+        "{got:?}"
+    );
+    // A late output for it is dropped.
+    let (_, o1) = output_shares(&[0.0; 3], 1);
+    s.handle_bytes(Server::P1, &output(9, o1), 2700);
+    assert!(events(&mut s).is_empty());
+    assert_eq!(s.state(), SessionState::Ready);
+}
+
+#[test]
+fn server_errors_fail_their_request_or_the_connection() {
+    let mut s = connected();
+    let a = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    let b = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    s.handle_bytes(Server::P0, &error_frame(0, a, "not_ready"), 1);
+    s.handle_bytes(Server::P0, &assigned(5, b), 1);
+    s.handle_bytes(Server::P1, &error_frame(5, 0, "session_failed"), 1);
+    let got = done(events(&mut s));
+    let codes: Vec<String> = got
+        .iter()
+        .map(|(_, r)| match r {
+            Err(e @ ClientError::Server { server, .. }) => format!("{server} {e}"),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "P0 P0 refused: scripted not_ready (not_ready)",
+            "P1 P1 refused: scripted session_failed (session_failed)"
+        ]
+    );
+    assert_eq!(s.state(), SessionState::Ready);
+    // An error about the connection (no request) closes the session and fails the rest.
+    let c = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    s.handle_bytes(Server::P1, &error_frame(0, 0, "idle"), 2);
+    let evs = events(&mut s);
+    assert!(
+        matches!(&evs[..], [Event::Done(id, Err(ClientError::Server { .. })), Event::Closed(_)] if *id == c)
+    );
+    // A garbage frame is a protocol error.
+    let mut s = connected();
+    s.handle_bytes(Server::P0, b"definitely not a frame, but long enough", 1);
+    assert!(matches!(
+        s.close_reason(),
+        Some(ClientError::Protocol(m)) if m.starts_with("P0 sent a bad frame")
+    ));
+}
+
+#[test]
+fn a_lost_connection_fails_everything_at_once() {
+    let mut s = connected();
+    let ids: Vec<u32> = (0..3)
+        .map(|_| s.start_predict(&[0.0; 4], 1, 0).unwrap())
+        .collect();
+    s.handle_closed(Server::P1, Some(1011), "going away");
+    let evs = events(&mut s);
+    assert_eq!(evs.len(), 4);
+    for (e, id) in evs.iter().zip(&ids) {
+        assert!(
+            matches!(e, Event::Done(got, Err(ClientError::Connection(m))) if got == id && m == "P1 closed the connection (code 1011: going away)")
+        );
+    }
+    assert!(matches!(evs[3], Event::Closed(_)));
+    assert!(s.start_predict(&[0.0; 4], 1, 0).is_err());
+    // Later failures do not replace the first reason.
+    s.handle_io_error(Server::P0, "reset");
+    assert!(events(&mut s).is_empty());
+}
+
+#[test]
+fn cancel_and_close() {
+    let mut s = connected();
+    let a = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    let b = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    s.handle_bytes(Server::P0, &assigned(40, b), 1);
+    assert!(s.cancel(a));
+    assert!(s.cancel(b));
+    assert!(!s.cancel(b));
+    let got = done(events(&mut s));
+    assert!(got
+        .iter()
+        .all(|(_, r)| matches!(r, Err(ClientError::Aborted))));
+    // Late replies for both are dropped; the session stays up.
+    s.handle_bytes(Server::P0, &assigned(41, a), 2);
+    let (o0, o1) = output_shares(&[0.0; 3], 3);
+    s.handle_bytes(Server::P0, &output(40, o0), 2);
+    s.handle_bytes(Server::P1, &output(40, o1), 2);
+    assert!(events(&mut s).is_empty());
+    assert_eq!(s.state(), SessionState::Ready);
+    frames(&mut s, Server::P0);
+    frames(&mut s, Server::P1);
+    let c = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    s.close();
+    let to0 = frames(&mut s, Server::P0);
+    assert_eq!(to0.last().map(|f| f.kind), Some(Kind::Close));
+    assert_eq!(
+        frames(&mut s, Server::P1).last().map(|f| f.kind),
+        Some(Kind::Close)
+    );
+    let evs = events(&mut s);
+    assert!(
+        matches!(&evs[..], [Event::Done(id, Err(ClientError::Connection(_))), Event::Closed(_)] if *id == c)
+    );
+    assert_eq!(s.state(), SessionState::Closed);
+}
+
+#[test]
+fn the_hello_carries_model_and_api_key() {
+    let mut c = cfg();
+    c.model = "net".into();
+    c.api_key = Some("k-123".into());
+    let mut s = ClientSession::new(c, 0).unwrap();
+    let f = frames(&mut s, Server::P1).remove(0);
+    let h: sotto_wire::Hello = f.parse_json(Kind::Hello).unwrap();
+    assert_eq!(
+        (h.role, h.model_id.as_str(), h.api_key.as_deref()),
+        (Role::Client, "net", Some("k-123"))
+    );
+    // A refusal of the hello is the server's error.
+    s.handle_bytes(Server::P1, &error_frame(0, 0, "unknown_model"), 1);
+    assert!(matches!(
+        s.close_reason(),
+        Some(ClientError::Server {
+            code: sotto_wire::ErrorCode::UnknownModel,
+            ..
+        })
+    ));
+}
