@@ -266,6 +266,71 @@ fn with_client_keys_only_key_holders_predict_each_at_its_rate() {
 }
 
 #[test]
+fn health_detail_and_metrics_move_to_the_admin_listener() {
+    let _g = serial();
+    rt().block_on(async {
+        let d = Deployment::start(&["--admin-listen", "{admin}"]);
+        d.ready(Duration::from_secs(20)).await;
+        let plain_get = |port: u16, path: &'static str| async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
+            let req =
+                format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.ok()?;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(SECS5, s.read_to_end(&mut buf)).await;
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            let status: u16 = text.split(' ').nth(1)?.parse().ok()?;
+            Some((
+                status,
+                text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string(),
+            ))
+        };
+        let p = d.client().await.predict(data().x(1, 1), 1).await;
+        check(
+            &p.expect("prediction").logits,
+            &[argmax(&data().plain(1, 1))],
+            1,
+            1,
+        );
+        for p in [P::P0, P::P1, P::Helper] {
+            let (code, body) = https_get(d.ports[p.index()], "/health", &d.ca)
+                .await
+                .expect("health");
+            assert_eq!(
+                (code, body.as_str()),
+                (200, r#"{"ready":true}"#),
+                "{p:?} public /health"
+            );
+            let m = https_get(d.ports[p.index()], "/metrics", &d.ca)
+                .await
+                .map(|r| r.0);
+            assert_eq!(m, Some(404), "{p:?}: no /metrics on the public listener");
+            let admin = d.admin_ports[p.index()];
+            let (code, body) = plain_get(admin, "/health").await.expect("admin health");
+            assert_eq!(code, 200);
+            assert!(
+                body.contains("\"status\"") && body.contains("\"role\""),
+                "{body}"
+            );
+            let (code, body) = plain_get(admin, "/metrics").await.expect("admin metrics");
+            assert_eq!(code, 200);
+            assert!(body.contains("sotto_"), "{body}");
+        }
+        let (_, body) = plain_get(d.admin_ports[P::P0.index()], "/metrics")
+            .await
+            .expect("metrics");
+        assert!(
+            body.lines()
+                .any(|l| l.starts_with("sotto_requests_total") && !l.ends_with(" 0")),
+            "P0 counted the prediction:\n{body}"
+        );
+    });
+}
+
+#[test]
 fn only_allowed_web_origins_may_connect() {
     let _g = serial();
     rt().block_on(async {

@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// are always accepted. Default: any origin.
     #[arg(long = "allowed-origin")]
     pub allowed_origins: Vec<String>,
+    /// Serve `/health` (with detail) and `/metrics` on this separate plain-HTTP address
+    /// (loopback or a private network, e.g. 127.0.0.1:9100); the public listener then answers
+    /// `/health` with readiness only and has no `/metrics`.
+    #[arg(long)]
+    pub admin_listen: Option<String>,
     /// Only clients presenting one of these API keys may connect: a file of
     /// `NAME sha256:HEX [REQUESTS_PER_SECOND]` lines (`sotto client-key` writes them). Give
     /// P0 and P1 the same file.
@@ -185,6 +190,14 @@ pub fn client_key(name: &str, rate: Option<f64>, file: &Path) -> Result<(), Stri
     Ok(())
 }
 
+/// A private-network address (RFC 1918, or IPv6 unique local): where an admin listener may be.
+fn private_address(a: &SocketAddr) -> bool {
+    match a.ip() {
+        std::net::IpAddr::V4(v) => v.is_private(),
+        std::net::IpAddr::V6(v) => (v.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
 /// Builds the configuration from the file and the flags.
 pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
     let f = match &a.config {
@@ -209,6 +222,23 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
         .unwrap_or_else(|| format!("127.0.0.1:{default_port}"))
         .parse()
         .map_err(|e| format!("--listen: {e} (write IP:PORT, e.g. 0.0.0.0:{default_port})"))?;
+    let admin: Option<SocketAddr> = match a.admin_listen.or(f.admin_listen) {
+        Some(s) => {
+            let addr: SocketAddr = s.parse().map_err(|e| {
+                format!("--admin-listen {s}: {e} (write IP:PORT, e.g. 127.0.0.1:9100)")
+            })?;
+            if addr == listen {
+                return Err("--admin-listen must differ from --listen".into());
+            }
+            if !addr.ip().is_loopback() && !private_address(&addr) {
+                return Err(format!(
+                    "--admin-listen {addr}: plain HTTP; use a loopback or private (10/8, 172.16/12, 192.168/16, fc00::/7) address"
+                ));
+            }
+            Some(addr)
+        }
+        None => None,
+    };
     let p1 = a.p1.or(f.p1);
     let public_p1 = a.public_p1.or(f.public_p1);
     let helper = a.helper.or(f.helper);
@@ -325,6 +355,7 @@ pub fn serve_config(a: ServeArgs) -> Result<(ServeConfig, SocketAddr), String> {
             .map(|o| o.trim_end_matches('/').to_string())
             .collect(),
             client_keys,
+            admin,
             verbose: a.verbose,
         },
         listen,

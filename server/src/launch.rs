@@ -113,6 +113,7 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
         web,
         allowed_origins: Vec::new(),
         client_keys: None,
+        admin: None,
         verbose: false,
     };
     let helper_url = format!("ws://{ah}");

@@ -101,6 +101,9 @@ impl P {
 /// Three `sotto serve` processes; killed when dropped.
 pub struct Deployment {
     pub ports: [u16; 3],
+    /// A further free port per party: `{admin}` in the extra arguments becomes
+    /// `127.0.0.1:` and the party's own one.
+    pub admin_ports: [u16; 3],
     pub children: [Option<Child>; 3],
     pub extra: Vec<String>,
     pub ca: Vec<u8>,
@@ -114,6 +117,7 @@ impl Deployment {
         std::fs::create_dir_all(&logs).expect("log dir");
         let mut d = Deployment {
             ports: [free_port(), free_port(), free_port()],
+            admin_ports: [free_port(), free_port(), free_port()],
             children: [None, None, None],
             extra: extra.iter().map(|s| s.to_string()).collect(),
             ca: std::fs::read(m.join("certs/ca.pem")).expect("ca.pem"),
@@ -155,7 +159,8 @@ impl Deployment {
         if p == P::P0 {
             args.extend(["--p1".into(), self.url(P::P1)]);
         }
-        args.extend(self.extra.iter().cloned());
+        let admin = format!("127.0.0.1:{}", self.admin_ports[p.index()]);
+        args.extend(self.extra.iter().map(|a| a.replace("{admin}", &admin)));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

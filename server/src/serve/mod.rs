@@ -103,6 +103,10 @@ pub struct ServeConfig {
     /// Web origins allowed to open client connections (empty: any); requests without an
     /// Origin header (non-browser clients) are always allowed.
     pub allowed_origins: Vec<String>,
+    /// A separate plain-HTTP listener for `/health` (with detail) and `/metrics`
+    /// (`--admin-listen`, loopback or a private network); the public listener then answers
+    /// `/health` with readiness only and serves no `/metrics`.
+    pub admin: Option<std::net::SocketAddr>,
     /// Client API keys (`--client-keys`): when set, a client's hello must carry one of them.
     pub client_keys: Option<Arc<keys::ClientKeys>>,
     /// Print a line per prediction.
@@ -349,6 +353,8 @@ pub struct FileConfig {
     pub allowed_origins: Vec<String>,
     /// Client API keys file.
     pub client_keys: Option<PathBuf>,
+    /// Admin listener address.
+    pub admin_listen: Option<String>,
 }
 
 impl FileConfig {
@@ -517,9 +523,37 @@ pub fn prepare(cfg: ServeConfig) -> Result<Arc<State>, String> {
 /// Serves a prepared party's HTTP and WebSocket endpoints on `bound`.
 pub async fn run_state(state: Arc<State>, bound: Bound) -> Result<(), String> {
     let me = state.me;
-    let mut app = Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
+    let mut app = Router::new();
+    match state.cfg.admin {
+        None => {
+            app = app
+                .route("/health", get(health))
+                .route("/metrics", get(metrics));
+        }
+        Some(admin) => {
+            app = app.route("/health", get(health_public));
+            let tcp = tokio::net::TcpListener::bind(admin)
+                .await
+                .map_err(|e| format!("cannot listen on {admin} (--admin-listen): {e}"))?;
+            let listener = http::PlainListener::new(tcp, Arc::new(tokio::sync::Semaphore::new(16)));
+            let admin_app = Router::new()
+                .route("/health", get(health))
+                .route("/metrics", get(metrics))
+                .with_state(state.clone());
+            eprintln!("admin endpoints (/health, /metrics) on http://{admin}");
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(
+                    listener,
+                    admin_app.into_make_service_with_connect_info::<http::Channel>(),
+                )
+                .await
+                {
+                    eprintln!("admin listener stopped: {e}");
+                }
+            });
+        }
+    }
+    app = app
         .route("/v1/models", get(models))
         .route("/v1/deployment", get(deployment));
     // P0 dials the others and takes no party connection at all.
@@ -575,6 +609,22 @@ async fn health(AxState(st): AxState<Arc<State>>) -> Response {
         code,
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
+    )
+        .into_response()
+}
+
+/// `/health` on the public listener when an admin listener exists: readiness only.
+async fn health_public(AxState(st): AxState<Arc<State>>) -> Response {
+    let ready = st.ready();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({ "ready": ready }).to_string(),
     )
         .into_response()
 }
