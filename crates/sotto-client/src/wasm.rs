@@ -6,7 +6,12 @@
 //! timer armed at the session's next deadline, and hands results to the promises waiting
 //! for them (`futures` oneshot channels). The WebSocket class is passed in by the caller
 //! (the npm package gives the browser's, or the `ws` package's in Node): nothing global is
-//! installed.
+//! installed or read. The sockets are driven through web-sys's [`WebSocket`] bindings, which
+//! are structural (`socket.send(...)`, not `WebSocket.prototype.send.call(...)`), so they
+//! work on an object of any class with the WebSocket interface: sockets and their events are
+//! cast with `unchecked_into`, never checked with `instanceof` (`dyn_into`), and
+//! `WebSocket::new` is never called (it would read the global `WebSocket`, which Node 20
+//! lacks).
 //!
 //! Errors cross into JavaScript as `Error` objects whose message is the [`ClientError`]'s,
 //! with extra properties `kind` (see [`ClientError::kind`]) and, for server errors, `server`
@@ -20,29 +25,13 @@ use futures_channel::oneshot;
 use js_sys::{Array, Float64Array, Function, Object, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+use web_sys::{BinaryType, CloseEvent, MessageEvent, WebSocket};
 
 use crate::session::{ClientSession, Event, Outcome, Server, SessionConfig, SessionState};
 use crate::{ClientError, Prediction};
 
 #[wasm_bindgen]
 extern "C" {
-    /// Anything with the WebSocket interface (the browser's, Node's `ws`).
-    type Socket;
-    #[wasm_bindgen(method, setter, js_name = binaryType)]
-    fn set_binary_type(this: &Socket, v: &str);
-    #[wasm_bindgen(method, setter, js_name = onopen)]
-    fn set_onopen(this: &Socket, f: &JsValue);
-    #[wasm_bindgen(method, setter, js_name = onmessage)]
-    fn set_onmessage(this: &Socket, f: &JsValue);
-    #[wasm_bindgen(method, setter, js_name = onerror)]
-    fn set_onerror(this: &Socket, f: &JsValue);
-    #[wasm_bindgen(method, setter, js_name = onclose)]
-    fn set_onclose(this: &Socket, f: &JsValue);
-    #[wasm_bindgen(method, catch)]
-    fn send(this: &Socket, data: &Uint8Array) -> Result<(), JsValue>;
-    #[wasm_bindgen(method, catch)]
-    fn close(this: &Socket) -> Result<(), JsValue>;
-
     #[wasm_bindgen(js_name = setTimeout)]
     fn set_timeout(f: &Function, ms: f64) -> JsValue;
     #[wasm_bindgen(js_name = clearTimeout)]
@@ -85,7 +74,8 @@ fn get(v: &JsValue, k: &str) -> JsValue {
 /// What the sockets' handlers, the timer and the client share.
 struct Driver {
     session: RefCell<ClientSession>,
-    sockets: RefCell<Vec<Socket>>,
+    /// Objects of the caller's WebSocket class (not necessarily the browser's).
+    sockets: RefCell<Vec<WebSocket>>,
     open: [Cell<bool>; 2],
     detached: Cell<bool>,
     waiters: RefCell<HashMap<u32, oneshot::Sender<Reply>>>,
@@ -125,7 +115,7 @@ impl Driver {
                     let sockets = self.sockets.borrow();
                     match sockets.get(server.idx()) {
                         // A copy owned by JS: the socket may keep (and mask) it.
-                        Some(ws) => ws.send(&Uint8Array::from(&b[..])),
+                        Some(ws) => ws.send_with_js_u8_array(&Uint8Array::from(&b[..])),
                         None => Ok(()),
                     }
                 };
@@ -185,17 +175,17 @@ impl Driver {
         for (server, b) in queued {
             if self.open[server.idx()].get() {
                 if let Some(ws) = sockets.get(server.idx()) {
-                    let _ = ws.send(&Uint8Array::from(&b[..]));
+                    let _ = ws.send_with_js_u8_array(&Uint8Array::from(&b[..]));
                 }
             }
         }
         for ws in sockets.iter() {
-            ws.set_onopen(&JsValue::NULL);
-            ws.set_onmessage(&JsValue::NULL);
-            ws.set_onclose(&JsValue::NULL);
+            ws.set_onopen(None);
+            ws.set_onmessage(None);
+            ws.set_onclose(None);
             // Not null: Node's `ws` throws an "error" event nobody listens to (closing a
             // socket that is still connecting emits one).
-            NOOP.with(|f| ws.set_onerror(f));
+            NOOP.with(|f| ws.set_onerror(Some(f)));
             let _ = ws.close();
         }
     }
@@ -229,7 +219,7 @@ impl Driver {
     }
 
     fn on_message(&self, server: Server, ev: JsValue) {
-        let data = get(&ev, "data");
+        let data = ev.unchecked_into::<MessageEvent>().data();
         {
             let mut s = self.session.borrow_mut();
             if data.is_instance_of::<js_sys::ArrayBuffer>() || js_sys::ArrayBuffer::is_view(&data) {
@@ -242,6 +232,8 @@ impl Driver {
         self.pump();
     }
 
+    /// Not a `web_sys::ErrorEvent`: the browser fires a plain `Event` (no `message`), Node's
+    /// `ws` an object with `message` and `error`; both are read as they come.
     fn on_error(&self, server: Server, ev: JsValue) {
         let detail = js_message(&ev)
             .or_else(|| js_message(&get(&ev, "error")))
@@ -251,8 +243,10 @@ impl Driver {
     }
 
     fn on_close(&self, server: Server, ev: JsValue) {
-        let code = get(&ev, "code").as_f64().map(|c| c as u16);
-        let reason = get(&ev, "reason").as_string().unwrap_or_default();
+        let ev = ev.unchecked_into::<CloseEvent>();
+        // 0 is no close code (the wire never carries it): an event without one.
+        let code = Some(ev.code()).filter(|c| *c != 0);
+        let reason = ev.reason();
         self.session
             .borrow_mut()
             .handle_closed(server, code, &reason);
@@ -273,7 +267,7 @@ impl Drop for Driver {
 thread_local! {
     /// An event handler that does nothing, for sockets whose client is gone (one per module,
     /// kept for its lifetime).
-    static NOOP: JsValue = Handler::new(|_: JsValue| {}).into_js_value();
+    static NOOP: Function = Handler::new(|_: JsValue| {}).into_js_value().unchecked_into();
 }
 
 /// Turns a [`ClientError`] into a JS `Error` with `kind` (and `server`, `code`) properties.
@@ -386,14 +380,15 @@ impl WasmClient {
         for server in Server::BOTH {
             let url = d.session.borrow().url(server).to_string();
             let ws = match Reflect::construct(&ctor, &Array::of1(&url.into())) {
-                Ok(ws) => ws.unchecked_into::<Socket>(),
+                // Unchecked: the class may not be the browser's WebSocket (Node's `ws`).
+                Ok(ws) => ws.unchecked_into::<WebSocket>(),
                 Err(e) => {
                     let detail = js_message(&e).unwrap_or_else(|| "cannot open a WebSocket".into());
                     d.session.borrow_mut().handle_io_error(server, &detail);
                     break;
                 }
             };
-            ws.set_binary_type("arraybuffer");
+            ws.set_binary_type(BinaryType::Arraybuffer);
             let handler = |f: fn(&Driver, Server, JsValue)| {
                 let w: Weak<Driver> = Rc::downgrade(&d);
                 Handler::new(move |ev: JsValue| {
@@ -408,10 +403,10 @@ impl WasmClient {
                 handler(Driver::on_error),
                 handler(Driver::on_close),
             ];
-            ws.set_onopen(hs[0].as_ref());
-            ws.set_onmessage(hs[1].as_ref());
-            ws.set_onerror(hs[2].as_ref());
-            ws.set_onclose(hs[3].as_ref());
+            ws.set_onopen(Some(hs[0].as_ref().unchecked_ref()));
+            ws.set_onmessage(Some(hs[1].as_ref().unchecked_ref()));
+            ws.set_onerror(Some(hs[2].as_ref().unchecked_ref()));
+            ws.set_onclose(Some(hs[3].as_ref().unchecked_ref()));
             d.handlers.borrow_mut().extend(hs);
             d.sockets.borrow_mut().push(ws);
         }
