@@ -13,11 +13,12 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cmd;
+mod data;
 mod demo;
 mod launch;
 mod serve;
 use sotto_core::fixed::{decode_with, FixedPoint};
-use sotto_model::ir::{argmax, shape_string};
+use sotto_model::ir::{shape_string, softmax};
 use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Model, Plan};
 
@@ -190,10 +191,14 @@ enum Command {
         /// The ONNX model.
         #[arg(long)]
         model: PathBuf,
-        /// Inputs, batch first: a .npy file (float32, or uint8 pixels divided by 255) or a
-        /// .json file holding one flat array of numbers.
+        /// Inputs, batch first: a .npy file (float32 in the model's layout, NHWC for Keras
+        /// image models; uint8 pixels are divided by 255 when the input bound is 1) or a .json
+        /// file holding one flat array of numbers.
         #[arg(long)]
         input: PathBuf,
+        /// Only the first N inputs.
+        #[arg(long)]
+        limit: Option<usize>,
         #[command(flatten)]
         numbers: Numbers,
     },
@@ -205,14 +210,17 @@ enum Command {
         /// The ONNX model.
         #[arg(long)]
         model: PathBuf,
-        /// Inputs, batch first, float32 (or uint8 pixels, divided by 255).
+        /// Inputs, batch first, float32 in the model's layout (NHWC for Keras image models);
+        /// uint8 pixels are divided by 255 when the input bound is 1.
         #[arg(long)]
         input: PathBuf,
-        /// Integer labels, one per input.
+        /// Integer class indices, one per input (not one-hot; 0/1 for a one-output model,
+        /// scored by threshold).
         #[arg(long)]
         labels: PathBuf,
-        /// TensorFlow's own logits for the same inputs (float32, [n, classes]): also report
-        /// the private model's agreement with them.
+        /// TensorFlow's own outputs for the same inputs (float32, [n, classes]): also report
+        /// the private model's agreement with them. Logits, or for a softmax-ended model
+        /// probabilities (recognised, and compared with the softmax of the private logits).
         #[arg(long)]
         reference: Option<PathBuf>,
         /// Inputs per private prediction.
@@ -285,8 +293,9 @@ fn main() -> ExitCode {
         Command::Plain {
             model,
             input,
+            limit,
             numbers,
-        } => plain(&model, &input, &numbers),
+        } => plain(&model, &input, limit, &numbers),
         Command::Eval {
             model,
             input,
@@ -522,17 +531,39 @@ pub(crate) fn read_npy(path: &Path) -> Result<(Vec<f64>, Vec<usize>), String> {
     Ok((data, shape))
 }
 
-fn plain(path: &Path, input: &Path, numbers: &Numbers) -> Result<(), String> {
+/// One example's input shape of `model` (batch excluded).
+fn example_shape(model: &Model) -> Vec<usize> {
+    model.input_shape[1..]
+        .iter()
+        .map(|d| match d {
+            sotto_model::Dim::Fixed(n) => *n,
+            sotto_model::Dim::Batch => 1,
+        })
+        .collect()
+}
+
+/// True when the model's output is a sigmoid (a one-output model is then scored at 0.5).
+fn sigmoid_output(model: &Model) -> bool {
+    matches!(
+        model.layers.last().map(|l| &l.layer),
+        Some(sotto_model::Layer::Sigmoid)
+    )
+}
+
+fn plain(path: &Path, input: &Path, limit: Option<usize>, numbers: &Numbers) -> Result<(), String> {
     let (model, plan) = load_model(path, numbers)?;
-    let x: Vec<f64> = if input.extension().is_some_and(|e| e == "json") {
+    let mut x: Vec<f64> = if input.extension().is_some_and(|e| e == "json") {
         let text = std::fs::read_to_string(input)
             .map_err(|e| format!("cannot read {}: {e}", input.display()))?;
         serde_json::from_str(&text)
             .map_err(|e| format!("{}: not a flat JSON array of numbers: {e}", input.display()))?
     } else {
-        read_npy(input)?.0
+        data::inputs(input, &example_shape(&model), numbers.input_bound)?.0
     };
     let per = plan.input_len;
+    if let Some(l) = limit {
+        x.truncate(l.saturating_mul(per));
+    }
     if x.is_empty() || per == 0 || x.len() % per != 0 {
         return Err(format!(
             "{} values do not make whole inputs of {per} values each",
@@ -560,7 +591,9 @@ fn plain(path: &Path, input: &Path, numbers: &Numbers) -> Result<(), String> {
         .collect();
     let cols = plan.output_len.max(1);
     let rows = |v: &[f64]| -> Vec<Vec<f64>> { v.chunks(cols).map(<[f64]>::to_vec).collect() };
-    let labels = |v: &[f64]| -> Vec<usize> { v.chunks(cols).map(argmax).collect() };
+    let sig = sigmoid_output(&model);
+    let labels =
+        |v: &[f64]| -> Vec<usize> { v.chunks(cols).map(|r| data::predicted(r, sig)).collect() };
     let out = serde_json::json!({
         "labels": labels(&float),
         "logits": rows(&float),
@@ -573,56 +606,23 @@ fn plain(path: &Path, input: &Path, numbers: &Numbers) -> Result<(), String> {
 
 fn eval(a: &EvalArgs) -> Result<(), String> {
     let (model, plan) = load_model(&a.model, &a.numbers)?;
-    let (x, xshape) = read_npy(&a.input)?;
-    let (labels, lshape) = read_npy(&a.labels)?;
     let per = plan.input_len;
-    let n_all = xshape.first().copied().unwrap_or(0);
-    let want: Vec<String> = model.input_shape[1..]
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
-    if xshape.len() < 2 || xshape[1..].iter().product::<usize>() != per {
-        return Err(format!(
-            "{}: shape {:?} does not fit the model's input [N, {}]",
-            a.input.display(),
-            xshape,
-            want.join(", ")
-        ));
-    }
-    if lshape.first().copied() != Some(n_all) {
-        return Err(format!(
-            "{} has {:?} labels for {n_all} inputs",
-            a.labels.display(),
-            lshape
-        ));
-    }
+    let (x, n_all) = data::inputs(&a.input, &example_shape(&model), a.numbers.input_bound)?;
+    let labels = data::labels(&a.labels, n_all, plan.output_len)?;
     let n = a.limit.map_or(n_all, |l| l.min(n_all));
     if n == 0 || a.batch == 0 {
         return Err("nothing to evaluate (no inputs, or batch 0)".into());
     }
-    if let Some(bad) = x[..n * per]
-        .iter()
-        .find(|v| v.abs() > a.numbers.input_bound)
-    {
-        return Err(format!(
-            "an input value {bad} exceeds --input-bound {}",
-            a.numbers.input_bound
-        ));
-    }
     let reference = match &a.reference {
-        Some(p) => {
-            let (r, rs) = read_npy(p)?;
-            if rs.first().copied() != Some(n_all) || r.len() != n_all * plan.output_len {
-                return Err(format!(
-                    "{}: shape {rs:?} does not fit {n_all} outputs of {}",
-                    p.display(),
-                    plan.output_len
-                ));
-            }
-            Some(r)
-        }
+        Some(p) => Some(data::reference(
+            p,
+            n_all,
+            plan.output_len,
+            plan.softmax_at_client,
+        )?),
         None => None,
     };
+    let sig = sigmoid_output(&model);
     let fp = plan.fp;
     let cols = plan.output_len;
     let weights = share_weights(&plan, a.private).map_err(|e| e.to_string())?;
@@ -652,18 +652,22 @@ fn eval(a: &EvalArgs) -> Result<(), String> {
                 &private[i * cols..(i + 1) * cols],
                 &float[i * cols..(i + 1) * cols],
             );
-            let label = labels[done + i] as usize;
-            let (lp, lf) = (argmax(pr), argmax(fl));
+            let label = labels[done + i];
+            let (lp, lf) = (data::predicted(pr, sig), data::predicted(fl, sig));
             agree += usize::from(lp == lf);
             correct_private += usize::from(lp == label);
             correct_float += usize::from(lf == label);
             for (u, v) in pr.iter().zip(fl) {
                 max_err = max_err.max((u - v).abs());
             }
-            if let Some(r) = &reference {
+            if let Some((r, kind)) = &reference {
                 let rr = &r[(done + i) * cols..(done + i + 1) * cols];
-                agree_ref += usize::from(lp == argmax(rr));
-                for (u, v) in pr.iter().zip(rr) {
+                agree_ref += usize::from(lp == data::predicted(rr, sig));
+                let mine = match kind {
+                    data::Reference::Probabilities => softmax(pr, cols),
+                    data::Reference::Outputs => pr.to_vec(),
+                };
+                for (u, v) in mine.iter().zip(rr) {
                     max_err_ref = max_err_ref.max((u - v).abs());
                 }
             }
@@ -685,9 +689,16 @@ fn eval(a: &EvalArgs) -> Result<(), String> {
         "max_abs_logit_error": max_err,
         "ms_per_prediction": elapsed / n as f64,
     });
-    if reference.is_some() {
+    if let Some((_, kind)) = &reference {
         out["argmax_agreement_tensorflow"] = serde_json::json!(agree_ref as f64 / n as f64);
-        out["max_abs_logit_error_tensorflow"] = serde_json::json!(max_err_ref);
+        match kind {
+            data::Reference::Outputs => {
+                out["max_abs_logit_error_tensorflow"] = serde_json::json!(max_err_ref);
+            }
+            data::Reference::Probabilities => {
+                out["max_abs_probability_error_tensorflow"] = serde_json::json!(max_err_ref);
+            }
+        }
     }
     println!("{out}");
     Ok(())
