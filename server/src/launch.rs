@@ -81,6 +81,13 @@ pub fn model_entries(
 /// Starts P0, P1 and the helper on 127.0.0.1 and waits until P0 and P1 are ready.
 pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
     let (model, plan, [e0, e1, eh]) = model_entries(&o.model, &o.id, o.private)?;
+    // The default in-flight budget, or enough for two requests of the largest batch asked
+    // for (`sotto bench --batch 100` must not be refused as too large).
+    let inflight_budget = (crate::cmd::DEFAULT_BUDGET_MB << 20).max(
+        plan.material_per_input(o.private)
+            .saturating_mul(o.max_batch as u64)
+            .saturating_mul(2),
+    );
     let keys = PartyKeys::generate().map_err(|e| e.to_string())?;
     let port = |i: u16| if o.port == 0 { 0 } else { o.port + i };
     let addr = |i: u16| SocketAddr::from(([127, 0, 0, 1], port(i)));
@@ -107,7 +114,7 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
         pool: o.pool.clone(),
         max_batch: o.max_batch,
         timeout: o.timeout,
-        inflight_budget: crate::cmd::DEFAULT_BUDGET_MB << 20,
+        inflight_budget,
         idle_timeout: Duration::from_secs(60),
         max_connections: crate::cmd::DEFAULT_MAX_CONNECTIONS,
         web,

@@ -21,6 +21,16 @@ pub fn truncate(x: &[u64], f: u32) -> Vec<u64> {
     ring::shr_signed(x, f)
 }
 
+/// `x` read as a signed `k`-bit value: `((x + 2^(k−1)) mod 2^k) − 2^(k−1)`, the identity for
+/// `|x| < 2^(k−1)` (what [`crate::protocols::lift`] computes on shares; `k` in 2..=63).
+pub fn lift(x: &[u64], k: u32) -> Vec<u64> {
+    let half = 1u64 << (k - 1);
+    let low = (1u64 << k) - 1;
+    x.iter()
+        .map(|&v| (v.wrapping_add(half) & low).wrapping_sub(half))
+        .collect()
+}
+
 /// `[x ≥ 0]` as 0/1.
 pub fn drelu(x: &[u64]) -> Vec<u64> {
     x.iter().map(|&v| u64::from(signed(v) >= 0)).collect()

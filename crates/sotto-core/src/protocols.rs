@@ -388,6 +388,130 @@ fn g_const(p0: bool, k: u64) -> u64 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Input range: lifting a k-bit value to the ring
+// ---------------------------------------------------------------------------------------------
+
+fn check_lift(k: u32) -> Result<()> {
+    if !(2..=63).contains(&k) {
+        return Err(CoreError::Param(format!(
+            "an input range of {k} bits (2 to 63 are supported)"
+        )));
+    }
+    Ok(())
+}
+
+/// Helper side of [`lift`]: a mask `r`, shares of `r mod 2^k` (as an integer) and a `k`-bit
+/// DCF key pair for the carry `[c mod 2^k < r mod 2^k]`.
+pub async fn deal_lift<T: Transport>(d: &mut Dealer<T>, n: usize, k: u32) -> Result<()> {
+    check_lift(k)?;
+    let mut g = d.gate()?;
+    let r = g.random(n);
+    let low = (1u64 << k) - 1;
+    let rk: Vec<u64> = r.iter().map(|&v| v & low).collect();
+    g.value(&rk);
+    let (k0, k1) = dcf::gen(k, &rk, &vec![1u64; n], 1, g.rng())?;
+    g.keys(&k0, &k1);
+    g.finish().await
+}
+
+/// A [`lift`] whose helper material is received and parsed.
+pub struct PreparedLift {
+    k: u32,
+    r: Vec<u64>,
+    rk: Vec<u64>,
+    keys: dcf::DcfKeys,
+    gate: Deferred,
+}
+
+impl std::fmt::Debug for PreparedLift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PreparedLift({} elements to {} bits)",
+            self.r.len(),
+            self.k
+        )
+    }
+}
+
+/// Offline part of [`lift`]: receives and parses the gate's material for `n` elements.
+pub async fn prepare_lift<T: Transport>(
+    s: &mut Server<T>,
+    n: usize,
+    k: u32,
+) -> Result<PreparedLift> {
+    check_lift(k)?;
+    let mut g = s.gate().await?;
+    let r = g.random(n);
+    let rk = g.value(n)?;
+    let keys = g.keys()?;
+    if keys.len() != n || keys.payload_len() != 1 || keys.n_bits() != k {
+        return Err(CoreError::Protocol(format!(
+            "helper sent {} lift keys (m = {}, {} bits) for {n} inputs of {k} bits",
+            keys.len(),
+            keys.payload_len(),
+            keys.n_bits()
+        )));
+    }
+    Ok(PreparedLift {
+        k,
+        r,
+        rk,
+        keys,
+        gate: g.defer()?,
+    })
+}
+
+/// Online part of [`lift`]: one opening of `c = x + 2^(k−1) + r`, then the carry of its low
+/// `k` bits from the DCF, locally.
+pub async fn finish_lift<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedLift,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    let PreparedLift {
+        k,
+        r,
+        rk,
+        keys,
+        mut gate,
+    } = prep;
+    check_len("lift input", x.len(), r.len())?;
+    let p0 = s.is_p0();
+    let half = 1u64 << (k - 1);
+    let low = (1u64 << k) - 1;
+    let shifted: Vec<u64> = x
+        .iter()
+        .map(|&v| v.wrapping_add(g_const(p0, half)))
+        .collect();
+    let c = s
+        .open_deferred(&mut gate, &ring::add(&shifted, &r)?)
+        .await?;
+    let ck: Vec<u64> = c.iter().map(|&v| v & low).collect();
+    // e = [c mod 2^k < r mod 2^k]: the k-bit sum of (x + 2^(k−1)) mod 2^k and r mod 2^k wrapped.
+    let mut e = vec![0u64; x.len()];
+    dcf::eval(&keys, &ck, &mut e)?;
+    Ok((0..x.len())
+        .map(|i| {
+            g_const(p0, ck[i])
+                .wrapping_sub(rk[i])
+                .wrapping_add(e[i] << k)
+                .wrapping_sub(g_const(p0, half))
+        })
+        .collect())
+}
+
+/// Forces shares of any `x` into a signed `k`-bit value, `((x + 2^(k−1)) mod 2^k) − 2^(k−1)`
+/// (equal to [`crate::plain::lift`] bit for bit whatever the masks): an input within
+/// `±2^(k−1)` is unchanged, and whatever a client sends, the parties compute on a value of `k`
+/// bits, so the comparisons sized for the input bound stay exact. One round: the opening of
+/// `x + 2^(k−1) + r`, then a `k`-bit DCF on its low bits gives the wrap locally.
+pub async fn lift<T: Transport>(s: &mut Server<T>, x: &[u64], k: u32) -> Result<Vec<u64>> {
+    let prep = prepare_lift(s, x.len(), k).await?;
+    finish_lift(s, prep, x).await
+}
+
+// ---------------------------------------------------------------------------------------------
 // Comparisons by function secret sharing
 // ---------------------------------------------------------------------------------------------
 

@@ -72,6 +72,30 @@ proptest! {
     }
 
     #[test]
+    fn lift_matches_twin_for_any_input(x in proptest::collection::vec(any::<u64>(), 1..200), k in 2u32..64, small in any::<bool>()) {
+        // Any 64-bit value a client could send, or (half the cases) values within the range.
+        let x: Vec<u64> = if small {
+            x.iter().map(|v| ((*v as i64) >> (65 - k)) as u64).collect()
+        } else {
+            x
+        };
+        let xs = shares(&x);
+        let n = x.len();
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_lift(&mut d, n, k).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::lift(&mut s, &v, k).await } },
+            no_client, false).expect("runs");
+        let out = revealed(&run);
+        prop_assert_eq!(&out, &plain::lift(&x, k), "exact, bit for bit");
+        let half = 1i64 << (k - 1);
+        prop_assert!(out.iter().all(|v| (-half..half).contains(&(*v as i64))), "within {} bits", k);
+        if small {
+            prop_assert_eq!(&out, &x, "values within the range are unchanged");
+        }
+        prop_assert_eq!(run.sent[0].messages_to(PartyId::P1), 1, "one round");
+    }
+
+    #[test]
     fn drelu_matches_twin(x in values(1..200, 62), bits in prop_oneof![Just(64u32), 2u32..64]) {
         let x: Vec<u64> = x.iter().map(|v| ((*v as i64) >> (64 - bits)) as u64).collect();
         let xs = shares(&x);

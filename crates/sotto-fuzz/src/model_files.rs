@@ -433,6 +433,15 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
                 (in_frac > 62).then_some("sigmoid/tanh input fraction above 62 bits")
             }
             StepKind::Truncate => None,
+            StepKind::LiftInput { bits } => {
+                if !(2..=63).contains(&bits) {
+                    Some("input lift width out of range")
+                } else if !std::ptr::eq(s, &p.steps[0]) {
+                    Some("input lift not the first step")
+                } else {
+                    None
+                }
+            }
         };
         if let Some(w) = what {
             return Some(w.to_string());

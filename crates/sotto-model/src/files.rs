@@ -37,7 +37,7 @@ use crate::private::{share_weights, ServerWeights};
 const MAGIC: &[u8; 8] = b"SOTTOMDL";
 /// Version of the file format (2: no bounds, no model hash, node names only on request; 1
 /// carried all three in every file and is refused).
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 const MAX_HEADER: usize = 16 << 20;
 /// Most weight and bias elements a file may describe (32 GiB of shares).
 const MAX_WEIGHT_ELEMENTS: usize = 1 << 32;
@@ -381,7 +381,12 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
     let version = u16::from_le_bytes([body[8], body[9]]);
     if version < VERSION {
         return Err(bad(format!(
-            "this file has format version {version}, which carried the model's hash, weight statistics and node names in every party's file; this sotto reads version {VERSION} only. Make the set again with `sotto share-model MODEL.onnx --out DIR` and give each party its new file"
+            "this file has format version {version} ({}); this sotto reads version {VERSION} only. Make the set again with `sotto share-model MODEL.onnx --out DIR` and give each party its new file",
+            if version < 2 {
+                "it carried the model's hash, weight statistics and node names in every party's file"
+            } else {
+                "its plan does not enforce the input bound privately"
+            }
         )));
     }
     if version != VERSION {

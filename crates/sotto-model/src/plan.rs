@@ -23,6 +23,12 @@ use crate::ir::{per_example, permute, ConvParams, Layer, Model, PoolParams};
 /// What a plan step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StepKind {
+    /// The input forced into a signed `bits`-bit value (the input bound's width): whatever a
+    /// client sends, the parties compute on a value the later comparisons are sized for.
+    LiftInput {
+        /// Width of the input range, sign included.
+        bits: u32,
+    },
     /// Dense layer: product + bias; `dense` indexes [`Plan::weights`].
     Dense {
         /// Index into [`Plan::weights`].
@@ -85,6 +91,7 @@ impl StepKind {
     /// The protocol that runs the step, as `sotto inspect` prints it.
     pub fn protocol(&self) -> &'static str {
         match self {
+            StepKind::LiftInput { .. } => "input range lift (FSS carry)",
             StepKind::Dense { .. } | StepKind::Conv { .. } => {
                 "Beaver product (private) / local (public)"
             }
@@ -195,6 +202,21 @@ impl Plan {
             return Err(overflow("input", bound, f));
         }
         let mut prev_shape = model.input_shape.clone();
+        // The input's range is enforced privately: whatever a client sends, the parties
+        // compute on a signed `k`-bit value with 2^(k−1) above the encoded bound, and the
+        // layers are planned for that range (at most twice the declared bound), so a value
+        // beyond the bound wraps into it instead of overflowing a reduced-width comparison.
+        let input_bits = ((bound * 2f64.powi(f as i32) + 1.0).log2().ceil() as u32 + 1).max(2);
+        if input_bits < 63 {
+            bound = 2f64.powi(input_bits as i32 - 1 - f as i32);
+            steps.push(Step {
+                node: "input".into(),
+                kind: StepKind::LiftInput { bits: input_bits },
+                per_example: per,
+                bound,
+                out_frac: f,
+            });
+        }
         for l in &model.layers {
             let node = l.node.clone();
             let step = |kind, per, bound, out_frac| Step {
@@ -404,6 +426,7 @@ impl Plan {
         let mut h = x.to_vec();
         for st in &self.steps {
             h = match st.kind {
+                StepKind::LiftInput { bits } => plain::lift(&h, bits),
                 StepKind::Dense {
                     dense,
                     inputs,
@@ -482,6 +505,11 @@ impl Step {
         let n = self.per_example as u64;
         let in_n = input_len as u64;
         match self.kind {
+            StepKind::LiftInput { bits } => Cost {
+                rounds: 1,
+                online_bytes: 8 * n,
+                helper_bytes: n * (8 + key_bytes(bits, 1)),
+            },
             StepKind::Dense { .. } | StepKind::Conv { .. } if private => Cost {
                 rounds: 1,
                 online_bytes: 8 * in_n,
@@ -680,6 +708,11 @@ impl Plan {
                 StepKind::Truncate => {
                     if out != cur {
                         return bad(i, format!("truncation of {cur} elements giving {out}"));
+                    }
+                }
+                StepKind::LiftInput { bits } => {
+                    if i != 0 || out != cur || !(2..=63).contains(&bits) {
+                        return bad(i, format!("input lift to {bits} bits at step {i}"));
                     }
                 }
                 StepKind::Relu { shift, bits } => {

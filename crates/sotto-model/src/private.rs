@@ -135,6 +135,7 @@ pub async fn deal_predict<T: Transport>(
     for st in &plan.steps {
         let n = batch * st.per_example;
         match st.kind {
+            StepKind::LiftInput { bits } => p::deal_lift(d, n, bits).await,
             StepKind::Dense {
                 dense,
                 inputs,
@@ -183,6 +184,7 @@ enum PreparedStep {
     Relu(Box<p::PreparedRelu>),
     MaxPool(p::PreparedMaxpool),
     Truncate(p::PreparedTruncate),
+    Lift(p::PreparedLift),
     /// A step without helper material (public product, transpose).
     Local,
 }
@@ -217,6 +219,9 @@ pub async fn prepare_predict<T: Transport>(
     for st in &plan.steps {
         let n = batch * st.per_example;
         let prepared = match st.kind {
+            StepKind::LiftInput { bits } => {
+                PreparedStep::Lift(p::prepare_lift(s, n, bits).await.map_err(core_err)?)
+            }
             StepKind::Dense {
                 dense,
                 inputs,
@@ -321,6 +326,11 @@ pub async fn finish_predict<T: Transport>(
     for st in &plan.steps {
         let ready = prepared.next();
         h = match st.kind {
+            StepKind::LiftInput { bits } => match ready {
+                Some(PreparedStep::Lift(pl)) => p::finish_lift(s, pl, &h).await,
+                _ => p::lift(s, &h, bits).await,
+            }
+            .map_err(core_err)?,
             StepKind::Dense {
                 dense,
                 inputs,

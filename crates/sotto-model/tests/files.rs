@@ -325,26 +325,30 @@ fn the_owners_record_names_the_model_and_the_set() {
 }
 
 #[test]
-fn a_version_1_file_is_refused_with_the_remedy() {
+fn older_files_are_refused_with_the_remedy() {
     let (bytes, plan, _) = bundled();
     let [f0, _, fh] = make_set(&plan, &bytes, true).expect("makes files");
-    assert_eq!(u16::from_le_bytes([f0[8], f0[9]]), 2);
+    assert_eq!(u16::from_le_bytes([f0[8], f0[9]]), VERSION);
     for (file, role) in [(&f0, Role::P0), (&fh, Role::Helper)] {
-        // A version-1 file: same layout, its header carried the model's hash.
-        let mut h = header(file);
-        h["model_sha256"] = serde_json::json!(hex(&Sha256::digest(&bytes)));
-        let mut v1 = with_header(file, &h);
-        v1[8..10].copy_from_slice(&1u16.to_le_bytes());
-        let n = v1.len() - 32;
-        let sum = Sha256::digest(&v1[..n]);
-        v1[n..].copy_from_slice(&sum);
-        let e = read_file(&v1, role).expect_err("a version-1 file");
-        let msg = e.to_string();
-        assert!(msg.contains("version 1"), "{msg}");
-        assert!(msg.contains("sotto share-model"), "{msg}");
+        // A version-1 file: same layout, its header carried the model's hash; a version-2
+        // file's plan had no input lift.
+        for (old, why) in [(1u16, "model's hash"), (2, "input bound")] {
+            let mut h = header(file);
+            h["model_sha256"] = serde_json::json!(hex(&Sha256::digest(&bytes)));
+            let mut v = with_header(file, &h);
+            v[8..10].copy_from_slice(&old.to_le_bytes());
+            let n = v.len() - 32;
+            let sum = Sha256::digest(&v[..n]);
+            v[n..].copy_from_slice(&sum);
+            let e = read_file(&v, role).expect_err("an older file");
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("version {old}")), "{msg}");
+            assert!(msg.contains(why), "{msg}");
+            assert!(msg.contains("sotto share-model"), "{msg}");
+        }
     }
     let mut v3 = f0.clone();
-    v3[8..10].copy_from_slice(&3u16.to_le_bytes());
+    v3[8..10].copy_from_slice(&(VERSION + 1).to_le_bytes());
     let n = v3.len() - 32;
     let sum = Sha256::digest(&v3[..n]);
     v3[n..].copy_from_slice(&sum);
