@@ -156,10 +156,12 @@ pub fn labels(path: &Path, n: usize, classes: usize) -> Result<Vec<usize>, Strin
     }
     match a.shape.as_slice() {
         [m] | [m, 1] if *m == n => {}
-        [m, k] if *m == n && *k > 1 => return Err(format!(
+        [m, k] if *m == n && *k > 1 => {
+            return Err(format!(
             "{}: labels of shape [{m}, {k}] look one-hot; pass class indices (y.argmax(axis=1))",
             path.display()
-        )),
+        ))
+        }
         s => {
             return Err(format!(
                 "{}: labels of shape {s:?} for {n} inputs (want [{n}])",

@@ -61,7 +61,9 @@ pub fn model_entries(
 ) -> Result<(Model, Plan, [ModelEntry; 3]), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let model = import(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    let plan = Plan::new(&model, FixedPoint::default(), 1.0).map_err(|e| e.to_string())?;
+    let plan = Plan::new(&model, FixedPoint::default(), 1.0)
+        .map_err(|e| e.to_string())?
+        .for_weights(private);
     let files = make_set(&plan, &bytes, private).map_err(|e| e.to_string())?;
     let mut entries = Vec::new();
     for (role, data) in [FileRole::P0, FileRole::P1, FileRole::Helper]

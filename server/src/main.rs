@@ -342,6 +342,7 @@ fn load_model(path: &Path, numbers: &Numbers) -> Result<(Model, Plan), String> {
 
 fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> {
     let (model, plan) = load_model(path, numbers)?;
+    let plan = plan.for_weights(private);
     println!(
         "model {}: input {} ({}), output {} elements at {} fractional bits{}; {} weights",
         path.display(),
@@ -606,6 +607,7 @@ fn plain(path: &Path, input: &Path, limit: Option<usize>, numbers: &Numbers) -> 
 
 fn eval(a: &EvalArgs) -> Result<(), String> {
     let (model, plan) = load_model(&a.model, &a.numbers)?;
+    let plan = plan.for_weights(a.private);
     let per = plan.input_len;
     let (x, n_all) = data::inputs(&a.input, &example_shape(&model), a.numbers.input_bound)?;
     let labels = data::labels(&a.labels, n_all, plan.output_len)?;

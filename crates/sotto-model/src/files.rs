@@ -245,6 +245,8 @@ pub fn make_set_with(plan: &Plan, model_bytes: &[u8], opts: SetOptions) -> Resul
         let steps = plan
             .steps
             .iter()
+            // Public weights: no input lift (see `Plan::for_weights`).
+            .filter(|st| opts.private || !matches!(st.kind, StepKind::LiftInput { .. }))
             .enumerate()
             .map(|(i, st)| Step {
                 node: if server && opts.keep_node_names {

@@ -755,6 +755,18 @@ impl Plan {
             .max(1)
     }
 
+    /// The plan as a deployment with private (`true`) or public weights runs it: with public
+    /// weights the input's range is not enforced (no secret depends on it: a client sending
+    /// an out-of-range value only gets a wrong answer for itself), so the lift step, one round
+    /// and half of network A's helper material, is dropped.
+    pub fn for_weights(mut self, private: bool) -> Plan {
+        if !private {
+            self.steps
+                .retain(|s| !matches!(s.kind, StepKind::LiftInput { .. }));
+        }
+        self
+    }
+
     /// Elements per example entering step `i`.
     pub fn step_input_len(&self, i: usize) -> usize {
         if i == 0 {

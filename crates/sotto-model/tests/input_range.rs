@@ -100,3 +100,29 @@ fn honest_inputs_are_unchanged_by_the_lift() {
         assert!((v - b).abs() < 1e-2, "{v} vs {b}");
     }
 }
+
+/// With public weights there is no secret the range protects: the files of a public-weights
+/// set have no lift step (one round and half the helper material saved); private ones do.
+#[test]
+fn only_private_weight_sets_carry_the_lift() {
+    use sotto_model::files::{make_set, read_file, Role};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/network_a.onnx");
+    let bytes = std::fs::read(path).expect("model");
+    let (_, plan) = network_a();
+    for private in [true, false] {
+        let files = make_set(&plan, &bytes, private).expect("set");
+        for (data, role) in files.iter().zip([Role::P0, Role::P1, Role::Helper]) {
+            let f = read_file(data, role).expect("reads");
+            let lifted = matches!(f.plan.steps[0].kind, StepKind::LiftInput { .. });
+            assert_eq!(lifted, private, "{role:?}, private weights: {private}");
+        }
+    }
+    let public = plan.clone().for_weights(false);
+    assert_eq!(public.steps.len() + 1, plan.steps.len());
+    let rounds = |p: &Plan, private: bool| -> u32 {
+        (0..p.steps.len())
+            .map(|i| p.steps[i].cost(p.step_input_len(i), private).rounds)
+            .sum()
+    };
+    assert_eq!(rounds(&public, false) + 1, rounds(&plan, false));
+}
