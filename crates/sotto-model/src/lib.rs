@@ -1,9 +1,11 @@
 //! # sotto-model
 //!
 //! Model import for sotto: ONNX files (as tf2onnx exports Keras and TensorFlow models) become
-//! a chain of layers ([`ir::Model`]) with a float evaluator. Unsupported operators are refused
-//! with the operator's name, the node and the list of supported operators; files that are not
-//! ONNX, or are truncated, are refused as such.
+//! a graph ([`graph::Graph`]: values and nodes, with a float evaluator and folding passes),
+//! which is lowered to the chain of layers ([`ir::Model`]) that the private plan runs.
+//! Unsupported operators are refused with the operator's name, the node and the list of
+//! supported operators; a graph that imports but that the private plan cannot run yet is
+//! refused naming the node; files that are not ONNX, or are truncated, are refused as such.
 //!
 //! ```
 //! let err = sotto_model::import(b"definitely not onnx").unwrap_err();
@@ -13,6 +15,7 @@
 
 pub mod error;
 pub mod files;
+pub mod graph;
 pub mod import;
 pub mod ir;
 pub mod onnx;
@@ -20,6 +23,7 @@ pub mod plan;
 pub mod private;
 
 pub use error::{ModelError, Result};
-pub use import::{import, supported_ops};
+pub use graph::Graph;
+pub use import::{import, import_graph, supported_ops};
 pub use ir::{Dim, Layer, Model};
 pub use plan::Plan;

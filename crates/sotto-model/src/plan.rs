@@ -177,6 +177,25 @@ fn encode_all(v: &[f32], frac: u32, node: &str) -> Result<Vec<u64>> {
         .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))
 }
 
+/// Significant bits the largest weight of a layer must keep in fixed point: below this, the
+/// rounding of every weight to `2^-f` is a visible part of the weights themselves (a
+/// Rescaling(1/255) folded into the first convolution makes its weights 255 times smaller).
+pub const MIN_WEIGHT_BITS: u32 = 10;
+
+/// Refuses a layer whose weights would keep fewer than [`MIN_WEIGHT_BITS`] significant bits
+/// at `f` fractional bits, naming it and the `--frac-bits` that would do.
+fn check_precision(weights: &[f32], f: u32, node: &str) -> Result<()> {
+    let max = weights.iter().fold(0f64, |m, v| m.max(f64::from(*v).abs()));
+    if max == 0.0 || max * 2f64.powi(f as i32) >= f64::from(1u32 << MIN_WEIGHT_BITS) {
+        return Ok(());
+    }
+    let need = (f64::from(1u32 << MIN_WEIGHT_BITS) / max).log2().ceil() as u32;
+    Err(ModelError::Graph(format!(
+        "layer {node:?}: its largest weight is {max:.3e}, which keeps fewer than {MIN_WEIGHT_BITS} significant bits with {f} fractional bits (every weight would be off by up to {:.1} %); use --frac-bits {need} or more, or scale the inputs before sending them (a Rescaling or Normalization layer folded into this layer is what makes its weights this small)",
+        100.0 * 2f64.powi(-(f as i32) - 1) / max
+    )))
+}
+
 fn overflow(node: &str, bound: f64, frac: u32) -> ModelError {
     ModelError::Graph(format!(
         "layer {node:?} could overflow: its values may reach {bound:.3e}, which with {frac} fractional bits needs more than the ring's 62 bits. Remedy: use fewer fractional bits, or scale the input (or the weights) down"
@@ -248,6 +267,7 @@ impl Plan {
                     if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
                         return Err(overflow(&node, out_bound, 2 * f));
                     }
+                    check_precision(weights, f, &node)?;
                     let w = weights
                         .iter()
                         .map(|v| encode_with(f64::from(*v), f))
@@ -318,6 +338,7 @@ impl Plan {
                     if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
                         return Err(overflow(&node, out_bound, 2 * f));
                     }
+                    check_precision(weights, f, &node)?;
                     let w = encode_all(weights, f, &node)?;
                     let wm = conv_weight_matrix(&w, &params.core_shape(1)).map_err(core_err)?;
                     dense.push((wm, encode_all(bias, 2 * f, &node)?));

@@ -1,0 +1,200 @@
+//! Lowering to the layer chain ([`Model`]) that the fixed-point plan and the private
+//! protocols run today.
+
+use super::{Graph, Node, Op};
+use crate::error::{ModelError, Result};
+use crate::ir::{Dim, Layer, Model, Named, PoolParams};
+
+impl Graph {
+    /// The graph as a chain of layers, when it is one (each node reads only the output of the
+    /// node before it) and every op has a layer; otherwise the first node that does not fit,
+    /// with what the private plan does not run yet and, where there is one, what to change in
+    /// the Keras model. Run [`Graph::optimize`] first: it folds constant scales and shifts
+    /// (BatchNormalization, Rescaling) into the layers next to them.
+    pub fn lower(&self) -> Result<Model> {
+        self.validate()?;
+        if self.nodes.is_empty() {
+            return Err(ModelError::Graph("the model has no layer".into()));
+        }
+        let dims = |s: &[usize]| -> Vec<Dim> {
+            std::iter::once(Dim::Batch)
+                .chain(s.iter().map(|&d| Dim::Fixed(d)))
+                .collect()
+        };
+        // Ops first, so that the message names what is missing (a residual Add, a Concat)
+        // rather than the first layer of a branch; constant scales and shifts last, since
+        // they are left over when what is next to them is missing (gelu's Mul(0.5)).
+        for affine in [false, true] {
+            for n in &self.nodes {
+                if matches!(n.op, Op::Affine { .. }) == affine {
+                    if let Some(e) = refusal(n, &self.values[n.inputs[0]].shape) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let mut layers = Vec::with_capacity(self.nodes.len());
+        for n in &self.nodes {
+            let in_shape = &self.values[n.inputs[0]].shape;
+            let out_shape = &self.values[n.output].shape;
+            layers.push(Named {
+                node: n.name.clone(),
+                layer: layer_of(n, in_shape, out_shape)?,
+                out_shape: dims(out_shape),
+            });
+        }
+        let mut prev = self.input;
+        for n in &self.nodes {
+            if n.inputs != [prev] {
+                return Err(not_yet(
+                    n,
+                    "a layer that reads anything but the output of the layer before it (a branch of the graph)",
+                    "the private plan runs one chain of layers; a model without skip connections or parallel branches runs today",
+                ));
+            }
+            prev = n.output;
+        }
+        if prev != self.output {
+            return Err(ModelError::Graph(
+                "the output is not the end of the chain of layers".into(),
+            ));
+        }
+        Ok(Model {
+            input_name: self.input_name.clone(),
+            input_shape: dims(&self.values[self.input].shape),
+            layers,
+            softmax_at_client: self.softmax_at_client,
+            output_name: self.output_name.clone(),
+        })
+    }
+}
+
+/// The refusal of a node the import accepted but the private plan cannot run yet.
+fn not_yet(n: &Node, what: &str, change: &str) -> ModelError {
+    ModelError::Node {
+        node: n.name.clone(),
+        op: n.op.name().into(),
+        reason: format!(
+            "the import succeeded, but the private plan does not run {what} yet{}{change}",
+            if change.is_empty() { "" } else { "; " }
+        ),
+    }
+}
+
+/// Why node `n` (reading a value of shape `in_shape`) has no layer yet, if it has none.
+fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
+    let (what, change) = match &n.op {
+        Op::Dense { .. }
+        | Op::Conv { group: 1, .. }
+        | Op::Relu
+        | Op::Sigmoid
+        | Op::Tanh
+        | Op::Reshape
+        | Op::Transpose { .. } => return None,
+        Op::MaxPool { pads, .. } | Op::AvgPool { pads, .. } if *pads == [0; 4] => return None,
+        Op::GlobalAvgPool if in_shape.len() == 3 => return None,
+        Op::Conv { .. } => (
+            "a grouped or depthwise convolution (group > 1)",
+            "use Conv2D (groups=1) instead of DepthwiseConv2D, SeparableConv2D or Conv2D(groups > 1)",
+        ),
+        Op::MaxPool { .. } | Op::AvgPool { .. } => (
+            "padded pooling",
+            "use padding='valid' pooling (MaxPooling2D / AveragePooling2D) without a ZeroPadding2D before it",
+        ),
+        Op::GlobalAvgPool => ("a global average pooling that is not over [C, H, W]", ""),
+        Op::Pad { .. } => (
+            "explicit padding (Pad) that is not folded into the convolution after it",
+            "remove the ZeroPadding2D layer, or use padding='same' in the Conv2D after it",
+        ),
+        Op::Affine { .. } => (
+            "a constant scale and shift (BatchNormalization, Rescaling, Normalization or a constant Add/Sub/Mul/Div) that cannot be folded into a neighbouring Dense or Conv2D",
+            "put BatchNormalization right after a Dense or Conv2D (before its activation), and Rescaling or Normalization right before a Dense or a Conv2D with padding='valid'",
+        ),
+        Op::Clip { .. } => (
+            "a clipped activation (ReLU6, ReLU(max_value), hard_sigmoid)",
+            "use activation='relu'",
+        ),
+        Op::LeakyRelu { .. } => ("LeakyReLU", "use activation='relu'"),
+        Op::Elu { .. } => ("ELU", "use activation='relu'"),
+        Op::HardSigmoid { .. } => ("hard_sigmoid", "use activation='sigmoid'"),
+        Op::Erf | Op::Pow { .. } => (
+            "the error function or a power (gelu)",
+            "use activation='relu' instead of gelu",
+        ),
+        Op::Add | Op::Sub => (
+            "the sum or difference of two activations (a residual connection)",
+            "a model without skip connections runs today",
+        ),
+        Op::Mul => (
+            "the product of two activations (swish, gelu, hard_swish)",
+            "use activation='relu', 'sigmoid' or 'tanh'",
+        ),
+        Op::Max | Op::Min => (
+            "the maximum or minimum of two activations (Maximum / Minimum layers)",
+            "",
+        ),
+        Op::Concat { .. } => (
+            "the concatenation of activations (Concatenate)",
+            "a model without parallel branches runs today",
+        ),
+    };
+    Some(not_yet(n, what, change))
+}
+
+fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> {
+    if let Some(e) = refusal(n, in_shape) {
+        return Err(e);
+    }
+    Ok(match &n.op {
+        Op::Dense {
+            inputs,
+            outputs,
+            weights,
+            bias,
+        } => Layer::Dense {
+            inputs: *inputs,
+            outputs: *outputs,
+            weights: weights.clone(),
+            bias: bias.clone(),
+        },
+        Op::Conv {
+            params,
+            weights,
+            bias,
+            ..
+        } => Layer::Conv2d {
+            shape: *params,
+            weights: weights.clone(),
+            bias: bias.clone(),
+        },
+        Op::MaxPool { params, .. } => Layer::MaxPool(*params),
+        Op::AvgPool { params, .. } => Layer::AvgPool(*params),
+        Op::GlobalAvgPool => match in_shape {
+            [c, h, w] => Layer::AvgPool(PoolParams {
+                in_chw: [*c, *h, *w],
+                kernel: [*h, *w],
+                stride: [1, 1],
+            }),
+            _ => return Err(internal(n)),
+        },
+        Op::Relu => Layer::Relu,
+        Op::Sigmoid => Layer::Sigmoid,
+        Op::Tanh => Layer::Tanh,
+        Op::Reshape if out_shape.len() == 1 => Layer::Flatten,
+        Op::Reshape => Layer::Reshape,
+        Op::Transpose { perm } => Layer::Transpose {
+            perm: std::iter::once(0)
+                .chain(perm.iter().map(|p| p + 1))
+                .collect(),
+        },
+        _ => return Err(internal(n)),
+    })
+}
+
+fn internal(n: &Node) -> ModelError {
+    ModelError::Node {
+        node: n.name.clone(),
+        op: n.op.name().into(),
+        reason: "has no layer".into(),
+    }
+}
