@@ -37,8 +37,8 @@ test('P1 killed while predictions are in flight: every pending prediction reject
     const flying = [
       ...samples.map((s) => client.predict(s.pixels)),
       // A batch P0 has no material ready for: still waiting when P1 dies.
-      client.predictBatch(new Array(64).fill(samples[1].pixels)),
-      client.predictBatch(new Array(96).fill(samples[2].pixels)),
+      client.predictBatch(new Array(Math.min(64, client.manifest.maxBatch)).fill(samples[1].pixels)),
+      client.predictBatch(new Array(client.manifest.maxBatch).fill(samples[2].pixels)),
     ].map((p) => settle(p, t0));
     await new Promise((r) => setTimeout(r, 5));
     const killedAt = Date.now() - t0;
