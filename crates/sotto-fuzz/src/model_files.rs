@@ -422,7 +422,7 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
                     }
                 }
             }
-            StepKind::Relu { shift, bits } => {
+            StepKind::Relu { shift, bits } | StepKind::Clip { shift, bits, .. } => {
                 if !(2..=64).contains(&bits) || shift >= 64 {
                     Some("ReLU bit width or shift out of range")
                 } else {

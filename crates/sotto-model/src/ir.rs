@@ -36,6 +36,13 @@ pub enum Layer {
     },
     /// `max(x, 0)`.
     Relu,
+    /// `min(max(x, min), max)` with finite bounds (ReLU6 is `Clip { 0, 6 }`).
+    Clip {
+        /// Lower bound.
+        min: f32,
+        /// Upper bound.
+        max: f32,
+    },
     /// `1 / (1 + e^-x)`.
     Sigmoid,
     /// `tanh(x)`.
@@ -165,6 +172,7 @@ impl Layer {
         match self {
             Layer::Dense { .. } => "Dense",
             Layer::Relu => "ReLU",
+            Layer::Clip { .. } => "Clip",
             Layer::Sigmoid => "Sigmoid",
             Layer::Tanh => "Tanh",
             Layer::Flatten => "Flatten",
@@ -266,6 +274,10 @@ impl Model {
                     y
                 }
                 Layer::Relu => h.into_iter().map(|v| v.max(0.0)).collect(),
+                Layer::Clip { min, max } => h
+                    .into_iter()
+                    .map(|v| v.clamp(f64::from(*min), f64::from(*max)))
+                    .collect(),
                 Layer::Sigmoid => h.into_iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(),
                 Layer::Tanh => h.into_iter().map(f64::tanh).collect(),
                 Layer::Flatten | Layer::Reshape => h,

@@ -75,6 +75,18 @@ pub enum StepKind {
         /// Comparison width.
         bits: u32,
     },
+    /// `clip(x, lo, hi) >> shift` as `ReLU(x − lo) − ReLU(x − hi) + lo`: two sign gates in
+    /// one gate call (both differences compared on `bits` bits).
+    Clip {
+        /// Truncation applied to both ReLUs.
+        shift: u32,
+        /// Comparison width of the differences.
+        bits: u32,
+        /// The lower bound, encoded at the input's scale.
+        lo: u64,
+        /// The upper bound, encoded at the input's scale.
+        hi: u64,
+    },
     /// Sigmoid from `in_frac` fractional bits to `f`.
     Sigmoid {
         /// Fractional bits of the input.
@@ -101,6 +113,7 @@ impl StepKind {
             StepKind::Truncate => "exact truncation (FSS carry)",
             StepKind::Relu { shift: 0, .. } => "FSS sign gate (ReLU)",
             StepKind::Relu { .. } => "exact truncation, then FSS sign gate (ReLU)",
+            StepKind::Clip { .. } => "two FSS sign gates (clip = ReLU(x - lo) - ReLU(x - hi) + lo)",
             StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => "FSS piecewise-linear",
         }
     }
@@ -294,6 +307,29 @@ impl Plan {
                     let bits = bits_for(bound * 2f64.powi(scale as i32));
                     scale = f;
                     steps.push(step(StepKind::Relu { shift, bits }, per, bound, f));
+                }
+                Layer::Clip { min, max } => {
+                    let shift = scale - f;
+                    let (min, max) = (f64::from(*min), f64::from(*max));
+                    let reach = bound + min.abs().max(max.abs());
+                    if reach * 2f64.powi(scale as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(&node, reach, scale));
+                    }
+                    let enc = |v: f64| {
+                        encode_with(v, scale)
+                            .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))
+                    };
+                    let (lo, hi) = (enc(min)?, enc(max)?);
+                    let bits = bits_for(reach * 2f64.powi(scale as i32));
+                    scale = f;
+                    bound = min.abs().max(max.abs());
+                    let kind = StepKind::Clip {
+                        shift,
+                        bits,
+                        lo,
+                        hi,
+                    };
+                    steps.push(step(kind, per, bound, f));
                 }
                 Layer::Sigmoid | Layer::Tanh => {
                     let pw = if matches!(l.layer, Layer::Sigmoid) {
@@ -489,6 +525,7 @@ impl Plan {
                 }
                 StepKind::Truncate => plain::truncate(&h, f),
                 StepKind::Relu { shift, .. } => plain::relu(&h, shift),
+                StepKind::Clip { shift, lo, hi, .. } => clip_twin(&h, shift, lo, hi),
                 StepKind::Sigmoid { in_frac } => {
                     plain::sigmoid(&h, in_frac, f).map_err(core_err)?
                 }
@@ -497,6 +534,33 @@ impl Plan {
         }
         Ok(h)
     }
+}
+
+/// The fixed-point meaning of [`StepKind::Clip`]: `ReLU(x − lo) >> shift − ReLU(x − hi) >>
+/// shift + lo >> shift` (what the private step computes, bit for bit).
+pub fn clip_twin(x: &[u64], shift: u32, lo: u64, hi: u64) -> Vec<u64> {
+    let (a, b) = clip_inputs(x, lo, hi, true);
+    let (ra, rb) = (plain::relu(&a, shift), plain::relu(&b, shift));
+    clip_combine(&ra, &rb, lo, shift, true)
+}
+
+/// The two differences a clip compares, `x − lo` and `x − hi` (the constants subtracted by
+/// P0 only, `p0`; in the clear, `true`).
+pub(crate) fn clip_inputs(x: &[u64], lo: u64, hi: u64, p0: bool) -> (Vec<u64>, Vec<u64>) {
+    let (lo, hi) = if p0 { (lo, hi) } else { (0, 0) };
+    (
+        x.iter().map(|v| v.wrapping_sub(lo)).collect(),
+        x.iter().map(|v| v.wrapping_sub(hi)).collect(),
+    )
+}
+
+/// `ra − rb + (lo >> shift)` (the constant added by P0 only).
+pub(crate) fn clip_combine(ra: &[u64], rb: &[u64], lo: u64, shift: u32, p0: bool) -> Vec<u64> {
+    let c = if p0 { ((lo as i64) >> shift) as u64 } else { 0 };
+    ra.iter()
+        .zip(rb)
+        .map(|(a, b)| a.wrapping_sub(*b).wrapping_add(c))
+        .collect()
 }
 
 pub(crate) fn core_err(e: sotto_core::CoreError) -> ModelError {
@@ -552,6 +616,12 @@ impl Step {
                     sign
                 }
             }
+            StepKind::Clip { shift, bits, .. } => Step {
+                kind: StepKind::Relu { shift, bits },
+                per_example: 2 * self.per_example,
+                ..self.clone()
+            }
+            .cost(2 * input_len, private),
             StepKind::MaxPool { params, bits } => {
                 let k = params.kernel[0] * params.kernel[1];
                 let cmps = (k as u64 - 1) * n;
@@ -736,7 +806,7 @@ impl Plan {
                         return bad(i, format!("input lift to {bits} bits at step {i}"));
                     }
                 }
-                StepKind::Relu { shift, bits } => {
+                StepKind::Relu { shift, bits } | StepKind::Clip { shift, bits, .. } => {
                     if out != cur || shift > 62 || !(2..=64).contains(&bits) {
                         return bad(
                             i,

@@ -162,6 +162,7 @@ pub async fn deal_predict<T: Transport>(
             StepKind::Transpose { .. } => Ok(()),
             StepKind::Truncate => p::deal_truncate(d, n, f).await,
             StepKind::Relu { shift, bits } => p::deal_relu(d, n, shift, bits).await,
+            StepKind::Clip { shift, bits, .. } => p::deal_relu(d, 2 * n, shift, bits).await,
             StepKind::Sigmoid { in_frac } => p::deal_sigmoid(d, n, in_frac, f).await,
             StepKind::Tanh { in_frac } => p::deal_tanh(d, n, in_frac, f).await,
         }
@@ -251,6 +252,11 @@ pub async fn prepare_predict<T: Transport>(
             }
             StepKind::Relu { shift, bits } => PreparedStep::Relu(Box::new(
                 p::prepare_relu(s, n, shift, bits).await.map_err(core_err)?,
+            )),
+            StepKind::Clip { shift, bits, .. } => PreparedStep::Relu(Box::new(
+                p::prepare_relu(s, 2 * n, shift, bits)
+                    .await
+                    .map_err(core_err)?,
             )),
             StepKind::MaxPool { params, bits } => PreparedStep::MaxPool(
                 p::prepare_maxpool(s, &params.core_shape(batch), bits)
@@ -396,6 +402,24 @@ pub async fn finish_predict<T: Transport>(
                 _ => p::relu(s, &h, shift, bits).await,
             }
             .map_err(core_err)?,
+            StepKind::Clip {
+                shift,
+                bits,
+                lo,
+                hi,
+            } => {
+                // Both differences through one gate call: one pass of its rounds.
+                let p0 = s.is_p0();
+                let (a, b) = crate::plan::clip_inputs(&h, lo, hi, p0);
+                let n = a.len();
+                let ab = [a, b].concat();
+                let r = match ready {
+                    Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, &ab).await,
+                    _ => p::relu(s, &ab, shift, bits).await,
+                }
+                .map_err(core_err)?;
+                crate::plan::clip_combine(&r[..n], &r[n..], lo, shift, p0)
+            }
             StepKind::Sigmoid { in_frac } => {
                 p::sigmoid(s, &h, in_frac, f).await.map_err(core_err)?
             }

@@ -93,6 +93,7 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
         | Op::Transpose { .. } => return None,
         Op::MaxPool { pads, .. } | Op::AvgPool { pads, .. } if *pads == [0; 4] => return None,
         Op::GlobalAvgPool if in_shape.len() == 3 => return None,
+        Op::Clip { min, max } if min.is_finite() && max.is_finite() && min < max => return None,
         Op::Conv { .. } => (
             "a grouped or depthwise convolution (group > 1)",
             "use Conv2D (groups=1) instead of DepthwiseConv2D, SeparableConv2D or Conv2D(groups > 1)",
@@ -111,7 +112,7 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
             "put BatchNormalization right after a Dense or Conv2D (before its activation), and Rescaling or Normalization right before a Dense or a Conv2D with padding='valid'",
         ),
         Op::Clip { .. } => (
-            "a clipped activation (ReLU6, ReLU(max_value), hard_sigmoid)",
+            "a clip with an infinite or empty range",
             "use activation='relu'",
         ),
         Op::LeakyRelu { .. } => ("LeakyReLU", "use activation='relu'"),
@@ -178,6 +179,10 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
             _ => return Err(internal(n)),
         },
         Op::Relu => Layer::Relu,
+        Op::Clip { min, max } => Layer::Clip {
+            min: *min,
+            max: *max,
+        },
         Op::Sigmoid => Layer::Sigmoid,
         Op::Tanh => Layer::Tanh,
         Op::Reshape if out_shape.len() == 1 => Layer::Flatten,
