@@ -3,7 +3,7 @@
 
 use super::{Graph, Node, Op};
 use crate::error::{ModelError, Result};
-use crate::ir::{Dim, Layer, Model, Named, PoolParams};
+use crate::ir::{ConvParams, Dim, Layer, Model, Named, PoolParams};
 
 impl Graph {
     /// The graph as a chain of layers, when it is one (each node reads only the output of the
@@ -85,7 +85,7 @@ fn not_yet(n: &Node, what: &str, change: &str) -> ModelError {
 fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
     let (what, change) = match &n.op {
         Op::Dense { .. }
-        | Op::Conv { group: 1, .. }
+        | Op::Conv { .. }
         | Op::Relu
         | Op::Sigmoid
         | Op::Tanh
@@ -94,10 +94,6 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
         Op::MaxPool { pads, .. } | Op::AvgPool { pads, .. } if *pads == [0; 4] => return None,
         Op::GlobalAvgPool if in_shape.len() == 3 => return None,
         Op::Clip { min, max } if min.is_finite() && max.is_finite() && min < max => return None,
-        Op::Conv { .. } => (
-            "a grouped or depthwise convolution (group > 1)",
-            "use Conv2D (groups=1) instead of DepthwiseConv2D, SeparableConv2D or Conv2D(groups > 1)",
-        ),
         Op::MaxPool { .. } | Op::AvgPool { .. } => (
             "padded pooling",
             "use padding='valid' pooling (MaxPooling2D / AveragePooling2D) without a ZeroPadding2D before it",
@@ -160,12 +156,12 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
         },
         Op::Conv {
             params,
+            group,
             weights,
             bias,
-            ..
         } => Layer::Conv2d {
             shape: *params,
-            weights: weights.clone(),
+            weights: dense_conv_weights(params, *group, weights).ok_or_else(|| internal(n))?,
             bias: bias.clone(),
         },
         Op::MaxPool { params, .. } => Layer::MaxPool(*params),
@@ -194,6 +190,35 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
         },
         _ => return Err(internal(n)),
     })
+}
+
+/// A grouped (or depthwise) convolution's weights `[O, C/g, kh, kw]` as a full convolution's
+/// `[O, C, kh, kw]`, zero outside each output channel's group: the same function, run by the
+/// convolution the private plan has (with a full convolution's products; a per-group product
+/// is later work).
+fn dense_conv_weights(p: &ConvParams, group: usize, w: &[f32]) -> Option<Vec<f32>> {
+    if group == 1 {
+        return Some(w.to_vec());
+    }
+    let (o, c) = (p.out_channels, p.in_chw[0]);
+    let k = p.kernel[0].checked_mul(p.kernel[1])?;
+    if group == 0 || o % group != 0 || c % group != 0 {
+        return None;
+    }
+    let (og, cg) = (o / group, c / group);
+    if w.len() != o.checked_mul(cg)?.checked_mul(k)? {
+        return None;
+    }
+    let mut out = vec![0f32; o.checked_mul(c)?.checked_mul(k)?];
+    for oc in 0..o {
+        let g = oc / og;
+        for ci in 0..cg {
+            let src = (oc * cg + ci) * k;
+            let dst = (oc * c + g * cg + ci) * k;
+            out[dst..dst + k].copy_from_slice(&w[src..src + k]);
+        }
+    }
+    Some(out)
 }
 
 fn internal(n: &Node) -> ModelError {
