@@ -489,47 +489,22 @@ struct EvalArgs {
     numbers: Numbers,
 }
 
-/// Reads a .npy file as f64 values and its shape.
+/// Reads a .npy file as f64 values and its shape (float32/64, int32/64, or uint8 pixels
+/// divided by 255), through [`data::read`] (which also refuses Fortran-order arrays).
 pub(crate) fn read_npy(path: &Path) -> Result<(Vec<f64>, Vec<usize>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let bad = |e: std::io::Error| format!("{}: not a readable .npy file: {e}", path.display());
-    let npy = npyz::NpyFile::new(&bytes[..]).map_err(bad)?;
-    let shape: Vec<usize> = npy.shape().iter().map(|d| *d as usize).collect();
-    let dtype = npy.dtype().descr();
-    let data: Vec<f64> = match dtype.trim_matches('\'') {
-        "<f4" => npy
-            .into_vec::<f32>()
-            .map_err(bad)?
-            .into_iter()
-            .map(f64::from)
-            .collect(),
-        "<f8" => npy.into_vec::<f64>().map_err(bad)?,
-        "|u1" => npy
-            .into_vec::<u8>()
-            .map_err(bad)?
-            .into_iter()
-            .map(|v| f64::from(v) / 255.0)
-            .collect(),
-        "<i8" => npy
-            .into_vec::<i64>()
-            .map_err(bad)?
-            .into_iter()
-            .map(|v| v as f64)
-            .collect(),
-        "<i4" => npy
-            .into_vec::<i32>()
-            .map_err(bad)?
-            .into_iter()
-            .map(f64::from)
-            .collect(),
-        other => {
-            return Err(format!(
-            "{}: element type {other} is not supported (float32, float64, uint8, int32, int64 are)",
-            path.display()
-        ))
-        }
-    };
-    Ok((data, shape))
+    let mut a = data::read(path)?;
+    let supported = ["<f4", "<f8", "<i8", "<i4", "|u1"];
+    if !supported.contains(&a.dtype.as_str()) {
+        return Err(format!(
+            "{}: element type {} is not supported (float32, float64, uint8, int32, int64 are)",
+            path.display(),
+            a.dtype
+        ));
+    }
+    if a.dtype == "|u1" {
+        a.data.iter_mut().for_each(|v| *v /= 255.0);
+    }
+    Ok((a.data, a.shape))
 }
 
 /// One example's input shape of `model` (batch excluded).

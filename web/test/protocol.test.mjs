@@ -4,104 +4,30 @@
 
 import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { WebSocketServer } from 'ws';
 
 import { connect, isSottoError, SottoError } from 'sotto-client';
+import { KIND, encode, json, MANIFEST, outputShares, scripted as scriptedServers } from './scripted.mjs';
 
-const KIND = { Hello: 1, Manifest: 2, InputShare: 3, InputSeed: 4, Output: 6, Error: 7, Close: 8, Session: 9 };
-const MASK = (1n << 64n) - 1n;
-
-function encode(kind, session, step, payload = new Uint8Array(0)) {
-  const b = Buffer.alloc(32 + payload.length);
-  b.write('SOTW', 0, 'latin1');
-  b[4] = 1;
-  b[5] = kind;
-  const s = BigInt(session);
-  b.writeBigUInt64LE(s & MASK, 8);
-  b.writeBigUInt64LE(s >> 64n, 16);
-  b.writeUInt32LE(step, 24);
-  b.writeUInt32LE(payload.length, 28);
-  Buffer.from(payload).copy(b, 32);
-  return b;
-}
-
-function decode(buf) {
-  const b = Buffer.from(buf);
-  assert.equal(b.toString('latin1', 0, 4), 'SOTW');
-  return {
-    kind: b[5],
-    session: b.readBigUInt64LE(8) | (b.readBigUInt64LE(16) << 64n),
-    step: b.readUInt32LE(24),
-    payload: b.subarray(32, 32 + b.readUInt32LE(28)),
-  };
-}
-
-const json = (v) => Buffer.from(JSON.stringify(v));
 const errorFrame = (session, step, code, message) =>
   encode(KIND.Error, session, step, json({ code, message }));
 
-const MANIFEST = {
-  model_id: 'toy',
-  input_shape: [4],
-  frac_bits: 16,
-  output_len: 3,
-  out_frac: 16,
-  softmax_at_client: true,
-  input_bound: 1,
-  deployment: '5e'.repeat(16),
-  max_batch: 128,
-};
-
-/** Output shares of `values` (fixed point, 16 fractional bits): [for P0, for P1]. */
-function outputShares(values) {
-  const a = Buffer.alloc(values.length * 8);
-  const b = Buffer.alloc(values.length * 8);
-  values.forEach((v, i) => {
-    const enc = BigInt.asUintN(64, BigInt(Math.round(v * 65536)));
-    const r = BigInt.asUintN(64, BigInt(0x1234567 * (i + 1)) * 0x9e3779b97f4a7c15n);
-    a.writeBigUInt64LE(r, i * 8);
-    b.writeBigUInt64LE(BigInt.asUintN(64, enc - r), i * 8);
-  });
-  return [a, b];
-}
-
-const servers = [];
+const deployments = [];
 afterEach(async () => {
-  for (const s of servers.splice(0)) {
-    for (const c of s.clients) c.terminate();
-    await new Promise((r) => s.close(r));
+  for (const d of deployments.splice(0)) {
+    await d.close();
+    for (const h of d.hellos) assert.equal(h.role, 'Client');
   }
 });
 
 /**
- * Two scripted servers. `on(role, frame, socket)` handles every frame after the hello;
+ * Two scripted servers (./scripted.mjs), closed after the test, whose hellos must all come
+ * from a client. `on(role, frame, socket)` handles every frame after the hello;
  * `hello(role, frame, socket)` may replace the manifest answer.
  */
-async function scripted({ on = () => {}, hello } = {}) {
-  const make = (role) =>
-    new Promise((ready) => {
-      const wss = new WebSocketServer({ host: '127.0.0.1', port: 0 }, () => ready(wss));
-      servers.push(wss);
-      wss.on('connection', (ws) => {
-        let greeted = false;
-        ws.on('message', (data) => {
-          const f = decode(data);
-          if (!greeted) {
-            greeted = true;
-            assert.equal(f.kind, KIND.Hello);
-            assert.equal(JSON.parse(f.payload).role, 'Client');
-            if (hello) return hello(role, f, ws);
-            return ws.send(encode(KIND.Manifest, 0, 0, json({ ...MANIFEST, role })));
-          }
-          on(role, f, ws);
-        });
-      });
-    });
-  const [p0, p1] = [await make('P0'), await make('P1')];
-  return {
-    p0: `ws://127.0.0.1:${p0.address().port}`,
-    p1: `ws://127.0.0.1:${p1.address().port}`,
-  };
+async function scripted(options) {
+  const d = await scriptedServers(options);
+  deployments.push(d);
+  return { p0: d.p0, p1: d.p1 };
 }
 
 const softmax = (v) => {

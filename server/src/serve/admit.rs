@@ -481,8 +481,8 @@ mod tests {
         assert!(flood.idle() && honest.idle() && g.idle() && k.idle());
     }
 
-    #[tokio::test]
-    async fn a_request_dropped_while_waiting_leaves_no_trace() {
+    /// A 4 MiB party whose budget two connections fill with four 1 MiB requests.
+    async fn full_party() -> (Arc<Admission>, Vec<Admitted>) {
         let a = Arc::new(Admission::new(4 << 20));
         let (c, c2) = (a.connection(), a.connection());
         let mut held = Vec::new();
@@ -495,6 +495,12 @@ mod tests {
                     .expect("room"),
             );
         }
+        (a, held)
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_waiting_leaves_no_trace() {
+        let (a, held) = full_party().await;
         let c3 = a.connection();
         let r = a.reserve(&c3, 512).expect("fits");
         let waiting = tokio::spawn(async move { r.admit(100).await.map(|_| ()) });
@@ -510,18 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiting_input_is_bounded() {
-        let a = Arc::new(Admission::new(4 << 20));
-        let (c, c2) = (a.connection(), a.connection());
-        let mut _held = Vec::new();
-        for c in [&c, &c, &c2, &c2] {
-            _held.push(
-                a.reserve(c, 1024)
-                    .expect("fits")
-                    .admit(0)
-                    .await
-                    .expect("room"),
-            );
-        }
+        let (a, _held) = full_party().await;
         let c3 = a.connection();
         let r = a
             .reserve(&c3, 10)
