@@ -329,9 +329,22 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
     if p.input_len == 0 {
         return Some("zero input length".into());
     }
-    let mut per = p.input_len;
+    // elements per example of each value: the input, then each step's output
+    let mut sizes = vec![p.input_len];
     let mut dense_seen = 0usize;
-    for s in &p.steps {
+    for (i, s) in p.steps.iter().enumerate() {
+        let arity = match s.kind {
+            StepKind::Add { .. } => s.inputs.len() == 2,
+            StepKind::Concat { .. } => !s.inputs.is_empty(),
+            _ => s.inputs.len() == 1,
+        };
+        if !arity {
+            return Some("a step reads the wrong number of values".into());
+        }
+        if s.inputs.iter().any(|v| *v > i) {
+            return Some("a step reads a value not computed before it".into());
+        }
+        let per = sizes[s.inputs[0]];
         let what = match s.kind {
             StepKind::Dense {
                 dense,
@@ -433,6 +446,23 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
                 (in_frac > 62).then_some("sigmoid/tanh input fraction above 62 bits")
             }
             StepKind::Truncate => None,
+            StepKind::Scale { shift } => (shift > 62).then_some("scaling shift above 62 bits"),
+            StepKind::Add { .. } => {
+                (sizes[s.inputs[1]] != per).then_some("a sum of values of different sizes")
+            }
+            StepKind::Concat { outer } => {
+                let total = s
+                    .inputs
+                    .iter()
+                    .try_fold(0usize, |t, v| t.checked_add(sizes[*v]));
+                if outer == 0 || s.inputs.iter().any(|v| sizes[*v] % outer != 0) {
+                    Some("a concatenation whose parts do not split in its chunks")
+                } else if total != Some(s.per_example) {
+                    Some("a concatenation whose size differs from per_example")
+                } else {
+                    None
+                }
+            }
             StepKind::LiftInput { bits } => {
                 if !(2..=63).contains(&bits) {
                     Some("input lift width out of range")
@@ -452,12 +482,14 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
                 | StepKind::Conv { .. }
                 | StepKind::MaxPool { .. }
                 | StepKind::AvgPool { .. }
+                | StepKind::Concat { .. }
         ) && s.per_example != per
         {
             return Some("an element-wise step changes the size".into());
         }
-        per = s.per_example;
+        sizes.push(s.per_example);
     }
+    let per = *sizes.last().unwrap_or(&p.input_len);
     if has_weights && dense_seen != p.weights.len() {
         return Some("weight tensors and weight steps differ in number".into());
     }

@@ -37,7 +37,7 @@ use crate::private::{share_weights, ServerWeights};
 const MAGIC: &[u8; 8] = b"SOTTOMDL";
 /// Version of the file format (2: no bounds, no model hash, node names only on request; 1
 /// carried all three in every file and is refused).
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 const MAX_HEADER: usize = 16 << 20;
 /// Most weight and bias elements a file may describe (32 GiB of shares).
 const MAX_WEIGHT_ELEMENTS: usize = 1 << 32;
@@ -242,11 +242,14 @@ pub fn make_set_with(plan: &Plan, model_bytes: &[u8], opts: SetOptions) -> Resul
         (Role::Helper, None),
     ] {
         let server = role != Role::Helper;
-        let steps = plan
-            .steps
+        // Public weights: no input lift (see `Plan::for_weights`).
+        let kept = if opts.private {
+            plan.steps.clone()
+        } else {
+            crate::plan::without_lift(&plan.steps)
+        };
+        let steps = kept
             .iter()
-            // Public weights: no input lift (see `Plan::for_weights`).
-            .filter(|st| opts.private || !matches!(st.kind, StepKind::LiftInput { .. }))
             .enumerate()
             .map(|(i, st)| Step {
                 node: if server && opts.keep_node_names {

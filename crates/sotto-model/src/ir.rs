@@ -69,6 +69,15 @@ pub enum Layer {
         /// The permutation, `perm[0] == 0`.
         perm: Vec<usize>,
     },
+    /// The sum of two values of the same shape (a residual connection).
+    Add,
+    /// The difference of two values of the same shape, the first minus the second.
+    Sub,
+    /// The concatenation of values along a per-example axis.
+    Concat {
+        /// The axis, counted without the batch (0 is the channel axis of `[C, H, W]`).
+        axis: usize,
+    },
 }
 
 /// A convolution's geometry for one example.
@@ -181,6 +190,9 @@ impl Layer {
             Layer::MaxPool(_) => "MaxPool",
             Layer::AvgPool(_) => "AvgPool",
             Layer::Transpose { .. } => "Transpose",
+            Layer::Add => "Add",
+            Layer::Sub => "Sub",
+            Layer::Concat { .. } => "Concat",
         }
     }
 }
@@ -194,9 +206,14 @@ pub struct Named {
     pub layer: Layer,
     /// Shape of the layer's output (batch first).
     pub out_shape: Vec<Dim>,
+    /// The values the layer reads: 0 is the model input, `i + 1` the output of layer `i`
+    /// (always an earlier one). A chain reads `[i]` at layer `i`.
+    pub inputs: Vec<usize>,
 }
 
-/// An imported model: a chain of layers from one input to one output.
+/// An imported model: layers from one input to one output, each reading the input or the
+/// outputs of earlier layers (a chain, or a graph with skip connections and branches); the
+/// last layer's output is the model's output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     /// Name of the graph input.
@@ -239,9 +256,27 @@ impl Model {
                 shape_string(&self.input_shape)
             )));
         }
-        let mut h: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-        let mut shape = self.input_shape.clone();
-        for l in &self.layers {
+        let mut vals: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len() + 1);
+        vals.push(x.iter().map(|&v| f64::from(v)).collect());
+        for (i, l) in self.layers.iter().enumerate() {
+            let read = |k: usize| -> Result<(&Vec<f64>, &[Dim])> {
+                let v = *l.inputs.get(k).ok_or_else(|| {
+                    ModelError::Graph(format!("layer {:?} reads too few values", l.node))
+                })?;
+                if v > i {
+                    return Err(ModelError::Graph(format!(
+                        "layer {:?} reads value {v}, which is not computed before it",
+                        l.node
+                    )));
+                }
+                let shape = if v == 0 {
+                    &self.input_shape[..]
+                } else {
+                    &self.layers[v - 1].out_shape[..]
+                };
+                Ok((&vals[v], shape))
+            };
+            let (h, shape) = read(0)?;
             let dims: Vec<usize> = shape[1..]
                 .iter()
                 .map(|d| match d {
@@ -249,8 +284,7 @@ impl Model {
                     Dim::Batch => 1,
                 })
                 .collect();
-            shape = l.out_shape.clone();
-            h = match &l.layer {
+            let y = match &l.layer {
                 Layer::Dense {
                     inputs,
                     outputs,
@@ -273,26 +307,68 @@ impl Model {
                     }
                     y
                 }
-                Layer::Relu => h.into_iter().map(|v| v.max(0.0)).collect(),
+                Layer::Relu => h.iter().map(|v| v.max(0.0)).collect(),
                 Layer::Clip { min, max } => h
-                    .into_iter()
+                    .iter()
                     .map(|v| v.clamp(f64::from(*min), f64::from(*max)))
                     .collect(),
-                Layer::Sigmoid => h.into_iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(),
-                Layer::Tanh => h.into_iter().map(f64::tanh).collect(),
-                Layer::Flatten | Layer::Reshape => h,
-                Layer::Transpose { perm } => permute(&h, batch, &dims, perm),
+                Layer::Sigmoid => h.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect(),
+                Layer::Tanh => h.iter().map(|v| v.tanh()).collect(),
+                Layer::Flatten | Layer::Reshape => h.clone(),
+                Layer::Transpose { perm } => permute(h, batch, &dims, perm),
                 Layer::Conv2d {
                     shape: c,
                     weights,
                     bias,
-                } => conv_f64(&h, batch, c, weights, bias),
-                Layer::MaxPool(pp) => pool_f64(&h, batch, pp, true),
-                Layer::AvgPool(pp) => pool_f64(&h, batch, pp, false),
+                } => conv_f64(h, batch, c, weights, bias),
+                Layer::MaxPool(pp) => pool_f64(h, batch, pp, true),
+                Layer::AvgPool(pp) => pool_f64(h, batch, pp, false),
+                Layer::Add | Layer::Sub => {
+                    let (g, _) = read(1)?;
+                    if g.len() != h.len() {
+                        return Err(ModelError::Graph(format!(
+                            "layer {:?} adds values of different sizes",
+                            l.node
+                        )));
+                    }
+                    let sign = if matches!(l.layer, Layer::Sub) {
+                        -1.0
+                    } else {
+                        1.0
+                    };
+                    h.iter().zip(g).map(|(a, b)| a + sign * b).collect()
+                }
+                Layer::Concat { axis } => {
+                    let mut parts = Vec::with_capacity(l.inputs.len());
+                    for k in 0..l.inputs.len() {
+                        parts.push(read(k)?.0.as_slice());
+                    }
+                    let outer = batch * dims[..(*axis).min(dims.len())].iter().product::<usize>();
+                    concat(&parts, outer)
+                }
             };
+            vals.push(y);
         }
+        let h = vals.pop().unwrap_or_default();
         Ok(h)
     }
+}
+
+/// Concatenates `parts`, each made of `outer` equal chunks: chunk `o` of every part in turn,
+/// for each `o` (a concatenation along the axis after the first `outer` elements' axes).
+pub fn concat<T: Copy>(parts: &[&[T]], outer: usize) -> Vec<T> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(total);
+    if outer == 0 {
+        return out;
+    }
+    for o in 0..outer {
+        for p in parts {
+            let c = p.len() / outer;
+            out.extend_from_slice(&p[o * c..(o + 1) * c]);
+        }
+    }
+    out
 }
 
 /// Elements per example of a batch-first shape.

@@ -97,6 +97,24 @@ pub enum StepKind {
         /// Fractional bits of the input.
         in_frac: u32,
     },
+    /// Multiplication by `2^shift` (local, exact): brings a value to the fractional bits of
+    /// the value it is added to or concatenated with.
+    Scale {
+        /// Bits added to the fraction.
+        shift: u32,
+    },
+    /// The sum (or difference, first minus second) of two values with the same fractional
+    /// bits (local).
+    Add {
+        /// True for a difference.
+        subtract: bool,
+    },
+    /// The concatenation of values with the same fractional bits, each made of `outer`
+    /// chunks per example: chunk `o` of each input in turn (local).
+    Concat {
+        /// Chunks per example (the product of the axes before the concatenation axis).
+        outer: usize,
+    },
 }
 
 impl StepKind {
@@ -115,6 +133,10 @@ impl StepKind {
             StepKind::Relu { .. } => "exact truncation, then FSS sign gate (ReLU)",
             StepKind::Clip { .. } => "two FSS sign gates (clip = ReLU(x - lo) - ReLU(x - hi) + lo)",
             StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => "FSS piecewise-linear",
+            StepKind::Scale { .. } => "local scaling by a power of two",
+            StepKind::Add { subtract: false } => "local sum",
+            StepKind::Add { subtract: true } => "local difference",
+            StepKind::Concat { .. } => "local concatenation",
         }
     }
 }
@@ -126,6 +148,9 @@ pub struct Step {
     pub node: String,
     /// What it does.
     pub kind: StepKind,
+    /// The values it reads: 0 is the plan's input, `i + 1` the output of step `i` (always an
+    /// earlier step). A chain's step `i` reads `[i]`.
+    pub inputs: Vec<usize>,
     /// Elements per example of its output.
     pub per_example: usize,
     /// Bound on the real magnitude of its output.
@@ -215,6 +240,99 @@ fn overflow(node: &str, bound: f64, frac: u32) -> ModelError {
     ))
 }
 
+/// What a plan value is: its id (0 the input, `i + 1` step `i`'s output), fractional bits,
+/// bound on its real magnitude and elements per example.
+#[derive(Debug, Clone, Copy)]
+struct Val {
+    id: usize,
+    scale: u32,
+    bound: f64,
+    per: usize,
+}
+
+/// The steps of a plan being built, with the truncations and scalings already made (a value
+/// read by two layers is truncated or scaled once).
+struct Builder {
+    f: u32,
+    steps: Vec<Step>,
+    truncated: Vec<(usize, Val)>,
+    scaled: Vec<((usize, u32), Val)>,
+}
+
+impl Builder {
+    fn push(
+        &mut self,
+        node: &str,
+        kind: StepKind,
+        inputs: Vec<usize>,
+        per: usize,
+        bound: f64,
+        scale: u32,
+    ) -> Val {
+        self.steps.push(Step {
+            node: node.to_string(),
+            kind,
+            inputs,
+            per_example: per,
+            bound,
+            out_frac: scale,
+        });
+        Val {
+            id: self.steps.len(),
+            scale,
+            bound,
+            per,
+        }
+    }
+
+    /// `x` with `f` fractional bits: itself, or its (one) exact truncation.
+    fn at_f(&mut self, x: Val) -> Val {
+        if x.scale == self.f {
+            return x;
+        }
+        if let Some((_, t)) = self.truncated.iter().find(|(id, _)| *id == x.id) {
+            return *t;
+        }
+        let node = self.steps[x.id - 1].node.clone();
+        let t = self.push(
+            &node,
+            StepKind::Truncate,
+            vec![x.id],
+            x.per,
+            x.bound,
+            self.f,
+        );
+        self.truncated.push((x.id, t));
+        t
+    }
+
+    /// `x` with `scale ≥ x.scale` fractional bits (a local scaling, made once).
+    fn at_scale(&mut self, x: Val, scale: u32) -> Val {
+        if x.scale >= scale {
+            return x;
+        }
+        let shift = scale - x.scale;
+        if let Some((_, v)) = self.scaled.iter().find(|(k, _)| *k == (x.id, shift)) {
+            return *v;
+        }
+        let node = if x.id == 0 {
+            "input".to_string()
+        } else {
+            self.steps[x.id - 1].node.clone()
+        };
+        let v = self.push(
+            &node,
+            StepKind::Scale { shift },
+            vec![x.id],
+            x.per,
+            x.bound,
+            scale,
+        );
+        self.scaled.push(((x.id, shift), v));
+        v
+    }
+}
+
 impl Plan {
     /// Plans `model` with `fp` between layers for inputs bounded by `input_bound` in
     /// magnitude (1.0 for images scaled to [0, 1]).
@@ -225,207 +343,200 @@ impl Plan {
             )));
         }
         let f = fp.frac_bits();
-        let mut steps = Vec::new();
+        let mut b = Builder {
+            f,
+            steps: Vec::new(),
+            truncated: Vec::new(),
+            scaled: Vec::new(),
+        };
         let mut dense: Vec<(Vec<u64>, Vec<u64>)> = Vec::new();
-        let mut scale = f;
         let mut bound = input_bound;
-        let mut per = model.input_len();
         if bound * 2f64.powi(f as i32) >= LIMIT {
             return Err(overflow("input", bound, f));
         }
-        let mut prev_shape = model.input_shape.clone();
+        let per0 = model.input_len();
         // The input's range is enforced privately: whatever a client sends, the parties
         // compute on a signed `k`-bit value with 2^(k−1) above the encoded bound, and the
         // layers are planned for that range (at most twice the declared bound), so a value
         // beyond the bound wraps into it instead of overflowing a reduced-width comparison.
         let input_bits = ((bound * 2f64.powi(f as i32) + 1.0).log2().ceil() as u32 + 1).max(2);
+        let mut input = Val {
+            id: 0,
+            scale: f,
+            bound,
+            per: per0,
+        };
         if input_bits < 63 {
             bound = 2f64.powi(input_bits as i32 - 1 - f as i32);
-            steps.push(Step {
-                node: "input".into(),
-                kind: StepKind::LiftInput { bits: input_bits },
-                per_example: per,
+            input = b.push(
+                "input",
+                StepKind::LiftInput { bits: input_bits },
+                vec![0],
+                per0,
                 bound,
-                out_frac: f,
-            });
+                f,
+            );
         }
-        for l in &model.layers {
-            let node = l.node.clone();
-            let step = |kind, per, bound, out_frac| Step {
-                node: node.clone(),
-                kind,
-                per_example: per,
-                bound,
-                out_frac,
+        // What each model value (0 the input, `i + 1` layer `i`'s output) is in the plan.
+        let mut vals: Vec<Val> = vec![input];
+        for (li, l) in model.layers.iter().enumerate() {
+            let node = l.node.as_str();
+            let arg = |k: usize| -> Result<Val> {
+                l.inputs
+                    .get(k)
+                    .and_then(|v| if *v <= li { vals.get(*v) } else { None })
+                    .copied()
+                    .ok_or_else(|| {
+                        ModelError::Graph(format!(
+                            "layer {node:?} reads a value not computed before it"
+                        ))
+                    })
             };
-            match &l.layer {
+            let x = arg(0)?;
+            let out_per = per_example(&l.out_shape);
+            let out = match &l.layer {
                 Layer::Dense {
                     inputs,
                     outputs,
                     weights,
                     bias,
                 } => {
-                    if scale != f {
-                        steps.push(step(StepKind::Truncate, per, bound, f));
-                    }
+                    let x = b.at_f(x);
                     let mut out_bound: f64 = 0.0;
                     for j in 0..*outputs {
                         let s: f64 = (0..*inputs)
                             .map(|i| f64::from(weights[i * outputs + j]).abs())
                             .sum::<f64>()
-                            * (bound + 2f64.powi(-(f as i32)))
+                            * (x.bound + 2f64.powi(-(f as i32)))
                             + f64::from(bias[j]).abs();
                         out_bound = out_bound.max(s);
                     }
                     if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
-                        return Err(overflow(&node, out_bound, 2 * f));
+                        return Err(overflow(node, out_bound, 2 * f));
                     }
-                    check_precision(weights, f, &node)?;
-                    let w = weights
-                        .iter()
-                        .map(|v| encode_with(f64::from(*v), f))
-                        .collect::<sotto_core::Result<Vec<_>>>()
-                        .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))?;
-                    let b = bias
-                        .iter()
-                        .map(|v| encode_with(f64::from(*v), 2 * f))
-                        .collect::<sotto_core::Result<Vec<_>>>()
-                        .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))?;
+                    check_precision(weights, f, node)?;
+                    let w = encode_all(weights, f, node)?;
+                    let bias = encode_all(bias, 2 * f, node)?;
                     let kind = StepKind::Dense {
                         dense: dense.len(),
                         inputs: *inputs,
                         outputs: *outputs,
                     };
-                    dense.push((w, b));
-                    bound = out_bound;
-                    per = *outputs;
-                    scale = 2 * f;
-                    steps.push(step(kind, per, bound, scale));
+                    dense.push((w, bias));
+                    b.push(node, kind, vec![x.id], *outputs, out_bound, 2 * f)
                 }
                 Layer::Relu => {
-                    let shift = scale - f;
-                    let bits = bits_for(bound * 2f64.powi(scale as i32));
-                    scale = f;
-                    steps.push(step(StepKind::Relu { shift, bits }, per, bound, f));
+                    let shift = x.scale - f;
+                    let bits = bits_for(x.bound * 2f64.powi(x.scale as i32));
+                    b.push(
+                        node,
+                        StepKind::Relu { shift, bits },
+                        vec![x.id],
+                        x.per,
+                        x.bound,
+                        f,
+                    )
                 }
                 Layer::Clip { min, max } => {
-                    let shift = scale - f;
+                    let shift = x.scale - f;
                     let (min, max) = (f64::from(*min), f64::from(*max));
-                    let reach = bound + min.abs().max(max.abs());
-                    if reach * 2f64.powi(scale as i32) >= LIMIT / 2.0 {
-                        return Err(overflow(&node, reach, scale));
+                    let reach = x.bound + min.abs().max(max.abs());
+                    if reach * 2f64.powi(x.scale as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(node, reach, x.scale));
                     }
                     let enc = |v: f64| {
-                        encode_with(v, scale)
+                        encode_with(v, x.scale)
                             .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))
                     };
                     let (lo, hi) = (enc(min)?, enc(max)?);
-                    let bits = bits_for(reach * 2f64.powi(scale as i32));
-                    scale = f;
-                    bound = min.abs().max(max.abs());
+                    let bits = bits_for(reach * 2f64.powi(x.scale as i32));
                     let kind = StepKind::Clip {
                         shift,
                         bits,
                         lo,
                         hi,
                     };
-                    steps.push(step(kind, per, bound, f));
+                    b.push(node, kind, vec![x.id], x.per, min.abs().max(max.abs()), f)
                 }
                 Layer::Sigmoid | Layer::Tanh => {
                     let pw = if matches!(l.layer, Layer::Sigmoid) {
-                        PiecewiseLinear::sigmoid(scale, f)
+                        PiecewiseLinear::sigmoid(x.scale, f)
                     } else {
-                        PiecewiseLinear::tanh(scale, f)
+                        PiecewiseLinear::tanh(x.scale, f)
                     }
                     .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))?;
                     for (t, s) in pw.knots.iter().zip(&pw.slopes) {
                         let t = (*t as i64).unsigned_abs() as f64;
-                        let reach = (bound * 2f64.powi(scale as i32) + t) * *s as f64;
+                        let reach = (x.bound * 2f64.powi(x.scale as i32) + t) * *s as f64;
                         if reach >= LIMIT / 2.0 {
-                            return Err(overflow(&node, bound, scale + SLOPE_BITS));
+                            return Err(overflow(node, x.bound, x.scale + SLOPE_BITS));
                         }
                     }
                     let kind = if matches!(l.layer, Layer::Sigmoid) {
-                        StepKind::Sigmoid { in_frac: scale }
+                        StepKind::Sigmoid { in_frac: x.scale }
                     } else {
-                        StepKind::Tanh { in_frac: scale }
+                        StepKind::Tanh { in_frac: x.scale }
                     };
-                    bound = 1.0;
-                    scale = f;
-                    steps.push(step(kind, per, bound, f));
+                    b.push(node, kind, vec![x.id], x.per, 1.0, f)
                 }
-                Layer::Flatten | Layer::Reshape => {}
+                Layer::Flatten | Layer::Reshape => x,
                 Layer::Conv2d {
                     shape: params,
                     weights,
                     bias,
                 } => {
-                    if scale != f {
-                        steps.push(step(StepKind::Truncate, per, bound, f));
-                    }
+                    let x = b.at_f(x);
                     let o = params.out_channels;
                     let k = weights.len() / o.max(1);
                     let mut out_bound: f64 = 0.0;
                     for (ch, row) in weights.chunks(k.max(1)).enumerate() {
                         let sum: f64 = row.iter().map(|v| f64::from(*v).abs()).sum();
-                        let b = sum * (bound + 2f64.powi(-(f as i32))) + f64::from(bias[ch]).abs();
-                        out_bound = out_bound.max(b);
+                        let bb =
+                            sum * (x.bound + 2f64.powi(-(f as i32))) + f64::from(bias[ch]).abs();
+                        out_bound = out_bound.max(bb);
                     }
                     if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
-                        return Err(overflow(&node, out_bound, 2 * f));
+                        return Err(overflow(node, out_bound, 2 * f));
                     }
-                    check_precision(weights, f, &node)?;
-                    let w = encode_all(weights, f, &node)?;
+                    check_precision(weights, f, node)?;
+                    let w = encode_all(weights, f, node)?;
                     let wm = conv_weight_matrix(&w, &params.core_shape(1)).map_err(core_err)?;
-                    dense.push((wm, encode_all(bias, 2 * f, &node)?));
-                    bound = out_bound;
-                    per = per_example(&l.out_shape);
-                    scale = 2 * f;
+                    dense.push((wm, encode_all(bias, 2 * f, node)?));
                     let kind = StepKind::Conv {
                         weights: dense.len() - 1,
                         params: *params,
                     };
-                    steps.push(step(kind, per, bound, scale));
+                    b.push(node, kind, vec![x.id], out_per, out_bound, 2 * f)
                 }
                 Layer::MaxPool(params) => {
-                    let bits = bits_for(2.0 * bound * 2f64.powi(scale as i32));
-                    per = per_example(&l.out_shape);
-                    steps.push(step(
-                        StepKind::MaxPool {
-                            params: *params,
-                            bits,
-                        },
-                        per,
-                        bound,
-                        scale,
-                    ));
+                    let bits = bits_for(2.0 * x.bound * 2f64.powi(x.scale as i32));
+                    let kind = StepKind::MaxPool {
+                        params: *params,
+                        bits,
+                    };
+                    b.push(node, kind, vec![x.id], out_per, x.bound, x.scale)
                 }
                 Layer::AvgPool(params) => {
                     let area = (params.kernel[0] * params.kernel[1]) as f64;
-                    if area
-                        * bound
-                        * 2f64.powi((scale + sotto_core::protocols::AVG_RECIP_BITS) as i32)
-                        >= LIMIT / 2.0
-                    {
-                        return Err(overflow(
-                            &node,
-                            area * bound,
-                            scale + sotto_core::protocols::AVG_RECIP_BITS,
-                        ));
+                    let recip = sotto_core::protocols::AVG_RECIP_BITS;
+                    if area * x.bound * 2f64.powi((x.scale + recip) as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(node, area * x.bound, x.scale + recip));
                     }
-                    per = per_example(&l.out_shape);
-                    steps.push(step(
-                        StepKind::AvgPool { params: *params },
-                        per,
-                        bound,
-                        scale,
-                    ));
+                    let kind = StepKind::AvgPool { params: *params };
+                    b.push(node, kind, vec![x.id], out_per, x.bound, x.scale)
                 }
                 Layer::Transpose { perm } => {
-                    let in_dims = &prev_shape[1..];
-                    if in_dims.len() > 8 {
+                    let in_shape = if l.inputs[0] == 0 {
+                        &model.input_shape
+                    } else {
+                        &model.layers[l.inputs[0] - 1].out_shape
+                    };
+                    let in_dims = &in_shape[1..];
+                    if in_dims.len() > 8 || perm.len() != in_dims.len() + 1 {
                         return Err(ModelError::Graph(format!(
-                            "layer {node:?}: more than 8 dimensions"
+                            "layer {node:?}: a permutation of {} axes over {} dimensions (at most 8)",
+                            perm.len(),
+                            in_shape.len()
                         )));
                     }
                     let mut dims = [0usize; 8];
@@ -442,15 +553,59 @@ impl Plan {
                         rank: in_dims.len(),
                         perm: pm,
                     };
-                    steps.push(step(kind, per, bound, scale));
+                    b.push(node, kind, vec![x.id], x.per, x.bound, x.scale)
                 }
-            }
-            prev_shape = l.out_shape.clone();
+                Layer::Add | Layer::Sub => {
+                    let y = arg(1)?;
+                    if x.per != y.per {
+                        return Err(ModelError::Graph(format!(
+                            "layer {node:?} adds values of {} and {} elements",
+                            x.per, y.per
+                        )));
+                    }
+                    let scale = x.scale.max(y.scale);
+                    let bound = x.bound + y.bound;
+                    if bound * 2f64.powi(scale as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(node, bound, scale));
+                    }
+                    let (x, y) = (b.at_scale(x, scale), b.at_scale(y, scale));
+                    let kind = StepKind::Add {
+                        subtract: matches!(l.layer, Layer::Sub),
+                    };
+                    b.push(node, kind, vec![x.id, y.id], x.per, bound, scale)
+                }
+                Layer::Concat { axis } => {
+                    let parts = (0..l.inputs.len()).map(&arg).collect::<Result<Vec<_>>>()?;
+                    let scale = parts.iter().map(|p| p.scale).max().unwrap_or(f);
+                    let bound = parts.iter().map(|p| p.bound).fold(0.0, f64::max);
+                    if bound * 2f64.powi(scale as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(node, bound, scale));
+                    }
+                    let outer: usize = l.out_shape[1..]
+                        .iter()
+                        .take(*axis)
+                        .map(|d| match d {
+                            crate::ir::Dim::Fixed(n) => *n,
+                            crate::ir::Dim::Batch => 1,
+                        })
+                        .product();
+                    let ids = parts.iter().map(|p| b.at_scale(*p, scale).id).collect();
+                    let kind = StepKind::Concat { outer };
+                    b.push(node, kind, ids, out_per, bound, scale)
+                }
+            };
+            vals.push(out);
+        }
+        let out = *vals.last().unwrap_or(&input);
+        if out.id != b.steps.len() {
+            return Err(ModelError::Graph(
+                "the model's output is not computed by its last layer".into(),
+            ));
         }
         let plan = Plan {
             fp,
             input_bound,
-            input_len: model.input_len(),
+            input_len: per0,
             input_shape: model
                 .input_shape
                 .iter()
@@ -460,9 +615,9 @@ impl Plan {
                 })
                 .collect(),
             softmax_at_client: model.softmax_at_client,
-            steps,
-            out_frac: scale,
-            output_len: per,
+            steps: b.steps,
+            out_frac: out.scale,
+            output_len: out.per,
             weights: dense,
         };
         plan.validate()?;
@@ -480,10 +635,11 @@ impl Plan {
             )));
         }
         let f = self.fp.frac_bits();
-        let mut h = x.to_vec();
-        for st in &self.steps {
-            h = match st.kind {
-                StepKind::LiftInput { bits } => plain::lift(&h, bits),
+        let mut vals = Values::new(self, x.to_vec(), batch)?;
+        for (i, st) in self.steps.iter().enumerate() {
+            let h = vals.get(st.inputs[0]);
+            let y = match st.kind {
+                StepKind::LiftInput { bits } => plain::lift(h, bits),
                 StepKind::Dense {
                     dense,
                     inputs,
@@ -495,7 +651,7 @@ impl Plan {
                         k: inputs,
                         n: outputs,
                     };
-                    let mut z = plain::bilinear(&op, &h, w).map_err(core_err)?;
+                    let mut z = plain::bilinear(&op, h, w).map_err(core_err)?;
                     for row in z.chunks_mut(outputs) {
                         for (v, bv) in row.iter_mut().zip(b) {
                             *v = v.wrapping_add(*bv);
@@ -506,7 +662,7 @@ impl Plan {
                 StepKind::Conv { weights, params } => {
                     let (w, b) = &self.weights[weights];
                     let cs = params.core_shape(batch);
-                    let mut z = plain::bilinear(&Bilinear::Conv2d(cs), &h, w).map_err(core_err)?;
+                    let mut z = plain::bilinear(&Bilinear::Conv2d(cs), h, w).map_err(core_err)?;
                     let plane = cs.out_h() * cs.out_w();
                     for (i, chunk) in z.chunks_mut(plane).enumerate() {
                         let bv = b[i % params.out_channels];
@@ -515,24 +671,132 @@ impl Plan {
                     z
                 }
                 StepKind::MaxPool { params, .. } => {
-                    plain::maxpool(&h, &params.core_shape(batch)).map_err(core_err)?
+                    plain::maxpool(h, &params.core_shape(batch)).map_err(core_err)?
                 }
                 StepKind::AvgPool { params } => {
-                    plain::avgpool(&h, &params.core_shape(batch)).map_err(core_err)?
+                    plain::avgpool(h, &params.core_shape(batch)).map_err(core_err)?
                 }
                 StepKind::Transpose { dims, rank, perm } => {
-                    permute(&h, batch, &dims[..rank], &perm[..rank + 1])
+                    permute(h, batch, &dims[..rank], &perm[..rank + 1])
                 }
-                StepKind::Truncate => plain::truncate(&h, f),
-                StepKind::Relu { shift, .. } => plain::relu(&h, shift),
-                StepKind::Clip { shift, lo, hi, .. } => clip_twin(&h, shift, lo, hi),
-                StepKind::Sigmoid { in_frac } => {
-                    plain::sigmoid(&h, in_frac, f).map_err(core_err)?
-                }
-                StepKind::Tanh { in_frac } => plain::tanh(&h, in_frac, f).map_err(core_err)?,
+                StepKind::Truncate => plain::truncate(h, f),
+                StepKind::Relu { shift, .. } => plain::relu(h, shift),
+                StepKind::Clip { shift, lo, hi, .. } => clip_twin(h, shift, lo, hi),
+                StepKind::Sigmoid { in_frac } => plain::sigmoid(h, in_frac, f).map_err(core_err)?,
+                StepKind::Tanh { in_frac } => plain::tanh(h, in_frac, f).map_err(core_err)?,
+                StepKind::Scale { shift } => scale_up(h, shift),
+                StepKind::Add { subtract } => add(h, vals.get(st.inputs[1]), subtract),
+                StepKind::Concat { outer } => vals.concat(&st.inputs, outer),
             };
+            vals.set(i, y);
         }
-        Ok(h)
+        Ok(vals.output())
+    }
+}
+
+/// `steps` without a first [`StepKind::LiftInput`] step, the values renumbered: what read the
+/// lifted input reads the input.
+pub fn without_lift(steps: &[Step]) -> Vec<Step> {
+    if !matches!(
+        steps.first().map(|s| s.kind),
+        Some(StepKind::LiftInput { .. })
+    ) {
+        return steps.to_vec();
+    }
+    steps[1..]
+        .iter()
+        .map(|s| Step {
+            inputs: s.inputs.iter().map(|v| v.saturating_sub(1)).collect(),
+            ..s.clone()
+        })
+        .collect()
+}
+
+/// `x · 2^shift` (wrapping; exact while the value fits, which the plan checks).
+pub(crate) fn scale_up(x: &[u64], shift: u32) -> Vec<u64> {
+    x.iter().map(|v| v.wrapping_shl(shift)).collect()
+}
+
+/// `x + y`, or `x − y` when `subtract` (wrapping).
+pub(crate) fn add(x: &[u64], y: &[u64], subtract: bool) -> Vec<u64> {
+    x.iter()
+        .zip(y)
+        .map(|(a, b)| {
+            if subtract {
+                a.wrapping_sub(*b)
+            } else {
+                a.wrapping_add(*b)
+            }
+        })
+        .collect()
+}
+
+/// The values of one run of a plan (the input and every step's output), each dropped once
+/// the last step reading it has run: the one walk over a plan's values that the plaintext
+/// twin and the servers share.
+pub(crate) struct Values {
+    vals: Vec<Option<Vec<u64>>>,
+    /// The values each step reads.
+    reads: Vec<Vec<usize>>,
+    /// For each value, the last step reading it (`steps.len()` for the output).
+    last: Vec<usize>,
+    batch: usize,
+}
+
+impl Values {
+    /// The values of a run on `x`, the input of `batch` examples.
+    pub(crate) fn new(plan: &Plan, x: Vec<u64>, batch: usize) -> Result<Values> {
+        let n = plan.steps.len();
+        let mut last = vec![0usize; n + 1];
+        for (i, st) in plan.steps.iter().enumerate() {
+            if st.inputs.is_empty() {
+                return Err(ModelError::Graph(format!("step {i} reads no value")));
+            }
+            for v in &st.inputs {
+                if *v > i {
+                    return Err(ModelError::Graph(format!(
+                        "step {i} reads value {v}, not computed before it"
+                    )));
+                }
+                last[*v] = i;
+            }
+        }
+        last[n] = n;
+        let mut vals = vec![None; n + 1];
+        vals[0] = Some(x);
+        Ok(Values {
+            vals,
+            reads: plan.steps.iter().map(|s| s.inputs.clone()).collect(),
+            last,
+            batch,
+        })
+    }
+
+    /// Value `v`: computed and not yet dropped for every input of the step being run (the
+    /// order of `last`).
+    pub(crate) fn get(&self, v: usize) -> &[u64] {
+        self.vals[v].as_deref().unwrap_or(&[])
+    }
+
+    /// The concatenation of the values `ids`, each of `outer` chunks per example.
+    pub(crate) fn concat(&self, ids: &[usize], outer: usize) -> Vec<u64> {
+        let parts: Vec<&[u64]> = ids.iter().map(|v| self.get(*v)).collect();
+        crate::ir::concat(&parts, self.batch * outer)
+    }
+
+    /// Stores step `i`'s output and drops the values no later step reads.
+    pub(crate) fn set(&mut self, i: usize, y: Vec<u64>) {
+        self.vals[i + 1] = Some(y);
+        for &v in &self.reads[i] {
+            if self.last[v] == i {
+                self.vals[v] = None;
+            }
+        }
+    }
+
+    /// The last step's output (the plan's output).
+    pub(crate) fn output(mut self) -> Vec<u64> {
+        self.vals.pop().flatten().unwrap_or_default()
     }
 }
 
@@ -600,9 +864,12 @@ impl Step {
                 online_bytes: 8 * in_n,
                 helper_bytes: 8 * n,
             },
-            StepKind::Dense { .. } | StepKind::Conv { .. } | StepKind::Transpose { .. } => {
-                Cost::default()
-            }
+            StepKind::Dense { .. }
+            | StepKind::Conv { .. }
+            | StepKind::Transpose { .. }
+            | StepKind::Scale { .. }
+            | StepKind::Add { .. }
+            | StepKind::Concat { .. } => Cost::default(),
             StepKind::Truncate => truncate_cost(n, self.out_frac),
             StepKind::Relu { shift, bits } => {
                 let sign = Cost {
@@ -717,12 +984,35 @@ impl Plan {
                 self.input_len
             )));
         }
-        let mut cur = self.input_len;
         for (i, st) in self.steps.iter().enumerate() {
             let out = st.per_example;
             if out == 0 || out > MAX_ELEMENTS {
                 return bad(i, format!("{out} elements per example"));
             }
+            let arity_ok = match st.kind {
+                StepKind::Add { .. } => st.inputs.len() == 2,
+                StepKind::Concat { .. } => (1..=1024).contains(&st.inputs.len()),
+                _ => st.inputs.len() == 1,
+            };
+            if !arity_ok || st.inputs.iter().any(|v| *v > i) {
+                return bad(
+                    i,
+                    format!(
+                        "reads values {:?} (a {:?} step)",
+                        st.inputs,
+                        st.kind.protocol()
+                    ),
+                );
+            }
+            let len = |v: usize| self.step_input_len_of(v);
+            let frac = |v: usize| {
+                if v == 0 {
+                    f
+                } else {
+                    self.steps[v - 1].out_frac
+                }
+            };
+            let cur = len(st.inputs[0]);
             let chw = |c: [usize; 3]| c.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
             match st.kind {
                 StepKind::Dense {
@@ -823,9 +1113,46 @@ impl Plan {
                         return bad(i, format!("activation from {in_frac} fractional bits, {cur} elements giving {out}"));
                     }
                 }
+                StepKind::Scale { shift } => {
+                    if out != cur || shift > 62 {
+                        return bad(
+                            i,
+                            format!("scaling by 2^{shift} of {cur} elements giving {out}"),
+                        );
+                    }
+                }
+                StepKind::Add { .. } => {
+                    let (a, b) = (st.inputs[0], st.inputs[1]);
+                    if out != cur || len(b) != cur || frac(a) != frac(b) {
+                        return bad(
+                            i,
+                            format!("sum of {cur} and {} elements giving {out}", len(b)),
+                        );
+                    }
+                }
+                StepKind::Concat { outer } => {
+                    let total = st
+                        .inputs
+                        .iter()
+                        .try_fold(0usize, |t, v| t.checked_add(len(*v)));
+                    let even = outer >= 1
+                        && st
+                            .inputs
+                            .iter()
+                            .all(|v| len(*v) % outer == 0 && frac(*v) == frac(st.inputs[0]));
+                    if !even || total != Some(out) {
+                        return bad(
+                            i,
+                            format!(
+                                "concatenation of {} values in {outer} chunks giving {out}",
+                                st.inputs.len()
+                            ),
+                        );
+                    }
+                }
             }
-            cur = out;
         }
+        let cur = self.step_input_len_of(self.steps.len());
         if self.output_len != cur || self.out_frac > 62 {
             return Err(ModelError::Graph(format!(
                 "the plan ends with {cur} elements at {} fractional bits, the file says {}",
@@ -852,18 +1179,22 @@ impl Plan {
     /// and half of network A's helper material, is dropped.
     pub fn for_weights(mut self, private: bool) -> Plan {
         if !private {
-            self.steps
-                .retain(|s| !matches!(s.kind, StepKind::LiftInput { .. }));
+            self.steps = without_lift(&self.steps);
         }
         self
     }
 
-    /// Elements per example entering step `i`.
+    /// Elements per example of the (first) value step `i` reads.
     pub fn step_input_len(&self, i: usize) -> usize {
-        if i == 0 {
+        self.step_input_len_of(self.steps[i].inputs.first().copied().unwrap_or(i))
+    }
+
+    /// Elements per example of value `v` (0 the input, `i + 1` step `i`'s output).
+    pub fn step_input_len_of(&self, v: usize) -> usize {
+        if v == 0 {
             self.input_len
         } else {
-            self.steps[i - 1].per_example
+            self.steps[v - 1].per_example
         }
     }
 }

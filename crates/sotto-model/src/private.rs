@@ -13,7 +13,7 @@ use sotto_core::share;
 use sotto_core::transport::Transport;
 
 use crate::error::{ModelError, Result};
-use crate::plan::{core_err, Plan, StepKind};
+use crate::plan::{core_err, Plan, StepKind, Values};
 
 /// What one server holds of a model's weights.
 #[derive(Clone, PartialEq, Eq)]
@@ -159,7 +159,10 @@ pub async fn deal_predict<T: Transport>(
                 p::deal_maxpool(d, &params.core_shape(batch), bits).await
             }
             StepKind::AvgPool { params } => p::deal_avgpool(d, &params.core_shape(batch)).await,
-            StepKind::Transpose { .. } => Ok(()),
+            StepKind::Transpose { .. }
+            | StepKind::Scale { .. }
+            | StepKind::Add { .. }
+            | StepKind::Concat { .. } => Ok(()),
             StepKind::Truncate => p::deal_truncate(d, n, f).await,
             StepKind::Relu { shift, bits } => p::deal_relu(d, n, shift, bits).await,
             StepKind::Clip { shift, bits, .. } => p::deal_relu(d, 2 * n, shift, bits).await,
@@ -186,7 +189,7 @@ enum PreparedStep {
     MaxPool(p::PreparedMaxpool),
     Truncate(p::PreparedTruncate),
     Lift(p::PreparedLift),
-    /// A step without helper material (public product, transpose).
+    /// A step without helper material (public product, transpose, sum, concatenation).
     Local,
 }
 
@@ -247,9 +250,12 @@ pub async fn prepare_predict<T: Transport>(
                         .map_err(core_err)?,
                 )
             }
-            StepKind::Dense { .. } | StepKind::Conv { .. } | StepKind::Transpose { .. } => {
-                PreparedStep::Local
-            }
+            StepKind::Dense { .. }
+            | StepKind::Conv { .. }
+            | StepKind::Transpose { .. }
+            | StepKind::Scale { .. }
+            | StepKind::Add { .. }
+            | StepKind::Concat { .. } => PreparedStep::Local,
             StepKind::Relu { shift, bits } => PreparedStep::Relu(Box::new(
                 p::prepare_relu(s, n, shift, bits).await.map_err(core_err)?,
             )),
@@ -328,13 +334,14 @@ pub async fn finish_predict<T: Transport>(
     }
     let f = plan.fp.frac_bits();
     let mut prepared = prep.steps.into_iter();
-    let mut h = x;
-    for st in &plan.steps {
+    let mut vals = Values::new(plan, x, batch)?;
+    for (i, st) in plan.steps.iter().enumerate() {
         let ready = prepared.next();
-        h = match st.kind {
+        let h = vals.get(st.inputs[0]);
+        let y = match st.kind {
             StepKind::LiftInput { bits } => match ready {
-                Some(PreparedStep::Lift(pl)) => p::finish_lift(s, pl, &h).await,
-                _ => p::lift(s, &h, bits).await,
+                Some(PreparedStep::Lift(pl)) => p::finish_lift(s, pl, h).await,
+                _ => p::lift(s, h, bits).await,
             }
             .map_err(core_err)?,
             StepKind::Dense {
@@ -347,12 +354,12 @@ pub async fn finish_predict<T: Transport>(
                 let mut z = if m.weights.private {
                     match ready {
                         Some(PreparedStep::Product(pp)) => {
-                            p::finish_bilinear_private(s, pp, &h, &m.private[dense]).await
+                            p::finish_bilinear_private(s, pp, h, &m.private[dense]).await
                         }
-                        _ => p::bilinear_private(s, &o, &h, &m.private[dense]).await,
+                        _ => p::bilinear_private(s, &o, h, &m.private[dense]).await,
                     }
                 } else {
-                    p::bilinear_public(&o, &h, w)
+                    p::bilinear_public(&o, h, w)
                 }
                 .map_err(core_err)?;
                 p::add_bias(s, &mut z, b, !m.weights.private).map_err(core_err)?;
@@ -365,12 +372,12 @@ pub async fn finish_predict<T: Transport>(
                 let mut z = if m.weights.private {
                     match ready {
                         Some(PreparedStep::Product(pp)) => {
-                            p::finish_bilinear_private(s, pp, &h, &m.private[weights]).await
+                            p::finish_bilinear_private(s, pp, h, &m.private[weights]).await
                         }
-                        _ => p::bilinear_private(s, &o, &h, &m.private[weights]).await,
+                        _ => p::bilinear_private(s, &o, h, &m.private[weights]).await,
                     }
                 } else {
-                    p::bilinear_public(&o, &h, w)
+                    p::bilinear_public(&o, h, w)
                 }
                 .map_err(core_err)?;
                 p::add_channel_bias(s, &mut z, cs.out_h() * cs.out_w(), b, !m.weights.private)
@@ -378,28 +385,28 @@ pub async fn finish_predict<T: Transport>(
                 z
             }
             StepKind::MaxPool { params, bits } => match ready {
-                Some(PreparedStep::MaxPool(pm)) => p::finish_maxpool(s, pm, &h).await,
-                _ => p::maxpool(s, &h, &params.core_shape(batch), bits).await,
+                Some(PreparedStep::MaxPool(pm)) => p::finish_maxpool(s, pm, h).await,
+                _ => p::maxpool(s, h, &params.core_shape(batch), bits).await,
             }
             .map_err(core_err)?,
             StepKind::AvgPool { params } => match ready {
                 Some(PreparedStep::Truncate(pt)) => {
-                    p::finish_avgpool(s, pt, &h, &params.core_shape(batch)).await
+                    p::finish_avgpool(s, pt, h, &params.core_shape(batch)).await
                 }
-                _ => p::avgpool(s, &h, &params.core_shape(batch)).await,
+                _ => p::avgpool(s, h, &params.core_shape(batch)).await,
             }
             .map_err(core_err)?,
             StepKind::Transpose { dims, rank, perm } => {
-                crate::ir::permute(&h, batch, &dims[..rank], &perm[..rank + 1])
+                crate::ir::permute(h, batch, &dims[..rank], &perm[..rank + 1])
             }
             StepKind::Truncate => match ready {
-                Some(PreparedStep::Truncate(pt)) => p::finish_truncate(s, pt, &h).await,
-                _ => p::truncate(s, &h, f).await,
+                Some(PreparedStep::Truncate(pt)) => p::finish_truncate(s, pt, h).await,
+                _ => p::truncate(s, h, f).await,
             }
             .map_err(core_err)?,
             StepKind::Relu { shift, bits } => match ready {
-                Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, &h).await,
-                _ => p::relu(s, &h, shift, bits).await,
+                Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, h).await,
+                _ => p::relu(s, h, shift, bits).await,
             }
             .map_err(core_err)?,
             StepKind::Clip {
@@ -410,7 +417,7 @@ pub async fn finish_predict<T: Transport>(
             } => {
                 // Both differences through one gate call: one pass of its rounds.
                 let p0 = s.is_p0();
-                let (a, b) = crate::plan::clip_inputs(&h, lo, hi, p0);
+                let (a, b) = crate::plan::clip_inputs(h, lo, hi, p0);
                 let n = a.len();
                 let ab = [a, b].concat();
                 let r = match ready {
@@ -421,12 +428,16 @@ pub async fn finish_predict<T: Transport>(
                 crate::plan::clip_combine(&r[..n], &r[n..], lo, shift, p0)
             }
             StepKind::Sigmoid { in_frac } => {
-                p::sigmoid(s, &h, in_frac, f).await.map_err(core_err)?
+                p::sigmoid(s, h, in_frac, f).await.map_err(core_err)?
             }
-            StepKind::Tanh { in_frac } => p::tanh(s, &h, in_frac, f).await.map_err(core_err)?,
+            StepKind::Tanh { in_frac } => p::tanh(s, h, in_frac, f).await.map_err(core_err)?,
+            StepKind::Scale { shift } => crate::plan::scale_up(h, shift),
+            StepKind::Add { subtract } => crate::plan::add(h, vals.get(st.inputs[1]), subtract),
+            StepKind::Concat { outer } => vals.concat(&st.inputs, outer),
         };
+        vals.set(i, y);
     }
-    Ok(h)
+    Ok(vals.output())
 }
 
 /// The result of [`run_in_process`].

@@ -552,9 +552,12 @@ fn a_shift_stays_before_a_padded_conv_and_a_scale_folds() {
 }
 
 /// Residual Add and Concat import (any activation may be read, not only the latest), run in
-/// float, and their lowering names the node without the word "sequential".
+/// float, lower to layers reading earlier outputs, and run privately: the private result
+/// equals the fixed-point twin bit for bit on random inputs (the sum adds a value with `f`
+/// fractional bits to one with `2f`: the first is scaled up locally) and stays within the
+/// fixed-point error of the float model.
 #[test]
-fn branches_import_and_lowering_names_the_node() {
+fn branches_import_lower_and_run_privately() {
     let mut r = Lcg(9);
     let w1 = r.vec(16, 1.0);
     let w2 = r.vec(32, 1.0);
@@ -595,15 +598,39 @@ fn branches_import_and_lowering_names_the_node() {
         let want: f64 = (0..8).map(|i| c[i] * f64::from(w2[i * 4 + j])).sum();
         assert!((y[j] - want).abs() < 1e-12);
     }
-    let msg = import(&bytes).expect_err("a branch").to_string();
+    // It lowers to layers that read earlier layers' outputs, and computes the same.
+    let m = import(&bytes).expect("a graph with a skip connection and a branch lowers");
+    let kinds: Vec<&str> = m.layers.iter().map(|l| l.layer.kind()).collect();
+    assert_eq!(kinds, ["Dense", "ReLU", "Add", "Concat", "Dense"]);
+    let reads: Vec<&[usize]> = m.layers.iter().map(|l| &l.inputs[..]).collect();
+    assert_eq!(reads, [&[0][..], &[1], &[0, 2], &[3, 2], &[4]]);
+    let got = m.forward(&x, 1).expect("runs");
+    for j in 0..4 {
+        assert!((got[j] - y[j]).abs() < 1e-12, "{got:?} vs {y:?}");
+    }
+    let fp = sotto_core::fixed::FixedPoint::new(16).expect("valid");
+    let plan = sotto_model::Plan::new(&m, fp, 2.0).expect("plans");
+    let kinds: Vec<&str> = plan.steps.iter().map(|s| s.kind.protocol()).collect();
     assert!(
-        msg.contains("\"residual\"") && msg.contains("(Add)"),
-        "{msg}"
+        kinds.contains(&"local sum") && kinds.contains(&"local concatenation"),
+        "{kinds:?}"
     );
-    assert!(
-        msg.contains("import succeeded") && !msg.contains("sequential"),
-        "{msg}"
-    );
+    let batch = 6;
+    let xs = r.vec(4 * batch, 2.0);
+    let enc = fp.encode_f32(&xs).expect("in range");
+    for private in [true, false] {
+        let plan = plan.clone().for_weights(private);
+        let weights = sotto_model::private::share_weights(&plan, private).expect("os rng");
+        let run =
+            sotto_model::private::run_in_process(&plan, [&plan, &plan], &weights, &enc, batch)
+                .expect("runs privately");
+        assert_eq!(run.output, plan.eval_fixed(&enc, batch).expect("twin"));
+        let want = m.forward(&xs, batch).expect("float");
+        for (o, w) in run.output.iter().zip(&want) {
+            let o = sotto_core::fixed::decode_with(*o, plan.out_frac);
+            assert!((o - w).abs() < 1e-2, "{o} vs {w}");
+        }
+    }
 }
 
 /// GlobalAveragePooling2D as tf2onnx writes it (GlobalAveragePool, Squeeze with axes as an

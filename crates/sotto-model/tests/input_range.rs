@@ -69,7 +69,7 @@ fn any_input_a_client_sends_is_forced_into_the_range_and_matches_the_twin() {
 #[test]
 fn without_the_lift_out_of_range_inputs_break_the_comparisons() {
     let (_, mut plan) = network_a();
-    plan.steps.remove(0);
+    plan.steps = sotto_model::plan::without_lift(&plan.steps);
     let mut prg = Prg::from_os().expect("os rng");
     let batch = 3;
     let x = prg.vec_u64(batch * plan.input_len);

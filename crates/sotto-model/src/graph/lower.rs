@@ -1,13 +1,13 @@
-//! Lowering to the layer chain ([`Model`]) that the fixed-point plan and the private
-//! protocols run today.
+//! Lowering to the layers ([`Model`]) that the fixed-point plan and the private protocols
+//! run: a chain, or a graph of layers with skip connections (Add, Sub) and branches (Concat).
 
 use super::{Graph, Node, Op};
 use crate::error::{ModelError, Result};
 use crate::ir::{ConvParams, Dim, Layer, Model, Named, PoolParams};
 
 impl Graph {
-    /// The graph as a chain of layers, when it is one (each node reads only the output of the
-    /// node before it) and every op has a layer; otherwise the first node that does not fit,
+    /// The graph as layers, when every op has a layer (each layer reads the input or earlier
+    /// layers' outputs, in the graph's order); otherwise the first node that does not fit,
     /// with what the private plan does not run yet and, where there is one, what to change in
     /// the Keras model. Run [`Graph::optimize`] first: it folds constant scales and shifts
     /// (BatchNormalization, Rescaling) into the layers next to them.
@@ -21,8 +21,8 @@ impl Graph {
                 .chain(s.iter().map(|&d| Dim::Fixed(d)))
                 .collect()
         };
-        // Ops first, so that the message names what is missing (a residual Add, a Concat)
-        // rather than the first layer of a branch; constant scales and shifts last, since
+        // Ops first, so that the message names what is missing (a LeakyReLU, a product of
+        // two activations) rather than a constant next to it; constant scales and shifts last, since
         // they are left over when what is next to them is missing (gelu's Mul(0.5)).
         for affine in [false, true] {
             for n in &self.nodes {
@@ -33,30 +33,42 @@ impl Graph {
                 }
             }
         }
+        // Model value ids: 0 is the input, `k + 1` the output of node `k`.
+        let mut id = vec![usize::MAX; self.values.len()];
+        id[self.input] = 0;
         let mut layers = Vec::with_capacity(self.nodes.len());
-        for n in &self.nodes {
+        for (k, n) in self.nodes.iter().enumerate() {
             let in_shape = &self.values[n.inputs[0]].shape;
             let out_shape = &self.values[n.output].shape;
+            if matches!(n.op, Op::Add | Op::Sub)
+                && (n.inputs.len() != 2 || self.values[n.inputs[1]].shape != *in_shape)
+            {
+                return Err(not_yet(
+                    n,
+                    "a sum or difference of two activations of different shapes (broadcasting)",
+                    "give both branches the same shape",
+                ));
+            }
+            let inputs = n
+                .inputs
+                .iter()
+                .map(|v| match id.get(*v) {
+                    Some(&i) if i != usize::MAX => Ok(i),
+                    _ => Err(internal(n)),
+                })
+                .collect::<Result<Vec<_>>>()?;
             layers.push(Named {
                 node: n.name.clone(),
                 layer: layer_of(n, in_shape, out_shape)?,
                 out_shape: dims(out_shape),
+                inputs,
             });
+            id[n.output] = k + 1;
         }
-        let mut prev = self.input;
-        for n in &self.nodes {
-            if n.inputs != [prev] {
-                return Err(not_yet(
-                    n,
-                    "a layer that reads anything but the output of the layer before it (a branch of the graph)",
-                    "the private plan runs one chain of layers; a model without skip connections or parallel branches runs today",
-                ));
-            }
-            prev = n.output;
-        }
-        if prev != self.output {
+        if self.nodes.last().map(|n| n.output) != Some(self.output) {
             return Err(ModelError::Graph(
-                "the output is not the end of the chain of layers".into(),
+                "the output is not written by the last layer (a layer whose result nothing reads?)"
+                    .into(),
             ));
         }
         Ok(Model {
@@ -90,7 +102,10 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
         | Op::Sigmoid
         | Op::Tanh
         | Op::Reshape
-        | Op::Transpose { .. } => return None,
+        | Op::Transpose { .. }
+        | Op::Add
+        | Op::Sub
+        | Op::Concat { .. } => return None,
         Op::MaxPool { pads, .. } | Op::AvgPool { pads, .. } if *pads == [0; 4] => return None,
         Op::GlobalAvgPool if in_shape.len() == 3 => return None,
         Op::Clip { min, max } if min.is_finite() && max.is_finite() && min < max => return None,
@@ -118,10 +133,6 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
             "the error function or a power (gelu)",
             "use activation='relu' instead of gelu",
         ),
-        Op::Add | Op::Sub => (
-            "the sum or difference of two activations (a residual connection)",
-            "a model without skip connections runs today",
-        ),
         Op::Mul => (
             "the product of two activations (swish, gelu, hard_swish)",
             "use activation='relu', 'sigmoid' or 'tanh'",
@@ -129,10 +140,6 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
         Op::Max | Op::Min => (
             "the maximum or minimum of two activations (Maximum / Minimum layers)",
             "",
-        ),
-        Op::Concat { .. } => (
-            "the concatenation of activations (Concatenate)",
-            "a model without parallel branches runs today",
         ),
     };
     Some(not_yet(n, what, change))
@@ -188,6 +195,9 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
                 .chain(perm.iter().map(|p| p + 1))
                 .collect(),
         },
+        Op::Add => Layer::Add,
+        Op::Sub => Layer::Sub,
+        Op::Concat { axis } => Layer::Concat { axis: *axis },
         _ => return Err(internal(n)),
     })
 }
