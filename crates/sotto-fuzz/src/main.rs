@@ -55,7 +55,14 @@ pub enum Outcome {
 }
 
 /// The bundled models every model target starts from.
-pub const MODELS: [&str; 3] = ["network_a", "cnn", "logistic"];
+pub const MODELS: [&str; 5] = [
+    "network_a",
+    "cnn",
+    "logistic",
+    // a residual network and padded pooling, from the Keras zoo (steps reading earlier values)
+    "../tests/fixtures/zoo/mini_resnet",
+    "../tests/fixtures/zoo/padded_pool",
+];
 
 static MODELS_DIR: OnceLock<PathBuf> = OnceLock::new();
 

@@ -446,6 +446,46 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
                 (in_frac > 62).then_some("sigmoid/tanh input fraction above 62 bits")
             }
             StepKind::Truncate => None,
+            StepKind::Pad { chw, pads, .. } => {
+                let n = chw.iter().try_fold(1usize, |a, d| a.checked_mul(*d));
+                let out = out_size([chw[1], chw[2]], [1, 1], [1, 1], pads)
+                    .and_then(|[h, w]| chw[0].checked_mul(h)?.checked_mul(w));
+                if n != Some(per) {
+                    Some("Pad input shape does not match the value it reads")
+                } else if out != Some(s.per_example) {
+                    Some("Pad output size differs from per_example")
+                } else {
+                    None
+                }
+            }
+            StepKind::AvgPoolPadded { params, pads, .. } => {
+                let chw = params
+                    .in_chw
+                    .iter()
+                    .try_fold(1usize, |a, d| a.checked_mul(*d));
+                let out = out_size(
+                    [params.in_chw[1], params.in_chw[2]],
+                    params.kernel,
+                    params.stride,
+                    pads,
+                )
+                .and_then(|[h, w]| params.in_chw[0].checked_mul(h)?.checked_mul(w));
+                if params.stride.contains(&0) || params.kernel.contains(&0) {
+                    Some("pooling with a zero stride or kernel")
+                } else if pads[0] >= params.kernel[0]
+                    || pads[2] >= params.kernel[0]
+                    || pads[1] >= params.kernel[1]
+                    || pads[3] >= params.kernel[1]
+                {
+                    Some("pooling padded as wide as its window")
+                } else if chw != Some(per) {
+                    Some("pooling input shape does not match the value it reads")
+                } else if out != Some(s.per_example) {
+                    Some("pooling output size differs from per_example")
+                } else {
+                    None
+                }
+            }
             StepKind::Scale { shift } => (shift > 62).then_some("scaling shift above 62 bits"),
             StepKind::Add { .. } => {
                 (sizes[s.inputs[1]] != per).then_some("a sum of values of different sizes")
@@ -482,6 +522,8 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
                 | StepKind::Conv { .. }
                 | StepKind::MaxPool { .. }
                 | StepKind::AvgPool { .. }
+                | StepKind::AvgPoolPadded { .. }
+                | StepKind::Pad { .. }
                 | StepKind::Concat { .. }
         ) && s.per_example != per
         {
@@ -562,6 +604,24 @@ fn small_enough(p: &Plan) -> bool {
                         })
                 }
                 StepKind::Transpose { dims, rank, .. } => ok(prod(&dims[..rank.min(8)])),
+                StepKind::AvgPoolPadded { params, pads, .. } => {
+                    let out = out_size(
+                        [params.in_chw[1], params.in_chw[2]],
+                        params.kernel,
+                        params.stride,
+                        pads,
+                    );
+                    ok(prod(&params.in_chw))
+                        && out.is_some_and(|[h, w]| {
+                            ok(prod(&[
+                                h,
+                                w,
+                                params.in_chw[0],
+                                params.kernel[0],
+                                params.kernel[1],
+                            ]))
+                        })
+                }
                 _ => true,
             }
     })

@@ -21,6 +21,7 @@ mod lower;
 mod passes;
 
 pub use eval::erf;
+pub(crate) use eval::pool as pool_f64;
 
 /// Most elements of one example of any value (and of any constant tensor).
 pub const MAX_VALUE_ELEMENTS: usize = 1 << 28;

@@ -69,6 +69,27 @@ pub enum Layer {
         /// The permutation, `perm[0] == 0`.
         perm: Vec<usize>,
     },
+    /// Constant padding of the height and width of `[batch, C, H, W]` (`value` may be
+    /// `-inf`: the padding a max pooling ignores).
+    Pad {
+        /// Channels, height and width of the input.
+        in_chw: [usize; 3],
+        /// Rows and columns added: top, left, bottom, right.
+        pads: [usize; 4],
+        /// The padding value.
+        value: f32,
+    },
+    /// Average pooling over `[batch, C, H, W]` padded with zeros by `pads` (each below the
+    /// window); padded positions count in the divisor only when `include_pad` (Keras 'same'
+    /// pooling does not count them).
+    AvgPoolPadded {
+        /// The unpadded input, window and stride.
+        params: PoolParams,
+        /// Padding: top, left, bottom, right.
+        pads: [usize; 4],
+        /// Whether padded positions count in the divisor.
+        include_pad: bool,
+    },
     /// The sum of two values of the same shape (a residual connection).
     Add,
     /// The difference of two values of the same shape, the first minus the second.
@@ -128,6 +149,19 @@ pub struct PoolParams {
 }
 
 impl PoolParams {
+    /// The same window over the input padded by `pads` (top, left, bottom, right).
+    pub fn padded(&self, pads: [usize; 4]) -> PoolParams {
+        let [c, h, w] = self.in_chw;
+        PoolParams {
+            in_chw: [
+                c,
+                h.saturating_add(pads[0]).saturating_add(pads[2]),
+                w.saturating_add(pads[1]).saturating_add(pads[3]),
+            ],
+            ..*self
+        }
+    }
+
     /// The sotto-core shape of this pooling over `batch` examples.
     pub fn core_shape(&self, batch: usize) -> sotto_core::linear::PoolShape {
         sotto_core::linear::PoolShape {
@@ -190,6 +224,8 @@ impl Layer {
             Layer::MaxPool(_) => "MaxPool",
             Layer::AvgPool(_) => "AvgPool",
             Layer::Transpose { .. } => "Transpose",
+            Layer::Pad { .. } => "Pad",
+            Layer::AvgPoolPadded { .. } => "AvgPool",
             Layer::Add => "Add",
             Layer::Sub => "Sub",
             Layer::Concat { .. } => "Concat",
@@ -323,6 +359,20 @@ impl Model {
                 } => conv_f64(h, batch, c, weights, bias),
                 Layer::MaxPool(pp) => pool_f64(h, batch, pp, true),
                 Layer::AvgPool(pp) => pool_f64(h, batch, pp, false),
+                Layer::Pad {
+                    in_chw,
+                    pads,
+                    value,
+                } => pad_chw(h, batch, *in_chw, *pads, f64::from(*value)),
+                Layer::AvgPoolPadded {
+                    params,
+                    pads,
+                    include_pad,
+                } => {
+                    let ps = params.padded(*pads).core_shape(1);
+                    let out = [params.in_chw[0], ps.out_h(), ps.out_w()];
+                    crate::graph::pool_f64(h, batch, params, *pads, Some(*include_pad), &out)
+                }
                 Layer::Add | Layer::Sub => {
                     let (g, _) = read(1)?;
                     if g.len() != h.len() {
@@ -352,6 +402,30 @@ impl Model {
         let h = vals.pop().unwrap_or_default();
         Ok(h)
     }
+}
+
+/// Pads each `[C, H, W]` example of `x` with `fill` (`pads`: rows and columns added at the
+/// top, left, bottom and right).
+pub fn pad_chw<T: Copy>(
+    x: &[T],
+    batch: usize,
+    chw: [usize; 3],
+    pads: [usize; 4],
+    fill: T,
+) -> Vec<T> {
+    let [c, h, w] = chw;
+    let (ph, pw) = (h + pads[0] + pads[2], w + pads[1] + pads[3]);
+    let mut out = Vec::with_capacity(batch * c * ph * pw);
+    for plane in x.chunks(h * w).take(batch * c) {
+        out.extend(std::iter::repeat_n(fill, pads[0] * pw));
+        for row in plane.chunks(w) {
+            out.extend(std::iter::repeat_n(fill, pads[1]));
+            out.extend_from_slice(row);
+            out.extend(std::iter::repeat_n(fill, pads[3]));
+        }
+        out.extend(std::iter::repeat_n(fill, pads[2] * pw));
+    }
+    out
 }
 
 /// Concatenates `parts`, each made of `outer` equal chunks: chunk `o` of every part in turn,

@@ -97,6 +97,28 @@ pub enum StepKind {
         /// Fractional bits of the input.
         in_frac: u32,
     },
+    /// Padding of the height and width of each `[C, H, W]` example with a public constant
+    /// (local: P0 writes it, P1 writes zeros).
+    Pad {
+        /// Channels, height and width of the input.
+        chw: [usize; 3],
+        /// Rows and columns added: top, left, bottom, right.
+        pads: [usize; 4],
+        /// The constant, encoded at the input's scale (a max pooling's padding is the
+        /// value's lower bound, which the max ignores).
+        value: u64,
+    },
+    /// Average pooling of the input padded with zeros by `pads`: window sums times a
+    /// per-position reciprocal (of the window's area, or of its real positions when padded
+    /// ones do not count), then one exact truncation (keeps the scale).
+    AvgPoolPadded {
+        /// The unpadded input, window and stride.
+        params: PoolParams,
+        /// Padding: top, left, bottom, right.
+        pads: [usize; 4],
+        /// Whether padded positions count in the divisor.
+        include_pad: bool,
+    },
     /// Multiplication by `2^shift` (local, exact): brings a value to the fractional bits of
     /// the value it is added to or concatenated with.
     Scale {
@@ -126,7 +148,8 @@ impl StepKind {
                 "Beaver product (private) / local (public)"
             }
             StepKind::MaxPool { .. } => "FSS max tree",
-            StepKind::AvgPool { .. } => "sum + exact truncation",
+            StepKind::AvgPool { .. } | StepKind::AvgPoolPadded { .. } => "sum + exact truncation",
+            StepKind::Pad { .. } => "local padding",
             StepKind::Transpose { .. } => "local permutation",
             StepKind::Truncate => "exact truncation (FSS carry)",
             StepKind::Relu { shift: 0, .. } => "FSS sign gate (ReLU)",
@@ -525,6 +548,46 @@ impl Plan {
                     let kind = StepKind::AvgPool { params: *params };
                     b.push(node, kind, vec![x.id], out_per, x.bound, x.scale)
                 }
+                Layer::Pad {
+                    in_chw,
+                    pads,
+                    value,
+                } => {
+                    let value = f64::from(*value);
+                    let (fill, bound) = if value == f64::NEG_INFINITY {
+                        (-x.bound, x.bound)
+                    } else {
+                        (value, x.bound.max(value.abs()))
+                    };
+                    if bound * 2f64.powi(x.scale as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(node, bound, x.scale));
+                    }
+                    let value = encode_with(fill, x.scale)
+                        .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))?;
+                    let kind = StepKind::Pad {
+                        chw: *in_chw,
+                        pads: *pads,
+                        value,
+                    };
+                    b.push(node, kind, vec![x.id], out_per, bound, x.scale)
+                }
+                Layer::AvgPoolPadded {
+                    params,
+                    pads,
+                    include_pad,
+                } => {
+                    let area = (params.kernel[0] * params.kernel[1]) as f64;
+                    let recip = sotto_core::protocols::AVG_RECIP_BITS;
+                    if area * x.bound * 2f64.powi((x.scale + recip) as i32) >= LIMIT / 2.0 {
+                        return Err(overflow(node, area * x.bound, x.scale + recip));
+                    }
+                    let kind = StepKind::AvgPoolPadded {
+                        params: *params,
+                        pads: *pads,
+                        include_pad: *include_pad,
+                    };
+                    b.push(node, kind, vec![x.id], out_per, x.bound, x.scale)
+                }
                 Layer::Transpose { perm } => {
                     let in_shape = if l.inputs[0] == 0 {
                         &model.input_shape
@@ -684,6 +747,17 @@ impl Plan {
                 StepKind::Clip { shift, lo, hi, .. } => clip_twin(h, shift, lo, hi),
                 StepKind::Sigmoid { in_frac } => plain::sigmoid(h, in_frac, f).map_err(core_err)?,
                 StepKind::Tanh { in_frac } => plain::tanh(h, in_frac, f).map_err(core_err)?,
+                StepKind::Pad { chw, pads, value } => {
+                    crate::ir::pad_chw(h, batch, chw, pads, value)
+                }
+                StepKind::AvgPoolPadded {
+                    params,
+                    pads,
+                    include_pad,
+                } => plain::truncate(
+                    &padded_window_sums(h, batch, &params, pads, include_pad)?,
+                    sotto_core::protocols::AVG_RECIP_BITS,
+                ),
                 StepKind::Scale { shift } => scale_up(h, shift),
                 StepKind::Add { subtract } => add(h, vals.get(st.inputs[1]), subtract),
                 StepKind::Concat { outer } => vals.concat(&st.inputs, outer),
@@ -710,6 +784,51 @@ pub fn without_lift(steps: &[Step]) -> Vec<Step> {
             ..s.clone()
         })
         .collect()
+}
+
+/// The window sums of `x` padded with zeros by `pads`, each times the reciprocal of its
+/// divisor with [`sotto_core::protocols::AVG_RECIP_BITS`] bits (the window's area, or the
+/// number of its real positions when `!include_pad`): what an exact truncation turns into
+/// the average (local on shares).
+pub(crate) fn padded_window_sums(
+    x: &[u64],
+    batch: usize,
+    params: &PoolParams,
+    pads: [usize; 4],
+    include_pad: bool,
+) -> Result<Vec<u64>> {
+    let padded = params.padded(pads);
+    let xp = crate::ir::pad_chw(x, batch, params.in_chw, pads, 0u64);
+    let shape = padded.core_shape(batch);
+    let mut sums = shape.window_sums(&xp).map_err(core_err)?;
+    let (oh, ow) = (shape.out_h(), shape.out_w());
+    let [_, h, w] = params.in_chw;
+    let [kh, kw] = params.kernel;
+    let covered = |start: usize, k: usize, pad: usize, len: usize| {
+        // real positions of [start, start + k) in the padded axis
+        let lo = start.max(pad);
+        let hi = (start + k).min(pad + len);
+        hi.saturating_sub(lo)
+    };
+    let one = 1u64 << sotto_core::protocols::AVG_RECIP_BITS;
+    let factors: Vec<u64> = (0..oh * ow)
+        .map(|i| {
+            let (oy, ox) = (i / ow, i % ow);
+            let count = if include_pad {
+                kh * kw
+            } else {
+                covered(oy * params.stride[0], kh, pads[0], h)
+                    * covered(ox * params.stride[1], kw, pads[1], w)
+            } as u64;
+            (one + count.max(1) / 2) / count.max(1)
+        })
+        .collect();
+    for plane in sums.chunks_mut(oh * ow) {
+        for (v, f) in plane.iter_mut().zip(&factors) {
+            *v = v.wrapping_mul(*f);
+        }
+    }
+    Ok(sums)
 }
 
 /// `x · 2^shift` (wrapping; exact while the value fits, which the plan checks).
@@ -869,7 +988,11 @@ impl Step {
             | StepKind::Transpose { .. }
             | StepKind::Scale { .. }
             | StepKind::Add { .. }
-            | StepKind::Concat { .. } => Cost::default(),
+            | StepKind::Concat { .. }
+            | StepKind::Pad { .. } => Cost::default(),
+            StepKind::AvgPoolPadded { .. } => {
+                truncate_cost(n, sotto_core::protocols::AVG_RECIP_BITS)
+            }
             StepKind::Truncate => truncate_cost(n, self.out_frac),
             StepKind::Relu { shift, bits } => {
                 let sign = Cost {
@@ -1111,6 +1234,44 @@ impl Plan {
                         || in_frac + SLOPE_BITS - f > 62
                     {
                         return bad(i, format!("activation from {in_frac} fractional bits, {cur} elements giving {out}"));
+                    }
+                }
+                StepKind::Pad {
+                    chw: [c, h, w],
+                    pads,
+                    ..
+                } => {
+                    let size = (|| {
+                        let ph = h.checked_add(pads[0])?.checked_add(pads[2])?;
+                        let pw = w.checked_add(pads[1])?.checked_add(pads[3])?;
+                        c.checked_mul(ph)?.checked_mul(pw)
+                    })();
+                    if chw([c, h, w]) != Some(cur) || size != Some(out) {
+                        return bad(i, format!("padding of [{c}, {h}, {w}] by {pads:?} after {cur} elements, giving {out}"));
+                    }
+                }
+                StepKind::AvgPoolPadded { params, pads, .. } => {
+                    let p = params.padded(pads);
+                    let [c, h, w] = p.in_chw;
+                    let ok = params.kernel.iter().all(|k| *k >= 1)
+                        && params.stride.iter().all(|s| *s >= 1)
+                        && pads[0] < params.kernel[0]
+                        && pads[2] < params.kernel[0]
+                        && pads[1] < params.kernel[1]
+                        && pads[3] < params.kernel[1]
+                        && params.kernel[0] <= h
+                        && params.kernel[1] <= w
+                        && params.kernel[0]
+                            .checked_mul(params.kernel[1])
+                            .is_some_and(|k| k <= 1 << 16)
+                        && chw(params.in_chw) == Some(cur)
+                        && chw(p.in_chw).is_some_and(|n| n <= MAX_ELEMENTS);
+                    let ps = p.core_shape(1);
+                    if !ok || c * ps.out_h() * ps.out_w() != out {
+                        return bad(
+                            i,
+                            format!("pooling {params:?} padded by {pads:?} after {cur} elements, giving {out}"),
+                        );
                     }
                 }
                 StepKind::Scale { shift } => {

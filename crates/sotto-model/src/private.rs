@@ -159,10 +159,14 @@ pub async fn deal_predict<T: Transport>(
                 p::deal_maxpool(d, &params.core_shape(batch), bits).await
             }
             StepKind::AvgPool { params } => p::deal_avgpool(d, &params.core_shape(batch)).await,
+            StepKind::AvgPoolPadded { .. } => {
+                p::deal_truncate(d, n, sotto_core::protocols::AVG_RECIP_BITS).await
+            }
             StepKind::Transpose { .. }
             | StepKind::Scale { .. }
             | StepKind::Add { .. }
-            | StepKind::Concat { .. } => Ok(()),
+            | StepKind::Concat { .. }
+            | StepKind::Pad { .. } => Ok(()),
             StepKind::Truncate => p::deal_truncate(d, n, f).await,
             StepKind::Relu { shift, bits } => p::deal_relu(d, n, shift, bits).await,
             StepKind::Clip { shift, bits, .. } => p::deal_relu(d, 2 * n, shift, bits).await,
@@ -255,7 +259,13 @@ pub async fn prepare_predict<T: Transport>(
             | StepKind::Transpose { .. }
             | StepKind::Scale { .. }
             | StepKind::Add { .. }
-            | StepKind::Concat { .. } => PreparedStep::Local,
+            | StepKind::Concat { .. }
+            | StepKind::Pad { .. } => PreparedStep::Local,
+            StepKind::AvgPoolPadded { .. } => PreparedStep::Truncate(
+                p::prepare_truncate(s, n, sotto_core::protocols::AVG_RECIP_BITS)
+                    .await
+                    .map_err(core_err)?,
+            ),
             StepKind::Relu { shift, bits } => PreparedStep::Relu(Box::new(
                 p::prepare_relu(s, n, shift, bits).await.map_err(core_err)?,
             )),
@@ -431,6 +441,22 @@ pub async fn finish_predict<T: Transport>(
                 p::sigmoid(s, h, in_frac, f).await.map_err(core_err)?
             }
             StepKind::Tanh { in_frac } => p::tanh(s, h, in_frac, f).await.map_err(core_err)?,
+            StepKind::Pad { chw, pads, value } => {
+                let fill = if s.is_p0() { value } else { 0 };
+                crate::ir::pad_chw(h, batch, chw, pads, fill)
+            }
+            StepKind::AvgPoolPadded {
+                params,
+                pads,
+                include_pad,
+            } => {
+                let z = crate::plan::padded_window_sums(h, batch, &params, pads, include_pad)?;
+                match ready {
+                    Some(PreparedStep::Truncate(pt)) => p::finish_truncate(s, pt, &z).await,
+                    _ => p::truncate(s, &z, sotto_core::protocols::AVG_RECIP_BITS).await,
+                }
+                .map_err(core_err)?
+            }
             StepKind::Scale { shift } => crate::plan::scale_up(h, shift),
             StepKind::Add { subtract } => crate::plan::add(h, vals.get(st.inputs[1]), subtract),
             StepKind::Concat { outer } => vals.concat(&st.inputs, outer),

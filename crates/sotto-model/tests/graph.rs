@@ -608,16 +608,28 @@ fn branches_import_lower_and_run_privately() {
     for j in 0..4 {
         assert!((got[j] - y[j]).abs() < 1e-12, "{got:?} vs {y:?}");
     }
-    let fp = sotto_core::fixed::FixedPoint::new(16).expect("valid");
-    let plan = sotto_model::Plan::new(&m, fp, 2.0).expect("plans");
-    let kinds: Vec<&str> = plan.steps.iter().map(|s| s.kind.protocol()).collect();
+    let kinds = private_equals_twin(&m, 2.0, &r.vec(4 * 6, 2.0), 6, 1e-2);
     assert!(
         kinds.contains(&"local sum") && kinds.contains(&"local concatenation"),
         "{kinds:?}"
     );
-    let batch = 6;
-    let xs = r.vec(4 * batch, 2.0);
-    let enc = fp.encode_f32(&xs).expect("in range");
+}
+
+/// Plans `m` for inputs bounded by `bound`, runs it privately (three parties in process) with
+/// private and with public weights on `xs` (`batch` examples): the result equals the
+/// fixed-point twin bit for bit and is within `tol` of the float model. Returns the plan's
+/// step protocols.
+fn private_equals_twin(
+    m: &sotto_model::Model,
+    bound: f64,
+    xs: &[f32],
+    batch: usize,
+    tol: f64,
+) -> Vec<&'static str> {
+    let fp = sotto_core::fixed::FixedPoint::new(16).expect("valid");
+    let plan = sotto_model::Plan::new(m, fp, bound).expect("plans");
+    let enc = fp.encode_f32(xs).expect("in range");
+    let want = m.forward(xs, batch).expect("float");
     for private in [true, false] {
         let plan = plan.clone().for_weights(private);
         let weights = sotto_model::private::share_weights(&plan, private).expect("os rng");
@@ -625,12 +637,58 @@ fn branches_import_lower_and_run_privately() {
             sotto_model::private::run_in_process(&plan, [&plan, &plan], &weights, &enc, batch)
                 .expect("runs privately");
         assert_eq!(run.output, plan.eval_fixed(&enc, batch).expect("twin"));
-        let want = m.forward(&xs, batch).expect("float");
+        assert_eq!(run.output.len(), want.len());
         for (o, w) in run.output.iter().zip(&want) {
             let o = sotto_core::fixed::decode_with(*o, plan.out_frac);
-            assert!((o - w).abs() < 1e-2, "{o} vs {w}");
+            assert!((o - w).abs() < tol, "{o} vs {w}");
         }
     }
+    plan.steps.iter().map(|s| s.kind.protocol()).collect()
+}
+
+/// An explicit Pad with a non-zero value, a padded max pooling on signed values (the padding
+/// must not win), a 'same' average pooling that does not count padded positions and one that
+/// does: they lower, and run privately equal to their fixed-point twin on random inputs.
+#[test]
+fn padding_and_padded_pooling_run_privately() {
+    let mut r = Lcg(21);
+    let pool = |op: &str, name: &str, i: &str, o: &str, k: i64, pads: &[i64], count: i64| {
+        with(
+            node(op, name, &[i], o),
+            vec![
+                ints("kernel_shape", &[k, k]),
+                ints("strides", &[if k == 3 { 2 } else { 1 }; 2]),
+                ints("pads", pads),
+                int("count_include_pad", count),
+            ],
+        )
+    };
+    let nodes = vec![
+        pool("MaxPool", "max", "x", "m", 3, &[1, 1, 1, 1], 0),
+        node("Pad", "pad", &["m", "pads", "half"], "p"),
+        pool("AveragePool", "avg", "p", "a", 2, &[1, 0, 0, 1], 0),
+        pool("AveragePool", "avg_incl", "a", "b", 2, &[0, 1, 1, 0], 1),
+        node("Flatten", "flat", &["b"], "f"),
+        node("MatMul", "dense", &["f", "w"], "y"),
+    ];
+    // ONNX pads: begins of [N, C, H, W], then ends
+    let inits = vec![
+        i64_tensor("pads", &[0, 0, 1, 0, 0, 0, 2, 1]),
+        f32_tensor("half", &[], &[0.5]),
+        f32_tensor("w", &[2 * 6 * 4, 3], &r.vec(2 * 6 * 4 * 3, 1.0)),
+    ];
+    let bytes = model(nodes, inits, &[2, 5, 5]);
+    let m = import(&bytes).expect("lowers");
+    let kinds: Vec<&str> = m.layers.iter().map(|l| l.layer.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["Pad", "MaxPool", "Pad", "AvgPool", "AvgPool", "Flatten", "Dense"]
+    );
+    // Negative inputs: a max pooling padded with zeros would return 0 at every edge.
+    let batch = 5;
+    let xs: Vec<f32> = r.vec(2 * 25 * batch, 1.0).iter().map(|v| v - 2.0).collect();
+    let steps = private_equals_twin(&m, 3.0, &xs, batch, 1e-2);
+    assert!(steps.contains(&"local padding"), "{steps:?}");
 }
 
 /// GlobalAveragePooling2D as tf2onnx writes it (GlobalAveragePool, Squeeze with axes as an

@@ -305,7 +305,7 @@ fn conv(
 
 /// Padded pooling of `[batch, C, H, W]`: max when `avg` is `None` (padding ignored), else
 /// average, counting padded positions in the divisor when `avg == Some(true)`.
-fn pool(
+pub(crate) fn pool(
     x: &[f64],
     batch: usize,
     p: &PoolParams,

@@ -33,11 +33,11 @@ impl Graph {
                 }
             }
         }
-        // Model value ids: 0 is the input, `k + 1` the output of node `k`.
+        // Model value ids: 0 is the input, `k + 1` the output of layer `k`.
         let mut id = vec![usize::MAX; self.values.len()];
         id[self.input] = 0;
         let mut layers = Vec::with_capacity(self.nodes.len());
-        for (k, n) in self.nodes.iter().enumerate() {
+        for n in &self.nodes {
             let in_shape = &self.values[n.inputs[0]].shape;
             let out_shape = &self.values[n.output].shape;
             if matches!(n.op, Op::Add | Op::Sub)
@@ -57,13 +57,39 @@ impl Graph {
                     _ => Err(internal(n)),
                 })
                 .collect::<Result<Vec<_>>>()?;
+            // A padded max pooling is two layers: the padding (which the max ignores), then
+            // the pooling.
+            if let Op::MaxPool { params, pads } = &n.op {
+                if *pads != [0; 4] {
+                    let padded = params.padded(*pads);
+                    let [c, h, w] = padded.in_chw;
+                    layers.push(Named {
+                        node: n.name.clone(),
+                        layer: Layer::Pad {
+                            in_chw: params.in_chw,
+                            pads: *pads,
+                            value: f32::NEG_INFINITY,
+                        },
+                        out_shape: dims(&[c, h, w]),
+                        inputs,
+                    });
+                    layers.push(Named {
+                        node: n.name.clone(),
+                        layer: Layer::MaxPool(padded),
+                        out_shape: dims(out_shape),
+                        inputs: vec![layers.len()],
+                    });
+                    id[n.output] = layers.len();
+                    continue;
+                }
+            }
             layers.push(Named {
                 node: n.name.clone(),
                 layer: layer_of(n, in_shape, out_shape)?,
                 out_shape: dims(out_shape),
                 inputs,
             });
-            id[n.output] = k + 1;
+            id[n.output] = layers.len();
         }
         if self.nodes.last().map(|n| n.output) != Some(self.output) {
             return Err(ModelError::Graph(
@@ -79,6 +105,12 @@ impl Graph {
             output_name: self.output_name.clone(),
         })
     }
+}
+
+/// Every window of a pooling padded by `pads` reaches the input (each padding below the
+/// window), so that a max or an average over its real positions exists.
+fn pads_fit(p: &PoolParams, pads: &[usize; 4]) -> bool {
+    pads[0] < p.kernel[0] && pads[2] < p.kernel[0] && pads[1] < p.kernel[1] && pads[3] < p.kernel[1]
 }
 
 /// The refusal of a node the import accepted but the private plan cannot run yet.
@@ -106,17 +138,26 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
         | Op::Add
         | Op::Sub
         | Op::Concat { .. } => return None,
-        Op::MaxPool { pads, .. } | Op::AvgPool { pads, .. } if *pads == [0; 4] => return None,
+        Op::MaxPool { params, pads } | Op::AvgPool { params, pads, .. }
+            if pads_fit(params, pads) =>
+        {
+            return None
+        }
+        Op::Pad { pads, value }
+            if in_shape.len() == 3 && pads[0] == [0, 0] && value.is_finite() =>
+        {
+            return None
+        }
         Op::GlobalAvgPool if in_shape.len() == 3 => return None,
         Op::Clip { min, max } if min.is_finite() && max.is_finite() && min < max => return None,
         Op::MaxPool { .. } | Op::AvgPool { .. } => (
-            "padded pooling",
-            "use padding='valid' pooling (MaxPooling2D / AveragePooling2D) without a ZeroPadding2D before it",
+            "pooling with padding as wide as its window",
+            "use padding='same' or 'valid' pooling without a wider ZeroPadding2D before it",
         ),
         Op::GlobalAvgPool => ("a global average pooling that is not over [C, H, W]", ""),
         Op::Pad { .. } => (
-            "explicit padding (Pad) that is not folded into the convolution after it",
-            "remove the ZeroPadding2D layer, or use padding='same' in the Conv2D after it",
+            "padding of anything but the height and width of an image, or with an infinite value",
+            "use ZeroPadding2D on [H, W, C] images",
         ),
         Op::Affine { .. } => (
             "a constant scale and shift (BatchNormalization, Rescaling, Normalization or a constant Add/Sub/Mul/Div) that cannot be folded into a neighbouring Dense or Conv2D",
@@ -172,7 +213,24 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
             bias: bias.clone(),
         },
         Op::MaxPool { params, .. } => Layer::MaxPool(*params),
-        Op::AvgPool { params, .. } => Layer::AvgPool(*params),
+        Op::AvgPool { params, pads, .. } if *pads == [0; 4] => Layer::AvgPool(*params),
+        Op::AvgPool {
+            params,
+            pads,
+            count_include_pad,
+        } => Layer::AvgPoolPadded {
+            params: *params,
+            pads: *pads,
+            include_pad: *count_include_pad,
+        },
+        Op::Pad { pads, value } => match in_shape {
+            [c, h, w] => Layer::Pad {
+                in_chw: [*c, *h, *w],
+                pads: [pads[1][0], pads[2][0], pads[1][1], pads[2][1]],
+                value: *value,
+            },
+            _ => return Err(internal(n)),
+        },
         Op::GlobalAvgPool => match in_shape {
             [c, h, w] => Layer::AvgPool(PoolParams {
                 in_chw: [*c, *h, *w],
