@@ -44,6 +44,15 @@ struct Numbers {
     /// Largest magnitude of any input value (1.0 for pixels scaled to [0, 1]).
     #[arg(long, default_value_t = 1.0)]
     input_bound: f64,
+    /// Sample inputs (.npy, shaped like the model's input): bound each layer's values by the
+    /// largest magnitude seen on them times --margin instead of the proven worst case, for
+    /// deep networks whose worst case does not fit the ring. A value beyond its calibrated
+    /// bound gives a wrong answer (README, "Calibrated bounds").
+    #[arg(long, value_name = "SAMPLES.npy")]
+    calibrate: Option<PathBuf>,
+    /// With --calibrate: the factor between the largest magnitude seen and the bound.
+    #[arg(long, default_value_t = sotto_model::Calibration::DEFAULT_MARGIN, requires = "calibrate")]
+    margin: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,7 +339,22 @@ fn load_model(path: &Path, numbers: &Numbers) -> Result<(Model, Plan), String> {
     let t = Instant::now();
     let model = import(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let fp = FixedPoint::new(numbers.frac_bits).map_err(|e| e.to_string())?;
-    let plan = Plan::new(&model, fp, numbers.input_bound)
+    let calibration = match &numbers.calibrate {
+        None => None,
+        Some(samples) => {
+            let (x, n) = data::inputs(samples, &example_shape(&model), numbers.input_bound)?;
+            let x: Vec<f32> = x.iter().map(|v| *v as f32).collect();
+            let c = sotto_model::Calibration::observe(&model, &x, numbers.margin)
+                .map_err(|e| format!("{}: {e}", samples.display()))?;
+            eprintln!(
+                "calibrated on {n} samples from {} (margin {}×)",
+                samples.display(),
+                numbers.margin
+            );
+            Some(c)
+        }
+    };
+    let plan = Plan::with_calibration(&model, fp, numbers.input_bound, calibration.as_ref())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!(
         "imported {} in {:.1} ms",
@@ -410,6 +434,27 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
             "once per loaded model: 1 round per weight tensor, {} B per server (W − B)",
             8 * load
         );
+    }
+    if numbers.calibrate.is_some() {
+        // What the calibration changed: the proven bounds next to the planned ones.
+        println!(
+            "calibrated bounds (margin {}×) against the proven worst case:",
+            numbers.margin
+        );
+        let fits = |b: f64, frac: u32| b * 2f64.powi(frac as i32) < (1u64 << 61) as f64;
+        for st in plan.steps.iter().filter(|s| s.proven_bound > s.bound) {
+            println!(
+                "  {:<28} |value| <= {:.3e} (proven {:.3e}{})",
+                truncate_name(&st.node, 28),
+                st.bound,
+                st.proven_bound,
+                if fits(st.proven_bound, st.out_frac) {
+                    ""
+                } else {
+                    ", which does not fit the ring"
+                }
+            );
+        }
     }
     Ok(())
 }

@@ -258,6 +258,7 @@ pub fn make_set_with(plan: &Plan, model_bytes: &[u8], opts: SetOptions) -> Resul
                     format!("step{i}")
                 },
                 bound: 0.0,
+                proven_bound: 0.0,
                 ..st.clone()
             })
             .collect();

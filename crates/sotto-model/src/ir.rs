@@ -285,6 +285,18 @@ impl Model {
     /// Runs the model in `f64` on `batch` examples laid out one after the other; returns the
     /// logits (before a final softmax, which [`Model::softmax_at_client`] flags).
     pub fn forward(&self, x: &[f32], batch: usize) -> Result<Vec<f64>> {
+        self.forward_observing(x, batch, &mut |_, _| {})
+    }
+
+    /// [`Model::forward`], calling `observe(v, values)` with each value as it is computed
+    /// (`v` 0 for the input, `i + 1` for layer `i`'s output; the whole batch). A value is
+    /// dropped once the last layer reading it has run.
+    pub fn forward_observing(
+        &self,
+        x: &[f32],
+        batch: usize,
+        observe: &mut dyn FnMut(usize, &[f64]),
+    ) -> Result<Vec<f64>> {
         if batch == 0 || x.len() != batch * self.input_len() {
             return Err(ModelError::Input(format!(
                 "{} values for a batch of {batch} inputs of shape {}",
@@ -292,8 +304,17 @@ impl Model {
                 shape_string(&self.input_shape)
             )));
         }
+        let mut last = vec![0usize; self.layers.len() + 1];
+        for (i, l) in self.layers.iter().enumerate() {
+            for v in &l.inputs {
+                if let Some(slot) = last.get_mut(*v) {
+                    *slot = i;
+                }
+            }
+        }
         let mut vals: Vec<Vec<f64>> = Vec::with_capacity(self.layers.len() + 1);
         vals.push(x.iter().map(|&v| f64::from(v)).collect());
+        observe(0, &vals[0]);
         for (i, l) in self.layers.iter().enumerate() {
             let read = |k: usize| -> Result<(&Vec<f64>, &[Dim])> {
                 let v = *l.inputs.get(k).ok_or_else(|| {
@@ -397,7 +418,13 @@ impl Model {
                     concat(&parts, outer)
                 }
             };
+            observe(i + 1, &y);
             vals.push(y);
+            for v in &l.inputs {
+                if last[*v] == i {
+                    vals[*v] = Vec::new();
+                }
+            }
         }
         let h = vals.pop().unwrap_or_default();
         Ok(h)
@@ -480,36 +507,45 @@ pub fn softmax(logits: &[f64], cols: usize) -> Vec<f64> {
 }
 
 fn conv_f64(x: &[f64], batch: usize, c: &ConvParams, w: &[f32], bias: &[f32]) -> Vec<f64> {
+    use ndarray::{Array2, ArrayView2};
     let s = c.core_shape(batch);
     let (oh, ow) = (s.out_h(), s.out_w());
     let [ci, h, wd] = c.in_chw;
     let [kh, kw] = c.kernel;
     let o_ch = c.out_channels;
-    let mut out = vec![0f64; batch * o_ch * oh * ow];
+    let k = ci * kh * kw;
+    let wm: Vec<f64> = w.iter().map(|v| f64::from(*v)).collect();
+    let Ok(wm) = ArrayView2::from_shape((o_ch, k), &wm) else {
+        return vec![f64::NAN; batch * o_ch * oh * ow];
+    };
+    let mut out = Vec::with_capacity(batch * o_ch * oh * ow);
+    // im2col, then one matrix product per example: [O, C·kh·kw] · [C·kh·kw, oh·ow]
+    let mut patches = Array2::<f64>::zeros((k, oh * ow));
     for n in 0..batch {
-        for o in 0..o_ch {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = f64::from(bias[o]);
-                    for ch in 0..ci {
-                        for ky in 0..kh {
-                            let iy = (oy * c.stride[0] + ky) as isize - c.pads[0] as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            for kx in 0..kw {
-                                let ix = (ox * c.stride[1] + kx) as isize - c.pads[1] as isize;
-                                if ix < 0 || ix >= wd as isize {
-                                    continue;
-                                }
-                                acc += x[((n * ci + ch) * h + iy as usize) * wd + ix as usize]
-                                    * f64::from(w[((o * ci + ch) * kh + ky) * kw + kx]);
-                            }
+        let img = &x[n * ci * h * wd..(n + 1) * ci * h * wd];
+        for ch in 0..ci {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let mut row = patches.row_mut((ch * kh + ky) * kw + kx);
+                    for oy in 0..oh {
+                        let iy = (oy * c.stride[0] + ky) as isize - c.pads[0] as isize;
+                        for ox in 0..ow {
+                            let ix = (ox * c.stride[1] + kx) as isize - c.pads[1] as isize;
+                            row[oy * ow + ox] =
+                                if iy < 0 || iy >= h as isize || ix < 0 || ix >= wd as isize {
+                                    0.0
+                                } else {
+                                    img[(ch * h + iy as usize) * wd + ix as usize]
+                                };
                         }
                     }
-                    out[((n * o_ch + o) * oh + oy) * ow + ox] = acc;
                 }
             }
+        }
+        let y = wm.dot(&patches);
+        for (o, row) in y.outer_iter().enumerate() {
+            let b = f64::from(bias[o]);
+            out.extend(row.iter().map(|v| v + b));
         }
     }
     out

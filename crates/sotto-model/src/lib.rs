@@ -26,4 +26,4 @@ pub use error::{ModelError, Result};
 pub use graph::Graph;
 pub use import::{import, import_graph, supported_ops};
 pub use ir::{Dim, Layer, Model};
-pub use plan::Plan;
+pub use plan::{Calibration, Plan};

@@ -176,8 +176,12 @@ pub struct Step {
     pub inputs: Vec<usize>,
     /// Elements per example of its output.
     pub per_example: usize,
-    /// Bound on the real magnitude of its output.
+    /// Bound on the real magnitude of its output (calibrated where the plan is).
     pub bound: f64,
+    /// The proven worst-case bound on the real magnitude of its output (equal to `bound`
+    /// unless the plan is calibrated; 0 in model files, like `bound`).
+    #[serde(default)]
+    pub proven_bound: f64,
     /// Fractional bits of its output.
     pub out_frac: u32,
 }
@@ -263,6 +267,75 @@ fn overflow(node: &str, bound: f64, frac: u32) -> ModelError {
     ))
 }
 
+/// Magnitudes observed on sample inputs, which [`Plan::with_calibration`] turns into bounds
+/// (`--calibrate SAMPLES.npy`): for deep networks whose proven worst-case bounds do not fit
+/// the ring although their real activations are small.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    /// Largest magnitude seen of each model value (0 the input, `i + 1` layer `i`'s output).
+    pub observed: Vec<f64>,
+    /// The factor between an observed magnitude and the bound planned for.
+    pub margin: f64,
+    /// How many sample inputs were observed.
+    pub samples: usize,
+}
+
+impl Calibration {
+    /// The margin used when none is given: a value may reach 8 times the largest magnitude
+    /// seen on the samples before the plan's comparisons could go wrong.
+    pub const DEFAULT_MARGIN: f64 = 8.0;
+
+    /// Runs `model` in floating point on `x` (sample inputs laid out one after the other,
+    /// in chunks so that memory stays small) and records each value's largest magnitude.
+    pub fn observe(model: &Model, x: &[f32], margin: f64) -> Result<Calibration> {
+        if !(margin.is_finite() && margin >= 1.0) {
+            return Err(ModelError::Input(format!(
+                "calibration margin {margin}: it must be at least 1"
+            )));
+        }
+        let per = model.input_len();
+        if per == 0 || x.is_empty() || x.len() % per != 0 {
+            return Err(ModelError::Input(format!(
+                "{} calibration values are not whole inputs of {per} elements",
+                x.len()
+            )));
+        }
+        let mut observed = vec![0f64; model.layers.len() + 1];
+        for chunk in x.chunks(per * 16) {
+            model.forward_observing(chunk, chunk.len() / per, &mut |v, vals| {
+                // (a max pooling's padding is -inf, which the max ignores)
+                let m = vals
+                    .iter()
+                    .filter(|a| !a.is_infinite())
+                    .fold(0f64, |m, a| m.max(a.abs()));
+                observed[v] = observed[v].max(m);
+            })?;
+        }
+        if let Some(v) = observed.iter().position(|m| !m.is_finite()) {
+            return Err(ModelError::Input(format!(
+                "calibration: value {v} of the model is not finite on the samples"
+            )));
+        }
+        Ok(Calibration {
+            observed,
+            margin,
+            samples: x.len() / per,
+        })
+    }
+
+    /// The bound planned for model value `v`: its observed magnitude (at least 1) times the
+    /// margin.
+    pub fn bound(&self, v: usize) -> f64 {
+        self.margin
+            * self
+                .observed
+                .get(v)
+                .copied()
+                .unwrap_or(f64::INFINITY)
+                .max(1.0)
+    }
+}
+
 /// What a plan value is: its id (0 the input, `i + 1` step `i`'s output), fractional bits,
 /// bound on its real magnitude and elements per example.
 #[derive(Debug, Clone, Copy)]
@@ -270,6 +343,7 @@ struct Val {
     id: usize,
     scale: u32,
     bound: f64,
+    proven: f64,
     per: usize,
 }
 
@@ -289,7 +363,7 @@ impl Builder {
         kind: StepKind,
         inputs: Vec<usize>,
         per: usize,
-        bound: f64,
+        (bound, proven): (f64, f64),
         scale: u32,
     ) -> Val {
         self.steps.push(Step {
@@ -298,12 +372,14 @@ impl Builder {
             inputs,
             per_example: per,
             bound,
+            proven_bound: proven,
             out_frac: scale,
         });
         Val {
             id: self.steps.len(),
             scale,
             bound,
+            proven,
             per,
         }
     }
@@ -322,7 +398,7 @@ impl Builder {
             StepKind::Truncate,
             vec![x.id],
             x.per,
-            x.bound,
+            (x.bound, x.proven),
             self.f,
         );
         self.truncated.push((x.id, t));
@@ -348,7 +424,7 @@ impl Builder {
             StepKind::Scale { shift },
             vec![x.id],
             x.per,
-            x.bound,
+            (x.bound, x.proven),
             scale,
         );
         self.scaled.push(((x.id, shift), v));
@@ -360,6 +436,30 @@ impl Plan {
     /// Plans `model` with `fp` between layers for inputs bounded by `input_bound` in
     /// magnitude (1.0 for images scaled to [0, 1]).
     pub fn new(model: &Model, fp: FixedPoint, input_bound: f64) -> Result<Plan> {
+        Plan::with_calibration(model, fp, input_bound, None)
+    }
+
+    /// [`Plan::new`], with each value's bound, where `calibration` is given, the smaller of
+    /// the proven one and [`Calibration::bound`] (the magnitude observed on sample inputs
+    /// times a margin): comparisons are sized and overflow is checked for the calibrated
+    /// bounds, and a value beyond its bound gives a wrong result (see the README).
+    pub fn with_calibration(
+        model: &Model,
+        fp: FixedPoint,
+        input_bound: f64,
+        calibration: Option<&Calibration>,
+    ) -> Result<Plan> {
+        if let Some(c) = calibration {
+            if c.observed.len() != model.layers.len() + 1 {
+                return Err(ModelError::Input(format!(
+                    "a calibration of {} values for a model of {} layers",
+                    c.observed.len(),
+                    model.layers.len()
+                )));
+            }
+        }
+        // The bound of layer `li`'s output: `b`, capped by the calibration.
+        let cap = |li: usize, b: f64| calibration.map_or(b, |c| b.min(c.bound(li + 1)));
         if !(input_bound.is_finite() && input_bound > 0.0) {
             return Err(ModelError::Input(format!(
                 "input bound {input_bound} must be positive"
@@ -387,6 +487,7 @@ impl Plan {
             id: 0,
             scale: f,
             bound,
+            proven: bound,
             per: per0,
         };
         if input_bits < 63 {
@@ -396,7 +497,7 @@ impl Plan {
                 StepKind::LiftInput { bits: input_bits },
                 vec![0],
                 per0,
-                bound,
+                (bound, bound),
                 f,
             );
         }
@@ -425,15 +526,20 @@ impl Plan {
                     bias,
                 } => {
                     let x = b.at_f(x);
-                    let mut out_bound: f64 = 0.0;
-                    for j in 0..*outputs {
-                        let s: f64 = (0..*inputs)
-                            .map(|i| f64::from(weights[i * outputs + j]).abs())
-                            .sum::<f64>()
-                            * (x.bound + 2f64.powi(-(f as i32)))
-                            + f64::from(bias[j]).abs();
-                        out_bound = out_bound.max(s);
+                    let mut l1 = vec![0f64; *outputs];
+                    for row in weights.chunks((*outputs).max(1)) {
+                        for (a, w) in l1.iter_mut().zip(row) {
+                            *a += f64::from(*w).abs();
+                        }
                     }
+                    let ulp = 2f64.powi(-(f as i32));
+                    let ob = |xb: f64| {
+                        l1.iter()
+                            .zip(bias.iter())
+                            .map(|(a, c)| a * (xb + ulp) + f64::from(*c).abs())
+                            .fold(0f64, f64::max)
+                    };
+                    let (out_bound, proven) = (cap(li, ob(x.bound)), ob(x.proven));
                     if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
                         return Err(overflow(node, out_bound, 2 * f));
                     }
@@ -446,7 +552,7 @@ impl Plan {
                         outputs: *outputs,
                     };
                     dense.push((w, bias));
-                    b.push(node, kind, vec![x.id], *outputs, out_bound, 2 * f)
+                    b.push(node, kind, vec![x.id], *outputs, (out_bound, proven), 2 * f)
                 }
                 Layer::Relu => {
                     let shift = x.scale - f;
@@ -456,7 +562,7 @@ impl Plan {
                         StepKind::Relu { shift, bits },
                         vec![x.id],
                         x.per,
-                        x.bound,
+                        (cap(li, x.bound), x.proven),
                         f,
                     )
                 }
@@ -479,7 +585,8 @@ impl Plan {
                         lo,
                         hi,
                     };
-                    b.push(node, kind, vec![x.id], x.per, min.abs().max(max.abs()), f)
+                    let m = min.abs().max(max.abs());
+                    b.push(node, kind, vec![x.id], x.per, (cap(li, m), m), f)
                 }
                 Layer::Sigmoid | Layer::Tanh => {
                     let pw = if matches!(l.layer, Layer::Sigmoid) {
@@ -500,7 +607,7 @@ impl Plan {
                     } else {
                         StepKind::Tanh { in_frac: x.scale }
                     };
-                    b.push(node, kind, vec![x.id], x.per, 1.0, f)
+                    b.push(node, kind, vec![x.id], x.per, (1.0, 1.0), f)
                 }
                 Layer::Flatten | Layer::Reshape => x,
                 Layer::Conv2d {
@@ -511,13 +618,18 @@ impl Plan {
                     let x = b.at_f(x);
                     let o = params.out_channels;
                     let k = weights.len() / o.max(1);
-                    let mut out_bound: f64 = 0.0;
-                    for (ch, row) in weights.chunks(k.max(1)).enumerate() {
-                        let sum: f64 = row.iter().map(|v| f64::from(*v).abs()).sum();
-                        let bb =
-                            sum * (x.bound + 2f64.powi(-(f as i32))) + f64::from(bias[ch]).abs();
-                        out_bound = out_bound.max(bb);
-                    }
+                    let l1: Vec<f64> = weights
+                        .chunks(k.max(1))
+                        .map(|row| row.iter().map(|v| f64::from(*v).abs()).sum())
+                        .collect();
+                    let ulp = 2f64.powi(-(f as i32));
+                    let ob = |xb: f64| {
+                        l1.iter()
+                            .zip(bias.iter())
+                            .map(|(a, c)| a * (xb + ulp) + f64::from(*c).abs())
+                            .fold(0f64, f64::max)
+                    };
+                    let (out_bound, proven) = (cap(li, ob(x.bound)), ob(x.proven));
                     if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
                         return Err(overflow(node, out_bound, 2 * f));
                     }
@@ -529,7 +641,7 @@ impl Plan {
                         weights: dense.len() - 1,
                         params: *params,
                     };
-                    b.push(node, kind, vec![x.id], out_per, out_bound, 2 * f)
+                    b.push(node, kind, vec![x.id], out_per, (out_bound, proven), 2 * f)
                 }
                 Layer::MaxPool(params) => {
                     let bits = bits_for(2.0 * x.bound * 2f64.powi(x.scale as i32));
@@ -537,7 +649,14 @@ impl Plan {
                         params: *params,
                         bits,
                     };
-                    b.push(node, kind, vec![x.id], out_per, x.bound, x.scale)
+                    b.push(
+                        node,
+                        kind,
+                        vec![x.id],
+                        out_per,
+                        (x.bound, x.proven),
+                        x.scale,
+                    )
                 }
                 Layer::AvgPool(params) => {
                     let area = (params.kernel[0] * params.kernel[1]) as f64;
@@ -546,7 +665,14 @@ impl Plan {
                         return Err(overflow(node, area * x.bound, x.scale + recip));
                     }
                     let kind = StepKind::AvgPool { params: *params };
-                    b.push(node, kind, vec![x.id], out_per, x.bound, x.scale)
+                    b.push(
+                        node,
+                        kind,
+                        vec![x.id],
+                        out_per,
+                        (x.bound, x.proven),
+                        x.scale,
+                    )
                 }
                 Layer::Pad {
                     in_chw,
@@ -569,7 +695,8 @@ impl Plan {
                         pads: *pads,
                         value,
                     };
-                    b.push(node, kind, vec![x.id], out_per, bound, x.scale)
+                    let proven = x.proven.max(bound);
+                    b.push(node, kind, vec![x.id], out_per, (bound, proven), x.scale)
                 }
                 Layer::AvgPoolPadded {
                     params,
@@ -586,7 +713,14 @@ impl Plan {
                         pads: *pads,
                         include_pad: *include_pad,
                     };
-                    b.push(node, kind, vec![x.id], out_per, x.bound, x.scale)
+                    b.push(
+                        node,
+                        kind,
+                        vec![x.id],
+                        out_per,
+                        (x.bound, x.proven),
+                        x.scale,
+                    )
                 }
                 Layer::Transpose { perm } => {
                     let in_shape = if l.inputs[0] == 0 {
@@ -616,7 +750,7 @@ impl Plan {
                         rank: in_dims.len(),
                         perm: pm,
                     };
-                    b.push(node, kind, vec![x.id], x.per, x.bound, x.scale)
+                    b.push(node, kind, vec![x.id], x.per, (x.bound, x.proven), x.scale)
                 }
                 Layer::Add | Layer::Sub => {
                     let y = arg(1)?;
@@ -627,7 +761,7 @@ impl Plan {
                         )));
                     }
                     let scale = x.scale.max(y.scale);
-                    let bound = x.bound + y.bound;
+                    let bound = cap(li, x.bound + y.bound);
                     if bound * 2f64.powi(scale as i32) >= LIMIT / 2.0 {
                         return Err(overflow(node, bound, scale));
                     }
@@ -635,7 +769,8 @@ impl Plan {
                     let kind = StepKind::Add {
                         subtract: matches!(l.layer, Layer::Sub),
                     };
-                    b.push(node, kind, vec![x.id, y.id], x.per, bound, scale)
+                    let proven = x.proven + y.proven;
+                    b.push(node, kind, vec![x.id, y.id], x.per, (bound, proven), scale)
                 }
                 Layer::Concat { axis } => {
                     let parts = (0..l.inputs.len()).map(&arg).collect::<Result<Vec<_>>>()?;
@@ -654,7 +789,8 @@ impl Plan {
                         .product();
                     let ids = parts.iter().map(|p| b.at_scale(*p, scale).id).collect();
                     let kind = StepKind::Concat { outer };
-                    b.push(node, kind, ids, out_per, bound, scale)
+                    let proven = parts.iter().map(|p| p.proven).fold(0.0, f64::max);
+                    b.push(node, kind, ids, out_per, (bound, proven), scale)
                 }
             };
             vals.push(out);
