@@ -83,12 +83,14 @@ pub fn argmax(x: &[u64], rows: usize, classes: usize) -> Result<Vec<u64>> {
         .collect())
 }
 
-/// A piecewise-linear function on fixed-point inputs: `g0 + (Σ_j ±ReLU(s_j·(x − t_j))) >> shift`
-/// (one floor of the sum, not one per piece).
+/// A piecewise-linear function on fixed-point inputs:
+/// `base + (a·(x − t_0) + Σ_j ±|s_j|·ReLU(x − t_j)) >> shift` (one floor of the sum, not one
+/// per piece; ReLU on the signed 64-bit `x − t_j`). [`crate::protocols::piecewise`] equals it
+/// bit for bit at any width `bits` that [`PiecewiseLinear::checked_comparison_bits`] allows.
 pub fn piecewise(x: &[u64], g: &PiecewiseLinear) -> Vec<u64> {
     let inputs = g.piece_inputs(x, true);
     let y = relu(&inputs, 0);
-    let mut out = truncate(&g.sum_pieces(&y, x.len()), g.shift());
+    let mut out = truncate(&g.sum_pieces(x, &y, true), g.shift());
     g.add_base(&mut out, true);
     out
 }
