@@ -403,7 +403,8 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
             sotto_model::plan::StepKind::Relu { bits, shift } => {
                 sotto_core::protocols::shifted_bits(bits, shift).to_string()
             }
-            sotto_model::plan::StepKind::MaxPool { bits, .. } => bits.to_string(),
+            sotto_model::plan::StepKind::MaxPool { bits, .. }
+            | sotto_model::plan::StepKind::Piecewise { bits, .. } => bits.to_string(),
             _ => "-".into(),
         };
         let kind = format!("{:?}", st.kind);
@@ -434,6 +435,24 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
             "once per loaded model: 1 round per weight tensor, {} B per server (W − B)",
             8 * load
         );
+    }
+    for st in &plan.steps {
+        // What an approximated activation costs in accuracy.
+        if let sotto_model::plan::StepKind::Piecewise { act, in_frac, .. } = st.kind {
+            if let Ok(g) = act.piecewise(in_frac, plan.fp.frac_bits()) {
+                let b = match st.inputs.first() {
+                    Some(&v) if v > 0 => plan.steps[v - 1].bound,
+                    _ => plan.input_bound,
+                };
+                println!(
+                    "{}: {} as {} linear pieces, max error {:.2e} for inputs within ±{b:.3e}",
+                    truncate_name(&st.node, 28),
+                    act.name(),
+                    g.pieces(),
+                    g.max_error(|x| act.eval(x), -b, b)
+                );
+            }
+        }
     }
     if numbers.calibrate.is_some() {
         // What the calibration changed: the proven bounds next to the planned ones.

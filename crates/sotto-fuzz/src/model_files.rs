@@ -442,6 +442,13 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
                     None
                 }
             }
+            StepKind::Piecewise { in_frac, bits, .. } => {
+                if in_frac > 62 || !(2..=64).contains(&bits) {
+                    Some("piecewise input fraction or comparison width out of range")
+                } else {
+                    None
+                }
+            }
             StepKind::Sigmoid { in_frac } | StepKind::Tanh { in_frac } => {
                 (in_frac > 62).then_some("sigmoid/tanh input fraction above 62 bits")
             }

@@ -129,6 +129,9 @@ pub enum Op {
     },
     /// The error function (exact gelu is built from it).
     Erf,
+    /// An activation recognised in a group of elementwise nodes (swish, gelu, hard_swish as
+    /// exporters write them: a product of a value and a function of it), or LeakyReLU/ELU.
+    Act(crate::ir::Activation),
     /// `x^exponent` for a constant exponent.
     Pow {
         /// The exponent.
@@ -177,6 +180,7 @@ impl Op {
             Op::Elu { .. } => "Elu",
             Op::HardSigmoid { .. } => "HardSigmoid",
             Op::Erf => "Erf",
+            Op::Act(a) => a.name(),
             Op::Pow { .. } => "Pow",
             Op::Add => "Add",
             Op::Sub => "Sub",
@@ -289,6 +293,7 @@ impl Op {
             | Op::Elu { .. }
             | Op::HardSigmoid { .. }
             | Op::Erf
+            | Op::Act(_)
             | Op::Pow { .. } => x.to_vec(),
             Op::Add | Op::Sub | Op::Mul | Op::Max | Op::Min => {
                 if ins[0].len() != ins[1].len() {

@@ -20,6 +20,104 @@ impl std::fmt::Display for Dim {
     }
 }
 
+/// An activation the private plan runs as a piecewise-linear function
+/// ([`sotto_core::protocols::PiecewiseLinear`]): exact for LeakyReLU (up to its slope's 12
+/// fractional bits), an approximation for the others whose error `sotto inspect` reports.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    /// `x` if `x ≥ 0`, else `alpha · x`.
+    LeakyRelu {
+        /// Slope below zero.
+        alpha: f32,
+    },
+    /// `x` if `x ≥ 0`, else `alpha · (e^x − 1)`.
+    Elu {
+        /// Scale below zero.
+        alpha: f32,
+    },
+    /// `x · sigmoid(x)` (swish, SiLU).
+    Swish,
+    /// `x · Φ(x)` (gelu with the error function).
+    Gelu,
+    /// gelu's tanh form, `x/2 · (1 + tanh(√(2/π) · (x + 0.044715 x³)))` (run privately with
+    /// the same approximation as [`Activation::Gelu`]).
+    GeluTanh,
+    /// `x · ReLU6(x + 3) / 6`.
+    HardSwish,
+}
+
+// The alphas are finite (the importer refuses others), so equality is an equivalence.
+impl Eq for Activation {}
+
+impl Activation {
+    /// Its name, as messages and `sotto inspect` print it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::LeakyRelu { .. } => "LeakyReLU",
+            Activation::Elu { .. } => "ELU",
+            Activation::Swish => "swish",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu (tanh form)",
+            Activation::HardSwish => "hard_swish",
+        }
+    }
+
+    /// The function itself, in `f64`.
+    pub fn eval(&self, x: f64) -> f64 {
+        match *self {
+            Activation::LeakyRelu { alpha } => {
+                if x < 0.0 {
+                    f64::from(alpha) * x
+                } else {
+                    x
+                }
+            }
+            Activation::Elu { alpha } => {
+                if x < 0.0 {
+                    f64::from(alpha) * x.exp_m1()
+                } else {
+                    x
+                }
+            }
+            Activation::Swish => x / (1.0 + (-x).exp()),
+            Activation::Gelu => 0.5 * x * (1.0 + crate::graph::erf(x / std::f64::consts::SQRT_2)),
+            Activation::GeluTanh => {
+                let c = (2.0 / std::f64::consts::PI).sqrt();
+                0.5 * x * (1.0 + (c * (x + 0.044715 * x * x * x)).tanh())
+            }
+            Activation::HardSwish => x * (x + 3.0).clamp(0.0, 6.0) / 6.0,
+        }
+    }
+
+    /// The piecewise-linear function the private plan computes, from `in_frac` to `out_frac`
+    /// fractional bits.
+    pub fn piecewise(
+        &self,
+        in_frac: u32,
+        out_frac: u32,
+    ) -> sotto_core::Result<sotto_core::protocols::PiecewiseLinear> {
+        use sotto_core::protocols::PiecewiseLinear as P;
+        match *self {
+            Activation::LeakyRelu { alpha } => P::leaky_relu(f64::from(alpha), in_frac, out_frac),
+            Activation::Elu { alpha } => P::elu(f64::from(alpha), in_frac, out_frac),
+            Activation::Swish => P::swish(in_frac, out_frac),
+            Activation::Gelu | Activation::GeluTanh => P::gelu(in_frac, out_frac),
+            Activation::HardSwish => P::hard_swish(in_frac, out_frac),
+        }
+    }
+
+    /// A bound on `|f(x)|` for `|x| ≤ b`, the approximation's error included (each of these
+    /// stays within `|x|` and, below zero, within `alpha` or 0.38).
+    pub fn bound(&self, b: f64) -> f64 {
+        let floor = match *self {
+            Activation::Elu { alpha } => f64::from(alpha).abs(),
+            Activation::LeakyRelu { alpha } => b * f64::from(alpha).abs(),
+            _ => 0.38,
+        };
+        b.max(floor) + 0.05
+    }
+}
+
 /// One layer of a sequential network.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Layer {
@@ -90,6 +188,8 @@ pub enum Layer {
         /// Whether padded positions count in the divisor.
         include_pad: bool,
     },
+    /// A piecewise-linear activation.
+    Activation(Activation),
     /// The sum of two values of the same shape (a residual connection).
     Add,
     /// The difference of two values of the same shape, the first minus the second.
@@ -226,6 +326,7 @@ impl Layer {
             Layer::Transpose { .. } => "Transpose",
             Layer::Pad { .. } => "Pad",
             Layer::AvgPoolPadded { .. } => "AvgPool",
+            Layer::Activation(a) => a.name(),
             Layer::Add => "Add",
             Layer::Sub => "Sub",
             Layer::Concat { .. } => "Concat",
@@ -394,6 +495,7 @@ impl Model {
                     let out = [params.in_chw[0], ps.out_h(), ps.out_w()];
                     crate::graph::pool_f64(h, batch, params, *pads, Some(*include_pad), &out)
                 }
+                Layer::Activation(a) => h.iter().map(|v| a.eval(*v)).collect(),
                 Layer::Add | Layer::Sub => {
                     let (g, _) = read(1)?;
                     if g.len() != h.len() {

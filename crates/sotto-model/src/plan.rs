@@ -18,7 +18,7 @@ use sotto_core::plain;
 use sotto_core::protocols::{shifted_bits, PiecewiseLinear, FULL_BITS, SLOPE_BITS};
 
 use crate::error::{ModelError, Result};
-use crate::ir::{per_example, permute, ConvParams, Layer, Model, PoolParams};
+use crate::ir::{per_example, permute, Activation, ConvParams, Layer, Model, PoolParams};
 
 /// What a plan step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -119,6 +119,16 @@ pub enum StepKind {
         /// Whether padded positions count in the divisor.
         include_pad: bool,
     },
+    /// A piecewise-linear activation from `in_frac` fractional bits to `f`, comparing
+    /// `x − t_j` for each knot on `bits` bits.
+    Piecewise {
+        /// The activation.
+        act: Activation,
+        /// Fractional bits of the input.
+        in_frac: u32,
+        /// Comparison width.
+        bits: u32,
+    },
     /// Multiplication by `2^shift` (local, exact): brings a value to the fractional bits of
     /// the value it is added to or concatenated with.
     Scale {
@@ -150,6 +160,7 @@ impl StepKind {
             StepKind::MaxPool { .. } => "FSS max tree",
             StepKind::AvgPool { .. } | StepKind::AvgPoolPadded { .. } => "sum + exact truncation",
             StepKind::Pad { .. } => "local padding",
+            StepKind::Piecewise { .. } => "FSS piecewise-linear",
             StepKind::Transpose { .. } => "local permutation",
             StepKind::Truncate => "exact truncation (FSS carry)",
             StepKind::Relu { shift: 0, .. } => "FSS sign gate (ReLU)",
@@ -609,6 +620,25 @@ impl Plan {
                     };
                     b.push(node, kind, vec![x.id], x.per, (1.0, 1.0), f)
                 }
+                Layer::Activation(act) => {
+                    let g = act
+                        .piecewise(x.scale, f)
+                        .map_err(|e| ModelError::Graph(format!("layer {node:?}: {e}")))?;
+                    let enc = x.bound * 2f64.powi(x.scale as i32);
+                    if enc >= LIMIT {
+                        return Err(overflow(node, x.bound, x.scale));
+                    }
+                    let bits = g
+                        .checked_comparison_bits(enc.ceil() as u64)
+                        .map_err(|_| overflow(node, x.bound, x.scale + SLOPE_BITS))?;
+                    let kind = StepKind::Piecewise {
+                        act: *act,
+                        in_frac: x.scale,
+                        bits,
+                    };
+                    let bounds = (cap(li, act.bound(x.bound)), act.bound(x.proven));
+                    b.push(node, kind, vec![x.id], x.per, bounds, f)
+                }
                 Layer::Flatten | Layer::Reshape => x,
                 Layer::Conv2d {
                     shape: params,
@@ -894,6 +924,9 @@ impl Plan {
                     &padded_window_sums(h, batch, &params, pads, include_pad)?,
                     sotto_core::protocols::AVG_RECIP_BITS,
                 ),
+                StepKind::Piecewise { act, in_frac, .. } => {
+                    plain::piecewise(h, &act.piecewise(in_frac, f).map_err(core_err)?)
+                }
                 StepKind::Scale { shift } => scale_up(h, shift),
                 StepKind::Add { subtract } => add(h, vals.get(st.inputs[1]), subtract),
                 StepKind::Concat { outer } => vals.concat(&st.inputs, outer),
@@ -1128,6 +1161,16 @@ impl Step {
             | StepKind::Pad { .. } => Cost::default(),
             StepKind::AvgPoolPadded { .. } => {
                 truncate_cost(n, sotto_core::protocols::AVG_RECIP_BITS)
+            }
+            StepKind::Piecewise { act, in_frac, bits } => {
+                let g = act.piecewise(in_frac, self.out_frac).ok();
+                let pieces = g.as_ref().map_or(1, |g| g.pieces()) as u64 * n;
+                Cost {
+                    rounds: 1,
+                    online_bytes: 8 * pieces,
+                    helper_bytes: pieces * (key_bytes(bits, 2) + 16),
+                }
+                .plus(truncate_cost(n, g.map_or(0, |g| g.shift())))
             }
             StepKind::Truncate => truncate_cost(n, self.out_frac),
             StepKind::Relu { shift, bits } => {
@@ -1407,6 +1450,21 @@ impl Plan {
                         return bad(
                             i,
                             format!("pooling {params:?} padded by {pads:?} after {cur} elements, giving {out}"),
+                        );
+                    }
+                }
+                StepKind::Piecewise { act, in_frac, bits } => {
+                    if out != cur
+                        || in_frac > 62
+                        || !(2..=64).contains(&bits)
+                        || act.piecewise(in_frac, f).is_err()
+                    {
+                        return bad(
+                            i,
+                            format!(
+                                "{} from {in_frac} fractional bits on {bits} bits",
+                                act.name()
+                            ),
                         );
                     }
                 }

@@ -172,6 +172,10 @@ pub async fn deal_predict<T: Transport>(
             StepKind::Clip { shift, bits, .. } => p::deal_relu(d, 2 * n, shift, bits).await,
             StepKind::Sigmoid { in_frac } => p::deal_sigmoid(d, n, in_frac, f).await,
             StepKind::Tanh { in_frac } => p::deal_tanh(d, n, in_frac, f).await,
+            StepKind::Piecewise { act, in_frac, bits } => {
+                let g = act.piecewise(in_frac, f).map_err(core_err)?;
+                p::deal_piecewise(d, n, &g, bits).await
+            }
         }
         .map_err(core_err)?;
     }
@@ -290,7 +294,7 @@ pub async fn prepare_predict<T: Transport>(
                     .map_err(core_err)?,
             ),
             // Not prepared: this step and every later one run online, in order.
-            StepKind::Sigmoid { .. } | StepKind::Tanh { .. } => break,
+            StepKind::Sigmoid { .. } | StepKind::Tanh { .. } | StepKind::Piecewise { .. } => break,
         };
         steps.push(prepared);
     }
@@ -456,6 +460,10 @@ pub async fn finish_predict<T: Transport>(
                     _ => p::truncate(s, &z, sotto_core::protocols::AVG_RECIP_BITS).await,
                 }
                 .map_err(core_err)?
+            }
+            StepKind::Piecewise { act, in_frac, bits } => {
+                let g = act.piecewise(in_frac, f).map_err(core_err)?;
+                p::piecewise(s, h, &g, bits).await.map_err(core_err)?
             }
             StepKind::Scale { shift } => crate::plan::scale_up(h, shift),
             StepKind::Add { subtract } => crate::plan::add(h, vals.get(st.inputs[1]), subtract),

@@ -646,6 +646,50 @@ fn private_equals_twin(
     plan.steps.iter().map(|s| s.kind.protocol()).collect()
 }
 
+/// Swish written as exporters do (`Mul(x, Sigmoid(x))`) is recognised, LeakyReLU and ELU
+/// lower, and all three run privately as piecewise-linear functions equal to their fixed-point
+/// twin on random inputs (within their approximation error of the float model).
+#[test]
+fn piecewise_activations_run_privately() {
+    let mut r = Lcg(33);
+    let mut leaky = node("LeakyRelu", "leaky", &["d2"], "l");
+    leaky.attribute = vec![AttributeProto {
+        name: Some("alpha".into()),
+        f: Some(0.2),
+        ..Default::default()
+    }];
+    let nodes = vec![
+        node("MatMul", "d1", &["x", "w1"], "h"),
+        node("Sigmoid", "swish/sigmoid", &["h"], "s"),
+        node("Mul", "swish/mul", &["h", "s"], "sw"),
+        node("MatMul", "d2", &["sw", "w2"], "d2"),
+        leaky,
+        node("Elu", "elu", &["l"], "e"),
+        node("MatMul", "d3", &["e", "w3"], "y"),
+    ];
+    let inits = vec![
+        f32_tensor("w1", &[6, 8], &r.vec(48, 1.0)),
+        f32_tensor("w2", &[8, 8], &r.vec(64, 1.0)),
+        f32_tensor("w3", &[8, 3], &r.vec(24, 1.0)),
+    ];
+    let m = import(&model(nodes, inits, &[6])).expect("lowers");
+    let kinds: Vec<&str> = m.layers.iter().map(|l| l.layer.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["Dense", "swish", "Dense", "LeakyReLU", "ELU", "Dense"]
+    );
+    let batch = 8;
+    let steps = private_equals_twin(&m, 2.0, &r.vec(6 * batch, 2.0), batch, 0.1);
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|s| **s == "FSS piecewise-linear")
+            .count(),
+        3,
+        "{steps:?}"
+    );
+}
+
 /// An explicit Pad with a non-zero value, a padded max pooling on signed values (the padding
 /// must not win), a 'same' average pooling that does not count padded positions and one that
 /// does: they lower, and run privately equal to their fixed-point twin on random inputs.

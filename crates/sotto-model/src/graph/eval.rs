@@ -189,6 +189,7 @@ fn eval(
             unary(&|v| (a * v + b).clamp(0.0, 1.0))
         }
         Op::Erf => unary(&erf),
+        Op::Act(a) => unary(&|v| a.eval(v)),
         Op::Pow { exponent } => {
             let e = f64::from(*exponent);
             if e.fract() == 0.0 && e.abs() <= 64.0 {

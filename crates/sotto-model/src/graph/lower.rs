@@ -3,7 +3,7 @@
 
 use super::{Graph, Node, Op};
 use crate::error::{ModelError, Result};
-use crate::ir::{ConvParams, Dim, Layer, Model, Named, PoolParams};
+use crate::ir::{Activation, ConvParams, Dim, Layer, Model, Named, PoolParams};
 
 impl Graph {
     /// The graph as layers, when every op has a layer (each layer reads the input or earlier
@@ -137,7 +137,10 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
         | Op::Transpose { .. }
         | Op::Add
         | Op::Sub
-        | Op::Concat { .. } => return None,
+        | Op::Concat { .. }
+        | Op::Act(_)
+        | Op::LeakyRelu { .. }
+        | Op::Elu { .. } => return None,
         Op::MaxPool { params, pads } | Op::AvgPool { params, pads, .. }
             if pads_fit(params, pads) =>
         {
@@ -167,16 +170,14 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
             "a clip with an infinite or empty range",
             "use activation='relu'",
         ),
-        Op::LeakyRelu { .. } => ("LeakyReLU", "use activation='relu'"),
-        Op::Elu { .. } => ("ELU", "use activation='relu'"),
         Op::HardSigmoid { .. } => ("hard_sigmoid", "use activation='sigmoid'"),
         Op::Erf | Op::Pow { .. } => (
-            "the error function or a power (gelu)",
-            "use activation='relu' instead of gelu",
+            "the error function or a power outside an activation it recognises (gelu)",
+            "use activation='gelu', 'swish' or 'relu'",
         ),
         Op::Mul => (
-            "the product of two activations (swish, gelu, hard_swish)",
-            "use activation='relu', 'sigmoid' or 'tanh'",
+            "the product of two activations that is not an activation it recognises (swish, gelu, hard_swish)",
+            "use activation='relu', 'swish', 'gelu' or 'hard_swish'",
         ),
         Op::Max | Op::Min => (
             "the maximum or minimum of two activations (Maximum / Minimum layers)",
@@ -253,6 +254,9 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
                 .chain(perm.iter().map(|p| p + 1))
                 .collect(),
         },
+        Op::Act(a) => Layer::Activation(*a),
+        Op::LeakyRelu { alpha } => Layer::Activation(Activation::LeakyRelu { alpha: *alpha }),
+        Op::Elu { alpha } => Layer::Activation(Activation::Elu { alpha: *alpha }),
         Op::Add => Layer::Add,
         Op::Sub => Layer::Sub,
         Op::Concat { axis } => Layer::Concat { axis: *axis },

@@ -31,6 +31,9 @@ impl Graph {
     ///   merge into one, `Clip(0, ∞)` becomes a `Relu`, `Clip(−∞, ∞)` goes;
     /// - identity `Affine`s, `Reshape`s and `Transpose`s go, consecutive `Reshape`s and
     ///   consecutive `Transpose`s merge;
+    /// - a product of a value and an elementwise function of it that computes swish, gelu
+    ///   (either form) or hard_swish becomes that activation (`Op::Act`), as do its
+    ///   elementwise nodes once nothing else reads them;
     /// - nodes the output does not depend on go.
     pub fn optimize(&mut self) -> Result<()> {
         self.validate()?;
@@ -42,6 +45,7 @@ impl Graph {
             changed |= self.fold_affine_backward();
             changed |= self.fold_affine_forward();
             changed |= self.fold_pads();
+            changed |= self.fuse_activations();
             if !changed {
                 break;
             }
@@ -422,6 +426,126 @@ impl Graph {
             cur = ArrayD::from_shape_vec(IxDyn(out), data).ok()?;
         }
         Some(cur)
+    }
+
+    /// Recognises activations that exporters write as several elementwise nodes: a `Mul`
+    /// whose operands are one value `v` and (through scalar `Affine`s, `Erf`, `Tanh`,
+    /// `Sigmoid`, `Pow`, `Clip`, `Relu`, and sums or products of such) functions of `v` only
+    /// computes some `f(v)`; it is evaluated on a grid and, when it is swish, gelu (erf or tanh
+    /// form) or hard_swish to within 1e-4, the `Mul` becomes that activation of `v`. The
+    /// nodes it read go once nothing else reads them.
+    fn fuse_activations(&mut self) -> bool {
+        let u = Uses::of(self);
+        let mut changed = false;
+        for root in 0..self.nodes.len() {
+            if !matches!(self.nodes[root].op, Op::Mul) {
+                continue;
+            }
+            // Walk back from the operands, always expanding the latest value, until one
+            // value is left: the activation's input.
+            let mut frontier: Vec<ValueId> = self.nodes[root].inputs.clone();
+            let mut cone = vec![root];
+            let leaf = loop {
+                frontier.sort_unstable();
+                frontier.dedup();
+                if let [v] = frontier[..] {
+                    break Some(v);
+                }
+                let Some(&v) = frontier.last() else {
+                    break None;
+                };
+                let Some(p) = u.producer[v] else { break None };
+                let elementwise = match &self.nodes[p].op {
+                    Op::Affine { scale, shift } => scale.len() == 1 && shift.len() == 1,
+                    Op::Erf
+                    | Op::Tanh
+                    | Op::Sigmoid
+                    | Op::Pow { .. }
+                    | Op::Clip { .. }
+                    | Op::Relu
+                    | Op::Add
+                    | Op::Sub
+                    | Op::Mul => true,
+                    _ => false,
+                };
+                if !elementwise || cone.len() > 24 {
+                    break None;
+                }
+                frontier.pop();
+                frontier.extend(self.nodes[p].inputs.iter().copied());
+                cone.push(p);
+            };
+            let Some(leaf) = leaf else { continue };
+            let Some(act) = self.identify(&cone, leaf) else {
+                continue;
+            };
+            let n = &mut self.nodes[root];
+            n.op = Op::Act(act);
+            n.inputs = vec![leaf];
+            changed = true;
+        }
+        changed
+    }
+
+    /// The activation that the elementwise nodes `cone` (its first the root) compute from
+    /// value `leaf`, if it is one this recognises.
+    fn identify(&self, cone: &[usize], leaf: ValueId) -> Option<crate::ir::Activation> {
+        use crate::ir::Activation;
+        const GRID: usize = 481;
+        // The nodes in order, on values of shape [GRID] renumbered from 0 (the leaf).
+        let mut order = cone.to_vec();
+        order.sort_unstable();
+        let mut ids: HashMap<ValueId, ValueId> = HashMap::new();
+        ids.insert(leaf, 0);
+        let mut nodes = Vec::new();
+        for &i in &order {
+            let n = &self.nodes[i];
+            let inputs = n
+                .inputs
+                .iter()
+                .map(|v| ids.get(v).copied())
+                .collect::<Option<Vec<_>>>()?;
+            let op = match &n.op {
+                Op::Affine { scale, shift } => Op::Affine {
+                    scale: ArrayD::from_elem(IxDyn(&[]), *scale.iter().next()?),
+                    shift: ArrayD::from_elem(IxDyn(&[]), *shift.iter().next()?),
+                },
+                op => op.clone(),
+            };
+            let out = ids.len();
+            ids.insert(n.output, out);
+            nodes.push(super::Node {
+                name: n.name.clone(),
+                op,
+                inputs,
+                output: out,
+            });
+        }
+        let output = *ids.get(&self.nodes[cone[0]].output)?;
+        let g = Graph {
+            input_name: String::new(),
+            input: 0,
+            values: vec![super::Value { shape: vec![GRID] }; ids.len()],
+            nodes,
+            output,
+            output_name: String::new(),
+            softmax_at_client: false,
+        };
+        let xs: Vec<f32> = (0..GRID).map(|i| (i as f32 - 240.0) / 20.0).collect();
+        let ys = g.forward(&xs, 1).ok()?;
+        [
+            Activation::Swish,
+            Activation::Gelu,
+            Activation::GeluTanh,
+            Activation::HardSwish,
+        ]
+        .into_iter()
+        .find(|a| {
+            xs.iter().zip(&ys).all(|(x, y)| {
+                let want = a.eval(f64::from(*x));
+                (y - want).abs() <= 1e-4 * (1.0 + want.abs())
+            })
+        })
     }
 
     /// Removes the flagged nodes and renames values as `ed.subst` says.
