@@ -198,7 +198,7 @@ export interface ConnectOptions {
   p1: string | PlatformURL;
   /** The model id; empty or absent for the servers' default model (see listModels()). */
   model?: string;
-  /** Deadline of the connection setup and of each step of a prediction, ms (default 10 000). */
+  /** Deadline of the connection setup and of each prediction, ms (default 10 000). */
   timeoutMs?: number;
   /** The API key, for deployments that require one. */
   apiKey?: string;

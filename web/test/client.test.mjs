@@ -3,12 +3,16 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+
+import { WebSocket } from 'ws';
 
 import { connect, imageDataToInput, isSottoError, listModels } from 'sotto-client';
 import { mnistSamples } from '../scripts/npy.mjs';
 import { startParties, freePort, sotto, MODELS } from './servers.mjs';
+import { KIND, TAGGED_SEED, decode, encode, json } from './scripted.mjs';
 
 const N = 20;
 let parties;
@@ -81,6 +85,89 @@ test('what each server received: P0 a share of 8 bytes per value, P1 a 32-byte s
   const after = client.bytesSent();
   assert.equal(after.p0 - before.p0, 2 * (32 + 784 * 8));
   assert.equal(after.p1 - before.p1, 2 * 64);
+});
+
+/** A raw client connection (frames by hand) to `url`'s /v1/ws, past its hello. */
+async function rawClient(url) {
+  const ws = new WebSocket(`${url}/v1/ws`);
+  const frames = [];
+  const waiting = [];
+  ws.on('message', (data) => {
+    const f = { ...decode(data), at: performance.now() };
+    const w = waiting.findIndex((x) => x.match(f));
+    if (w >= 0) waiting.splice(w, 1)[0].resolve(f);
+    else frames.push(f);
+  });
+  await new Promise((ok, fail) => {
+    ws.once('open', ok);
+    ws.once('error', fail);
+  });
+  const c = {
+    send: (kind, session, step, payload) => ws.send(encode(kind, session, step, payload)),
+    /** The next frame that `match`es (within 8 s). */
+    next(match) {
+      const i = frames.findIndex(match);
+      if (i >= 0) return Promise.resolve(frames.splice(i, 1)[0]);
+      return new Promise((resolve, reject) => {
+        const entry = { match, resolve };
+        waiting.push(entry);
+        setTimeout(() => reject(new Error('no such frame within 8 s')), 8000).unref();
+      });
+    },
+    /** Frames received that nothing waited for. */
+    unclaimed: () => frames,
+    close: () => ws.close(),
+  };
+  c.send(KIND.Hello, 0n, 0, json({ role: 'Client', model_id: 'net' }));
+  assert.equal((await c.next(() => true)).kind, KIND.Manifest);
+  return c;
+}
+
+const randomTag = () => BigInt(`0x${randomBytes(16).toString('hex')}`) | 1n;
+const code = (f) => JSON.parse(f.payload).code;
+
+test('the tagged order at the wire: share and seed at once, answers under the tag; a refusal or a replay ends the seed\'s wait at once', async () => {
+  const [p0, p1] = await Promise.all([rawClient(parties.p0Url), rawClient(parties.p1Url)]);
+  try {
+    // A prediction (random share and seed: some input, answered like any other).
+    const tag = randomTag();
+    const seed = randomBytes(32);
+    p1.send(KIND.InputSeed, tag, TAGGED_SEED, seed); // the seed may come first
+    p0.send(KIND.InputShare, tag, 7, randomBytes(784 * 8));
+    const [o0, o1] = await Promise.all([
+      p0.next((f) => f.session === tag),
+      p1.next((f) => f.session === tag),
+    ]);
+    assert.deepEqual([o0.kind, o1.kind], [KIND.Output, KIND.Output]);
+    assert.deepEqual([o0.payload.length, o1.payload.length], [80, 80]);
+    // No session id reaches the client in this order.
+    assert.deepEqual(p0.unclaimed().map((f) => f.kind), []);
+    const t0 = performance.now();
+    p1.send(KIND.InputSeed, tag, TAGGED_SEED, seed); // replayed: refused at once
+    const replay = await p1.next((f) => f.session === tag);
+    assert.deepEqual([replay.kind, code(replay)], [KIND.Error, 'unknown_session']);
+    assert.ok(replay.at - t0 < 1000, `the replay was answered after ${(replay.at - t0).toFixed(0)} ms`);
+
+    // P0 refuses the share (wrong size): P1 drops the waiting seed at once, not after the
+    // party timeout (5 s).
+    const refused = randomTag();
+    const t1 = performance.now();
+    p1.send(KIND.InputSeed, refused, TAGGED_SEED, randomBytes(32));
+    p0.send(KIND.InputShare, refused, 8, randomBytes(8));
+    const [e0, e1] = await Promise.all([
+      p0.next((f) => f.session === refused),
+      p1.next((f) => f.session === refused),
+    ]);
+    assert.deepEqual([e0.kind, code(e0), e0.step], [KIND.Error, 'bad_shape', 8]);
+    assert.deepEqual([e1.kind, code(e1)], [KIND.Error, 'unknown_session']);
+    assert.ok(e1.at - t1 < 1000, `P1 answered the refused request's seed after ${(e1.at - t1).toFixed(0)} ms`);
+  } finally {
+    p0.close();
+    p1.close();
+  }
+  // The client is unaffected.
+  const r = await client.predict(samples[0].pixels);
+  checkAgainstPlain(0, r.logits, r.label);
 });
 
 test('input forms: nested arrays, typed arrays, ImageData', async () => {

@@ -6,7 +6,7 @@ import { test, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { connect, isSottoError, SottoError } from 'sotto-client';
-import { KIND, encode, json, MANIFEST, outputShares, scripted as scriptedServers } from './scripted.mjs';
+import { KIND, TAGGED_SEED, encode, json, MANIFEST, outputShares, scripted as scriptedServers, tagBook } from './scripted.mjs';
 
 const errorFrame = (session, step, code, message) =>
   encode(KIND.Error, session, step, json({ code, message }));
@@ -37,33 +37,33 @@ const softmax = (v) => {
   return e.map((x) => x / s);
 };
 
-test('replies out of order and outputs before the seed: each prediction gets its own result', async () => {
-  // P0 holds requests until three arrived, then assigns sessions in reverse order and sends
-  // its output share at once (before the client has even sent the seed to P1).
+test('share and seed go out at once under one tag; replies out of order reach their predictions', async () => {
+  // P0 holds requests until three arrived, then answers them in reverse order; P1 answers
+  // each seed as soon as P0 has seen its request (P1 never learns the request number).
+  const book = tagBook();
   const held = [];
-  const seeds = new Map();
-  let p0Socket;
+  const seeds = [];
   const addr = await scripted({
     on(role, f, ws) {
       if (role === 'P0') {
         assert.equal(f.kind, KIND.InputShare);
-        assert.equal(f.session, 0n);
+        assert.notEqual(f.session, 0n);
         assert.equal(f.payload.length, 4 * 8);
-        p0Socket = ws;
-        held.push(f.step);
+        book.set(f.session, f.step);
+        held.push(f);
         if (held.length === 3) {
-          for (const step of [...held].reverse()) {
-            const session = 1000n + BigInt(step);
-            ws.send(encode(KIND.Session, session, step));
-            ws.send(encode(KIND.Output, session, 0, outputShares([step, -step, 0.5])[0]));
+          for (const h of [...held].reverse()) {
+            ws.send(encode(KIND.Output, h.session, 0, outputShares([h.step, -h.step, 0.5])[0]));
           }
         }
       } else {
         assert.equal(f.kind, KIND.InputSeed);
+        assert.equal(f.step, TAGGED_SEED);
         assert.equal(f.payload.length, 32);
-        seeds.set('last', Buffer.from(f.payload));
-        const step = Number(f.session - 1000n);
-        ws.send(encode(KIND.Output, f.session, 0, outputShares([step, -step, 0.5])[1]));
+        seeds.push({ tag: f.session, seed: Buffer.from(f.payload) });
+        book.get(f.session).then((step) => {
+          ws.send(encode(KIND.Output, f.session, 0, outputShares([step, -step, 0.5])[1]));
+        });
       }
     },
   });
@@ -78,29 +78,34 @@ test('replies out of order and outputs before the seed: each prediction gets its
       const p = softmax([step, -step, 0.5]);
       r.probabilities.forEach((v, k) => assert.ok(Math.abs(v - p[k]) < 1e-12));
     });
-    assert.ok(p0Socket);
+    // One fresh tag per prediction, each with its own seed; the tags are the shares' tags.
+    assert.equal(new Set(seeds.map((s) => s.tag)).size, 3);
+    assert.equal(new Set(seeds.map((s) => s.seed.toString('hex'))).size, 3);
+    assert.deepEqual(new Set(seeds.map((s) => s.tag)), new Set(held.map((h) => h.session)));
     // lastSent() is what the servers received.
     const last = c.lastSent();
-    assert.deepEqual(Buffer.from(last.p1), seeds.get('last'));
+    assert.deepEqual(Buffer.from(last.p1), seeds[seeds.length - 1].seed);
     assert.equal(last.p0.length, 32);
   } finally {
     c.close();
   }
 });
 
-test('a server error for a request or a session rejects that prediction only', async () => {
+test('a server error for a request rejects that prediction only', async () => {
+  const book = tagBook();
   const addr = await scripted({
     on(role, f, ws) {
-      if (role === 'P0' && f.step === 1) {
-        ws.send(errorFrame(0, 1, 'not_ready', 'the parties are not ready'));
-      } else if (role === 'P0') {
-        ws.send(encode(KIND.Session, 77n + BigInt(f.step), f.step));
-        ws.send(encode(KIND.Output, 77n + BigInt(f.step), 0, outputShares([1, 2, 3])[0]));
-      } else if (f.session === 79n) {
-        ws.send(errorFrame(f.session, 0, 'session_failed', 'P1: link lost'));
-      } else {
-        ws.send(encode(KIND.Output, f.session, 0, outputShares([1, 2, 3])[1]));
+      if (role === 'P0') {
+        book.set(f.session, f.step);
+        if (f.step === 1) ws.send(errorFrame(f.session, 1, 'not_ready', 'the parties are not ready'));
+        else if (f.step === 3) ws.send(errorFrame(0, 3, 'busy', 'try later')); // by request number only
+        else ws.send(encode(KIND.Output, f.session, 0, outputShares([1, 2, 3])[0]));
+        return;
       }
+      book.get(f.session).then((step) => {
+        if (step === 2) ws.send(errorFrame(f.session, 0, 'session_failed', 'P1: link lost'));
+        else ws.send(encode(KIND.Output, f.session, 0, outputShares([1, 2, 3])[1]));
+      });
     },
   });
   const c = await connect({ ...addr });
@@ -110,13 +115,15 @@ test('a server error for a request or a session rejects that prediction only', a
       assert.deepEqual([e.kind, e.server, e.code], ['server', 'P0', 'not_ready']);
       return true;
     });
-    // Request 2 gets session 79, which P1 fails.
+    // Request 2: P1 fails it.
     await assert.rejects(c.predict([0, 0, 0, 0]), (e) => {
       assert.equal(e.message, 'P1 refused: P1: link lost (session_failed)');
       assert.deepEqual([e.kind, e.server, e.code], ['server', 'P1', 'session_failed']);
       return true;
     });
-    // Request 3 (session 80) works.
+    // Request 3: P0 refuses it by number.
+    await assert.rejects(c.predict([0, 0, 0, 0]), (e) => e.code === 'busy' && e.server === 'P0');
+    // Request 4 works.
     const ok = await c.predict([0, 0, 0, 0]);
     assert.deepEqual(Array.from(ok.logits), [1, 2, 3]);
   } finally {
@@ -127,11 +134,8 @@ test('a server error for a request or a session rejects that prediction only', a
 test('a session error from P1 names P1 and its code', async () => {
   const addr = await scripted({
     on(role, f, ws) {
-      if (role === 'P0') {
-        ws.send(encode(KIND.Session, 5n, f.step));
-      } else {
-        ws.send(errorFrame(f.session, 0, 'bad_shape', 'an input seed is 32 bytes, got 31'));
-      }
+      // P0 stays silent.
+      if (role === 'P1') ws.send(errorFrame(f.session, 0, 'bad_shape', 'an input seed is 32 bytes, got 31'));
     },
   });
   const c = await connect({ ...addr, timeoutMs: 3000 });
@@ -149,7 +153,7 @@ test('a session error from P1 names P1 and its code', async () => {
   }
 });
 
-test('timeouts: a silent hello, a silent P0, a missing output', async () => {
+test('timeouts: a silent hello, silent servers, a missing output', async () => {
   // No manifest: connect rejects after timeoutMs.
   let addr = await scripted({ hello: () => {} });
   let t0 = Date.now();
@@ -160,21 +164,18 @@ test('timeouts: a silent hello, a silent P0, a missing output', async () => {
   });
   assert.ok(Date.now() - t0 < 1500);
 
-  // P0 never assigns a session.
+  // Neither server answers.
   addr = await scripted({ on: () => {} });
   let c = await connect({ ...addr, timeoutMs: 300 });
   t0 = Date.now();
-  await assert.rejects(c.predict([0, 0, 0, 0]), /^SottoError: P0 did not assign a session within 300 ms$/);
+  await assert.rejects(c.predict([0, 0, 0, 0]), /^SottoError: neither P0 nor P1 answered within 300 ms$/);
   assert.ok(Date.now() - t0 >= 250 && Date.now() - t0 < 1500);
   c.close();
 
   // P1 never answers the seed.
   addr = await scripted({
     on(role, f, ws) {
-      if (role === 'P0') {
-        ws.send(encode(KIND.Session, 9n, f.step));
-        ws.send(encode(KIND.Output, 9n, 0, outputShares([0, 0, 0])[0]));
-      }
+      if (role === 'P0') ws.send(encode(KIND.Output, f.session, 0, outputShares([0, 0, 0])[0]));
     },
   });
   c = await connect({ ...addr, timeoutMs: 300 });
@@ -186,8 +187,7 @@ test('a connection closing mid-prediction rejects every waiting prediction at on
   let p1Socket;
   const addr = await scripted({
     on(role, f, ws) {
-      if (role === 'P0') ws.send(encode(KIND.Session, 100n + BigInt(f.step), f.step));
-      else p1Socket = ws;
+      if (role === 'P1') p1Socket = ws;
     },
   });
   const c = await connect({ ...addr, timeoutMs: 10000 });

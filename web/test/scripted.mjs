@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import { WebSocketServer } from 'ws';
 
 export const KIND = { Hello: 1, Manifest: 2, InputShare: 3, InputSeed: 4, Output: 6, Error: 7, Close: 8, Session: 9 };
+/** The `step` of a seed frame whose `session` is the request's tag. */
+export const TAGGED_SEED = 1;
 const MASK = (1n << 64n) - 1n;
 
 export function encode(kind, session, step, payload = new Uint8Array(0)) {
@@ -60,18 +62,32 @@ export function outputShares(values) {
   return [a, b];
 }
 
-/** A server that answers every prediction with `values` (P0 assigns session 1000 + step). */
+/** A server that answers every prediction with `values`, under the request's tag. */
 export const answering =
   (values = [1, 2, 3]) =>
   (role, f, ws) => {
-    if (role === 'P0') {
-      const session = 1000n + BigInt(f.step);
-      ws.send(encode(KIND.Session, session, f.step));
-      ws.send(encode(KIND.Output, session, 0, outputShares(values)[0]));
-    } else {
-      ws.send(encode(KIND.Output, f.session, 0, outputShares(values)[1]));
-    }
+    ws.send(encode(KIND.Output, f.session, 0, outputShares(values)[role === 'P0' ? 0 : 1]));
   };
+
+/**
+ * Request numbers by tag, as P0 learns them from the input shares: P1 sees only the tag, and
+ * a seed may reach P1 before its share reaches P0. `get(tag)` resolves once P0 saw it.
+ */
+export function tagBook() {
+  const steps = new Map();
+  const waiting = new Map();
+  return {
+    set(tag, step) {
+      steps.set(tag, step);
+      for (const r of waiting.get(tag) ?? []) r(step);
+      waiting.delete(tag);
+    },
+    get(tag) {
+      if (steps.has(tag)) return Promise.resolve(steps.get(tag));
+      return new Promise((r) => waiting.set(tag, [...(waiting.get(tag) ?? []), r]));
+    },
+  };
+}
 
 /**
  * Two scripted servers: {p0, p1, servers: {P0, P1}, hellos: [], paths: [], close()}.

@@ -28,7 +28,7 @@ pub struct ClientOptions {
     pub model: String,
     /// The CA certificate (PEM) to trust for `wss://` URLs.
     pub ca_pem: Option<Vec<u8>>,
-    /// How long the connection setup, and each step of a prediction, may take.
+    /// How long the connection setup, and each prediction, may take.
     pub timeout: Duration,
     /// The API key to present in the hello, when the servers require one.
     pub api_key: Option<String>,

@@ -5,10 +5,12 @@
 //!
 //! - the hello to each server and the check of their manifests ([`Manifest::check_pair`])
 //!   before anything secret may leave the client;
-//! - per prediction, the order of the messages: the input share to P0 (`step` = request
-//!   number), P0's `Session` answer, only then the seed to P1 for that session, then one
-//!   `Output` (or `Error`) from each server;
-//! - routing replies by request number and session, so that predictions may overlap;
+//! - per prediction, the messages: a fresh random 128-bit tag names the request on the wire;
+//!   the input share goes to P0 (`session` = the tag, `step` = request number) and the seed
+//!   to P1 (`session` = the tag, `step` = [`TAGGED_SEED`]) at once, without waiting for P0:
+//!   P0 tells P1 over their own link which dealt session the tag stands for. Each server then
+//!   answers with one `Output` (or `Error`) under the tag;
+//! - routing replies by tag, so that predictions may overlap;
 //! - deadlines, as numbers: the driver passes the time in milliseconds (any epoch) and asks
 //!   [`ClientSession::next_deadline`] when to call [`ClientSession::handle_timeout`];
 //! - reconstruction of the output, and the errors a caller sees.
@@ -28,6 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use sotto_core::prg::Seed;
 use sotto_core::ring;
 use sotto_wire::{decode, Frame, Hello, Kind, Manifest, Role, WireError, DEFAULT_MAX_PAYLOAD};
 
@@ -66,8 +69,15 @@ impl Server {
 /// The number a session gives each prediction (also the `step` of its input share frame).
 pub type RequestId = u32;
 
-/// Deadline of the connection setup and of each step of a prediction when none is given.
+/// Deadline of the connection setup and of each prediction when none is given.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+
+/// The `step` of an `InputSeed` frame whose `session` is the client's tag for the request
+/// (the `session` of its `InputShare` to P0), not a session P0 assigned: P1 learns the
+/// session from P0. Servers still take the older order too (an `InputShare` with session 0,
+/// answered by P0's `Session` frame, then a seed with step 0 for that session), which costs
+/// the client a round trip to P0 before P1 can start.
+pub const TAGGED_SEED: u32 = 1;
 
 /// Settings of a [`ClientSession`].
 #[derive(Debug, Clone)]
@@ -81,7 +91,7 @@ pub struct SessionConfig {
     pub model: String,
     /// The API key to present in the hello.
     pub api_key: Option<String>,
-    /// Deadline of the connection setup and of each step of a prediction, ms.
+    /// Deadline of the connection setup and of each prediction, ms.
     pub timeout_ms: u64,
     /// Keep a copy of the last share and seed sent ([`ClientSession::last_sent`]).
     pub keep_last_sent: bool,
@@ -175,21 +185,14 @@ pub enum Event {
     Closed(ClientError),
 }
 
-enum Step {
-    /// The share went to P0; P0 has not assigned a session yet.
-    AwaitSession { seed: [u8; 32] },
-    /// The seed went to P1; outputs as they arrive.
-    AwaitOutputs {
-        session: u128,
-        out: [Option<Vec<u8>>; 2],
-    },
-}
-
 struct Request {
     batch: usize,
     deadline: u64,
     sent: [usize; 2],
-    step: Step,
+    /// The request's name on the wire (both servers answer under it).
+    tag: u128,
+    /// The output shares of P0 and P1, as they arrive.
+    out: [Option<Vec<u8>>; 2],
 }
 
 enum Phase {
@@ -201,10 +204,6 @@ enum Phase {
     Closed(ClientError),
 }
 
-/// How many abandoned (timed-out or cancelled) request numbers are remembered, so that P0's
-/// late answer to one is dropped instead of failing the connection.
-const RETIRED: usize = 1024;
-
 /// The client protocol of one pair of connections, without IO (see the module docs).
 pub struct ClientSession {
     urls: [String; 2],
@@ -213,8 +212,7 @@ pub struct ClientSession {
     phase: Phase,
     next_request: RequestId,
     requests: HashMap<RequestId, Request>,
-    sessions: HashMap<u128, RequestId>,
-    retired: VecDeque<RequestId>,
+    tags: HashMap<u128, RequestId>,
     outbox: [VecDeque<Vec<u8>>; 2],
     events: VecDeque<Event>,
     sent: [u64; 2],
@@ -264,8 +262,7 @@ impl ClientSession {
             },
             next_request: 1,
             requests: HashMap::new(),
-            sessions: HashMap::new(),
-            retired: VecDeque::new(),
+            tags: HashMap::new(),
             outbox: [VecDeque::new(), VecDeque::new()],
             events: VecDeque::new(),
             sent: [0, 0],
@@ -352,16 +349,24 @@ impl ClientSession {
         self.outbox[server.idx()].push_back(bytes);
     }
 
-    fn retire(&mut self, id: RequestId) {
-        if self.retired.len() >= RETIRED {
-            self.retired.pop_front();
+    /// A fresh random tag (nonzero, not in flight) from the OS generator: it names a request
+    /// on the wire, so another client must not be able to guess it.
+    fn fresh_tag(&self) -> Result<u128> {
+        loop {
+            let s = Seed::random().map_err(|e| ClientError::Connection(e.to_string()))?;
+            let mut b = [0u8; 16];
+            b.copy_from_slice(&s.0[..16]);
+            let tag = u128::from_le_bytes(b);
+            if tag != 0 && !self.tags.contains_key(&tag) {
+                return Ok(tag);
+            }
         }
-        self.retired.push_back(id);
     }
 
     /// Starts a prediction of `batch` inputs (`x` batch first): checks the input against the
     /// manifest (shape, bound, `max_batch`) before anything is queued, then queues the input
-    /// share for P0. The answer comes as [`Event::Done`] with the returned number.
+    /// share for P0 and the seed for P1. The answer comes as [`Event::Done`] with the returned
+    /// number.
     pub fn start_predict(&mut self, x: &[f32], batch: usize, now_ms: u64) -> Result<RequestId> {
         let m = match &self.phase {
             Phase::Ready(m) => m,
@@ -377,33 +382,41 @@ impl ClientSession {
             )));
         }
         let shares = share_input(m, x, batch)?;
+        let tag = self.fresh_tag()?;
         let mut id = self.next_request;
         while id == 0 || self.requests.contains_key(&id) {
             id = id.wrapping_add(1);
         }
         self.next_request = id.wrapping_add(1);
-        let payload = ring::to_le_bytes(&shares.to_p0);
-        let frame = Frame {
+        let share = Frame {
             kind: Kind::InputShare,
-            session: 0,
+            session: tag,
             step: id,
-            payload,
+            payload: ring::to_le_bytes(&shares.to_p0),
         };
-        let bytes = frame.encode();
-        let sent0 = bytes.len();
+        let seed = Frame {
+            kind: Kind::InputSeed,
+            session: tag,
+            step: TAGGED_SEED,
+            payload: shares.to_p1.0.to_vec(),
+        };
+        let (to_p0, to_p1) = (share.encode(), seed.encode());
+        let sent = [to_p0.len(), to_p1.len()];
         if self.keep_last_sent {
-            self.last_sent[0] = frame.payload;
+            self.last_sent = [share.payload, seed.payload];
         }
-        self.push(Server::P0, bytes);
+        // The share first: P0 has more to do before P1 can start (take a session, bind it).
+        self.push(Server::P0, to_p0);
+        self.push(Server::P1, to_p1);
+        self.tags.insert(tag, id);
         self.requests.insert(
             id,
             Request {
                 batch,
                 deadline: now_ms.saturating_add(self.timeout_ms),
-                sent: [sent0, 0],
-                step: Step::AwaitSession {
-                    seed: shares.to_p1.0,
-                },
+                sent,
+                tag,
+                out: [None, None],
             },
         );
         Ok(id)
@@ -415,24 +428,15 @@ impl ClientSession {
         let Some(r) = self.requests.remove(&id) else {
             return false;
         };
-        self.forget(id, &r);
+        self.tags.remove(&r.tag);
         self.events
             .push_back(Event::Done(id, Err(ClientError::Aborted)));
         true
     }
 
-    fn forget(&mut self, id: RequestId, r: &Request) {
-        match &r.step {
-            Step::AwaitSession { .. } => self.retire(id),
-            Step::AwaitOutputs { session, .. } => {
-                self.sessions.remove(session);
-            }
-        }
-    }
-
     fn finish(&mut self, id: RequestId, result: Result<Outcome>) {
         if let Some(r) = self.requests.remove(&id) {
-            self.forget(id, &r);
+            self.tags.remove(&r.tag);
             self.events.push_back(Event::Done(id, result));
         }
     }
@@ -467,7 +471,7 @@ impl ClientSession {
             self.requests.remove(&id);
             self.events.push_back(Event::Done(id, Err(why.clone())));
         }
-        self.sessions.clear();
+        self.tags.clear();
         self.events.push_back(Event::Closed(why));
     }
 
@@ -505,8 +509,8 @@ impl ClientSession {
         )));
     }
 
-    /// Fails whatever is due at `now_ms`: the setup, or the predictions whose step took too
-    /// long (each with the server it waited for).
+    /// Fails whatever is due at `now_ms`: the setup, or the predictions that took too long
+    /// (each with the server it waited for).
     pub fn handle_timeout(&mut self, now_ms: u64) {
         let t = self.timeout_ms;
         match &self.phase {
@@ -538,12 +542,15 @@ impl ClientSession {
                         .collect(),
                 );
                 for id in due {
-                    let e = match self.requests.get(&id).map(|r| &r.step) {
-                        Some(Step::AwaitOutputs { out, .. }) => format!(
+                    let e = match self.requests.get(&id).map(|r| &r.out) {
+                        Some([None, None]) => {
+                            format!("neither P0 nor P1 answered within {t} ms")
+                        }
+                        Some([waiting, _]) => format!(
                             "{} did not answer within {t} ms (no output share)",
-                            if out[0].is_none() { "P0" } else { "P1" }
+                            if waiting.is_none() { "P0" } else { "P1" }
                         ),
-                        _ => format!("P0 did not assign a session within {t} ms"),
+                        None => continue,
                     };
                     self.finish(id, Err(ClientError::Connection(e)));
                 }
@@ -551,8 +558,9 @@ impl ClientSession {
         }
     }
 
-    /// A binary message from `server`.
-    pub fn handle_bytes(&mut self, server: Server, bytes: &[u8], now_ms: u64) {
+    /// A binary message from `server` that arrived at `_now_ms` (no reply restarts a
+    /// deadline today: each prediction has one, from its start).
+    pub fn handle_bytes(&mut self, server: Server, bytes: &[u8], _now_ms: u64) {
         if let Phase::Closed(_) = self.phase {
             return;
         }
@@ -569,29 +577,21 @@ impl ClientSession {
             return self.on_hello_reply(server, f);
         }
         match f.kind {
-            Kind::Session if server == Server::P0 => self.on_session(f, now_ms),
             Kind::Output if f.session != 0 => self.on_output(server, f),
             Kind::Error if f.session != 0 => {
-                if let Some(id) = self.sessions.get(&f.session).copied() {
+                if let Some(id) = self.tags.get(&f.session).copied() {
                     self.finish(id, Err(server_error(name, &f)));
                 }
-                // else: a session abandoned (timed out, cancelled): dropped.
+                // else: a request abandoned (timed out, cancelled): dropped.
             }
-            Kind::Error => {
-                let waiting = server == Server::P0
-                    && matches!(
-                        self.requests.get(&f.step).map(|r| &r.step),
-                        Some(Step::AwaitSession { .. })
-                    );
-                if waiting {
+            Kind::Error if f.step != 0 => {
+                // A refusal naming the request number only; dropped when abandoned already.
+                if self.requests.contains_key(&f.step) {
                     self.finish(f.step, Err(server_error(name, &f)));
-                } else if server == Server::P0 && f.step != 0 && self.retired.contains(&f.step) {
-                    // The refusal of a request abandoned already.
-                } else {
-                    // About the connection itself (idle, too many errors, ...).
-                    self.fail(server_error(name, &f));
                 }
             }
+            // About the connection itself (idle, too many errors, ...).
+            Kind::Error => self.fail(server_error(name, &f)),
             k => self.fail(ClientError::Protocol(format!(
                 "{name} sent an unexpected {k:?} frame"
             ))),
@@ -643,61 +643,14 @@ impl ClientSession {
         }
     }
 
-    fn on_session(&mut self, f: Frame, now_ms: u64) {
-        let id = f.step;
-        let seed = match self.requests.get(&id).map(|r| &r.step) {
-            Some(Step::AwaitSession { seed }) => *seed,
-            // Already assigned, abandoned, or never asked: nothing waits for it.
-            _ => return,
-        };
-        let session = f.session;
-        if session == 0 || self.sessions.contains_key(&session) {
-            return self.finish(
-                id,
-                Err(ClientError::Protocol(format!(
-                    "P0 assigned session {session:x}, which is {}",
-                    if session == 0 {
-                        "not a session"
-                    } else {
-                        "in use"
-                    }
-                ))),
-            );
-        }
-        let frame = Frame {
-            kind: Kind::InputSeed,
-            session,
-            step: 0,
-            payload: seed.to_vec(),
-        };
-        let bytes = frame.encode();
-        let n = bytes.len();
-        if self.keep_last_sent {
-            self.last_sent[1] = frame.payload;
-        }
-        self.push(Server::P1, bytes);
-        self.sessions.insert(session, id);
-        let t = self.timeout_ms;
-        if let Some(r) = self.requests.get_mut(&id) {
-            r.sent[1] = n;
-            r.deadline = now_ms.saturating_add(t);
-            r.step = Step::AwaitOutputs {
-                session,
-                out: [None, None],
-            };
-        }
-    }
-
     fn on_output(&mut self, server: Server, f: Frame) {
-        let Some(id) = self.sessions.get(&f.session).copied() else {
+        let Some(id) = self.tags.get(&f.session).copied() else {
             return; // abandoned
         };
         let Some(r) = self.requests.get_mut(&id) else {
             return;
         };
-        let Step::AwaitOutputs { out, .. } = &mut r.step else {
-            return;
-        };
+        let out = &mut r.out;
         let slot = &mut out[server.idx()];
         if slot.is_some() {
             let e = ClientError::Protocol(format!(

@@ -332,7 +332,7 @@ impl WasmClient {
     /// Starts connecting to P0 and P1 (`ws://`, `wss://`, `http://` or `https://` base
     /// URLs; `/v1/ws` is appended unless present) with `web_socket` (a WebSocket class),
     /// asking for `model` (empty: the servers' default) with `api_key`, if any. `timeout_ms`
-    /// (0: 10 000) bounds the setup and each step of every prediction. `on_close` is called
+    /// (0: 10 000) bounds the setup and each prediction. `on_close` is called
     /// once, with the error, when the connection ends for any reason. Throws on a bad URL.
     #[wasm_bindgen(constructor)]
     pub fn new(

@@ -2,7 +2,7 @@
 //! limits, deadlines as data, cancellation and closing.
 
 use sotto_client::session::{
-    ws_url, ClientSession, Event, RequestId, Server, SessionConfig, SessionState,
+    ws_url, ClientSession, Event, RequestId, Server, SessionConfig, SessionState, TAGGED_SEED,
 };
 use sotto_client::ClientError;
 use sotto_wire::{decode, ErrorPayload, Frame, Kind, Manifest, Role, DEFAULT_MAX_PAYLOAD};
@@ -76,14 +76,14 @@ fn output(session: u128, payload: Vec<u8>) -> Vec<u8> {
     .encode()
 }
 
-fn assigned(session: u128, step: u32) -> Vec<u8> {
-    Frame {
-        kind: Kind::Session,
-        session,
-        step,
-        payload: Vec::new(),
-    }
-    .encode()
+/// The tag of the request the client just started (from its share to P0 and its seed to P1,
+/// which must agree).
+fn sent_tag(s: &mut ClientSession) -> u128 {
+    let to0 = frames(s, Server::P0);
+    let to1 = frames(s, Server::P1);
+    assert_eq!((to0.len(), to1.len()), (1, 1));
+    assert_eq!(to0[0].session, to1[0].session);
+    to0[0].session
 }
 
 /// A session whose hellos were answered by a proper pair.
@@ -132,31 +132,34 @@ fn urls_get_one_v1_ws_and_bad_ones_are_refused() {
 }
 
 #[test]
-fn a_prediction_share_then_session_then_seed_then_both_outputs() {
+fn a_prediction_sends_share_and_seed_at_once_under_one_tag_then_takes_both_outputs() {
     let mut s = connected();
     let id = s
         .start_predict(&[0.1, 0.2, 0.3, 0.4], 1, 10)
         .expect("start");
+    // Both messages at once (no wait for P0), under one fresh random tag.
     let to0 = frames(&mut s, Server::P0);
-    assert_eq!(to0.len(), 1);
-    assert_eq!(
-        (to0[0].kind, to0[0].session, to0[0].step),
-        (Kind::InputShare, 0, id)
-    );
-    assert_eq!(to0[0].payload.len(), 4 * 8);
-    // Nothing for P1 before P0 has assigned the session.
-    assert!(frames(&mut s, Server::P1).is_empty());
-    s.handle_bytes(Server::P0, &assigned(77, id), 20);
     let to1 = frames(&mut s, Server::P1);
-    assert_eq!(to1.len(), 1);
-    assert_eq!((to1[0].kind, to1[0].session), (Kind::InputSeed, 77));
+    assert_eq!((to0.len(), to1.len()), (1, 1));
+    let tag = to0[0].session;
+    assert_ne!(tag, 0);
+    assert_eq!((to0[0].kind, to0[0].step), (Kind::InputShare, id));
+    assert_eq!(to0[0].payload.len(), 4 * 8);
+    assert_eq!(
+        (to1[0].kind, to1[0].session, to1[0].step),
+        (Kind::InputSeed, tag, TAGGED_SEED)
+    );
     assert_eq!(to1[0].payload.len(), 32);
     assert_eq!(s.last_sent(Server::P1), &to1[0].payload[..]);
     assert_eq!(s.last_sent(Server::P0), &to0[0].payload[..]);
+    // The tag is neither the seed nor part of it, and the next request gets another.
+    assert!(!to1[0].payload.windows(16).any(|w| w == tag.to_le_bytes()));
+    s.start_predict(&[0.0; 4], 1, 10).expect("start");
+    assert_ne!(sent_tag(&mut s), tag);
     let (a, b) = output_shares(&[1.5, -2.0, 0.25], 12345);
-    s.handle_bytes(Server::P1, &output(77, b), 30);
+    s.handle_bytes(Server::P1, &output(tag, b), 30);
     assert!(events(&mut s).is_empty());
-    s.handle_bytes(Server::P0, &output(77, a), 31);
+    s.handle_bytes(Server::P0, &output(tag, a), 31);
     let evs = events(&mut s);
     match &evs[..] {
         [Event::Done(got, Ok(o))] => {
@@ -167,40 +170,44 @@ fn a_prediction_share_then_session_then_seed_then_both_outputs() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.in_flight(), 0);
-    assert_eq!(s.next_deadline(), None);
+    assert_eq!(s.in_flight(), 1);
 }
 
 #[test]
 fn replies_out_of_order_reach_their_requests() {
     let mut s = connected();
-    let ids: Vec<u32> = (0..3)
-        .map(|_| s.start_predict(&[0.0; 4], 1, 0).unwrap())
+    // (request, tag, seed) of three predictions in flight at once.
+    let reqs: Vec<(u32, u128, Vec<u8>)> = (0..3)
+        .map(|_| {
+            let id = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+            let to0 = frames(&mut s, Server::P0).remove(0);
+            let to1 = frames(&mut s, Server::P1).remove(0);
+            assert_eq!(to0.session, to1.session);
+            (id, to0.session, to1.payload)
+        })
         .collect();
-    frames(&mut s, Server::P0);
-    for &id in ids.iter().rev() {
-        let session = 1000 + u128::from(id);
-        s.handle_bytes(Server::P0, &assigned(session, id), 1);
-        let v = f64::from(id);
-        let (a, _) = output_shares(&[v, -v, 0.5], u64::from(id));
-        s.handle_bytes(Server::P0, &output(session, a), 1);
+    // P0 answers in reverse order, P1 after it in order.
+    for (id, tag, _) in reqs.iter().rev() {
+        let v = f64::from(*id);
+        let (a, _) = output_shares(&[v, -v, 0.5], u64::from(*id));
+        s.handle_bytes(Server::P0, &output(*tag, a), 1);
     }
-    let seeds = frames(&mut s, Server::P1);
-    assert_eq!(seeds.len(), 3);
-    for f in &seeds {
-        let id = (f.session - 1000) as u32;
-        let v = f64::from(id);
-        let (_, b) = output_shares(&[v, -v, 0.5], u64::from(id));
-        s.handle_bytes(Server::P1, &output(f.session, b), 2);
+    for (id, tag, _) in &reqs {
+        let v = f64::from(*id);
+        let (_, b) = output_shares(&[v, -v, 0.5], u64::from(*id));
+        s.handle_bytes(Server::P1, &output(*tag, b), 2);
     }
     let mut got = done(events(&mut s));
     got.sort_by_key(|(id, _)| *id);
+    assert_eq!(got.len(), 3);
     for (id, r) in got {
         let v = f64::from(id);
         assert_eq!(r.unwrap(), vec![v, -v, 0.5]);
     }
-    // Every seed is fresh.
-    assert_ne!(seeds[0].payload, seeds[1].payload);
+    // Every seed and every tag is fresh.
+    assert_ne!(reqs[0].2, reqs[1].2);
+    assert_ne!(reqs[0].1, reqs[1].1);
+    assert_ne!(reqs[1].1, reqs[2].1);
 }
 
 #[test]
@@ -276,47 +283,60 @@ fn deadlines_are_data_and_late_replies_are_dropped() {
 
     let mut s = connected();
     let a = s.start_predict(&[0.0; 4], 1, 1000).unwrap();
+    let tag_a = sent_tag(&mut s);
     let b = s.start_predict(&[0.0; 4], 1, 1500).unwrap();
+    let tag_b = sent_tag(&mut s);
+    let c = s.start_predict(&[0.0; 4], 1, 1500).unwrap();
+    let tag_c = sent_tag(&mut s);
     assert_eq!(s.next_deadline(), Some(2000));
-    s.handle_bytes(Server::P0, &assigned(9, b), 1600);
+    // An output does not move a deadline: each prediction has one, from its start.
+    let (o0, o1) = output_shares(&[0.0; 3], 1);
+    s.handle_bytes(Server::P0, &output(tag_b, o0.clone()), 1600);
+    s.handle_bytes(Server::P1, &output(tag_c, o1.clone()), 1600);
     assert_eq!(s.next_deadline(), Some(2000));
     s.handle_timeout(2000);
     let got = done(events(&mut s));
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, a);
     assert!(
-        matches!(&got[0].1, Err(ClientError::Connection(m)) if m == "P0 did not assign a session within 1000 ms")
+        matches!(&got[0].1, Err(ClientError::Connection(m)) if m == "neither P0 nor P1 answered within 1000 ms")
     );
-    // P0's late answer to the abandoned request is dropped; so is a late refusal.
-    s.handle_bytes(Server::P0, &assigned(8, a), 2100);
+    // Late answers to the abandoned request are dropped: outputs, a refusal by tag or by
+    // request number.
+    s.handle_bytes(Server::P0, &output(tag_a, o0.clone()), 2100);
+    s.handle_bytes(Server::P1, &error_frame(tag_a, 0, "busy"), 2100);
     s.handle_bytes(Server::P0, &error_frame(0, a, "busy"), 2100);
-    assert!(frames(&mut s, Server::P1).iter().all(|f| f.session == 9));
+    assert!(events(&mut s).is_empty());
     assert_eq!(s.state(), SessionState::Ready);
-    // P0 sends its output, P1 does not: the error names P1.
-    let (o0, _) = output_shares(&[0.0; 3], 1);
-    s.handle_bytes(Server::P0, &output(9, o0), 2200);
-    assert_eq!(s.next_deadline(), Some(2600));
-    s.handle_timeout(2600);
+    // P0 sent its output for b, P1 did not: the error names P1; c the other way round.
+    s.handle_timeout(2500);
     let got = done(events(&mut s));
     assert!(
-        matches!(&got[..], [(id, Err(ClientError::Connection(m)))] if *id == b && m == "P1 did not answer within 1000 ms (no output share)"),
+        matches!(&got[..], [(id, Err(ClientError::Connection(m))), (id2, Err(ClientError::Connection(m2)))]
+            if *id == b && m == "P1 did not answer within 1000 ms (no output share)"
+            && *id2 == c && m2 == "P0 did not answer within 1000 ms (no output share)"),
         "{got:?}"
     );
     // A late output for it is dropped.
-    let (_, o1) = output_shares(&[0.0; 3], 1);
-    s.handle_bytes(Server::P1, &output(9, o1), 2700);
+    s.handle_bytes(Server::P1, &output(tag_b, o1), 2700);
     assert!(events(&mut s).is_empty());
     assert_eq!(s.state(), SessionState::Ready);
+    assert_eq!(s.next_deadline(), None);
 }
 
 #[test]
 fn server_errors_fail_their_request_or_the_connection() {
     let mut s = connected();
     let a = s.start_predict(&[0.0; 4], 1, 0).unwrap();
-    let b = s.start_predict(&[0.0; 4], 1, 0).unwrap();
-    s.handle_bytes(Server::P0, &error_frame(0, a, "not_ready"), 1);
-    s.handle_bytes(Server::P0, &assigned(5, b), 1);
-    s.handle_bytes(Server::P1, &error_frame(5, 0, "session_failed"), 1);
+    let tag_a = sent_tag(&mut s);
+    s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    let tag_b = sent_tag(&mut s);
+    let c = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    sent_tag(&mut s);
+    s.handle_bytes(Server::P0, &error_frame(tag_a, a, "not_ready"), 1);
+    s.handle_bytes(Server::P1, &error_frame(tag_b, 0, "session_failed"), 1);
+    // A refusal that names the request number only (no tag) also reaches it.
+    s.handle_bytes(Server::P0, &error_frame(0, c, "busy"), 1);
     let got = done(events(&mut s));
     let codes: Vec<String> = got
         .iter()
@@ -329,7 +349,8 @@ fn server_errors_fail_their_request_or_the_connection() {
         codes,
         [
             "P0 P0 refused: scripted not_ready (not_ready)",
-            "P1 P1 refused: scripted session_failed (session_failed)"
+            "P1 P1 refused: scripted session_failed (session_failed)",
+            "P0 P0 refused: scripted busy (busy)"
         ]
     );
     assert_eq!(s.state(), SessionState::Ready);
@@ -374,8 +395,11 @@ fn a_lost_connection_fails_everything_at_once() {
 fn cancel_and_close() {
     let mut s = connected();
     let a = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    let tag_a = sent_tag(&mut s);
     let b = s.start_predict(&[0.0; 4], 1, 0).unwrap();
-    s.handle_bytes(Server::P0, &assigned(40, b), 1);
+    let tag_b = sent_tag(&mut s);
+    let (o0, o1) = output_shares(&[0.0; 3], 3);
+    s.handle_bytes(Server::P0, &output(tag_b, o0.clone()), 1);
     assert!(s.cancel(a));
     assert!(s.cancel(b));
     assert!(!s.cancel(b));
@@ -384,10 +408,8 @@ fn cancel_and_close() {
         .iter()
         .all(|(_, r)| matches!(r, Err(ClientError::Aborted))));
     // Late replies for both are dropped; the session stays up.
-    s.handle_bytes(Server::P0, &assigned(41, a), 2);
-    let (o0, o1) = output_shares(&[0.0; 3], 3);
-    s.handle_bytes(Server::P0, &output(40, o0), 2);
-    s.handle_bytes(Server::P1, &output(40, o1), 2);
+    s.handle_bytes(Server::P0, &output(tag_a, o0), 2);
+    s.handle_bytes(Server::P1, &output(tag_b, o1), 2);
     assert!(events(&mut s).is_empty());
     assert_eq!(s.state(), SessionState::Ready);
     frames(&mut s, Server::P0);

@@ -1,15 +1,27 @@
 //! A client connection at `/v1/ws` (P0 and P1).
 //!
-//! The client opens with [`Hello`] and gets the model's [`Manifest`]. Then, per prediction:
-//! it sends P0 an `InputShare` frame with session 0 and a request number in `step`; P0
-//! answers with a `Session` frame (the request number in `step`) naming a fresh dealt session
-//! and starts; the client sends P1 an `InputSeed` frame for that session. Each server sends
-//! an `Output` frame with its share, or an `Error` frame for the session.
+//! The client opens with [`Hello`] and gets the model's [`Manifest`]. Then, per prediction,
+//! in one of two orders:
+//!
+//! - tagged (what sotto's clients do): the client names the request with a random nonzero
+//!   128-bit tag and sends, at once, P0 an `InputShare` frame with the tag as `session` and a
+//!   request number in `step`, and P1 an `InputSeed` frame with the tag as `session` and step
+//!   [`TAGGED_SEED`]. P0 takes a fresh dealt session and tells P1 over their link which
+//!   session the tag stands for ([`super::party::bind_tag`]); P1 waits for that before it
+//!   claims the session. Both servers answer under the tag: no session id reaches the client.
+//! - assigned (older clients, and tests that script the frames): an `InputShare` with session
+//!   0; P0 answers with a `Session` frame (the request number in `step`) naming a fresh dealt
+//!   session and starts; the client then sends P1 an `InputSeed` frame for that session (step
+//!   0). This costs the client a round trip to P0 before P1 can start.
+//!
+//! Each server sends an `Output` frame with its share, or an `Error` frame, under the name the
+//! client used (the tag, or the session).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use sotto_client::session::TAGGED_SEED;
 use sotto_core::protocols as p;
 use sotto_core::session::{Server, OUTPUT_STEP};
 use sotto_core::transport::{PartyId, Tag, Transport};
@@ -23,7 +35,7 @@ use tokio::sync::mpsc;
 
 use super::admit::{Admission, Refusal, MAX_STRIKES};
 use super::error::Result;
-use super::party::{claim_session, take_session};
+use super::party::{bind_tag, bound_session, claim_session, release_tag, take_session};
 use super::State;
 
 /// How long a new connection may take to say hello.
@@ -263,34 +275,41 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             }
         };
         match (st.me, f.kind) {
-            (PartyId::P0, Kind::InputShare) if f.session == 0 => {
+            (PartyId::P0, Kind::InputShare) => {
+                // The client's tag for the request (0: the assigned order, answered with a
+                // Session frame), and the name every answer to it carries.
+                let tag = f.session;
+                // A refusal: an error under the request's name; a tagged request's seed,
+                // waiting at P1 for its binding, is dropped there at once.
+                let refuse = |code: ErrorCode, message: String| {
+                    if tag != 0 {
+                        release_tag(&st, tag, &message);
+                    }
+                    out.push(error_frame(tag, f.step, code, message));
+                };
                 let len = f.payload.len();
                 if len == 0 || len % per_input != 0 || len / per_input > st.cfg.max_batch {
                     strikes += 1;
                     st.metrics.error("bad_shape");
-                    out.push(error_frame(
-                        0,
-                        f.step,
+                    refuse(
                         ErrorCode::BadShape,
                         format!(
                             "{len} bytes of input share: model {model_id} takes inputs of {} values ({per_input} bytes) each, 1 to {} per request",
                             plan.input_len, st.cfg.max_batch
                         ),
-                    ));
+                    );
                     continue;
                 }
                 if let Some(Err(wait)) = key.as_ref().map(|k| k.take()) {
                     st.metrics.error("rate_limited");
-                    out.push(error_frame(
-                        0,
-                        f.step,
+                    refuse(
                         ErrorCode::RateLimited,
                         format!(
                             "this API key may make {} requests per second: retry in {} ms",
                             key.as_ref().and_then(|k| k.rate).unwrap_or(0.0),
                             wait.as_millis().max(1)
                         ),
-                    ));
+                    );
                     continue;
                 }
                 let batch = len / per_input;
@@ -302,9 +321,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     Err(Refusal::TooLarge { kib, limit_kib }) => {
                         strikes += 1;
                         st.metrics.error("too_large");
-                        out.push(error_frame(
-                            0,
-                            f.step,
+                        refuse(
                             ErrorCode::TooLarge,
                             format!(
                                 "a batch of {batch} needs {} MiB of correlated randomness per server; this deployment admits {} MiB per request (--inflight-budget-mb): send at most {} inputs of model {model_id} per request",
@@ -312,37 +329,48 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                                 limit_kib / 1024,
                                 st.admission.max_batch(material)
                             ),
-                        ));
+                        );
                         continue;
                     }
                     Err(Refusal::Busy(m)) => {
                         st.metrics.error("busy");
-                        out.push(error_frame(0, f.step, ErrorCode::Busy, m));
+                        refuse(ErrorCode::Busy, m);
                         continue;
                     }
                 };
                 let (st, out, model_id) = (st.clone(), out.clone(), model_id.clone());
                 tokio::spawn(async move {
+                    let refuse = |code: ErrorCode, message: String| {
+                        if tag != 0 {
+                            release_tag(&st, tag, &message);
+                        }
+                        out.push(error_frame(tag, f.step, code, message));
+                    };
                     // Held until the session ends: its material counts against the budget.
                     let _admitted = match reserved.admit(len).await {
                         Ok(a) => a,
                         Err(e) => {
                             st.metrics.error("busy");
-                            out.push(error_frame(0, f.step, ErrorCode::Busy, e.message()));
+                            refuse(ErrorCode::Busy, e.message());
                             return;
                         }
                     };
                     if !st.ready() {
                         st.metrics.error("not_ready");
-                        out.push(error_frame(
-                            0,
-                            f.step,
+                        refuse(
                             ErrorCode::NotReady,
                             format!("the parties are not ready: {}", st.status()),
-                        ));
+                        );
                         return;
                     }
                     match take_session(&st, &model_id, batch).await {
+                        Ok(session) if tag != 0 => {
+                            // If P1 cannot be told (its link is down), the session fails at
+                            // its first message from P1 and the client hears why from
+                            // run_session.
+                            let _ = bind_tag(&st, tag, session).await;
+                            run_session(&st, &model_id, batch, session, tag, f.payload, &out).await;
+                        }
                         Ok(session) => {
                             out.push(
                                 Frame {
@@ -353,11 +381,12 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                                 }
                                 .encode(),
                             );
-                            run_session(&st, &model_id, batch, session, f.payload, &out).await;
+                            run_session(&st, &model_id, batch, session, session, f.payload, &out)
+                                .await;
                         }
                         Err(e) => {
                             st.metrics.error("no_material");
-                            out.push(error_frame(0, f.step, ErrorCode::NoMaterial, e.to_string()));
+                            refuse(ErrorCode::NoMaterial, e.to_string());
                         }
                     }
                 });
@@ -383,28 +412,46 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     }
                 };
                 let (st, out, model_id) = (st.clone(), out.clone(), model_id.clone());
+                // The name the client gave the request: its tag, or (step 0) the session P0
+                // assigned.
+                let label = f.session;
+                let tagged = f.step == TAGGED_SEED;
                 tokio::spawn(async move {
                     // The slot is held while the seed waits for its session, not while the
                     // session runs (that is P0's budget).
-                    let claimed = claim_session(&st, f.session, &model_id).await;
+                    let session = if tagged {
+                        bound_session(&st, label).await
+                    } else {
+                        Ok(label)
+                    };
+                    let claimed = match session {
+                        Ok(session) => claim_session(&st, session, &model_id)
+                            .await
+                            .map(|batch| (session, batch))
+                            .map_err(|e| (Some(session), e)),
+                        Err(e) => Err((None, e)),
+                    };
                     drop(claim);
                     match claimed {
-                        Ok(batch) => {
-                            run_session(&st, &model_id, batch, f.session, f.payload, &out).await
+                        Ok((session, batch)) => {
+                            run_session(&st, &model_id, batch, session, label, f.payload, &out)
+                                .await
                         }
-                        Err(e) => {
+                        Err((session, e)) => {
                             st.metrics.error("unknown_session");
                             // P0 may be running this session: end it there now rather than
                             // after its timeout (harmless if P0 does not know it).
-                            let _ = st.mesh.send_control(
-                                PartyId::P0,
-                                f.session,
-                                &Control::Abort {
-                                    reason: e.to_string(),
-                                },
-                            );
+                            if let Some(session) = session {
+                                let _ = st.mesh.send_control(
+                                    PartyId::P0,
+                                    session,
+                                    &Control::Abort {
+                                        reason: e.to_string(),
+                                    },
+                                );
+                            }
                             out.push(error_frame(
-                                f.session,
+                                label,
                                 0,
                                 ErrorCode::UnknownSession,
                                 e.to_string(),
@@ -488,12 +535,14 @@ fn loaded_model(st: &State, model: &str, load: u128) -> Result<Arc<Loaded>> {
 }
 
 /// Runs this server's part of one prediction and sends the client its output share (or an
-/// error); aborts the session at the peer on failure; frees the session's messages.
+/// error) under `label`, the name the client gave the request (its tag, or the session);
+/// aborts the session at the peer on failure; frees the session's messages.
 async fn run_session(
     st: &Arc<State>,
     model_id: &str,
     batch: usize,
     session: u128,
+    label: u128,
     input: Vec<u8>,
     out: &Out,
 ) {
@@ -524,7 +573,7 @@ async fn run_session(
             .into());
         }
         let loaded = loaded_model(st, model_id, load)?;
-        link.attach(out.clone(), input);
+        link.attach(out.clone(), input, label);
         let xs = server.receive_input(batch * plan.input_len).await?;
         let y = finish_predict(&mut server, plan, &loaded, prep, xs).await?;
         Ok(p::output(&mut server, &y, 64).await?)
@@ -565,9 +614,13 @@ async fn run_session(
                     reason: e.to_string(),
                 },
             );
+            if st.me == PartyId::P0 && label != session {
+                // The tag's binding may still wait at P1 (its seed never came): dropped.
+                release_tag(st, label, &e.to_string());
+            }
             st.mesh.end_session(session, "session failed");
             out.push(error_frame(
-                session,
+                label,
                 0,
                 ErrorCode::SessionFailed,
                 format!("{:?}: {e}", st.me),
@@ -581,13 +634,14 @@ async fn run_session(
 /// output shares to the client's connection (both attached when a request takes the session).
 pub(crate) struct SessionLink {
     mesh: Arc<WsTransport>,
-    out: Mutex<Option<Out>>,
+    /// The client's connection and the name its output goes under.
+    out: Mutex<Option<(Out, u128)>>,
     input: Mutex<Option<Vec<u8>>>,
 }
 
 impl SessionLink {
-    fn attach(&self, out: Out, input: Vec<u8>) {
-        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+    fn attach(&self, out: Out, input: Vec<u8>, label: u128) {
+        *self.out.lock().unwrap_or_else(|e| e.into_inner()) = Some((out, label));
         *self.input.lock().unwrap_or_else(|e| e.into_inner()) = Some(input);
     }
 }
@@ -602,18 +656,18 @@ impl Transport for SessionLink {
             return self.mesh.send(to, tag, data).await;
         }
         debug_assert_eq!(tag.step, OUTPUT_STEP);
-        let f = Frame {
-            kind: Kind::Output,
-            session: tag.session,
-            step: tag.step,
-            payload: data,
-        };
         let out = self.out.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let out = out.ok_or_else(|| {
+        let (out, label) = out.ok_or_else(|| {
             CoreError::from(TransportError::PeerGone(
                 "no client is attached to this session".into(),
             ))
         })?;
+        let f = Frame {
+            kind: Kind::Output,
+            session: label,
+            step: tag.step,
+            payload: data,
+        };
         if out.push(f.encode()) {
             Ok(())
         } else {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use sotto_core::local::{block_on, new_session_id};
 use sotto_core::protocols as p;
 use sotto_core::session::{Dealer, Server};
-use sotto_core::transport::PartyId;
+use sotto_core::transport::{PartyId, Tag, Transport};
 use sotto_model::private::{deal_load, deal_predict, load};
 use sotto_net::auth;
 use sotto_net::{party_ws_config, ControlReceiver, Duplex};
@@ -441,6 +441,57 @@ pub async fn take_session(st: &Arc<State>, model: &str, batch: usize) -> Result<
 
 /// How often a claim waiting for an announcement checks the helper link.
 const LINK_POLL: Duration = Duration::from_millis(50);
+
+/// The step of P0's message that binds a client's tag to a session. It travels on the P0–P1
+/// link in the tag's own mailbox (the tag is the frame's session): tags are random 128-bit
+/// names chosen by clients, sessions random 128-bit names chosen by the helper, and no
+/// protocol step of a session uses this number (theirs count up from 0; sotto-core's input
+/// and output steps are `u32::MAX - 1` and `u32::MAX`).
+const BIND_STEP: u32 = u32::MAX - 2;
+
+/// P0: tells P1 that the client's request `tag` is dealt session `session` (sent before any
+/// message of the session, on the same link, so P1 has it first).
+pub async fn bind_tag(st: &State, tag: u128, session: u128) -> Result<()> {
+    let t = Tag {
+        session: tag,
+        step: BIND_STEP,
+    };
+    Ok(st
+        .mesh
+        .send(PartyId::P1, t, session.to_le_bytes().to_vec())
+        .await?)
+}
+
+/// P0: the request `tag` will not be bound (refused, or its session failed): P1 drops its
+/// binding or its waiting seed at once.
+pub fn release_tag(st: &State, tag: u128, why: &str) {
+    let _ = st.mesh.send_control(
+        PartyId::P1,
+        tag,
+        &Control::Abort {
+            reason: why.to_string(),
+        },
+    );
+}
+
+/// P1: the session P0 bound the client's `tag` to (waiting up to the party timeout). A tag is
+/// bound once: its mailbox is closed after, so a replayed seed fails at once.
+pub async fn bound_session(st: &State, tag: u128) -> Result<u128> {
+    let t = Tag {
+        session: tag,
+        step: BIND_STEP,
+    };
+    let got = st.mesh.recv(PartyId::P0, t).await;
+    st.mesh
+        .end_session(tag, "a seed for this request came already");
+    let bytes = got.map_err(|e| {
+        format!("P0 bound no session to this request (its input share did not reach P0, or P0 refused it): {e}")
+    })?;
+    match <[u8; 16]>::try_from(bytes.as_slice()).map(u128::from_le_bytes) {
+        Ok(s) if s != 0 => Ok(s),
+        _ => Err("P0 sent a malformed binding".into()),
+    }
+}
 
 /// P1: takes the dealt session `session` for `model` (waiting up to the party timeout for the
 /// helper's announcement); returns its batch size.
