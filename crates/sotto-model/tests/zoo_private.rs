@@ -34,8 +34,8 @@ fn lowering_zoo_models_run_privately_and_agree_with_tensorflow() {
             .expect("JSON");
     let mut ran = 0;
     let mut failures = Vec::new();
-    println!("\n| model | frac bits | labels = TF | max abs(private − TF) | max abs(TF) |");
-    println!("|---|---|---|---|---|");
+    println!("\n| model | frac bits | labels = TF | max abs(private − TF) | max abs(TF) | ms per input (in process, dealing included) | rounds | online B / server | helper B / server |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for m in zoo["models"].as_array().expect("models") {
         let name = m["name"].as_str().expect("name");
         let Ok(model) = import(&std::fs::read(dir.join(format!("{name}.onnx"))).expect("onnx"))
@@ -71,8 +71,17 @@ fn lowering_zoo_models_run_privately_and_agree_with_tensorflow() {
         let batch = x.len() / plan.input_len;
         let enc = plan.fp.encode_f32(&x).expect("in range");
         let weights = share_weights(&plan, true).expect("os rng");
+        let t = std::time::Instant::now();
         let run = run_in_process(&plan, [&plan, &plan], &weights, &enc, batch)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ms = t.elapsed().as_secs_f64() * 1e3 / batch as f64;
+        let (mut rounds, mut online, mut helper) = (0, 0, 0);
+        for (i, st) in plan.steps.iter().enumerate() {
+            let c = st.cost(plan.step_input_len(i), true);
+            rounds += c.rounds;
+            online += c.online_bytes;
+            helper += c.helper_bytes;
+        }
         if run.output != plan.eval_fixed(&enc, batch).expect("twin") {
             failures.push(format!("{name}: private differs from the twin"));
         }
@@ -112,7 +121,7 @@ fn lowering_zoo_models_run_privately_and_agree_with_tensorflow() {
                 ties += 1;
             }
         }
-        println!("| {name} | {f} | {same}/{batch} ({ties} near-ties) | {err:.2e} | {range:.2} |");
+        println!("| {name} | {f} | {same}/{batch} ({ties} near-ties) | {err:.2e} | {range:.2} | {ms:.2} | {rounds} | {online} | {helper} |");
         if same + ties != batch {
             failures.push(format!("{name}: {same}/{batch} labels equal TensorFlow's"));
         }
