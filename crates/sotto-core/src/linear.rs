@@ -1,6 +1,15 @@
 //! Shapes and local kernels of the linear layers: matmul, conv2d by im2col, pooling windows.
 //!
 //! Tensors are row-major; images are NCHW (batch, channels, height, width).
+//!
+//! Both bilinear maps run on one ring product, `gemm_acc`: `c += a · b` over Z_2^64, cache
+//! blocked, streaming each row of `b` into four rows of `c` at once (its comment says why this
+//! shape and not a register-tiled one). A convolution is that product per image between the
+//! weights `[O, C·kh·kw]` and the image's patches laid out as rows `[C·kh·kw, OH·OW]` (im2col,
+//! built one cache-sized block of taps by pixels at a time), which yields NCHW output without a
+//! transpose.
+
+use std::ops::Range;
 
 use crate::error::{CoreError, Result};
 use crate::ring;
@@ -156,6 +165,204 @@ impl Conv2dShape {
     }
 }
 
+impl Conv2dShape {
+    /// True when the patches of an image are the image itself (1×1 kernel, stride 1, no
+    /// padding): its `[C, H·W]` layout is already the `[C·kh·kw, OH·OW]` the product needs.
+    fn patches_are_input(&self) -> bool {
+        self.kernel_h == 1
+            && self.kernel_w == 1
+            && self.stride_h == 1
+            && self.stride_w == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && self.pad_bottom == 0
+            && self.pad_right == 0
+    }
+
+    /// A block of the patch matrix of one image `[C, H, W]`: rows `taps`, columns `pixels`.
+    /// `panel[(t − taps.start)·width + (q − pixels.start)]` is the input under kernel tap
+    /// `t = (c·kh + ky)·kw + kx` at output pixel `q = oy·OW + ox`, zero over padding, where
+    /// `width = pixels.len()`. The whole matrix (all `C·kh·kw` taps, all `OH·OW` pixels) is
+    /// the transpose of [`Conv2dShape::im2col`] for one image. Every element of
+    /// `panel[..taps.len()·width]` is written.
+    fn patch_panel(&self, x: &[u64], taps: Range<usize>, pixels: Range<usize>, panel: &mut [u64]) {
+        let (h, w, kh, kw) = (self.height, self.width, self.kernel_h, self.kernel_w);
+        let (ow, sh, sw) = (self.out_w(), self.stride_h, self.stride_w);
+        let (pt, pl) = (self.pad_top, self.pad_left);
+        let (q0, q1, width) = (pixels.start, pixels.end, pixels.len());
+        for (t, row) in taps.zip(panel.chunks_exact_mut(width)) {
+            let (ch, ky, kx) = (t / (kh * kw), t / kw % kh, t % kw);
+            let plane = &x[ch * h * w..][..h * w];
+            // The outputs ox whose input column ox·sw + kx − pl lies in [0, w).
+            let lo = pl.saturating_sub(kx).div_ceil(sw).min(ow);
+            let hi = (w + pl).saturating_sub(kx).div_ceil(sw).clamp(lo, ow);
+            for oy in q0 / ow..q1.div_ceil(ow) {
+                // This output row's pixels inside the panel: ox in sa..sb.
+                let sa = q0.max(oy * ow) - oy * ow;
+                let sb = q1.min(oy * ow + ow) - oy * ow;
+                let seg = &mut row[oy * ow + sa - q0..oy * ow + sb - q0];
+                let iy = oy * sh + ky;
+                if iy < pt || iy - pt >= h {
+                    seg.fill(0);
+                    continue;
+                }
+                let src = &plane[(iy - pt) * w..][..w];
+                let (a, b) = (lo.clamp(sa, sb), hi.clamp(sa, sb));
+                let (head, rest) = seg.split_at_mut(a - sa);
+                let (mid, tail) = rest.split_at_mut(b - a);
+                head.fill(0);
+                tail.fill(0);
+                if mid.is_empty() {
+                    continue;
+                }
+                // a·sw + kx ≥ pl as a ≥ lo, and the last column read is below w.
+                let first = a * sw + kx - pl;
+                if sw == 1 {
+                    mid.copy_from_slice(&src[first..first + mid.len()]);
+                } else {
+                    for (d, v) in mid.iter_mut().zip(src[first..].iter().step_by(sw)) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `y += conv(x, w)` for one image `x [C, H, W]`, weights `wt [O, C·kh·kw]` and
+    /// `y [O, OH·OW]`. The patch matrix is built a block of the product at a time (at most
+    /// [`GEMM_KB`] taps by [`GEMM_NB`] pixels, 512 KiB) into `panel`, which stays in L2
+    /// while every group of output channels streams it.
+    fn conv_image(&self, x: &[u64], wt: &[u64], y: &mut [u64], panel: &mut Vec<u64>) {
+        let (plen, o) = (self.patch_len(), self.out_channels);
+        let hw = self.out_h() * self.out_w();
+        if self.patches_are_input() {
+            // 1×1, stride 1, no padding: the image [C, H·W] is its own patch matrix.
+            gemm_acc(wt, plen, x, hw, y, hw, o, plen, hw);
+            return;
+        }
+        panel.resize(GEMM_KB.min(plen) * GEMM_NB.min(hw), 0);
+        for q0 in (0..hw).step_by(GEMM_NB) {
+            let q1 = (q0 + GEMM_NB).min(hw);
+            for t0 in (0..plen).step_by(GEMM_KB) {
+                let t1 = (t0 + GEMM_KB).min(plen);
+                self.patch_panel(x, t0..t1, q0..q1, panel);
+                let (k, n) = (t1 - t0, q1 - q0);
+                gemm_acc(&wt[t0..], plen, panel, n, &mut y[q0..], hw, o, k, n);
+            }
+        }
+    }
+}
+
+/// Rows of `c` (and `a`) that [`gemm_acc`] updates together: each element of `b` it loads
+/// serves this many multiply-adds.
+const GEMM_ROWS: usize = 4;
+/// Columns per block: [`GEMM_ROWS`] rows of this many outputs (8 KiB) stay in L1.
+const GEMM_NB: usize = 256;
+/// Inner-dimension block: a `GEMM_KB × GEMM_NB` block of `b` (512 KiB) stays in L2 while every
+/// group of rows streams it.
+const GEMM_KB: usize = 256;
+
+/// `c += a · b` over Z_2^64 for `a` (m×k), `b` (k×n) and `c` (m×n), row-major with row
+/// strides `lda`, `ldb` and `ldc` (element `(i, j)` of `c` is `c[i·ldc + j]`).
+///
+/// For each group of [`GEMM_ROWS`] rows of `a` and each row `p` of `b`, the kernel adds
+/// `a[i][p] · b[p][j]` to `c[i][j]` for the group's rows along a block of `j`: one load of
+/// `b[p][j]` feeds several products, and the loop over `j` is one the compiler vectorises
+/// (SSE2 has no 64-bit multiply; LLVM builds each pair of lanes from three 32×32→64-bit
+/// `pmuludq`). On the AMD EPYC (Zen 4) core it was measured on, with baseline x86-64 code,
+/// this runs at about 3.3 GMAC/s against 2.8 for the single-row loop it replaces. Kernels
+/// that keep a tile of `c` in registers measured slower there: written on `u64` they stay
+/// scalar (one `imul` per product, at most one per cycle: 2.2–3.0 GMAC/s for 4×4 tiles), and
+/// written on 32-bit halves so that they vectorise (a dot-product form over pre-split
+/// operands), they spend more instructions on loads and register copies than they save
+/// (1.9–2.7). More rows per group (5, 6, 8) or two inner steps per pass did not help either.
+///
+/// Callers guarantee the slices cover the strided matrices.
+#[allow(clippy::too_many_arguments)]
+fn gemm_acc(
+    a: &[u64],
+    lda: usize,
+    b: &[u64],
+    ldb: usize,
+    c: &mut [u64],
+    ldc: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    if m == 0 || k == 0 || n == 0 {
+        return;
+    }
+    debug_assert!(a.len() >= (m - 1) * lda + k && b.len() >= (k - 1) * ldb + n);
+    debug_assert!(c.len() >= (m - 1) * ldc + n);
+    for j0 in (0..n).step_by(GEMM_NB) {
+        let j1 = (j0 + GEMM_NB).min(n);
+        for p0 in (0..k).step_by(GEMM_KB) {
+            let p1 = (p0 + GEMM_KB).min(k);
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(GEMM_ROWS);
+                let step = Rows {
+                    a: &a[i * lda..],
+                    lda,
+                    b,
+                    ldb,
+                    cols: j0..j1,
+                    inner: p0..p1,
+                };
+                let c = &mut c[i * ldc..];
+                match r {
+                    4 => step.run::<4>(c, ldc),
+                    3 => step.run::<3>(c, ldc),
+                    2 => step.run::<2>(c, ldc),
+                    _ => step.run::<1>(c, ldc),
+                }
+                i += r;
+            }
+        }
+    }
+}
+
+/// One step of [`gemm_acc`]: a group of rows of `a`, a block of columns and of the inner
+/// dimension.
+struct Rows<'a> {
+    a: &'a [u64],
+    lda: usize,
+    b: &'a [u64],
+    ldb: usize,
+    cols: Range<usize>,
+    inner: Range<usize>,
+}
+
+impl Rows<'_> {
+    /// `c[r][cols] += Σ_{p ∈ inner} a[r][p] · b[p][cols]` for the first `R` rows of `self.a`
+    /// and of `c` (row stride `ldc`).
+    fn run<const R: usize>(&self, c: &mut [u64], ldc: usize) {
+        let (j0, w) = (self.cols.start, self.cols.len());
+        let mut rest = c;
+        let out: [&mut [u64]; R] = std::array::from_fn(|_| {
+            let at = ldc.min(rest.len());
+            let (row, tail) = std::mem::take(&mut rest).split_at_mut(at);
+            rest = tail;
+            &mut row[j0..j0 + w]
+        });
+        for p in self.inner.clone() {
+            let av: [u64; R] = std::array::from_fn(|r| self.a[r * self.lda + p]);
+            if av.iter().all(|&v| v == 0) {
+                // Nothing to add (shares are never all zero; plaintext inputs often are).
+                continue;
+            }
+            let brow = &self.b[p * self.ldb + j0..][..w];
+            for j in 0..w {
+                let bv = brow[j];
+                for r in 0..R {
+                    out[r][j] = out[r][j].wrapping_add(av[r].wrapping_mul(bv));
+                }
+            }
+        }
+    }
+}
+
 /// Turns conv weights `[O, C, kh, kw]` into the matrix layout `[C·kh·kw, O]` used by
 /// [`Bilinear::Conv2d`].
 pub fn conv_weight_matrix(w: &[u64], shape: &Conv2dShape) -> Result<Vec<u64>> {
@@ -239,26 +446,26 @@ impl Bilinear {
                 self.w_len()
             )));
         }
+        let mut out = vec![0u64; self.out_len()];
         match self {
-            Bilinear::MatMul { m, k, n } => ring::matmul(x, w, *m, *k, *n),
+            Bilinear::MatMul { m, k, n } => gemm_acc(x, *k, w, *n, &mut out, *n, *m, *k, *n),
             Bilinear::Conv2d(s) => {
-                let cols = s.im2col(x)?;
-                let rows = s.batch * s.out_h() * s.out_w();
-                let y = ring::matmul(&cols, w, rows, s.patch_len(), s.out_channels)?;
-                // [N, OH·OW, O] -> [N, O, OH·OW]
+                // Per image: [O, C·kh·kw] · [C·kh·kw, OH·OW] = [O, OH·OW], already NCHW.
+                let (plen, o) = (s.patch_len(), s.out_channels);
                 let hw = s.out_h() * s.out_w();
-                let mut out = vec![0u64; y.len()];
-                for n in 0..s.batch {
-                    for p in 0..hw {
-                        for o in 0..s.out_channels {
-                            out[(n * s.out_channels + o) * hw + p] =
-                                y[(n * hw + p) * s.out_channels + o];
-                        }
-                    }
+                let image = s.in_channels * s.height * s.width;
+                if s.batch == 0 || image == 0 || plen == 0 || o == 0 {
+                    // No input element reaches an output: every output is zero.
+                    return Ok(out);
                 }
-                Ok(out)
+                let wt = ring::transpose(w, plen, o)?;
+                let mut panel = Vec::new();
+                for (xn, yn) in x.chunks_exact(image).zip(out.chunks_exact_mut(o * hw)) {
+                    s.conv_image(xn, &wt, yn, &mut panel);
+                }
             }
         }
+        Ok(out)
     }
 }
 
@@ -424,6 +631,266 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod gemm_tests {
+    //! The ring product and the convolution against their definitions, on random shapes
+    //! (odd sizes, every padding side, strides 1–3, kernels 1–5, batches above 1, blocks of
+    //! the product crossed) and random ring elements, so that every product wraps.
+
+    use super::*;
+
+    /// xorshift64: deterministic, so a failure names its case.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn vec(&mut self, n: usize) -> Vec<u64> {
+            (0..n).map(|_| self.next()).collect()
+        }
+    }
+
+    /// `a · b` by the definition.
+    fn naive_matmul(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
+        let mut out = vec![0u64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0u64;
+                for p in 0..k {
+                    s = s.wrapping_add(a[i * k + p].wrapping_mul(b[p * n + j]));
+                }
+                out[i * n + j] = s;
+            }
+        }
+        out
+    }
+
+    /// The convolution by its definition, weights `[O, C, kh, kw]`, output NCHW.
+    fn naive_conv(s: &Conv2dShape, x: &[u64], w: &[u64]) -> Vec<u64> {
+        let (c, h, wd, o) = (s.in_channels, s.height, s.width, s.out_channels);
+        let (kh, kw, oh, ow) = (s.kernel_h, s.kernel_w, s.out_h(), s.out_w());
+        let mut out = vec![0u64; s.batch * o * oh * ow];
+        for n in 0..s.batch {
+            for oc in 0..o {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0u64;
+                        for ch in 0..c {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let iy = (oy * s.stride_h + ky) as isize - s.pad_top as isize;
+                                    let ix = (ox * s.stride_w + kx) as isize - s.pad_left as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((n * c + ch) * h + iy as usize) * wd + ix as usize];
+                                    let wv = w[((oc * c + ch) * kh + ky) * kw + kx];
+                                    acc = acc.wrapping_add(xv.wrapping_mul(wv));
+                                }
+                            }
+                        }
+                        out[((n * o + oc) * oh + oy) * ow + ox] = acc;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check_matmul(rng: &mut Rng, m: usize, k: usize, n: usize) {
+        let (mut a, b) = (rng.vec(m * k), rng.vec(k * n));
+        if rng.below(3) == 0 {
+            // Mostly zeros, as plaintext inputs can be: the kernel skips all-zero steps.
+            for v in a.iter_mut() {
+                if rng.below(4) != 0 {
+                    *v = 0;
+                }
+            }
+        }
+        let got = Bilinear::MatMul { m, k, n }
+            .apply(&a, &b)
+            .expect("shape fits");
+        assert_eq!(got, naive_matmul(&a, &b, m, k, n), "matmul {m}×{k}×{n}");
+    }
+
+    fn check_conv(rng: &mut Rng, s: Conv2dShape) {
+        let x = rng.vec(s.batch * s.in_channels * s.height * s.width);
+        let w = rng.vec(s.out_channels * s.patch_len());
+        let wm = conv_weight_matrix(&w, &s).expect("fits");
+        let got = Bilinear::Conv2d(s).apply(&x, &wm).expect("shape fits");
+        assert_eq!(got, naive_conv(&s, &x, &w), "{s:?}");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn shape(
+        batch: usize,
+        c: usize,
+        hw: (usize, usize),
+        o: usize,
+        k: (usize, usize),
+        stride: (usize, usize),
+        pad: [usize; 4],
+    ) -> Conv2dShape {
+        Conv2dShape {
+            batch,
+            in_channels: c,
+            height: hw.0,
+            width: hw.1,
+            out_channels: o,
+            kernel_h: k.0,
+            kernel_w: k.1,
+            stride_h: stride.0,
+            stride_w: stride.1,
+            pad_top: pad[0],
+            pad_left: pad[1],
+            pad_bottom: pad[2],
+            pad_right: pad[3],
+        }
+    }
+
+    #[test]
+    fn matmul_matches_definition_on_random_shapes() {
+        let mut rng = Rng(0x243f_6a88_85a3_08d3);
+        for _ in 0..300 {
+            let (m, k, n) = (1 + rng.below(13), 1 + rng.below(40), 1 + rng.below(40));
+            check_matmul(&mut rng, m, k, n);
+        }
+        // Across the blocks of the product (256 columns, 256 inner) and every row remainder.
+        for (m, k, n) in [
+            (1, 784, 128),
+            (4, 256, 256),
+            (5, 257, 257),
+            (6, 300, 513),
+            (7, 513, 3),
+            (3, 1, 600),
+            (100, 128, 10),
+        ] {
+            check_matmul(&mut rng, m, k, n);
+        }
+        // Empty dimensions give empty or zero products.
+        check_matmul(&mut rng, 0, 5, 3);
+        check_matmul(&mut rng, 3, 0, 4);
+        check_matmul(&mut rng, 3, 5, 0);
+    }
+
+    #[test]
+    fn matmul_wraps_at_the_extremes() {
+        let a = vec![u64::MAX; 6];
+        let b = vec![u64::MAX, 1 << 63, 3, (1 << 32) + 1, u64::MAX - 1, 1 << 32];
+        let got = Bilinear::MatMul { m: 2, k: 3, n: 2 }
+            .apply(&a, &b)
+            .expect("fits");
+        assert_eq!(got, naive_matmul(&a, &b, 2, 3, 2));
+    }
+
+    #[test]
+    fn conv_matches_definition_on_random_shapes() {
+        let mut rng = Rng(0x1319_8a2e_0370_7344);
+        let mut done = 0;
+        while done < 400 {
+            let s = shape(
+                1 + rng.below(3),
+                1 + rng.below(4),
+                (1 + rng.below(9), 1 + rng.below(9)),
+                1 + rng.below(6),
+                (1 + rng.below(5), 1 + rng.below(5)),
+                (1 + rng.below(3), 1 + rng.below(3)),
+                [rng.below(4), rng.below(4), rng.below(4), rng.below(4)],
+            );
+            if Bilinear::Conv2d(s).check().is_err() {
+                continue; // kernel larger than the padded input
+            }
+            check_conv(&mut rng, s);
+            done += 1;
+        }
+    }
+
+    #[test]
+    fn conv_matches_definition_on_chosen_shapes() {
+        let mut rng = Rng(0xa409_3822_299f_31d0);
+        for s in [
+            // The bundled CNN and CIFAR-like 'same' convolutions, batch 2.
+            shape(2, 1, (28, 28), 8, (5, 5), (1, 1), [0; 4]),
+            shape(2, 8, (12, 12), 16, (3, 3), (1, 1), [0; 4]),
+            shape(2, 5, (20, 20), 6, (3, 3), (1, 1), [1; 4]),
+            // More than 256 patch rows and outputs per image: the product's blocks.
+            shape(1, 30, (17, 19), 5, (3, 3), (1, 1), [1, 1, 1, 1]),
+            // 1×1 kernels: without padding or stride the image is its own patch matrix.
+            shape(3, 7, (5, 6), 4, (1, 1), (1, 1), [0; 4]),
+            shape(2, 3, (5, 6), 4, (1, 1), (2, 1), [0; 4]),
+            shape(2, 3, (5, 6), 4, (1, 1), (1, 1), [1, 0, 0, 2]),
+            // Padding on one side only, each side; padding wider than the kernel.
+            shape(2, 2, (6, 5), 3, (3, 2), (1, 1), [2, 0, 0, 0]),
+            shape(2, 2, (6, 5), 3, (3, 2), (1, 1), [0, 2, 0, 0]),
+            shape(2, 2, (6, 5), 3, (3, 2), (1, 1), [0, 0, 2, 0]),
+            shape(2, 2, (6, 5), 3, (3, 2), (1, 1), [0, 0, 0, 2]),
+            shape(1, 2, (3, 3), 2, (2, 2), (2, 3), [5, 6, 4, 7]),
+            // Strides larger than the kernel skip inputs; kernel as large as the input.
+            shape(2, 2, (9, 11), 3, (2, 2), (3, 3), [0, 1, 2, 0]),
+            shape(2, 3, (4, 5), 2, (4, 5), (1, 1), [0; 4]),
+            // All padding: no input element under any window.
+            shape(2, 2, (0, 3), 3, (2, 2), (1, 1), [1, 0, 1, 0]),
+            // Empty batch.
+            shape(0, 2, (4, 4), 3, (3, 3), (1, 1), [1; 4]),
+        ] {
+            check_conv(&mut rng, s);
+        }
+    }
+
+    #[test]
+    fn patch_rows_are_the_transpose_of_im2col() {
+        let mut rng = Rng(0x0827_4b4f_5c1d_7e29);
+        let mut done = 0;
+        while done < 200 {
+            let s = shape(
+                1,
+                1 + rng.below(4),
+                (1 + rng.below(8), 1 + rng.below(8)),
+                1,
+                (1 + rng.below(5), 1 + rng.below(5)),
+                (1 + rng.below(3), 1 + rng.below(3)),
+                [rng.below(4), rng.below(4), rng.below(4), rng.below(4)],
+            );
+            if s.check().is_err() {
+                continue;
+            }
+            let x = rng.vec(s.in_channels * s.height * s.width);
+            let hw = s.out_h() * s.out_w();
+            let cols = s.im2col(&x).expect("fits");
+            let want = ring::transpose(&cols, hw, s.patch_len()).expect("fits");
+            // The whole matrix, then a random block of its columns; stale contents of the
+            // buffer must be overwritten.
+            let plen = s.patch_len();
+            let mut rows = rng.vec(plen * hw);
+            s.patch_panel(&x, 0..plen, 0..hw, &mut rows);
+            assert_eq!(rows, want, "{s:?}");
+            let q0 = rng.below(hw);
+            let q1 = q0 + 1 + rng.below(hw - q0);
+            let t0 = rng.below(plen);
+            let t1 = t0 + 1 + rng.below(plen - t0);
+            let width = q1 - q0;
+            let mut block = rng.vec((t1 - t0) * width);
+            s.patch_panel(&x, t0..t1, q0..q1, &mut block);
+            for t in t0..t1 {
+                assert_eq!(
+                    block[(t - t0) * width..][..width],
+                    want[t * hw + q0..][..width],
+                    "{s:?} taps {t0}..{t1} pixels {q0}..{q1}"
+                );
+            }
+
+            done += 1;
         }
     }
 }
