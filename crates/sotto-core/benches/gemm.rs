@@ -33,6 +33,10 @@ impl Case {
             Bilinear::Conv2d(s) => {
                 (s.batch * s.out_h() * s.out_w() * s.patch_len()) as u64 * s.out_channels as u64
             }
+            Bilinear::GroupedConv2d { group: s, groups } => {
+                (s.batch * s.out_h() * s.out_w() * s.patch_len()) as u64
+                    * (s.out_channels * groups) as u64
+            }
         }
     }
 
@@ -40,6 +44,8 @@ impl Case {
     fn loops(&self) -> Vec<u64> {
         match self.op {
             Bilinear::MatMul { m, k, n } => ring::matmul(&self.x, &self.w, m, k, n).expect("fits"),
+            // (no loop before this one: the grouped product is newer than the ring GEMM)
+            Bilinear::GroupedConv2d { .. } => self.op.apply(&self.x, &self.w).expect("fits"),
             Bilinear::Conv2d(s) => {
                 let cols = s.im2col(&self.x).expect("fits");
                 let hw = s.out_h() * s.out_w();

@@ -384,6 +384,17 @@ pub enum Bilinear {
     /// Convolution of `x [N, C, H, W]` with `w` in matrix layout `[C·kh·kw, O]`
     /// (see [`conv_weight_matrix`]); output `[N, O, OH, OW]`.
     Conv2d(Conv2dShape),
+    /// A grouped convolution (depthwise when each group has one input channel): `groups`
+    /// convolutions of shape `group` side by side, group `g` reading input channels
+    /// `g·C_g .. (g+1)·C_g` of `x [N, groups·C_g, H, W]` and writing output channels
+    /// `g·O_g .. (g+1)·O_g`; `w` holds the groups' weight matrices `[C_g·kh·kw, O_g]` one
+    /// after the other. The products are the groups' own, not those of a full convolution.
+    GroupedConv2d {
+        /// One group's convolution (`in_channels` = C_g, `out_channels` = O_g).
+        group: Conv2dShape,
+        /// Number of groups.
+        groups: usize,
+    },
 }
 
 impl Bilinear {
@@ -392,6 +403,9 @@ impl Bilinear {
         match self {
             Bilinear::MatMul { m, k, .. } => m * k,
             Bilinear::Conv2d(s) => s.batch * s.in_channels * s.height * s.width,
+            Bilinear::GroupedConv2d { group: s, groups } => {
+                s.batch * groups * s.in_channels * s.height * s.width
+            }
         }
     }
 
@@ -400,6 +414,7 @@ impl Bilinear {
         match self {
             Bilinear::MatMul { k, n, .. } => k * n,
             Bilinear::Conv2d(s) => s.patch_len() * s.out_channels,
+            Bilinear::GroupedConv2d { group: s, groups } => groups * s.patch_len() * s.out_channels,
         }
     }
 
@@ -418,6 +433,18 @@ impl Bilinear {
                 }
             }
             Bilinear::Conv2d(s) => s.check(),
+            Bilinear::GroupedConv2d { group: s, groups } => {
+                s.check()?;
+                let full = Conv2dShape {
+                    in_channels: s.in_channels.saturating_mul(*groups),
+                    out_channels: s.out_channels.saturating_mul(*groups),
+                    ..*s
+                };
+                if *groups == 0 || *groups > 1 << 24 {
+                    return Err(CoreError::Shape(format!("{self:?}: {groups} groups")));
+                }
+                full.check()
+            }
         }
     }
 
@@ -426,6 +453,9 @@ impl Bilinear {
         match self {
             Bilinear::MatMul { m, n, .. } => vec![*m, *n],
             Bilinear::Conv2d(s) => s.out_shape().to_vec(),
+            Bilinear::GroupedConv2d { group: s, groups } => {
+                vec![s.batch, groups * s.out_channels, s.out_h(), s.out_w()]
+            }
         }
     }
 
@@ -462,6 +492,33 @@ impl Bilinear {
                 let mut panel = Vec::new();
                 for (xn, yn) in x.chunks_exact(image).zip(out.chunks_exact_mut(o * hw)) {
                     s.conv_image(xn, &wt, yn, &mut panel);
+                }
+            }
+            Bilinear::GroupedConv2d { group: s, groups } => {
+                // Per image and group: the group's channels are contiguous in NCHW, in the
+                // input and in the output.
+                let (plen, o) = (s.patch_len(), s.out_channels);
+                let hw = s.out_h() * s.out_w();
+                let image = s.in_channels * s.height * s.width;
+                if s.batch == 0 || image == 0 || plen == 0 || o == 0 {
+                    return Ok(out);
+                }
+                let wts = w
+                    .chunks_exact(plen * o)
+                    .map(|wg| ring::transpose(wg, plen, o))
+                    .collect::<Result<Vec<_>>>()?;
+                let mut panel = Vec::new();
+                for (xn, yn) in x
+                    .chunks_exact(image * groups)
+                    .zip(out.chunks_exact_mut(o * hw * groups))
+                {
+                    for ((xg, yg), wt) in xn
+                        .chunks_exact(image)
+                        .zip(yn.chunks_exact_mut(o * hw))
+                        .zip(&wts)
+                    {
+                        s.conv_image(xg, wt, yg, &mut panel);
+                    }
                 }
             }
         }

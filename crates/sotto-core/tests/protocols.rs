@@ -184,6 +184,52 @@ proptest! {
     }
 
     #[test]
+    fn private_grouped_conv_matches_twin_and_the_block_diagonal_conv(groups in 1usize..5, cg in 1usize..3, og in 1usize..3,
+                                 h in 3usize..7, k in 1usize..4, st in 1usize..3, pad in 0usize..2) {
+        let g1 = Conv2dShape { batch: 2, in_channels: cg, height: h, width: h + 1, out_channels: og,
+            kernel_h: k.min(h), kernel_w: k.min(h), stride_h: st, stride_w: st,
+            pad_top: pad, pad_left: 0, pad_bottom: 0, pad_right: pad };
+        let op = Bilinear::GroupedConv2d { group: g1, groups };
+        let mut g = rng();
+        let x = g.vec_u64(op.x_len());
+        // Weights [O, C_g, kh, kw]; each group's matrix [C_g·kh·kw, O_g] in turn.
+        let w4 = g.vec_u64(op.w_len());
+        let per = og * g1.patch_len();
+        let wt: Vec<u64> = w4.chunks(per)
+            .flat_map(|wg| conv_weight_matrix(wg, &g1).expect("fits"))
+            .collect();
+        // The same function as a full convolution whose weights are zero outside each group.
+        let full = Conv2dShape { in_channels: cg * groups, out_channels: og * groups, ..g1 };
+        let kk = g1.kernel_h * g1.kernel_w;
+        let mut wfull = vec![0u64; full.patch_len() * full.out_channels];
+        for o in 0..full.out_channels {
+            let gr = o / og;
+            for ci in 0..cg {
+                let src = (o * cg + ci) * kk;
+                let dst = (o * full.in_channels + gr * cg + ci) * kk;
+                wfull[dst..dst + kk].copy_from_slice(&w4[src..src + kk]);
+            }
+        }
+        let want = plain::bilinear(&Bilinear::Conv2d(full), &x,
+            &conv_weight_matrix(&wfull, &full).expect("fits")).expect("fits");
+        prop_assert_eq!(plain::bilinear(&op, &x, &wt).expect("fits"), want.clone());
+        let (xs, ws) = (shares(&x), shares(&wt));
+        let run = run_local(
+            |mut d: Dealer<T>| async move {
+                let mask = p::deal_weight_mask(&mut d, op.w_len()).await?;
+                p::deal_bilinear_private(&mut d, &op, &mask).await
+            },
+            |mut srv: Server<T>| { let (xs, ws) = (&xs, &ws); async move {
+                let wm = mine(&srv, ws).to_vec();
+                let pw = p::load_private_weight(&mut srv, &wm).await?;
+                let v = mine(&srv, xs).to_vec();
+                p::bilinear_private(&mut srv, &op, &v, &pw).await
+            } },
+            no_client, false).expect("runs");
+        prop_assert_eq!(revealed(&run), want);
+    }
+
+    #[test]
     fn maxpool_matches_twin(c in 1usize..3, h in 2usize..9, w in 2usize..9, k in 2usize..4, st in 1usize..3, seed in values(1, 40),
                             bits in prop_oneof![Just(64u32), Just(42u32)]) {
         let shape = PoolShape { batch: 1, channels: c, height: h.max(k), width: w.max(k),

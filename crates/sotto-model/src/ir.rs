@@ -214,9 +214,43 @@ pub struct ConvParams {
     pub stride: [usize; 2],
     /// Padding: top, left, bottom, right.
     pub pads: [usize; 4],
+    /// Groups: input and output channels split in `group` blocks, each output block reading
+    /// only its input block (depthwise when `group` is the input channels); weights
+    /// `[O, C / group, kh, kw]`.
+    #[serde(default = "one")]
+    pub group: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl ConvParams {
+    /// The bilinear map of this convolution over `batch` examples: a convolution, or a grouped
+    /// one with its groups' own products.
+    pub fn bilinear(&self, batch: usize) -> sotto_core::linear::Bilinear {
+        use sotto_core::linear::Bilinear;
+        let full = self.core_shape(batch);
+        let g = self.group.max(1);
+        if g == 1 {
+            Bilinear::Conv2d(full)
+        } else {
+            Bilinear::GroupedConv2d {
+                group: sotto_core::linear::Conv2dShape {
+                    in_channels: full.in_channels / g,
+                    out_channels: full.out_channels / g,
+                    ..full
+                },
+                groups: g,
+            }
+        }
+    }
+
+    /// Weight elements: `O · C / group · kh · kw`.
+    pub fn weight_len(&self) -> usize {
+        self.out_channels * (self.in_chw[0] / self.group.max(1)) * self.kernel[0] * self.kernel[1]
+    }
+
     /// The sotto-core shape of this convolution over `batch` examples.
     pub fn core_shape(&self, batch: usize) -> sotto_core::linear::Conv2dShape {
         sotto_core::linear::Conv2dShape {
@@ -615,39 +649,50 @@ fn conv_f64(x: &[f64], batch: usize, c: &ConvParams, w: &[f32], bias: &[f32]) ->
     let [ci, h, wd] = c.in_chw;
     let [kh, kw] = c.kernel;
     let o_ch = c.out_channels;
-    let k = ci * kh * kw;
+    let g = c.group.max(1);
+    let (cg, og) = (ci / g, o_ch / g);
+    let k = cg * kh * kw;
     let wm: Vec<f64> = w.iter().map(|v| f64::from(*v)).collect();
     let Ok(wm) = ArrayView2::from_shape((o_ch, k), &wm) else {
         return vec![f64::NAN; batch * o_ch * oh * ow];
     };
     let mut out = Vec::with_capacity(batch * o_ch * oh * ow);
-    // im2col, then one matrix product per example: [O, C·kh·kw] · [C·kh·kw, oh·ow]
+    // im2col, then one matrix product per example and group:
+    // [O_g, C_g·kh·kw] · [C_g·kh·kw, oh·ow]
     let mut patches = Array2::<f64>::zeros((k, oh * ow));
     for n in 0..batch {
         let img = &x[n * ci * h * wd..(n + 1) * ci * h * wd];
-        for ch in 0..ci {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let mut row = patches.row_mut((ch * kh + ky) * kw + kx);
-                    for oy in 0..oh {
-                        let iy = (oy * c.stride[0] + ky) as isize - c.pads[0] as isize;
-                        for ox in 0..ow {
-                            let ix = (ox * c.stride[1] + kx) as isize - c.pads[1] as isize;
-                            row[oy * ow + ox] =
-                                if iy < 0 || iy >= h as isize || ix < 0 || ix >= wd as isize {
-                                    0.0
-                                } else {
-                                    img[(ch * h + iy as usize) * wd + ix as usize]
-                                };
+        for gr in 0..g {
+            for ch in 0..cg {
+                let plane = &img[(gr * cg + ch) * h * wd..(gr * cg + ch + 1) * h * wd];
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let mut row = patches.row_mut((ch * kh + ky) * kw + kx);
+                        for oy in 0..oh {
+                            let iy = (oy * c.stride[0] + ky) as isize - c.pads[0] as isize;
+                            for ox in 0..ow {
+                                let ix = (ox * c.stride[1] + kx) as isize - c.pads[1] as isize;
+                                row[oy * ow + ox] =
+                                    if iy < 0 || iy >= h as isize || ix < 0 || ix >= wd as isize {
+                                        0.0
+                                    } else {
+                                        plane[iy as usize * wd + ix as usize]
+                                    };
+                            }
                         }
                     }
                 }
             }
-        }
-        let y = wm.dot(&patches);
-        for (o, row) in y.outer_iter().enumerate() {
-            let b = f64::from(bias[o]);
-            out.extend(row.iter().map(|v| v + b));
+            let y = wm
+                .slice_axis(
+                    ndarray::Axis(0),
+                    ndarray::Slice::from(gr * og..(gr + 1) * og),
+                )
+                .dot(&patches);
+            for (o, row) in y.outer_iter().enumerate() {
+                let b = f64::from(bias[gr * og + o]);
+                out.extend(row.iter().map(|v| v + b));
+            }
         }
     }
     out

@@ -665,7 +665,18 @@ impl Plan {
                     }
                     check_precision(weights, f, node)?;
                     let w = encode_all(weights, f, node)?;
-                    let wm = conv_weight_matrix(&w, &params.core_shape(1)).map_err(core_err)?;
+                    // One weight matrix per group, in turn (one in all for a plain conv).
+                    let g = params.group.max(1);
+                    let gshape = sotto_core::linear::Conv2dShape {
+                        in_channels: params.in_chw[0] / g,
+                        out_channels: params.out_channels / g,
+                        ..params.core_shape(1)
+                    };
+                    let per = (w.len() / g).max(1);
+                    let mut wm = Vec::with_capacity(w.len());
+                    for wg in w.chunks(per) {
+                        wm.extend(conv_weight_matrix(wg, &gshape).map_err(core_err)?);
+                    }
                     dense.push((wm, encode_all(bias, 2 * f, node)?));
                     let kind = StepKind::Conv {
                         weights: dense.len() - 1,
@@ -891,7 +902,7 @@ impl Plan {
                 StepKind::Conv { weights, params } => {
                     let (w, b) = &self.weights[weights];
                     let cs = params.core_shape(batch);
-                    let mut z = plain::bilinear(&Bilinear::Conv2d(cs), h, w).map_err(core_err)?;
+                    let mut z = plain::bilinear(&params.bilinear(batch), h, w).map_err(core_err)?;
                     let plane = cs.out_h() * cs.out_w();
                     for (i, chunk) in z.chunks_mut(plane).enumerate() {
                         let bv = b[i % params.out_channels];
@@ -1251,9 +1262,7 @@ impl Plan {
                 StepKind::Dense {
                     inputs, outputs, ..
                 } => Some(inputs * outputs),
-                StepKind::Conv { params, .. } => Some(
-                    params.in_chw[0] * params.kernel[0] * params.kernel[1] * params.out_channels,
-                ),
+                StepKind::Conv { params, .. } => Some(params.weight_len()),
                 _ => None,
             })
             .collect()
@@ -1332,7 +1341,11 @@ impl Plan {
                 }
                 StepKind::Conv { params, .. } => {
                     let cs = params.core_shape(1);
-                    Bilinear::Conv2d(cs).check().map_err(core_err)?;
+                    let g = params.group;
+                    if g == 0 || params.in_chw[0] % g != 0 || params.out_channels % g != 0 {
+                        return bad(i, format!("{g} groups of {params:?}"));
+                    }
+                    params.bilinear(1).check().map_err(core_err)?;
                     let want = cs
                         .out_h()
                         .checked_mul(cs.out_w())

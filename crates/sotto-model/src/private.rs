@@ -149,8 +149,7 @@ pub async fn deal_predict<T: Transport>(
             }
             StepKind::Conv { weights, params } => {
                 if let Some(mask) = h.masks.get(weights) {
-                    p::deal_bilinear_private(d, &Bilinear::Conv2d(params.core_shape(batch)), mask)
-                        .await
+                    p::deal_bilinear_private(d, &params.bilinear(batch), mask).await
                 } else {
                     Ok(())
                 }
@@ -253,7 +252,7 @@ pub async fn prepare_predict<T: Transport>(
                     ModelError::Input(format!("convolution {weights} has no loaded weight"))
                 })?;
                 PreparedStep::Product(
-                    p::prepare_bilinear_private(s, &Bilinear::Conv2d(params.core_shape(batch)), w)
+                    p::prepare_bilinear_private(s, &params.bilinear(batch), w)
                         .await
                         .map_err(core_err)?,
                 )
@@ -381,7 +380,7 @@ pub async fn finish_predict<T: Transport>(
             }
             StepKind::Conv { weights, params } => {
                 let cs = params.core_shape(batch);
-                let o = Bilinear::Conv2d(cs);
+                let o = params.bilinear(batch);
                 let (w, b) = &m.weights.dense[weights];
                 let mut z = if m.weights.private {
                     match ready {

@@ -209,8 +209,11 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
             weights,
             bias,
         } => Layer::Conv2d {
-            shape: *params,
-            weights: dense_conv_weights(params, *group, weights).ok_or_else(|| internal(n))?,
+            shape: ConvParams {
+                group: (*group).max(1),
+                ..*params
+            },
+            weights: weights.clone(),
             bias: bias.clone(),
         },
         Op::MaxPool { params, .. } => Layer::MaxPool(*params),
@@ -262,35 +265,6 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
         Op::Concat { axis } => Layer::Concat { axis: *axis },
         _ => return Err(internal(n)),
     })
-}
-
-/// A grouped (or depthwise) convolution's weights `[O, C/g, kh, kw]` as a full convolution's
-/// `[O, C, kh, kw]`, zero outside each output channel's group: the same function, run by the
-/// convolution the private plan has (with a full convolution's products; a per-group product
-/// is later work).
-fn dense_conv_weights(p: &ConvParams, group: usize, w: &[f32]) -> Option<Vec<f32>> {
-    if group == 1 {
-        return Some(w.to_vec());
-    }
-    let (o, c) = (p.out_channels, p.in_chw[0]);
-    let k = p.kernel[0].checked_mul(p.kernel[1])?;
-    if group == 0 || o % group != 0 || c % group != 0 {
-        return None;
-    }
-    let (og, cg) = (o / group, c / group);
-    if w.len() != o.checked_mul(cg)?.checked_mul(k)? {
-        return None;
-    }
-    let mut out = vec![0f32; o.checked_mul(c)?.checked_mul(k)?];
-    for oc in 0..o {
-        let g = oc / og;
-        for ci in 0..cg {
-            let src = (oc * cg + ci) * k;
-            let dst = (oc * c + g * cg + ci) * k;
-            out[dst..dst + k].copy_from_slice(&w[src..src + k]);
-        }
-    }
-    Some(out)
 }
 
 fn internal(n: &Node) -> ModelError {

@@ -171,6 +171,7 @@ pub(super) fn conv(ctx: &mut Ctx, at: &At) -> Result<()> {
         kernel,
         stride,
         pads,
+        group,
     };
     let op = Op::Conv {
         params,
