@@ -114,7 +114,7 @@ fn a_deep_chain_runs_with_calibrated_bounds() {
     let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
     for (o, w) in run.output.iter().zip(&want) {
         let o = decode_with(*o, plan.out_frac);
-        assert!((o - w).abs() <= 1e-3 * scale, "{o} vs {w}");
+        assert!((o - w).abs() <= 1e-2 * scale, "{o} vs {w}");
     }
 }
 

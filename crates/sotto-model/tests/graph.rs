@@ -690,6 +690,45 @@ fn piecewise_activations_run_privately() {
     );
 }
 
+/// BatchNormalization after a ReLU and before a 'same' convolution cannot fold (the padded
+/// zeros would not be shifted): it runs as a depthwise 1×1 convolution (a product with private
+/// weights), equal to its twin on random inputs (the affine after the Dense folds into it).
+#[test]
+fn unfoldable_batch_normalization_runs_as_a_depthwise_product() {
+    let mut r = Lcg(44);
+    let mut same = node("Conv", "conv2", &["n", "k2"], "c2");
+    same.attribute = vec![ints("pads", &[1, 1, 1, 1])];
+    let nodes = vec![
+        node("Conv", "conv1", &["x", "k1"], "c1"),
+        node("Relu", "relu", &["c1"], "h"),
+        node("BatchNormalization", "bn", &["h", "g", "be", "mu", "var"], "n"),
+        same,
+        node("Flatten", "flat", &["c2"], "f"),
+        node("MatMul", "dense", &["f", "w"], "d"),
+        node("Mul", "bn2/mul", &["d", "s2"], "e"),
+        node("Add", "bn2/add", &["e", "t2"], "y"),
+    ];
+    let inits = vec![
+        f32_tensor("k1", &[3, 2, 3, 3], &r.vec(54, 1.0)),
+        f32_tensor("g", &[3], &[1.5, -0.5, 0.8]),
+        f32_tensor("be", &[3], &[0.1, 0.2, -0.3]),
+        f32_tensor("mu", &[3], &[0.3, 0.1, 0.2]),
+        f32_tensor("var", &[3], &[0.5, 2.0, 1.0]),
+        f32_tensor("k2", &[2, 3, 3, 3], &r.vec(54, 1.0)),
+        f32_tensor("w", &[2 * 4 * 4, 3], &r.vec(96, 0.5)),
+        f32_tensor("s2", &[3], &[0.5, 2.0, -1.0]),
+        f32_tensor("t2", &[3], &[0.0, 0.1, 0.2]),
+    ];
+    let m = import(&model(nodes, inits, &[2, 6, 6])).expect("lowers");
+    let kinds: Vec<&str> = m.layers.iter().map(|l| l.layer.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["Conv2D", "ReLU", "Conv2D", "Conv2D", "Flatten", "Dense"]
+    );
+    let batch = 4;
+    private_equals_twin(&m, 1.0, &r.vec(2 * 36 * batch, 1.0), batch, 1e-2);
+}
+
 /// An explicit Pad with a non-zero value, a padded max pooling on signed values (the padding
 /// must not win), a 'same' average pooling that does not count padded positions and one that
 /// does: they lower, and run privately equal to their fixed-point twin on random inputs.

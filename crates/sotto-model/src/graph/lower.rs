@@ -113,6 +113,48 @@ fn pads_fit(p: &PoolParams, pads: &[usize; 4]) -> bool {
     pads[0] < p.kernel[0] && pads[2] < p.kernel[0] && pads[1] < p.kernel[1] && pads[3] < p.kernel[1]
 }
 
+/// A constant scale and shift that is the same for every element of a channel (of a
+/// `[C, H, W]` value) or is per feature (of a `[F]` value) as a depthwise 1×1 convolution:
+/// weights `scale`, bias `shift`, one group per channel (a product with the weights' own
+/// cost: one opening with private weights, local with public ones). BatchNormalization after
+/// an activation and before a 'same' convolution or a pooling ends here.
+fn affine_as_conv(
+    scale: &ndarray::ArrayD<f32>,
+    shift: &ndarray::ArrayD<f32>,
+    in_shape: &[usize],
+) -> Option<(ConvParams, Vec<f32>, Vec<f32>)> {
+    let chw = match *in_shape {
+        [c, h, w] => [c, h, w],
+        [f] => [f, 1, 1],
+        _ => return None,
+    };
+    let full = ndarray::IxDyn(in_shape);
+    let per_channel = |a: &ndarray::ArrayD<f32>| -> Option<Vec<f32>> {
+        let b = a.broadcast(full.clone())?;
+        let (c, rest) = (chw[0], chw[1] * chw[2]);
+        let flat: Vec<f32> = b.iter().copied().collect();
+        (0..c)
+            .map(|ch| {
+                let plane = &flat[ch * rest..(ch + 1) * rest];
+                plane.iter().all(|v| *v == plane[0]).then_some(plane[0])
+            })
+            .collect()
+    };
+    let (s, t) = (per_channel(scale)?, per_channel(shift)?);
+    if s.iter().chain(&t).any(|v| !v.is_finite()) {
+        return None;
+    }
+    let params = ConvParams {
+        in_chw: chw,
+        out_channels: chw[0],
+        kernel: [1, 1],
+        stride: [1, 1],
+        pads: [0; 4],
+        group: chw[0],
+    };
+    Some((params, s, t))
+}
+
 /// The refusal of a node the import accepted but the private plan cannot run yet.
 fn not_yet(n: &Node, what: &str, change: &str) -> ModelError {
     ModelError::Node {
@@ -128,6 +170,9 @@ fn not_yet(n: &Node, what: &str, change: &str) -> ModelError {
 /// Why node `n` (reading a value of shape `in_shape`) has no layer yet, if it has none.
 fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
     let (what, change) = match &n.op {
+        Op::Affine { scale, shift } if affine_as_conv(scale, shift, in_shape).is_some() => {
+            return None
+        }
         Op::Dense { .. }
         | Op::Conv { .. }
         | Op::Relu
@@ -163,8 +208,8 @@ fn refusal(n: &Node, in_shape: &[usize]) -> Option<ModelError> {
             "use ZeroPadding2D on [H, W, C] images",
         ),
         Op::Affine { .. } => (
-            "a constant scale and shift (BatchNormalization, Rescaling, Normalization or a constant Add/Sub/Mul/Div) that cannot be folded into a neighbouring Dense or Conv2D",
-            "put BatchNormalization right after a Dense or Conv2D (before its activation), and Rescaling or Normalization right before a Dense or a Conv2D with padding='valid'",
+            "a constant scale and shift that is neither folded into a neighbouring Dense or Conv2D nor the same for every element of a channel (or of a feature)",
+            "use BatchNormalization, Rescaling or Normalization per channel (the last axis in Keras)",
         ),
         Op::Clip { .. } => (
             "a clip with an infinite or empty range",
@@ -257,6 +302,15 @@ fn layer_of(n: &Node, in_shape: &[usize], out_shape: &[usize]) -> Result<Layer> 
                 .chain(perm.iter().map(|p| p + 1))
                 .collect(),
         },
+        Op::Affine { scale, shift } => {
+            let (params, weights, bias) =
+                affine_as_conv(scale, shift, in_shape).ok_or_else(|| internal(n))?;
+            Layer::Conv2d {
+                shape: params,
+                weights,
+                bias,
+            }
+        }
         Op::Act(a) => Layer::Activation(*a),
         Op::LeakyRelu { alpha } => Layer::Activation(Activation::LeakyRelu { alpha: *alpha }),
         Op::Elu { alpha } => Layer::Activation(Activation::Elu { alpha: *alpha }),
