@@ -701,7 +701,12 @@ fn unfoldable_batch_normalization_runs_as_a_depthwise_product() {
     let nodes = vec![
         node("Conv", "conv1", &["x", "k1"], "c1"),
         node("Relu", "relu", &["c1"], "h"),
-        node("BatchNormalization", "bn", &["h", "g", "be", "mu", "var"], "n"),
+        node(
+            "BatchNormalization",
+            "bn",
+            &["h", "g", "be", "mu", "var"],
+            "n",
+        ),
         same,
         node("Flatten", "flat", &["c2"], "f"),
         node("MatMul", "dense", &["f", "w"], "d"),
