@@ -513,21 +513,18 @@ pub fn predict(
     batch: usize,
     opts: ClientOptions,
 ) -> Result<(), String> {
-    let (x, shape) = crate::read_npy(input)?;
     let rt = runtime()?;
     rt.block_on(async {
         let client = Client::connect(p0, p1, opts)
             .await
             .map_err(|e| e.to_string())?;
-        let per: usize = client.manifest().input_shape.iter().product();
-        if per == 0 || x.len() % per != 0 {
-            return Err(format!(
-                "{}: shape {shape:?} does not hold inputs of {:?} ({per} values)",
-                input.display(),
-                client.manifest().input_shape
-            ));
-        }
-        let n = (x.len() / per).min(limit.unwrap_or(usize::MAX));
+        // The same checks as eval and plain, against the served model: dtype, order, shape
+        // (NHWC against NCHW named), and uint8 pixels divided by 255 only for a model whose
+        // input bound is 1.
+        let m = client.manifest();
+        let per: usize = m.input_shape.iter().product();
+        let (x, n_all) = crate::data::inputs(input, &m.input_shape, m.input_bound)?;
+        let n = n_all.min(limit.unwrap_or(usize::MAX));
         let mut results = Vec::new();
         let mut i = 0;
         while i < n {

@@ -404,7 +404,11 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
                 sotto_core::protocols::shifted_bits(bits, shift).to_string()
             }
             sotto_model::plan::StepKind::MaxPool { bits, .. }
-            | sotto_model::plan::StepKind::Piecewise { bits, .. } => bits.to_string(),
+            | sotto_model::plan::StepKind::Piecewise { bits, .. }
+            | sotto_model::plan::StepKind::LiftInput { bits } => bits.to_string(),
+            sotto_model::plan::StepKind::Clip { bits, shift, .. } => {
+                sotto_core::protocols::shifted_bits(bits, shift).to_string()
+            }
             _ => "-".into(),
         };
         let kind = format!("{:?}", st.kind);

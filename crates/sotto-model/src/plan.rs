@@ -274,7 +274,7 @@ fn check_precision(weights: &[f32], f: u32, node: &str) -> Result<()> {
 
 fn overflow(node: &str, bound: f64, frac: u32) -> ModelError {
     ModelError::Graph(format!(
-        "layer {node:?} could overflow: its values may reach {bound:.3e}, which with {frac} fractional bits needs more than the ring's 62 bits. Remedy: use fewer fractional bits, or scale the input (or the weights) down"
+        "layer {node:?} could overflow: its values may reach {bound:.3e}, which with {frac} fractional bits needs more than the ring's 62 bits (a proven worst case, usually far above real values). Remedy: --calibrate SAMPLES.npy (bounds from values seen on sample inputs), fewer fractional bits, or scale the input (or the weights) down"
     ))
 }
 
