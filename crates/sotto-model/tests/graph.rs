@@ -501,6 +501,7 @@ fn affines_fold_into_neighbouring_linear_layers() {
 }
 
 /// A shift cannot move into a padded convolution (the padding is not shifted); a scale can.
+/// The unfolded shift still lowers (as a depthwise 1×1 convolution).
 #[test]
 fn a_shift_stays_before_a_padded_conv_and_a_scale_folds() {
     let mut r = Lcg(2);
@@ -534,20 +535,11 @@ fn a_shift_stays_before_a_padded_conv_and_a_scale_folds() {
             opt.forward(&x, 1).expect("runs"),
         );
         assert!(max_diff(&a, &b) < 1e-5 * (1.0 + max_abs(&a)));
-        match import(&build(shift)) {
-            Ok(_) => assert!(folded),
-            Err(e) => {
-                let msg = e.to_string();
-                assert!(
-                    !folded && msg.contains("\"scale\"") && msg.contains("import succeeded"),
-                    "{msg}"
-                );
-                assert!(
-                    msg.contains("padding='valid'") && !msg.contains("sequential"),
-                    "{msg}"
-                );
-            }
-        }
+        // Either way it lowers: an unfolded shift runs as a depthwise 1×1 convolution.
+        let m = import(&build(shift)).expect("lowers");
+        let convs = m.layers.iter().filter(|l| l.layer.kind() == "Conv2D").count();
+        assert_eq!(convs, if folded { 1 } else { 2 });
+        assert!(max_diff(&m.forward(&x, 1).expect("runs"), &a) < 1e-5 * (1.0 + max_abs(&a)));
     }
 }
 
