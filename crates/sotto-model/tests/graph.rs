@@ -537,7 +537,11 @@ fn a_shift_stays_before_a_padded_conv_and_a_scale_folds() {
         assert!(max_diff(&a, &b) < 1e-5 * (1.0 + max_abs(&a)));
         // Either way it lowers: an unfolded shift runs as a depthwise 1×1 convolution.
         let m = import(&build(shift)).expect("lowers");
-        let convs = m.layers.iter().filter(|l| l.layer.kind() == "Conv2D").count();
+        let convs = m
+            .layers
+            .iter()
+            .filter(|l| l.layer.kind() == "Conv2D")
+            .count();
         assert_eq!(convs, if folded { 1 } else { 2 });
         assert!(max_diff(&m.forward(&x, 1).expect("runs"), &a) < 1e-5 * (1.0 + max_abs(&a)));
     }
