@@ -730,6 +730,30 @@ fn unfoldable_batch_normalization_runs_as_a_depthwise_product() {
     private_equals_twin(&m, 1.0, &r.vec(2 * 36 * batch, 1.0), batch, 1e-2);
 }
 
+/// ONNX's own HardSigmoid and HardSwish nodes (other exporters than tf2onnx write them) run
+/// privately: a scale and shift folded into the Dense before it and a clip; hard_swish.
+#[test]
+fn onnx_hard_sigmoid_and_hard_swish_nodes_run_privately() {
+    let mut r = Lcg(55);
+    let nodes = vec![
+        node("MatMul", "d1", &["x", "w1"], "h"),
+        node("HardSigmoid", "hs", &["h"], "a"),
+        node("MatMul", "d2", &["a", "w2"], "b"),
+        node("HardSwish", "hw", &["b"], "c"),
+        node("MatMul", "d3", &["c", "w3"], "y"),
+    ];
+    let inits = vec![
+        f32_tensor("w1", &[5, 6], &r.vec(30, 1.0)),
+        f32_tensor("w2", &[6, 6], &r.vec(36, 2.0)),
+        f32_tensor("w3", &[6, 2], &r.vec(12, 1.0)),
+    ];
+    let m = import(&model(nodes, inits, &[5])).expect("lowers");
+    let kinds: Vec<&str> = m.layers.iter().map(|l| l.layer.kind()).collect();
+    assert_eq!(kinds, ["Dense", "Clip", "Dense", "hard_swish", "Dense"]);
+    let batch = 6;
+    private_equals_twin(&m, 2.0, &r.vec(5 * batch, 2.0), batch, 0.05);
+}
+
 /// An explicit Pad with a non-zero value, a padded max pooling on signed values (the padding
 /// must not win), a 'same' average pooling that does not count padded positions and one that
 /// does: they lower, and run privately equal to their fixed-point twin on random inputs.

@@ -66,22 +66,28 @@ pub(super) fn elu(ctx: &mut Ctx, at: &At) -> Result<()> {
     unary(ctx, at, Op::Elu { alpha })
 }
 
-/// `HardSigmoid`: `max(0, min(1, alpha · x + beta))`, alpha 0.2 and beta 0.5 by default.
+/// `HardSigmoid`: `max(0, min(1, alpha · x + beta))`, alpha 0.2 and beta 0.5 by default:
+/// two nodes, a scale and shift (which folds into the layer before it where it can) and a
+/// `Clip(0, 1)`.
 pub(super) fn hard_sigmoid(ctx: &mut Ctx, at: &At) -> Result<()> {
     let alpha = at.attr_f("alpha").unwrap_or(0.2);
     let beta = at.attr_f("beta").unwrap_or(0.5);
-    unary(ctx, at, Op::HardSigmoid { alpha, beta })
+    if !(alpha.is_finite() && beta.is_finite()) {
+        return Err(at.err(format!("alpha {alpha} or beta {beta} is not finite")));
+    }
+    let x = ctx.act(at, 0)?;
+    let scalar = |v: f32| ndarray::ArrayD::from_elem(ndarray::IxDyn(&[]), v);
+    let op = Op::Affine {
+        scale: scalar(alpha),
+        shift: scalar(beta),
+    };
+    let a = ctx.add_node(at, format!("{}/affine", at.name()), op, vec![x], &[])?;
+    ctx.emit(at, Op::Clip { min: 0.0, max: 1.0 }, vec![a])
 }
 
-/// `HardSwish`: `x · HardSigmoid(x; 1/6, 1/2)`, two nodes.
+/// `HardSwish`: `x · ReLU6(x + 3) / 6`, the activation itself.
 pub(super) fn hard_swish(ctx: &mut Ctx, at: &At) -> Result<()> {
-    let x = ctx.act(at, 0)?;
-    let op = Op::HardSigmoid {
-        alpha: 1.0 / 6.0,
-        beta: 0.5,
-    };
-    let gate = ctx.add_node(at, format!("{}/hard_sigmoid", at.name()), op, vec![x], &[])?;
-    ctx.emit(at, Op::Mul, vec![x, gate])
+    unary(ctx, at, Op::Act(crate::ir::Activation::HardSwish))
 }
 
 /// `Pow(activation, constant)`.
