@@ -340,8 +340,10 @@ fn checked_weight_lens(steps: &[Step]) -> Result<Vec<(usize, usize)>> {
             } => (dense, inputs.checked_mul(outputs), outputs),
             StepKind::Conv { weights, params } => (
                 weights,
-                (params.group >= 1 && params.in_chw[0] % params.group == 0)
-                    .then_some(params.in_chw[0] / params.group)
+                (params.group >= 1
+                    && params.in_chw[0] % params.group == 0
+                    && params.out_channels % params.group == 0)
+                    .then(|| params.in_chw[0] / params.group)
                     .and_then(|c| c.checked_mul(params.kernel[0]))
                     .and_then(|v| v.checked_mul(params.kernel[1]))
                     .and_then(|v| v.checked_mul(params.out_channels)),
