@@ -722,7 +722,12 @@ impl Plan {
                 } => {
                     let value = f64::from(*value);
                     let (fill, bound) = if value == f64::NEG_INFINITY {
-                        (-x.bound, x.bound)
+                        // Below every value: minus the power of two at or above the bound
+                        // (a power of two, so that the plan shows the servers no more of the
+                        // weights' magnitudes than the comparison widths do).
+                        let k = (x.bound * 2f64.powi(x.scale as i32)).max(1.0).log2().ceil();
+                        let p = 2f64.powi(k as i32 - x.scale as i32);
+                        (-p, p)
                     } else {
                         (value, x.bound.max(value.abs()))
                     };
