@@ -272,6 +272,17 @@ fn check_precision(weights: &[f32], f: u32, node: &str) -> Result<()> {
     )))
 }
 
+/// The bound on a dense or conv layer's outputs for inputs bounded by `xb`: the largest
+/// `l1_j · (xb + 2^-f) + |bias_j|` over the outputs `j` (`l1_j` the L1 norm of output `j`'s
+/// weights; the `2^-f` covers the input's rounding).
+fn linear_bound(l1: &[f64], bias: &[f32], xb: f64, f: u32) -> f64 {
+    let ulp = 2f64.powi(-(f as i32));
+    l1.iter()
+        .zip(bias)
+        .map(|(a, c)| a * (xb + ulp) + f64::from(*c).abs())
+        .fold(0f64, f64::max)
+}
+
 fn overflow(node: &str, bound: f64, frac: u32) -> ModelError {
     ModelError::Graph(format!(
         "layer {node:?} could overflow: its values may reach {bound:.3e}, which with {frac} fractional bits needs more than the ring's 62 bits (a proven worst case, usually far above real values). Remedy: --calibrate SAMPLES.npy (bounds from values seen on sample inputs), fewer fractional bits, or scale the input (or the weights) down"
@@ -543,13 +554,7 @@ impl Plan {
                             *a += f64::from(*w).abs();
                         }
                     }
-                    let ulp = 2f64.powi(-(f as i32));
-                    let ob = |xb: f64| {
-                        l1.iter()
-                            .zip(bias.iter())
-                            .map(|(a, c)| a * (xb + ulp) + f64::from(*c).abs())
-                            .fold(0f64, f64::max)
-                    };
+                    let ob = |xb: f64| linear_bound(&l1, bias, xb, f);
                     let (out_bound, proven) = (cap(li, ob(x.bound)), ob(x.proven));
                     if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
                         return Err(overflow(node, out_bound, 2 * f));
@@ -652,13 +657,7 @@ impl Plan {
                         .chunks(k.max(1))
                         .map(|row| row.iter().map(|v| f64::from(*v).abs()).sum())
                         .collect();
-                    let ulp = 2f64.powi(-(f as i32));
-                    let ob = |xb: f64| {
-                        l1.iter()
-                            .zip(bias.iter())
-                            .map(|(a, c)| a * (xb + ulp) + f64::from(*c).abs())
-                            .fold(0f64, f64::max)
-                    };
+                    let ob = |xb: f64| linear_bound(&l1, bias, xb, f);
                     let (out_bound, proven) = (cap(li, ob(x.bound)), ob(x.proven));
                     if out_bound * 2f64.powi(2 * f as i32) >= LIMIT / 2.0 {
                         return Err(overflow(node, out_bound, 2 * f));
