@@ -20,8 +20,9 @@ mod eval;
 mod lower;
 mod passes;
 
-pub use eval::erf;
 pub(crate) use eval::pool as pool_f64;
+/// The error function (the series sotto-core evaluates for its gelu approximation).
+pub use sotto_core::protocols::erf;
 
 /// Most elements of one example of any value (and of any constant tensor).
 pub const MAX_VALUE_ELEMENTS: usize = 1 << 28;

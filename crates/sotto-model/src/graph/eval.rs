@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use ndarray::{ArrayD, Axis, IxDyn, Slice, Zip};
 
-use super::{Graph, Op};
+use super::{erf, Graph, Op};
 use crate::error::{ModelError, Result};
 use crate::ir::{ConvParams, PoolParams};
 
@@ -354,25 +354,4 @@ pub(crate) fn pool(
         }
     }
     out
-}
-
-/// The error function, to about 1e-15 relative: `erf(x) = 2/√π · e^(−x²) · Σ 2ⁿ x^(2n+1) /
-/// (1·3·…·(2n+1))` (a series of positive terms, no cancellation), and ±1 beyond |x| = 6
-/// (where `1 − erf` is below 1e-16).
-pub fn erf(x: f64) -> f64 {
-    let a = x.abs();
-    if a >= 6.0 {
-        return x.signum();
-    }
-    let a2 = 2.0 * a * a;
-    let (mut term, mut sum) = (a, a);
-    for n in 1..400 {
-        term *= a2 / f64::from(2 * n + 1);
-        sum += term;
-        if term <= sum * 1e-17 {
-            break;
-        }
-    }
-    let r = 2.0 / std::f64::consts::PI.sqrt() * (-a * a).exp() * sum;
-    r.min(1.0).copysign(x)
 }
