@@ -32,7 +32,9 @@ use std::collections::{HashMap, VecDeque};
 
 use sotto_core::prg::Seed;
 use sotto_core::ring;
-use sotto_wire::{decode, Frame, Hello, Kind, Manifest, Role, WireError, DEFAULT_MAX_PAYLOAD};
+use sotto_wire::{
+    decode, ErrorCode, Frame, Hello, Kind, Manifest, Role, WireError, DEFAULT_MAX_PAYLOAD,
+};
 
 use crate::{elements, reconstruct, server_error, share_input, ClientError, Prediction, Result};
 
@@ -193,6 +195,10 @@ struct Request {
     tag: u128,
     /// The output shares of P0 and P1, as they arrive.
     out: [Option<Vec<u8>>; 2],
+    /// P1's `unknown_session` refusal, held until P0 answers: when P0 refuses a tagged
+    /// request (rate limit, shape, budget), P1 learns only that no session came, and P0's
+    /// refusal is the one that says why. Given at the deadline if P0 stays silent.
+    held: Option<ClientError>,
 }
 
 enum Phase {
@@ -417,6 +423,7 @@ impl ClientSession {
                 sent,
                 tag,
                 out: [None, None],
+                held: None,
             },
         );
         Ok(id)
@@ -542,6 +549,10 @@ impl ClientSession {
                         .collect(),
                 );
                 for id in due {
+                    if let Some(e) = self.requests.get_mut(&id).and_then(|r| r.held.take()) {
+                        self.finish(id, Err(e));
+                        continue;
+                    }
                     let e = match self.requests.get(&id).map(|r| &r.out) {
                         Some([None, None]) => {
                             format!("neither P0 nor P1 answered within {t} ms")
@@ -579,10 +590,23 @@ impl ClientSession {
         match f.kind {
             Kind::Output if f.session != 0 => self.on_output(server, f),
             Kind::Error if f.session != 0 => {
-                if let Some(id) = self.tags.get(&f.session).copied() {
-                    self.finish(id, Err(server_error(name, &f)));
+                let Some(id) = self.tags.get(&f.session).copied() else {
+                    return; // a request abandoned (timed out, cancelled): dropped.
+                };
+                let e = server_error(name, &f);
+                let consequence = matches!(
+                    e,
+                    ClientError::Server {
+                        code: ErrorCode::UnknownSession,
+                        ..
+                    }
+                );
+                match self.requests.get_mut(&id) {
+                    Some(r) if server == Server::P1 && consequence && r.out[0].is_none() => {
+                        r.held = Some(e);
+                    }
+                    _ => self.finish(id, Err(e)),
                 }
-                // else: a request abandoned (timed out, cancelled): dropped.
             }
             Kind::Error if f.step != 0 => {
                 // A refusal naming the request number only; dropped when abandoned already.

@@ -451,3 +451,51 @@ fn the_hello_carries_model_and_api_key() {
         })
     ));
 }
+
+#[test]
+fn p1s_unknown_session_waits_for_the_refusal_p0_gave() {
+    // P0 refuses a tagged request (here: rate limited) and tells P1 to drop its seed; P1's
+    // `unknown_session` may reach the client first. The client reports P0's reason.
+    let mut s = connected();
+    let a = s.start_predict(&[0.0; 4], 1, 0).unwrap();
+    let tag_a = sent_tag(&mut s);
+    s.handle_bytes(Server::P1, &error_frame(tag_a, 0, "unknown_session"), 1);
+    assert!(events(&mut s).is_empty(), "P1's consequence is held");
+    s.handle_bytes(Server::P0, &error_frame(tag_a, a, "rate_limited"), 2);
+    let got = done(events(&mut s));
+    assert!(
+        matches!(&got[..], [(id, Err(ClientError::Server { server, code, .. }))]
+            if *id == a && server == "P0" && *code == sotto_wire::ErrorCode::RateLimited),
+        "{got:?}"
+    );
+    // The other order needs no waiting.
+    let b = s.start_predict(&[0.0; 4], 1, 10).unwrap();
+    let tag_b = sent_tag(&mut s);
+    s.handle_bytes(Server::P0, &error_frame(tag_b, b, "rate_limited"), 11);
+    let got = done(events(&mut s));
+    assert!(
+        matches!(&got[..], [(id, Err(ClientError::Server { server, .. }))] if *id == b && server == "P0")
+    );
+    s.handle_bytes(Server::P1, &error_frame(tag_b, 0, "unknown_session"), 12);
+    assert!(events(&mut s).is_empty(), "the late consequence is dropped");
+    // P0 silent: P1's refusal is given at the deadline, not a bare timeout.
+    let c = s.start_predict(&[0.0; 4], 1, 100).unwrap();
+    let tag_c = sent_tag(&mut s);
+    s.handle_bytes(Server::P1, &error_frame(tag_c, 0, "unknown_session"), 101);
+    s.handle_timeout(1099);
+    assert!(events(&mut s).is_empty());
+    s.handle_timeout(1100);
+    let got = done(events(&mut s));
+    assert!(
+        matches!(&got[..], [(id, Err(ClientError::Server { server, code, .. }))]
+            if *id == c && server == "P1" && *code == sotto_wire::ErrorCode::UnknownSession),
+        "{got:?}"
+    );
+    // Any other P1 error fails the request at once.
+    let d = s.start_predict(&[0.0; 4], 1, 2000).unwrap();
+    let tag_d = sent_tag(&mut s);
+    s.handle_bytes(Server::P1, &error_frame(tag_d, 0, "session_failed"), 2001);
+    let got = done(events(&mut s));
+    assert!(matches!(&got[..], [(id, Err(_))] if *id == d));
+    assert_eq!(s.state(), SessionState::Ready);
+}
