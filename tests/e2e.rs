@@ -96,6 +96,57 @@ fn three_processes_over_tls_predict_like_the_plaintext_model() {
 }
 
 #[test]
+fn sessions_over_the_request_budget_stream_their_material() {
+    let _g = serial();
+    rt().block_on(async {
+        // A 4 MiB budget: one request may weigh 2 MiB. Network A's helper material is about
+        // 0.7 MB per input, so batches of 1 and 2 are dealt whole (and pooled); larger ones
+        // are streamed with a 512 KiB window and weigh the window plus the heaviest step.
+        let d = Deployment::start(&["--inflight-budget-mb", "4"]);
+        d.ready(Duration::from_secs(20)).await;
+        let c = d.client().await;
+        let most = c.manifest().max_batch;
+        assert!(
+            most >= 3,
+            "streaming should admit batches beyond the 2 that fit whole, got {most}"
+        );
+        let streamed = |p: P| d.metric(p, "streamed_sessions_total");
+        let p = c.predict(data().x(0, 1), 1).await.expect("whole session");
+        check(&p.logits, &p.labels, 0, 1);
+        assert_eq!(streamed(P::P0).await, 0.0, "batch 1 fits whole");
+        for (i, batch) in [(10, most), (40, 3), (60, most)] {
+            let p = c
+                .predict(data().x(i, batch), batch)
+                .await
+                .unwrap_or_else(|e| panic!("a streamed batch of {batch}: {e}"));
+            check(&p.logits, &p.labels, i, batch);
+        }
+        assert_eq!(streamed(P::P0).await, 3.0);
+        assert_eq!(streamed(P::P1).await, 3.0);
+        // Concurrent streamed requests from three connections (one connection may have
+        // half the budget in flight; the helper streams two sessions at a time, and the
+        // party's budget admits what fits, the others wait for room).
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let c = d.client().await;
+            tasks.push(tokio::spawn(async move {
+                let from = 100 + 10 * i;
+                let p = c.predict(data().x(from, 3), 3).await.expect("concurrent");
+                check(&p.logits, &p.labels, from, 3);
+                c.close().await;
+            }));
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        assert_eq!(streamed(P::P0).await, 6.0);
+        // Nothing left behind: no pooled streamed session, no material in flight.
+        assert_eq!(d.metric(P::P0, "active_sessions").await, 0.0);
+        assert_eq!(d.metric(P::P0, "inflight_material_kib").await, 0.0);
+    });
+}
+
+#[test]
 fn a_party_posing_as_another_is_refused() {
     let _g = serial();
     rt().block_on(async {

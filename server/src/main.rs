@@ -16,10 +16,11 @@ mod cmd;
 mod data;
 mod demo;
 mod launch;
+mod memory;
 mod serve;
 use sotto_core::fixed::{decode_with, FixedPoint};
 use sotto_model::ir::{shape_string, softmax};
-use sotto_model::private::{run_in_process, share_weights};
+use sotto_model::private::{run_in_process_with, share_weights};
 use sotto_model::{import, Model, Plan};
 
 /// mimalloc instead of glibc's malloc: after a spike (a flood of requests, a large batch) it
@@ -232,7 +233,7 @@ enum Command {
         /// probabilities (recognised, and compared with the softmax of the private logits).
         #[arg(long)]
         reference: Option<PathBuf>,
-        /// Inputs per private prediction.
+        /// Inputs per private prediction (fewer when the memory budget needs it).
         #[arg(long, default_value_t = 100)]
         batch: usize,
         /// Only the first N inputs.
@@ -241,6 +242,11 @@ enum Command {
         /// Weights in the clear on both servers (only the input is private).
         #[arg(long)]
         public_weights: bool,
+        /// Memory for the helper's material of one private prediction, all parties of this
+        /// process together (MiB). A model whose material does not fit is streamed (the
+        /// helper deals step by step as the servers go) and its batches are split.
+        #[arg(long, default_value_t = memory::DEFAULT_BUDGET_MB)]
+        memory_budget_mb: u64,
         #[command(flatten)]
         numbers: Numbers,
     },
@@ -313,6 +319,7 @@ fn main() -> ExitCode {
             batch,
             limit,
             public_weights,
+            memory_budget_mb,
             numbers,
         } => eval(&EvalArgs {
             model,
@@ -322,6 +329,7 @@ fn main() -> ExitCode {
             batch,
             limit,
             private: !public_weights,
+            budget: memory_budget_mb.saturating_mul(1 << 20),
             numbers,
         }),
     };
@@ -554,6 +562,8 @@ struct EvalArgs {
     batch: usize,
     limit: Option<usize>,
     private: bool,
+    /// Bytes of material one in-process prediction may hold.
+    budget: u64,
     numbers: Numbers,
 }
 
@@ -671,6 +681,10 @@ fn eval(a: &EvalArgs) -> Result<(), String> {
     let fp = plan.fp;
     let cols = plan.output_len;
     let weights = share_weights(&plan, a.private).map_err(|e| e.to_string())?;
+    let fit = memory::fit(&plan, a.private, a.batch.min(n), a.budget)?;
+    if let Some(note) = fit.note() {
+        eprintln!("{note}");
+    }
     let (mut agree, mut correct_private, mut correct_float, mut agree_ref) =
         (0usize, 0usize, 0usize, 0usize);
     let mut max_err: f64 = 0.0;
@@ -678,13 +692,13 @@ fn eval(a: &EvalArgs) -> Result<(), String> {
     let started = Instant::now();
     let mut done = 0;
     while done < n {
-        let b = a.batch.min(n - done);
+        let b = fit.batch.min(n - done);
         let xs: Vec<f32> = x[done * per..(done + b) * per]
             .iter()
             .map(|v| *v as f32)
             .collect();
         let x_enc = fp.encode_f32(&xs).map_err(|e| e.to_string())?;
-        let run = run_in_process(&plan, [&plan, &plan], &weights, &x_enc, b)
+        let run = run_in_process_with(&plan, [&plan, &plan], &weights, &x_enc, b, fit.window)
             .map_err(|e| format!("private prediction failed: {e}"))?;
         let private: Vec<f64> = run
             .output
@@ -726,7 +740,8 @@ fn eval(a: &EvalArgs) -> Result<(), String> {
         "model": a.model.display().to_string(),
         "weights": if a.private { "private" } else { "public" },
         "n": n,
-        "batch": a.batch,
+        "batch": fit.batch,
+        "streamed": fit.window.is_some(),
         "frac_bits": a.numbers.frac_bits,
         "accuracy_float": correct_float as f64 / n as f64,
         "accuracy_private": correct_private as f64 / n as f64,

@@ -90,11 +90,58 @@ where
     CF: Future<Output = Result<CR>>,
     CR: Send,
 {
+    run(helper, server, client, helper_first, None)
+}
+
+/// [`run_local`] with a streamed session ([`Dealer::start_streamed`]): the helper runs
+/// alongside the servers and stays at most about `window` bytes of material ahead of them.
+pub fn run_local_streamed<H, HF, S, SF, R, C, CF, CR>(
+    helper: H,
+    server: S,
+    client: C,
+    window: usize,
+) -> Result<LocalRun<R, CR>>
+where
+    H: FnOnce(Dealer<LocalTransport>) -> HF + Send,
+    HF: Future<Output = Result<()>>,
+    S: Fn(Server<LocalTransport>) -> SF + Send + Sync,
+    SF: Future<Output = Result<R>>,
+    R: Send,
+    C: FnOnce(LocalTransport, u128) -> CF + Send,
+    CF: Future<Output = Result<CR>>,
+    CR: Send,
+{
+    run(helper, server, client, false, Some(window))
+}
+
+fn run<H, HF, S, SF, R, C, CF, CR>(
+    helper: H,
+    server: S,
+    client: C,
+    helper_first: bool,
+    window: Option<usize>,
+) -> Result<LocalRun<R, CR>>
+where
+    H: FnOnce(Dealer<LocalTransport>) -> HF + Send,
+    HF: Future<Output = Result<()>>,
+    S: Fn(Server<LocalTransport>) -> SF + Send + Sync,
+    SF: Future<Output = Result<R>>,
+    R: Send,
+    C: FnOnce(LocalTransport, u128) -> CF + Send,
+    CF: Future<Output = Result<CR>>,
+    CR: Send,
+{
     let session = new_session_id()?;
     let [p0, p1, h, c] = memory_mesh().map(|t| Arc::new(Counting::new(t)));
     let counters = [p0.counters(), p1.counters(), h.counters(), c.counters()];
     let helper_run = |h: &LocalTransport| -> Result<()> {
-        let r = block_on(async { helper(Dealer::start(h.clone(), session).await?).await });
+        let r = block_on(async {
+            let d = match window {
+                Some(w) => Dealer::start_streamed(h.clone(), session, w).await?,
+                None => Dealer::start(h.clone(), session).await?,
+            };
+            helper(d).await
+        });
         if r.is_err() {
             h.inner().close();
         }

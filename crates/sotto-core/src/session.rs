@@ -14,6 +14,13 @@
 //!
 //! The helper sends each server one message per gate (tag step `gate << 8`), before the gate's
 //! online part; servers open values to each other with tag steps `gate << 8 | k`, `k >= 1`.
+//!
+//! **Streamed sessions** ([`Dealer::start_streamed`]) bound what a session's material can make
+//! a server hold: each server acknowledges every gate's message when it takes it (an empty
+//! message to the helper, tag step `gate << 8`), and the helper sends the next gate only while
+//! the gates sent and not yet acknowledged by both servers weigh at most the session's window
+//! (one gate larger than the window is still sent whole). A server learns that its session
+//! is streamed from the seed message (33 bytes instead of 32).
 
 use crate::dcf::DcfKeys;
 use crate::error::{CoreError, Result};
@@ -85,6 +92,8 @@ pub struct Server<T> {
     session: u128,
     seed: Seed,
     gate: u32,
+    /// A streamed session: every gate's material is acknowledged to the helper.
+    streamed: bool,
 }
 
 impl<T> std::fmt::Debug for Server<T> {
@@ -103,7 +112,16 @@ impl<T: Transport> Server<T> {
         let me = t.id();
         let peer = me.peer()?;
         let bytes = t.recv(PartyId::Helper, tag(session, 0, 0)).await?;
-        let seed = Seed::from_bytes(&bytes)?;
+        let (seed, streamed) = match bytes.len() {
+            32 => (Seed::from_bytes(&bytes)?, false),
+            33 if bytes[32] == 1 => (Seed::from_bytes(&bytes[..32])?, true),
+            n => {
+                return Err(CoreError::decode(
+                    "session seed",
+                    format!("{n} bytes (32, or 33 for a streamed session)"),
+                ))
+            }
+        };
         Ok(Server {
             t,
             me,
@@ -111,7 +129,14 @@ impl<T: Transport> Server<T> {
             session,
             seed,
             gate: 0,
+            streamed,
         })
+    }
+
+    /// True when the helper streams this session's material (see the module docs): it is
+    /// then best consumed as the steps run, not prepared ahead.
+    pub fn is_streamed(&self) -> bool {
+        self.streamed
     }
 
     /// This server's id (P0 or P1).
@@ -145,6 +170,11 @@ impl<T: Transport> Server<T> {
             .t
             .recv(PartyId::Helper, tag(self.session, self.gate, 0))
             .await?;
+        if self.streamed {
+            self.t
+                .send(PartyId::Helper, tag(self.session, self.gate, 0), Vec::new())
+                .await?;
+        }
         Ok(ServerGate {
             gate: self.gate,
             s: self,
@@ -329,6 +359,12 @@ pub struct Dealer<T> {
     seeds: [Seed; 2],
     rng: Prg,
     gate: u32,
+    /// Streamed sessions: the window, and the gates sent but not acknowledged by both
+    /// servers (gate, bytes of its larger message) with their total.
+    window: Option<usize>,
+    unacked: std::collections::VecDeque<(u32, usize)>,
+    unacked_bytes: usize,
+    peak_unacked: usize,
 }
 
 impl<T> std::fmt::Debug for Dealer<T> {
@@ -340,10 +376,24 @@ impl<T> std::fmt::Debug for Dealer<T> {
 impl<T: Transport> Dealer<T> {
     /// Starts session `session`: draws fresh seeds from the OS and sends one to each server.
     pub async fn start(t: T, session: u128) -> Result<Self> {
+        Self::begin(t, session, None).await
+    }
+
+    /// Starts a streamed session (see the module docs): at most about `window` bytes of
+    /// material per server sent ahead of what the servers have taken.
+    pub async fn start_streamed(t: T, session: u128, window: usize) -> Result<Self> {
+        Self::begin(t, session, Some(window)).await
+    }
+
+    async fn begin(t: T, session: u128, window: Option<usize>) -> Result<Self> {
         let seeds = [Seed::random()?, Seed::random()?];
         let rng = Prg::from_os()?;
         for (p, s) in [PartyId::P0, PartyId::P1].iter().zip(&seeds) {
-            t.send(*p, tag(session, 0, 0), s.0.to_vec()).await?;
+            let mut msg = s.0.to_vec();
+            if window.is_some() {
+                msg.push(1);
+            }
+            t.send(*p, tag(session, 0, 0), msg).await?;
         }
         Ok(Dealer {
             t,
@@ -351,7 +401,43 @@ impl<T: Transport> Dealer<T> {
             seeds,
             rng,
             gate: 0,
+            window,
+            unacked: Default::default(),
+            unacked_bytes: 0,
+            peak_unacked: 0,
         })
+    }
+
+    /// Streamed sessions: waits until both servers have taken every gate sent (the last
+    /// acknowledgements are collected, not left queued); at once for other sessions.
+    pub async fn drain(&mut self) -> Result<()> {
+        while self.take_ack().await? {}
+        Ok(())
+    }
+
+    /// Waits for both servers' acknowledgement of the oldest gate not acknowledged; false
+    /// when there is none.
+    async fn take_ack(&mut self) -> Result<bool> {
+        let Some((gate, b)) = self.unacked.pop_front() else {
+            return Ok(false);
+        };
+        for p in [PartyId::P0, PartyId::P1] {
+            let ack = self.t.recv(p, tag(self.session, gate, 0)).await?;
+            if !ack.is_empty() {
+                return Err(CoreError::Protocol(format!(
+                    "{p:?} sent {} bytes where a gate's acknowledgement is empty",
+                    ack.len()
+                )));
+            }
+        }
+        self.unacked_bytes -= b;
+        Ok(true)
+    }
+
+    /// Streamed sessions: the most bytes (of the larger of the two servers' messages) that
+    /// were sent and not yet acknowledged at once, the gate just sent included.
+    pub fn peak_unacknowledged(&self) -> usize {
+        self.peak_unacked
     }
 
     /// The transport.
@@ -429,7 +515,18 @@ impl<T: Transport> DealerGate<'_, T> {
     pub(crate) async fn finish(self) -> Result<()> {
         let t = tag(self.d.session, self.d.gate, 0);
         let [m0, m1] = self.msgs;
+        let bytes = m0.len().max(m1.len());
         self.d.t.send(PartyId::P0, t, m0).await?;
-        self.d.t.send(PartyId::P1, t, m1).await
+        self.d.t.send(PartyId::P1, t, m1).await?;
+        let Some(window) = self.d.window else {
+            return Ok(());
+        };
+        let d = self.d;
+        d.unacked.push_back((d.gate, bytes));
+        d.unacked_bytes += bytes;
+        d.peak_unacked = d.peak_unacked.max(d.unacked_bytes);
+        // Back-pressure: the next gate waits until the servers have taken enough.
+        while d.unacked_bytes > window && d.take_ack().await? {}
+        Ok(())
     }
 }

@@ -121,6 +121,7 @@ fn seeds() -> Result<Vec<Frame>, String> {
                 batch: 4,
                 count: 8,
                 load: "abcdef".into(),
+                window: Some(1 << 20),
             },
         )
         .map_err(e)?,

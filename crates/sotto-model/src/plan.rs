@@ -1160,7 +1160,9 @@ impl Step {
             StepKind::LiftInput { bits } => Cost {
                 rounds: 1,
                 online_bytes: 8 * n,
-                helper_bytes: n * (8 + key_bytes(bits, 1)),
+                // The lift's comparison is on all `bits` bits (key_bytes takes the width
+                // plus one).
+                helper_bytes: n * (8 + key_bytes(bits + 1, 1)),
             },
             StepKind::Dense { .. } | StepKind::Conv { .. } if private => Cost {
                 rounds: 1,
@@ -1532,6 +1534,17 @@ impl Plan {
             )));
         }
         Ok(())
+    }
+
+    /// Bytes of helper material (per server and input) of the plan's heaviest step: a
+    /// streamed session holds at most its window plus this much (times the batch) at once.
+    pub fn largest_step_material(&self, private: bool) -> u64 {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.cost(self.step_input_len(i), private).helper_bytes)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Bytes of helper material one server holds for one input of a prediction (batch 1,

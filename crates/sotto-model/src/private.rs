@@ -219,7 +219,9 @@ impl PreparedPrediction {
 }
 
 /// Offline part of [`predict`] for `batch` inputs: call it on a started session before the
-/// input arrives (the helper's material must be dealt), then [`finish_predict`].
+/// input arrives (the helper's material must be dealt), then [`finish_predict`]. A streamed
+/// session ([`Server::is_streamed`]) prepares nothing: its material is taken as the steps
+/// run, so that the server never holds more of it than the helper's window.
 pub async fn prepare_predict<T: Transport>(
     s: &mut Server<T>,
     plan: &Plan,
@@ -227,7 +229,8 @@ pub async fn prepare_predict<T: Transport>(
     batch: usize,
 ) -> Result<PreparedPrediction> {
     let mut steps = Vec::new();
-    for st in &plan.steps {
+    let ahead = if s.is_streamed() { 0 } else { plan.steps.len() };
+    for st in &plan.steps[..ahead] {
         let n = batch * st.per_example;
         let prepared = match st.kind {
             StepKind::LiftInput { bits } => {
@@ -480,6 +483,9 @@ pub struct LocalPrediction {
     pub output: Vec<u64>,
     /// Bytes and messages each party sent (P0, P1, helper, client).
     pub sent: [sotto_core::transport::LinkStats; 4],
+    /// A streamed run: the most material (bytes of one server's share) the helper had sent
+    /// ahead of what the servers had taken; 0 otherwise.
+    pub peak_ahead: usize,
 }
 
 /// One private prediction with all four parties in this process over the in-memory mesh:
@@ -492,21 +498,44 @@ pub fn run_in_process(
     x: &[u64],
     batch: usize,
 ) -> Result<LocalPrediction> {
-    use sotto_core::local::{run_local, LocalTransport};
+    run_in_process_with(helper_plan, server_plans, weights, x, batch, None)
+}
+
+/// [`run_in_process`], streamed when `window` is given: the helper deals alongside the
+/// servers, at most about `window` bytes of material (per server) ahead of them, and the
+/// servers take each step's material as they run it. The result is the same; what the
+/// servers hold of the material at once is bounded by the window plus the largest step's.
+pub fn run_in_process_with(
+    helper_plan: &Plan,
+    server_plans: [&Plan; 2],
+    weights: &[ServerWeights; 2],
+    x: &[u64],
+    batch: usize,
+    window: Option<usize>,
+) -> Result<LocalPrediction> {
+    use sotto_core::local::{run_local, run_local_streamed, LocalTransport};
     use sotto_core::session::{client_receive_output, client_send_input};
     fn m2c(e: ModelError) -> sotto_core::CoreError {
         sotto_core::CoreError::Protocol(e.to_string())
     }
     let private = weights[0].private;
     let out_len = batch * helper_plan.output_len;
-    let run = run_local(
-        |mut d: Dealer<LocalTransport>| async move {
-            let h = deal_load(&mut d, helper_plan, private).await.map_err(m2c)?;
-            deal_predict(&mut d, helper_plan, &h, batch)
-                .await
-                .map_err(m2c)?;
-            p::deal_output(&mut d, out_len).await
-        },
+    let peak = std::sync::atomic::AtomicUsize::new(0);
+    let peak = &peak;
+    let helper = |mut d: Dealer<LocalTransport>| async move {
+        let h = deal_load(&mut d, helper_plan, private).await.map_err(m2c)?;
+        deal_predict(&mut d, helper_plan, &h, batch)
+            .await
+            .map_err(m2c)?;
+        p::deal_output(&mut d, out_len).await?;
+        d.drain().await?;
+        peak.store(
+            d.peak_unacknowledged(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    };
+    let (server, client) = (
         |mut s: Server<LocalTransport>| async move {
             let i = s.id().index();
             let plan = server_plans[i];
@@ -525,11 +554,15 @@ pub fn run_in_process(
             client_send_input(&t, session, x).await?;
             client_receive_output(&t, session, out_len, 64).await
         },
-        false,
-    )
+    );
+    let run = match window {
+        Some(w) => run_local_streamed(helper, server, client, w),
+        None => run_local(helper, server, client, false),
+    }
     .map_err(core_err)?;
     Ok(LocalPrediction {
         output: run.client,
         sent: run.sent,
+        peak_ahead: peak.load(std::sync::atomic::Ordering::Relaxed),
     })
 }

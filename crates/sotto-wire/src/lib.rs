@@ -343,8 +343,13 @@ pub enum Control {
         count: usize,
         /// The load session the material must match, hex.
         load: String,
+        /// Stream each session with this window (bytes of material sent ahead of what the
+        /// servers have taken) instead of dealing it whole; announced when it starts.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        window: Option<u64>,
     },
-    /// Helper to P0 and P1: all material of this session has been sent.
+    /// Helper to P0 and P1: all material of this session has been sent (streamed: the
+    /// session has started and its material follows as the servers take it).
     Ready {
         /// Model id.
         model: String,

@@ -157,12 +157,6 @@ impl Admission {
         kib((batch as u64).saturating_mul(per_input))
     }
 
-    /// The largest batch of a model with `per_input` bytes per input that one request may
-    /// carry.
-    pub fn max_batch(&self, per_input: u64) -> usize {
-        ((self.per_request_kib() * 1024) / per_input.max(1)) as usize
-    }
-
     /// A connection's own budget (half of the party's).
     pub fn connection(&self) -> ConnectionBudget {
         ConnectionBudget {
@@ -415,7 +409,6 @@ mod tests {
         let a = Arc::new(Admission::new(16 << 20));
         assert_eq!(a.per_request_kib(), 8192);
         assert_eq!(a.per_connection_kib(), 8192);
-        assert_eq!(a.max_batch(1 << 20), 8);
         let c = a.connection();
         assert!(matches!(a.reserve(&c, 9000), Err(Refusal::TooLarge { .. })));
         let admit = |c: &ConnectionBudget, kib: u64| {

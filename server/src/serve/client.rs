@@ -200,7 +200,6 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
     let model_id = model.id.clone();
     let plan = &model.file.plan;
     let per_input = plan.input_len * 8;
-    let material = plan.material_per_input(model.file.private);
     let conn = st.admission.connection();
     let mut strikes = 0u32;
     loop {
@@ -313,21 +312,29 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     continue;
                 }
                 let batch = len / per_input;
-                let reserved = match st
-                    .admission
-                    .reserve(&conn, Admission::weight(batch, material))
-                {
+                let reserved = match st.admission.reserve(
+                    &conn,
+                    Admission::weight(1, st.footprint(model, batch).bytes),
+                ) {
                     Ok(r) => r,
                     Err(Refusal::TooLarge { kib, limit_kib }) => {
                         strikes += 1;
                         st.metrics.error("too_large");
+                        let most = st.max_batch(model);
+                        let what = if most == 0 {
+                            format!(
+                                "model {model_id} cannot run here: its heaviest step alone needs more; raise --inflight-budget-mb to at least {}",
+                                st.budget_needed_mb(model)
+                            )
+                        } else {
+                            format!("send at most {most} inputs of model {model_id} per request")
+                        };
                         refuse(
                             ErrorCode::TooLarge,
                             format!(
-                                "a batch of {batch} needs {} MiB of correlated randomness per server; this deployment admits {} MiB per request (--inflight-budget-mb): send at most {} inputs of model {model_id} per request",
+                                "a batch of {batch} needs {} MiB of correlated randomness per server; this deployment admits {} MiB per request (--inflight-budget-mb): {what}",
                                 kib / 1024,
                                 limit_kib / 1024,
-                                st.admission.max_batch(material)
                             ),
                         );
                         continue;
@@ -573,6 +580,9 @@ async fn run_session(
             .into());
         }
         let loaded = loaded_model(st, model_id, load)?;
+        if server.is_streamed() {
+            st.metrics.streamed.inc();
+        }
         link.attach(out.clone(), input, label);
         let xs = server.receive_input(batch * plan.input_len).await?;
         let y = finish_predict(&mut server, plan, &loaded, prep, xs).await?;

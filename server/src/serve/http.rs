@@ -393,6 +393,8 @@ pub struct Metrics {
     pub inflight_kib: Gauge<i64, AtomicI64>,
     /// Open TCP connections of every kind.
     pub connections: Gauge<i64, AtomicI64>,
+    /// Predictions whose material was streamed.
+    pub streamed: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -417,6 +419,12 @@ impl Metrics {
         let clients = Gauge::<i64, AtomicI64>::default();
         let inflight_kib = Gauge::<i64, AtomicI64>::default();
         let connections = Gauge::<i64, AtomicI64>::default();
+        let streamed = Counter::default();
+        registry.register(
+            "streamed_sessions",
+            "Predictions whose helper material was streamed as they ran (sessions too large to deal whole within --inflight-budget-mb)",
+            streamed.clone(),
+        );
         registry.register(
             "inflight_material_kib",
             "KiB of helper material held by the admitted requests (bounded by --inflight-budget-mb)",
@@ -467,6 +475,7 @@ impl Metrics {
             clients,
             inflight_kib,
             connections,
+            streamed,
         }
     }
 

@@ -161,6 +161,15 @@ const LOG_LINES: u32 = 10;
 /// The window of [`State::log_limited`].
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
+/// How a session is dealt and what it weighs ([`State::footprint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    /// Bytes of material (per server) it may make a server hold at once.
+    pub bytes: u64,
+    /// Streamed, with this window; `None`: dealt whole.
+    pub window: Option<u64>,
+}
+
 impl std::fmt::Debug for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "State({:?})", self.me)
@@ -171,13 +180,55 @@ impl State {
     /// What this party tells clients about `m`: its batch limit is the smaller of
     /// `--max-batch` and what one request may reserve of the admission budget.
     pub fn manifest(&self, m: &ModelEntry) -> Manifest {
-        let material = m.file.plan.material_per_input(m.file.private);
-        let max_batch = self
-            .cfg
-            .max_batch
-            .min(self.admission.max_batch(material))
-            .max(1);
-        m.manifest(self.cfg.role, max_batch)
+        m.manifest(self.cfg.role, self.max_batch(m).max(1))
+    }
+
+    /// How a session of `batch` inputs of `m` is dealt here and what it weighs against the
+    /// admission budget: whole (all its material) when that fits one request's share of
+    /// the budget, else streamed, weighing its window plus its heaviest step.
+    pub fn footprint(&self, m: &ModelEntry, batch: usize) -> Footprint {
+        let (plan, private) = (&m.file.plan, m.file.private);
+        let whole = plan
+            .material_per_input(private)
+            .saturating_mul(batch as u64);
+        if whole <= self.admission.per_request_kib() * 1024 {
+            return Footprint {
+                bytes: whole,
+                window: None,
+            };
+        }
+        let window = self.stream_window();
+        Footprint {
+            bytes: window
+                + plan
+                    .largest_step_material(private)
+                    .saturating_mul(batch as u64),
+            window: Some(window),
+        }
+    }
+
+    /// The window of streamed sessions: an eighth of `--inflight-budget-mb`, at least 64 KiB.
+    fn stream_window(&self) -> u64 {
+        (self.cfg.inflight_budget / 8).max(64 << 10)
+    }
+
+    /// The smallest `--inflight-budget-mb` under which one input of `m` can run (streamed:
+    /// half the budget must hold the window, an eighth of it, plus the heaviest step).
+    pub fn budget_needed_mb(&self, m: &ModelEntry) -> u64 {
+        let step = m.file.plan.largest_step_material(m.file.private);
+        (step * 8 / 3 + 1)
+            .max(2 * step + (128 << 10))
+            .div_ceil(1 << 20)
+    }
+
+    /// The largest batch of `m` one request may carry (0: not even one input fits).
+    pub fn max_batch(&self, m: &ModelEntry) -> usize {
+        let (plan, private) = (&m.file.plan, m.file.private);
+        let limit = self.admission.per_request_kib() * 1024;
+        let whole = limit / plan.material_per_input(private).max(1);
+        let streamed =
+            limit.saturating_sub(self.stream_window()) / plan.largest_step_material(private).max(1);
+        (whole.max(streamed) as usize).min(self.cfg.max_batch)
     }
 
     /// The model `id` (the default for an empty id).

@@ -368,6 +368,10 @@ fn refill_to(st: &State, full: bool) {
                 }
             }
             for (batch, target) in batches {
+                // A streamed session is dealt when a request needs it, never pooled: its
+                // material reaches the servers as they run it.
+                let window = st.footprint(m, batch).window;
+                let target = if window.is_some() { 0 } else { target };
                 let q = pools.queues.entry((m.id.clone(), batch)).or_default();
                 q.waiters.retain(|w| !w.is_closed());
                 // Refill in batches: only when the pool is down to half (dealing competes with
@@ -383,6 +387,7 @@ fn refill_to(st: &State, full: bool) {
                         batch,
                         count,
                         load: hex(*load_id),
+                        window,
                     });
                 }
             }
@@ -556,9 +561,15 @@ fn current_load(st: &State, model: &str) -> Option<u128> {
 
 async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
     let (deal_tx, deal_rx) = mpsc::unbounded_channel::<(String, usize, usize, String)>();
+    let (stream_tx, stream_rx) = std::sync::mpsc::channel::<Streamed>();
     if st.me == PartyId::Helper {
-        let st = st.clone();
-        tokio::task::spawn_blocking(move || dealer_worker(st, deal_rx));
+        let st2 = st.clone();
+        tokio::task::spawn_blocking(move || dealer_worker(st2, deal_rx));
+        let stream_rx = Arc::new(std::sync::Mutex::new(stream_rx));
+        for _ in 0..STREAM_WORKERS {
+            let (st, rx) = (st.clone(), stream_rx.clone());
+            tokio::task::spawn_blocking(move || stream_worker(st, rx));
+        }
     }
     while let Some((from, session, c)) = rx.recv().await {
         match (st.me, c) {
@@ -577,6 +588,7 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
                     batch,
                     count,
                     load,
+                    window,
                 },
             ) if from == PartyId::P0 => {
                 if batch == 0 || batch > st.cfg.max_batch || count > 4096 {
@@ -586,7 +598,21 @@ async fn control_loop(st: Arc<State>, mut rx: ControlReceiver) {
                     );
                     continue;
                 }
-                let _ = deal_tx.send((model, batch, count, load));
+                match window {
+                    Some(window) => {
+                        for _ in 0..count.min(MAX_STREAMED_ASKS) {
+                            let _ = stream_tx.send(Streamed {
+                                model: model.clone(),
+                                batch,
+                                load: load.clone(),
+                                window: window.max(1 << 16) as usize,
+                            });
+                        }
+                    }
+                    None => {
+                        let _ = deal_tx.send((model, batch, count, load));
+                    }
+                }
             }
             (PartyId::P0 | PartyId::P1, Control::Ready { model, batch, load })
                 if from == PartyId::Helper =>
@@ -748,9 +774,15 @@ fn dealer_worker(st: Arc<State>, mut rx: mpsc::UnboundedReceiver<(String, usize,
     }
 }
 
-/// Deals one session of `batch` inputs of `model` (load `load_hex`) and announces it to P0
-/// and P1; false when it cannot.
-fn deal_one(st: &Arc<State>, model: &str, batch: usize, load_hex: &str) -> bool {
+/// Helper: the loaded model `model` if its load is `load_hex` (else logged, None).
+fn helper_model<'a>(
+    st: &'a State,
+    model: &str,
+    load_hex: &str,
+) -> Option<(
+    Arc<sotto_model::private::HelperLoaded>,
+    &'a super::ModelEntry,
+)> {
     let entry = st
         .helper_loaded
         .read()
@@ -761,14 +793,23 @@ fn deal_one(st: &Arc<State>, model: &str, batch: usize, load_hex: &str) -> bool 
         st.log_limited("dealing", || {
             format!("asked to deal for model {model:?}, which is not loaded")
         });
-        return false;
+        return None;
     };
     if hex(load_id) != load_hex {
         st.log_limited("dealing", || {
             format!("asked to deal for an older load of {model:?}; skipped")
         });
-        return false;
+        return None;
     }
+    Some((h, m))
+}
+
+/// Deals one session of `batch` inputs of `model` (load `load_hex`) and announces it to P0
+/// and P1; false when it cannot.
+fn deal_one(st: &Arc<State>, model: &str, batch: usize, load_hex: &str) -> bool {
+    let Some((h, m)) = helper_model(st, model, load_hex) else {
+        return false;
+    };
     let plan = &m.file.plan;
     let res: Result<u128> = block_on(async {
         let session = new_session_id()?;
@@ -792,6 +833,73 @@ fn deal_one(st: &Arc<State>, model: &str, batch: usize, load_hex: &str) -> bool 
         Err(e) => {
             st.set_status(format!("dealing failed: {e}"));
             false
+        }
+    }
+}
+
+/// Helper threads that deal streamed sessions (each deals one session at the pace its
+/// servers take the material, so several run side by side).
+const STREAM_WORKERS: usize = 2;
+/// Most streamed sessions one ask of P0 may start (P0 asks for one per waiting request).
+const MAX_STREAMED_ASKS: usize = 16;
+
+/// A streamed session P0 asked for.
+struct Streamed {
+    model: String,
+    batch: usize,
+    load: String,
+    window: usize,
+}
+
+/// Helper: deals the streamed sessions P0 asks for, one at a time per thread.
+fn stream_worker(st: Arc<State>, rx: Arc<std::sync::Mutex<std::sync::mpsc::Receiver<Streamed>>>) {
+    loop {
+        let next = lock(&rx).recv();
+        let Ok(s) = next else {
+            return;
+        };
+        deal_streamed(&st, &s);
+    }
+}
+
+/// Deals one streamed session: announces it to P0 and P1 at once (they start taking its
+/// material as they run it), then deals each step as the servers' acknowledgements let it.
+fn deal_streamed(st: &Arc<State>, s: &Streamed) {
+    let Some((h, m)) = helper_model(st, &s.model, &s.load) else {
+        return;
+    };
+    let plan = &m.file.plan;
+    let mut started = None;
+    let res: Result<()> = block_on(async {
+        let session = new_session_id()?;
+        started = Some(session);
+        let mut d = Dealer::start_streamed(st.mesh.clone(), session, s.window).await?;
+        let c = Control::Ready {
+            model: s.model.clone(),
+            batch: s.batch,
+            load: s.load.clone(),
+        };
+        for peer in [PartyId::P0, PartyId::P1] {
+            st.mesh.send_control(peer, session, &c)?;
+        }
+        deal_predict(&mut d, plan, &h, s.batch).await?;
+        p::deal_output(&mut d, s.batch * plan.output_len).await?;
+        d.drain().await?;
+        Ok(())
+    });
+    if let Some(session) = started {
+        st.mesh.end_session(session, "streamed session dealt");
+        if let Err(e) = res {
+            st.log_limited("dealing", || format!("a streamed session failed: {e}"));
+            for peer in [PartyId::P0, PartyId::P1] {
+                let _ = st.mesh.send_control(
+                    peer,
+                    session,
+                    &Control::Abort {
+                        reason: format!("the helper's streamed dealing failed: {e}"),
+                    },
+                );
+            }
         }
     }
 }
