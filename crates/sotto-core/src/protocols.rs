@@ -19,8 +19,9 @@
 //! | [`argmax`] over c classes | ⌈log2 c⌉ | 8·(c−1) per row | as [`maxpool`] |
 //! | [`output`] | 0 (one message to the client) | 8n to the client | 8n to P1 |
 //!
-//! A DCF key on the 63-bit domain is about 63 × (17 + 8m) bytes (see [`crate::dcf`]); the
-//! truncation's carry key on f = 16 bits is 424 bytes.
+//! A comparison key on `bits` bits is `16 + (bits − 1) · (16 + 8m) + 8m` bytes (packed
+//! [`crate::dcf::Format`]; m = 2: 1,024 bytes at 32 bits); the truncation's carry key on
+//! f = 16 bits is 424 bytes.
 //!
 //! Every protocol is exact: its revealed output equals the twin in [`crate::plain`] bit for bit
 //! whatever the masks, so repeating a query gives the same output (PROTOCOLS §6).
@@ -588,7 +589,17 @@ async fn deal_sign<T: Transport>(
             payload.push(sgn.wrapping_mul(r[i]));
         }
     }
-    let (k0, k1) = dcf::gen(bits - 1, &alphas, &payload, m, g.rng())?;
+    // Packed keys (`DCF2`): the control-bit corrections ride in the seed corrections, one
+    // byte per level less (docs/COMPARISONS.md).
+    let (k0, k1) = dcf::gen_with(
+        bits - 1,
+        &alphas,
+        &payload,
+        m,
+        g.rng(),
+        dcf::Parallelism::auto(),
+        dcf::Format::Packed,
+    )?;
     g.keys(&k0, &k1);
     g.finish().await
 }

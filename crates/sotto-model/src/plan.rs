@@ -1146,9 +1146,16 @@ pub struct Cost {
     pub helper_bytes: u64,
 }
 
-/// Bytes of one DCF key on `bits − 1` bits with `m` payload elements.
+/// Bytes of one comparison key on `bits − 1` bits with `m` payload elements (sign tests use
+/// sotto-core's packed DCF format).
 fn key_bytes(bits: u32, m: u64) -> u64 {
-    16 + u64::from(bits - 1) * (17 + 8 * m) + 8 * m
+    sotto_core::dcf::Format::Packed.key_bytes(bits - 1, m as usize) as u64
+}
+
+/// Bytes of one key of the input lift's carry comparison on all `bits` bits (one payload
+/// element, sotto-core's byte format).
+fn lift_key_bytes(bits: u32) -> u64 {
+    sotto_core::dcf::Format::Bytes.key_bytes(bits, 1) as u64
 }
 
 impl Step {
@@ -1160,9 +1167,7 @@ impl Step {
             StepKind::LiftInput { bits } => Cost {
                 rounds: 1,
                 online_bytes: 8 * n,
-                // The lift's comparison is on all `bits` bits (key_bytes takes the width
-                // plus one).
-                helper_bytes: n * (8 + key_bytes(bits + 1, 1)),
+                helper_bytes: n * (8 + lift_key_bytes(bits)),
             },
             StepKind::Dense { .. } | StepKind::Conv { .. } if private => Cost {
                 rounds: 1,
