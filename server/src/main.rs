@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
@@ -152,6 +152,10 @@ enum Command {
         /// A file holding the API key (`sotto client-key`), when the servers require one.
         #[arg(long)]
         api_key_file: Option<PathBuf>,
+        /// How long to wait for each request's result (large models, whose material is
+        /// streamed, take minutes).
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
     },
     /// Measure private predictions end to end and print JSON (latency, throughput, bytes per
     /// link, rounds, the plaintext model's time); a progress bar on a terminal.
@@ -282,7 +286,12 @@ fn main() -> ExitCode {
             model,
             tls_ca,
             api_key_file,
+            timeout_ms,
         } => cmd::client_options(&model, tls_ca.as_deref(), api_key_file.as_deref())
+            .map(|opts| sotto_client::ClientOptions {
+                timeout: Duration::from_millis(timeout_ms.max(1)),
+                ..opts
+            })
             .and_then(|opts| cmd::predict(&p0, &p1, &input, limit, batch.max(1), opts)),
         Command::Bench(a) => bench::run(*a),
         Command::Inspect {

@@ -73,6 +73,11 @@ pub async fn client_receive_output<T: Transport>(
 /// Most rounds (openings) one gate may use.
 const MAX_SUBSTEPS: u32 = 255;
 
+/// Largest message of a gate's material: a larger one is sent in parts (tag steps
+/// `gate << 8 | k`, each part's first byte saying whether another follows), so that no
+/// message exceeds what a link carries.
+pub const MATERIAL_PART: usize = 256 << 20;
+
 fn stream_id(gate: u32, counter: u32) -> u64 {
     (u64::from(gate) << 32) | u64::from(counter)
 }
@@ -166,10 +171,38 @@ impl<T: Transport> Server<T> {
             .checked_add(1)
             .filter(|g| *g < (1 << 24))
             .ok_or_else(|| CoreError::Protocol("too many gates in one session".into()))?;
-        let msg = self
-            .t
-            .recv(PartyId::Helper, tag(self.session, self.gate, 0))
-            .await?;
+        let mut msg = Vec::new();
+        for part in 0..=MAX_SUBSTEPS {
+            let mut m = self
+                .t
+                .recv(PartyId::Helper, tag(self.session, self.gate, part))
+                .await?;
+            let more = match m.first() {
+                Some(0) => false,
+                Some(1) => true,
+                _ => {
+                    return Err(CoreError::decode(
+                        "helper material",
+                        "a part without its continuation flag",
+                    ))
+                }
+            };
+            // The first part is kept whole (the gate reads from after its flag byte).
+            if part == 0 {
+                msg = std::mem::take(&mut m);
+            } else {
+                msg.extend_from_slice(&m[1..]);
+            }
+            if !more {
+                break;
+            }
+            if part == MAX_SUBSTEPS {
+                return Err(CoreError::decode(
+                    "helper material",
+                    "more parts than a gate may have",
+                ));
+            }
+        }
         if self.streamed {
             self.t
                 .send(PartyId::Helper, tag(self.session, self.gate, 0), Vec::new())
@@ -179,7 +212,7 @@ impl<T: Transport> Server<T> {
             gate: self.gate,
             s: self,
             msg,
-            pos: 0,
+            pos: 1,
             counter: 0,
             sub: 0,
         })
@@ -365,6 +398,8 @@ pub struct Dealer<T> {
     unacked: std::collections::VecDeque<(u32, usize)>,
     unacked_bytes: usize,
     peak_unacked: usize,
+    /// Largest part of a gate's material message.
+    part: usize,
 }
 
 impl<T> std::fmt::Debug for Dealer<T> {
@@ -405,7 +440,14 @@ impl<T: Transport> Dealer<T> {
             unacked: Default::default(),
             unacked_bytes: 0,
             peak_unacked: 0,
+            part: MATERIAL_PART,
         })
+    }
+
+    /// Sends each gate's material in parts of at most `bytes` (default [`MATERIAL_PART`]);
+    /// the servers need not know the size. For tests of the parts themselves.
+    pub fn set_material_part(&mut self, bytes: usize) {
+        self.part = bytes.max(1);
     }
 
     /// Streamed sessions: waits until both servers have taken every gate sent (the last
@@ -453,7 +495,8 @@ impl<T: Transport> Dealer<T> {
             .ok_or_else(|| CoreError::Protocol("too many gates in one session".into()))?;
         Ok(DealerGate {
             d: self,
-            msgs: [Vec::new(), Vec::new()],
+            // Each message starts with its part's continuation flag (see `finish`).
+            msgs: [vec![0], vec![0]],
             counter: 0,
         })
     }
@@ -513,11 +556,39 @@ impl<T: Transport> DealerGate<'_, T> {
 
     /// Sends the gate's material to both servers.
     pub(crate) async fn finish(self) -> Result<()> {
-        let t = tag(self.d.session, self.d.gate, 0);
         let [m0, m1] = self.msgs;
-        let bytes = m0.len().max(m1.len());
-        self.d.t.send(PartyId::P0, t, m0).await?;
-        self.d.t.send(PartyId::P1, t, m1).await?;
+        let longest = m0.len().max(m1.len()) - 1;
+        let bytes = longest;
+        let size = self.d.part;
+        if longest.div_ceil(size) > MAX_SUBSTEPS as usize + 1 {
+            return Err(CoreError::Param(format!(
+                "{longest} bytes of material in one gate: more than {} parts of {size}",
+                MAX_SUBSTEPS + 1
+            )));
+        }
+        for (p, m) in [(PartyId::P0, m0), (PartyId::P1, m1)] {
+            let body = m.len() - 1;
+            if body <= size {
+                // One part: the message as built, its flag byte 0 (no part follows).
+                self.d
+                    .t
+                    .send(p, tag(self.d.session, self.d.gate, 0), m)
+                    .await?;
+                continue;
+            }
+            let parts = body.div_ceil(size);
+            let m = &m[1..];
+            for k in 0..parts {
+                let chunk = &m[k * size..((k + 1) * size).min(body)];
+                let mut msg = Vec::with_capacity(chunk.len() + 1);
+                msg.push(u8::from(k + 1 < parts));
+                msg.extend_from_slice(chunk);
+                self.d
+                    .t
+                    .send(p, tag(self.d.session, self.d.gate, k as u32), msg)
+                    .await?;
+            }
+        }
         let Some(window) = self.d.window else {
             return Ok(());
         };

@@ -408,6 +408,47 @@ fn client_input_and_output_round_trip_with_rerandomised_shares() {
 }
 
 #[test]
+fn material_in_parts_gives_the_same_result() {
+    // A gate's material larger than a link's message limit goes in parts; here parts of a
+    // few kilobytes. Parts of 1 byte would be more parts than a gate may have: refused
+    // before anything is sent.
+    let x: Vec<u64> = rng().vec_u64(300).iter().map(|v| v >> 20).collect();
+    let want = plain::relu(&x, 7);
+    for part in [1usize, 2000, 4096, 1 << 30] {
+        let xs = shares(&x);
+        let run = run_local(
+            |mut d: Dealer<T>| async move {
+                d.set_material_part(part);
+                p::deal_relu(&mut d, 300, 7, 45).await
+            },
+            |mut s: Server<T>| {
+                let xs = &xs;
+                async move {
+                    let v = mine(&s, xs).to_vec();
+                    p::relu(&mut s, &v, 7, 45).await
+                }
+            },
+            no_client,
+            false,
+        );
+        match run {
+            Ok(run) => {
+                assert!(part > 1, "a gate of 1-byte parts has too many parts");
+                assert_eq!(revealed(&run), want, "parts of {part} bytes");
+                // Parts are messages of their own: P1 got more of them with small parts.
+                if part == 2000 {
+                    assert!(run.sent[2].messages_to(PartyId::P1) > 100);
+                }
+            }
+            Err(e) => {
+                assert_eq!(part, 1, "parts of {part} bytes failed: {e}");
+                assert!(e.to_string().contains("parts"), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
 fn wrong_shapes_are_errors_not_panics() {
     let run: Result<LocalRun<Vec<u64>, ()>> = run_local(
         |mut d: Dealer<T>| async move { p::deal_relu(&mut d, 4, 0, 64).await },

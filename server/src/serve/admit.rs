@@ -163,6 +163,7 @@ impl Admission {
             sem: Arc::new(Semaphore::new(self.per_connection_kib() as usize)),
             limit_kib: self.per_connection_kib(),
             claims: Arc::new(AtomicUsize::new(0)),
+            running: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -355,6 +356,8 @@ pub struct ConnectionBudget {
     sem: Arc<Semaphore>,
     limit_kib: u64,
     claims: Arc<AtomicUsize>,
+    /// Sessions of this connection running at P1 (which holds no budget for them).
+    running: Arc<AtomicUsize>,
 }
 
 impl ConnectionBudget {
@@ -362,6 +365,24 @@ impl ConnectionBudget {
     pub fn idle(&self) -> bool {
         self.sem.available_permits() as u64 == self.limit_kib
             && self.claims.load(Ordering::SeqCst) == 0
+            && self.running.load(Ordering::SeqCst) == 0
+    }
+
+    /// Marks a session of this connection running until the guard is dropped: a connection
+    /// waiting for a long prediction is not idle.
+    pub fn running(&self) -> Running {
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Running(self.running.clone())
+    }
+}
+
+/// A running session of a connection ([`ConnectionBudget::running`]).
+#[derive(Debug)]
+pub struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

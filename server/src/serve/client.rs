@@ -419,6 +419,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     }
                 };
                 let (st, out, model_id) = (st.clone(), out.clone(), model_id.clone());
+                let running = conn.running();
                 // The name the client gave the request: its tag, or (step 0) the session P0
                 // assigned.
                 let label = f.session;
@@ -439,6 +440,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         Err(e) => Err((None, e)),
                     };
                     drop(claim);
+                    let _running = running;
                     match claimed {
                         Ok((session, batch)) => {
                             run_session(&st, &model_id, batch, session, label, f.payload, &out)
