@@ -29,8 +29,6 @@
 //! itself, so decoding is a validation and one copy ([`DcfKeys::from_vec`]: none), and
 //! [`eval_bytes`] evaluates straight from a borrowed buffer.
 
-use std::sync::OnceLock;
-
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::{Aes128, Block};
 use rand_core::RngCore;
@@ -162,9 +160,10 @@ impl Default for Parallelism {
     }
 }
 
+/// The same cap as the matrix products' ([`crate::linear::max_threads`]: `SOTTO_THREADS`,
+/// else every core).
 fn available_threads() -> usize {
-    static THREADS: OnceLock<usize> = OnceLock::new();
-    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    crate::linear::max_threads()
 }
 
 /// Keys per worker when `count` keys are split over `workers` (a multiple of [`CHUNK`]).

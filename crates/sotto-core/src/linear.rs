@@ -8,8 +8,19 @@
 //! weights `[O, C·kh·kw]` and the image's patches laid out as rows `[C·kh·kw, OH·OW]` (im2col,
 //! built one cache-sized block of taps by pixels at a time), which yields NCHW output without a
 //! transpose.
+//!
+//! A large product is spread over the cores ([`max_threads`], set by [`set_max_threads`] or the
+//! environment variable `SOTTO_THREADS`) with scoped threads, each computing whole outputs:
+//! a range of output rows, or of columns for a matrix product with few rows. The sums are
+//! the sequential ones, so the result is the same bit for bit; products under
+//! [`PAR_MACS_PER_THREAD`] multiply-adds per thread, and every product on wasm32, stay on the
+//! calling thread.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(not(target_arch = "wasm32"))]
+use std::sync::Mutex;
+use std::sync::OnceLock;
 
 use crate::error::{CoreError, Result};
 use crate::ring;
@@ -228,13 +239,25 @@ impl Conv2dShape {
         }
     }
 
-    /// `y += conv(x, w)` for one image `x [C, H, W]`, weights `wt [O, C·kh·kw]` and
-    /// `y [O, OH·OW]`. The patch matrix is built a block of the product at a time (at most
-    /// [`GEMM_KB`] taps by [`GEMM_NB`] pixels, 512 KiB) into `panel`, which stays in L2
+    /// `y += conv(x, w)` restricted to the output channels `outs`, for one image
+    /// `x [C, H, W]`, weights `wt [O, C·kh·kw]` and `y [outs.len(), OH·OW]` (the rows `outs`
+    /// of the image's output). The patch matrix is built a block of the product at a time (at
+    /// most [`GEMM_KB`] taps by [`GEMM_NB`] pixels, 512 KiB) into `panel`, which stays in L2
     /// while every group of output channels streams it.
-    fn conv_image(&self, x: &[u64], wt: &[u64], y: &mut [u64], panel: &mut Vec<u64>) {
-        let (plen, o) = (self.patch_len(), self.out_channels);
+    fn conv_image(
+        &self,
+        x: &[u64],
+        wt: &[u64],
+        outs: Range<usize>,
+        y: &mut [u64],
+        panel: &mut Vec<u64>,
+    ) {
+        let plen = self.patch_len();
+        let (o, wt) = (outs.len(), &wt[outs.start * plen..]);
         let hw = self.out_h() * self.out_w();
+        if o == 0 || plen == 0 || hw == 0 {
+            return;
+        }
         if self.patches_are_input() {
             // 1×1, stride 1, no padding: the image [C, H·W] is its own patch matrix.
             gemm_acc(wt, plen, x, hw, y, hw, o, plen, hw);
@@ -464,8 +487,57 @@ impl Bilinear {
         self.out_shape().iter().product()
     }
 
+    /// Multiply-adds of the product (saturating; [`Bilinear::check`] bounds it for valid
+    /// shapes).
+    pub fn macs(&self) -> u64 {
+        let prod = |ds: &[usize]| {
+            ds.iter().fold(1u64, |a, &d| {
+                a.saturating_mul(u64::try_from(d).unwrap_or(u64::MAX))
+            })
+        };
+        match self {
+            Bilinear::MatMul { m, k, n } => prod(&[*m, *k, *n]),
+            Bilinear::Conv2d(s) => {
+                prod(&[s.batch, s.out_channels, s.out_h(), s.out_w(), s.patch_len()])
+            }
+            Bilinear::GroupedConv2d { group: s, groups } => prod(&[
+                s.batch,
+                *groups,
+                s.out_channels,
+                s.out_h(),
+                s.out_w(),
+                s.patch_len(),
+            ]),
+        }
+    }
+
     /// Computes `y = op(x, w)` over Z_2^64.
+    ///
+    /// A large product (at least [`PAR_MACS_PER_THREAD`] multiply-adds per thread, so
+    /// 2 Mi for two threads) is spread over up to [`max_threads`] threads; see
+    /// [`Bilinear::apply_threads`].
     pub fn apply(&self, x: &[u64], w: &[u64]) -> Result<Vec<u64>> {
+        self.apply_threads(x, w, max_threads())
+    }
+
+    /// [`Bilinear::apply`] on at most `threads` threads, the calling one included (0 or 1:
+    /// on the calling thread only). The product is split into
+    /// `min(threads, macs / PAR_MACS_PER_THREAD)` parts, so a small one still runs on the
+    /// calling thread alone. Each part computes whole outputs with the same kernel and the
+    /// same sums as the sequential path (a range of output rows: images, groups and output
+    /// channels of a convolution, rows of a matrix product; or, for a matrix product with
+    /// too few rows, a range of its columns), so the result does not depend on `threads`.
+    /// On wasm32 there are no threads and every product runs on the calling thread.
+    pub fn apply_threads(&self, x: &[u64], w: &[u64], threads: usize) -> Result<Vec<u64>> {
+        let by_size = self.macs() / PAR_MACS_PER_THREAD;
+        let parts = threads
+            .min(MAX_THREADS_LIMIT)
+            .min(by_size.try_into().unwrap_or(usize::MAX));
+        self.eval(x, w, parts.max(1))
+    }
+
+    /// The product in at most `parts` parts (1: on the calling thread), whatever its size.
+    fn eval(&self, x: &[u64], w: &[u64], parts: usize) -> Result<Vec<u64>> {
         self.check()?;
         if x.len() != self.x_len() || w.len() != self.w_len() {
             return Err(CoreError::Shape(format!(
@@ -477,52 +549,197 @@ impl Bilinear {
             )));
         }
         let mut out = vec![0u64; self.out_len()];
-        match self {
-            Bilinear::MatMul { m, k, n } => gemm_acc(x, *k, w, *n, &mut out, *n, *m, *k, *n),
-            Bilinear::Conv2d(s) => {
-                // Per image: [O, C·kh·kw] · [C·kh·kw, OH·OW] = [O, OH·OW], already NCHW.
-                let (plen, o) = (s.patch_len(), s.out_channels);
-                let hw = s.out_h() * s.out_w();
-                let image = s.in_channels * s.height * s.width;
-                if s.batch == 0 || image == 0 || plen == 0 || o == 0 {
-                    // No input element reaches an output: every output is zero.
-                    return Ok(out);
-                }
-                let wt = ring::transpose(w, plen, o)?;
-                let mut panel = Vec::new();
-                for (xn, yn) in x.chunks_exact(image).zip(out.chunks_exact_mut(o * hw)) {
-                    s.conv_image(xn, &wt, yn, &mut panel);
+        let (s, groups) = match self {
+            Bilinear::MatMul { m, k, n } => {
+                matmul_parts(x, w, &mut out, (*m, *k, *n), parts);
+                return Ok(out);
+            }
+            Bilinear::Conv2d(s) => (s, 1),
+            Bilinear::GroupedConv2d { group, groups } => (group, *groups),
+        };
+        // Per image and group: [O, C·kh·kw] · [C·kh·kw, OH·OW] = [O, OH·OW], already NCHW; a
+        // group's channels are contiguous in NCHW, in the input and in the output. So the
+        // output is `N·groups·O` rows of `OH·OW`, row `(n·groups + g)·O + o` for image n,
+        // group g, output channel o, and a part is a range of those rows.
+        let (plen, o) = (s.patch_len(), s.out_channels);
+        let hw = s.out_h() * s.out_w();
+        let image = s.in_channels * s.height * s.width;
+        if s.batch == 0 || image == 0 || plen == 0 || o == 0 {
+            // No input element reaches an output: every output is zero.
+            return Ok(out);
+        }
+        let wts = w
+            .chunks_exact(plen * o)
+            .map(|wg| ring::transpose(wg, plen, o))
+            .collect::<Result<Vec<_>>>()?;
+        let ranges = split_range(s.batch * groups * o, o, GEMM_ROWS, parts);
+        run_parts(carve(&mut out, &ranges, hw), |(rows, mut y)| {
+            let mut panel = Vec::new();
+            let mut row = rows.start;
+            while row < rows.end {
+                // Block `blk` = image n, group g: rows o0..o1 of it.
+                let (blk, o0) = (row / o, row % o);
+                let o1 = (rows.end - blk * o).min(o);
+                let (yb, rest) = std::mem::take(&mut y).split_at_mut((o1 - o0) * hw);
+                y = rest;
+                let xg = &x[blk * image..][..image];
+                s.conv_image(xg, &wts[blk % groups], o0..o1, yb, &mut panel);
+                row = blk * o + o1;
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// Multiply-adds a part of a product must have for the product to be split: starting a
+/// thread and joining it costs some tens of microseconds, 2^20 multiply-adds take about
+/// 0.3 ms at 3 GMAC/s. So a product is split in two from 2 Mi multiply-adds on (network A's
+/// layers at batch 1, at most 0.1 Mi, stay on the calling thread).
+pub const PAR_MACS_PER_THREAD: u64 = 1 << 20;
+
+/// Most threads a product is ever split over, whatever is asked.
+const MAX_THREADS_LIMIT: usize = 256;
+
+/// Threads set by [`set_max_threads`]; 0 when not set.
+static MAX_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the number of threads, the calling one included, that [`Bilinear::apply`] spreads a
+/// large product over, for the whole process (at most 256); 0 restores the default: the
+/// environment variable `SOTTO_THREADS` if it holds a positive integer (read once), else
+/// [`std::thread::available_parallelism`]. `1` keeps every product on the calling thread.
+/// Results do not depend on it. Without effect on wasm32.
+pub fn set_max_threads(n: usize) {
+    MAX_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// The number of threads [`Bilinear::apply`] may use: see [`set_max_threads`]. Always 1 on
+/// wasm32.
+pub fn max_threads() -> usize {
+    if cfg!(target_arch = "wasm32") {
+        return 1;
+    }
+    static DEFAULT: OnceLock<usize> = OnceLock::new();
+    let n = match MAX_THREADS.load(Ordering::Relaxed) {
+        0 => *DEFAULT.get_or_init(|| {
+            std::env::var("SOTTO_THREADS")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        }),
+        n => n,
+    };
+    n.min(MAX_THREADS_LIMIT)
+}
+
+/// `0..total` cut into at most `parts` consecutive non-empty ranges of about equal length.
+/// The range is made of blocks of `block` (a convolution's image and group); each cut is
+/// moved to the nearest multiple of `align` inside its block, or to the block's end (so
+/// that parts start on a group of [`GEMM_ROWS`] rows, or a cache line of columns).
+fn split_range(total: usize, block: usize, align: usize, parts: usize) -> Vec<Range<usize>> {
+    let (parts, block, align) = (parts.max(1), block.max(1), align.max(1));
+    let mut cuts = vec![0];
+    for t in 1..parts {
+        // t·total/parts without overflow.
+        let at = total / parts * t + total % parts * t / parts;
+        let (blk, r) = (at / block, at % block);
+        let r = (r + align / 2) / align * align;
+        cuts.push(
+            if r >= block {
+                (blk + 1) * block
+            } else {
+                blk * block + r
+            }
+            .min(total),
+        );
+    }
+    cuts.push(total);
+    cuts.windows(2)
+        .filter(|c| c[1] > c[0])
+        .map(|c| c[0]..c[1])
+        .collect()
+}
+
+/// `out` cut into the consecutive `ranges` of rows of `width` elements (the ranges cover
+/// `0..out.len() / width` in order).
+fn carve<'a>(
+    mut out: &'a mut [u64],
+    ranges: &[Range<usize>],
+    width: usize,
+) -> Vec<(Range<usize>, &'a mut [u64])> {
+    let mut parts = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let (head, tail) = std::mem::take(&mut out).split_at_mut(r.len() * width);
+        out = tail;
+        parts.push((r.clone(), head));
+    }
+    parts
+}
+
+/// Runs `work` on every part: on the calling thread and, if there are several parts and
+/// threads exist, on one scoped thread per further part, each thread taking parts from a
+/// shared queue until it is empty (so if the OS refuses a thread, the others take its share).
+fn run_parts<P: Send>(parts: Vec<P>, work: impl Fn(P) + Sync) {
+    #[cfg(not(target_arch = "wasm32"))]
+    if parts.len() > 1 {
+        let workers = parts.len();
+        let queue = Mutex::new(parts);
+        let drain = || {
+            while let Some(part) = queue.lock().ok().and_then(|mut q| q.pop()) {
+                work(part);
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..workers {
+                let spawned = std::thread::Builder::new()
+                    .name("sotto-gemm".into())
+                    .spawn_scoped(s, drain);
+                if spawned.is_err() {
+                    break;
                 }
             }
-            Bilinear::GroupedConv2d { group: s, groups } => {
-                // Per image and group: the group's channels are contiguous in NCHW, in the
-                // input and in the output.
-                let (plen, o) = (s.patch_len(), s.out_channels);
-                let hw = s.out_h() * s.out_w();
-                let image = s.in_channels * s.height * s.width;
-                if s.batch == 0 || image == 0 || plen == 0 || o == 0 {
-                    return Ok(out);
-                }
-                let wts = w
-                    .chunks_exact(plen * o)
-                    .map(|wg| ring::transpose(wg, plen, o))
-                    .collect::<Result<Vec<_>>>()?;
-                let mut panel = Vec::new();
-                for (xn, yn) in x
-                    .chunks_exact(image * groups)
-                    .zip(out.chunks_exact_mut(o * hw * groups))
-                {
-                    for ((xg, yg), wt) in xn
-                        .chunks_exact(image)
-                        .zip(yn.chunks_exact_mut(o * hw))
-                        .zip(&wts)
-                    {
-                        s.conv_image(xg, wt, yg, &mut panel);
-                    }
-                }
+            drain();
+        });
+        return;
+    }
+    parts.into_iter().for_each(work);
+}
+
+/// `out += x · w` for `x` (m×k), `w` (k×n) and `out` (m×n), in at most `parts` parts: ranges
+/// of rows of `out` when each has at least one group of [`GEMM_ROWS`] rows, else ranges of
+/// columns (each computed into its own buffer, then copied into place).
+fn matmul_parts(
+    x: &[u64],
+    w: &[u64],
+    out: &mut [u64],
+    (m, k, n): (usize, usize, usize),
+    parts: usize,
+) {
+    /// Columns of a cache line: column parts start on one.
+    const LINE: usize = 8;
+    if m == 0 || k == 0 || n == 0 {
+        return; // nothing to add
+    }
+    if parts > 1 && m / parts >= GEMM_ROWS {
+        let ranges = split_range(m, m, GEMM_ROWS, parts);
+        run_parts(carve(out, &ranges, n), |(rows, y)| {
+            gemm_acc(&x[rows.start * k..], k, w, n, y, n, rows.len(), k, n);
+        });
+    } else if parts > 1 && n / parts >= LINE {
+        let ranges = split_range(n, n, LINE, parts);
+        let mut bufs: Vec<Vec<u64>> = ranges.iter().map(|c| vec![0; m * c.len()]).collect();
+        let jobs: Vec<_> = ranges.iter().cloned().zip(bufs.iter_mut()).collect();
+        run_parts(jobs, |(cols, buf)| {
+            let wd = cols.len();
+            gemm_acc(x, k, &w[cols.start..], n, buf, wd, m, k, wd);
+        });
+        for (cols, buf) in ranges.iter().zip(&bufs) {
+            for (row, part) in out.chunks_exact_mut(n).zip(buf.chunks_exact(cols.len())) {
+                row[cols.clone()].copy_from_slice(part);
             }
         }
-        Ok(out)
+    } else {
+        gemm_acc(x, k, w, n, out, n, m, k, n);
     }
 }
 
@@ -949,6 +1166,244 @@ mod gemm_tests {
 
             done += 1;
         }
+    }
+
+    /// The grouped convolution by its definition: each group's channels through
+    /// [`naive_conv`]; `w` holds the groups' weights `[O_g, C_g, kh, kw]` one after the other.
+    fn naive_grouped(s: &Conv2dShape, groups: usize, x: &[u64], w: &[u64]) -> Vec<u64> {
+        let image = s.in_channels * s.height * s.width;
+        let (wg, yg) = (
+            s.out_channels * s.patch_len(),
+            s.out_channels * s.out_h() * s.out_w(),
+        );
+        let one = Conv2dShape { batch: 1, ..*s };
+        let mut out = Vec::new();
+        for n in 0..s.batch {
+            for g in 0..groups {
+                let xg = &x[(n * groups + g) * image..][..image];
+                let y = naive_conv(&one, xg, &w[g * wg..][..wg]);
+                assert_eq!(y.len(), yg);
+                out.extend(y);
+            }
+        }
+        out
+    }
+
+    /// `op` on 1 to 6 parts (whatever its size) and through `apply_threads` all give
+    /// `want`.
+    fn check_parts(op: &Bilinear, x: &[u64], w: &[u64], want: &[u64]) {
+        for parts in 1..=6 {
+            let got = op.eval(x, w, parts).expect("shape fits");
+            assert_eq!(got, want, "{op:?} in {parts} parts");
+        }
+        for threads in [1, 2, 3] {
+            let got = op.apply_threads(x, w, threads).expect("shape fits");
+            assert_eq!(got, want, "{op:?} on {threads} threads");
+        }
+    }
+
+    #[test]
+    fn split_ranges_cover_in_order() {
+        let mut rng = Rng(0x4528_21e6_38d0_1377);
+        for _ in 0..2000 {
+            let total = rng.below(300);
+            let block = 1 + rng.below(40);
+            let (align, parts) = (1 + rng.below(9), 1 + rng.below(9));
+            let r = split_range(total, block, align, parts);
+            assert!(r.len() <= parts && r.iter().all(|r| !r.is_empty()));
+            let mut at = 0;
+            for p in &r {
+                assert_eq!(p.start, at, "{total} {block} {align} {parts}: {r:?}");
+                at = p.end;
+            }
+            assert_eq!(at, total);
+        }
+        // An even split on aligned sizes, cuts on groups of rows and at image boundaries.
+        assert_eq!(split_range(64, 64, 4, 2), vec![0..32, 32..64]);
+        assert_eq!(split_range(8, 8, 4, 2), vec![0..4, 4..8]);
+        assert_eq!(split_range(24, 6, 4, 2), vec![0..12, 12..24]);
+        assert_eq!(split_range(10, 10, 4, 2), vec![0..4, 4..10]);
+        assert_eq!(split_range(3, 1, 4, 5), vec![0..1, 1..2, 2..3]);
+    }
+
+    #[test]
+    fn matmul_in_parts_matches_sequential_and_definition() {
+        let mut rng = Rng(0xbe54_66cf_34e9_0c6c);
+        for _ in 0..200 {
+            // Few rows (column parts) and many (row parts), odd sizes.
+            let m = if rng.below(2) == 0 {
+                1 + rng.below(7)
+            } else {
+                1 + rng.below(60)
+            };
+            let (k, n) = (1 + rng.below(50), 1 + rng.below(90));
+            let (x, w) = (rng.vec(m * k), rng.vec(k * n));
+            let op = Bilinear::MatMul { m, k, n };
+            let want = naive_matmul(&x, &w, m, k, n);
+            assert_eq!(op.eval(&x, &w, 1).expect("fits"), want);
+            check_parts(&op, &x, &w, &want);
+        }
+        for (m, k, n) in [(0, 5, 40), (30, 0, 40), (30, 5, 0), (3, 7, 600)] {
+            let (x, w) = (rng.vec(m * k), rng.vec(k * n));
+            check_parts(
+                &Bilinear::MatMul { m, k, n },
+                &x,
+                &w,
+                &naive_matmul(&x, &w, m, k, n),
+            );
+        }
+    }
+
+    #[test]
+    fn convs_in_parts_match_sequential_and_definition() {
+        let mut rng = Rng(0xc0ac_29b7_c97c_50dd);
+        let mut done = 0;
+        while done < 150 {
+            let s = shape(
+                1 + rng.below(3),
+                1 + rng.below(4),
+                (1 + rng.below(9), 1 + rng.below(9)),
+                1 + rng.below(10),
+                (1 + rng.below(4), 1 + rng.below(4)),
+                (1 + rng.below(2), 1 + rng.below(2)),
+                [rng.below(3), rng.below(3), rng.below(3), rng.below(3)],
+            );
+            let groups = 1 + rng.below(4);
+            let grouped = Bilinear::GroupedConv2d { group: s, groups };
+            if Bilinear::Conv2d(s).check().is_err() || grouped.check().is_err() {
+                continue;
+            }
+            let x = rng.vec(s.batch * s.in_channels * s.height * s.width);
+            let w = rng.vec(s.out_channels * s.patch_len());
+            let wm = conv_weight_matrix(&w, &s).expect("fits");
+            check_parts(&Bilinear::Conv2d(s), &x, &wm, &naive_conv(&s, &x, &w));
+
+            let x = rng.vec(grouped.x_len());
+            let w = rng.vec(grouped.w_len());
+            let wm: Vec<u64> = w
+                .chunks_exact(s.out_channels * s.patch_len())
+                .flat_map(|wg| conv_weight_matrix(wg, &s).expect("fits"))
+                .collect();
+            check_parts(&grouped, &x, &wm, &naive_grouped(&s, groups, &x, &w));
+            done += 1;
+        }
+    }
+
+    #[test]
+    fn large_products_on_threads_match_one_thread() {
+        // Over the threshold: these run on threads when asked to.
+        let mut rng = Rng(0x3f84_d5b5_b547_0917);
+        let ops = [
+            Bilinear::MatMul {
+                m: 64,
+                k: 300,
+                n: 257,
+            },
+            Bilinear::MatMul {
+                m: 2,
+                k: 1100,
+                n: 1030,
+            },
+            Bilinear::Conv2d(shape(1, 16, (20, 20), 38, (3, 3), (1, 1), [1; 4])),
+            Bilinear::Conv2d(shape(3, 32, (30, 33), 32, (3, 3), (1, 2), [1, 0, 2, 1])),
+            Bilinear::Conv2d(shape(4, 64, (14, 14), 48, (1, 1), (1, 1), [0; 4])),
+            Bilinear::GroupedConv2d {
+                group: shape(2, 1, (40, 40), 1, (3, 3), (1, 1), [1; 4]),
+                groups: 160,
+            },
+            Bilinear::GroupedConv2d {
+                group: shape(1, 8, (32, 32), 8, (3, 3), (1, 1), [1; 4]),
+                groups: 6,
+            },
+        ];
+        for op in ops {
+            assert!(op.macs() >= 2 * PAR_MACS_PER_THREAD, "{op:?}");
+            let (x, w) = (rng.vec(op.x_len()), rng.vec(op.w_len()));
+            let want = op.apply_threads(&x, &w, 1).expect("fits");
+            for threads in [2, 3, 4, 7] {
+                assert_eq!(
+                    op.apply_threads(&x, &w, threads).expect("fits"),
+                    want,
+                    "{op:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn thread_count_is_settable() {
+        assert!(max_threads() >= 1);
+        set_max_threads(3);
+        assert_eq!(max_threads(), 3);
+        set_max_threads(100_000);
+        assert_eq!(max_threads(), MAX_THREADS_LIMIT);
+        set_max_threads(0);
+        assert!((1..=MAX_THREADS_LIMIT).contains(&max_threads()));
+    }
+
+    #[test]
+    fn bad_shapes_are_errors_in_parts_too() {
+        let op = Bilinear::MatMul {
+            m: 64,
+            k: 300,
+            n: 257,
+        };
+        assert!(op.apply_threads(&[0; 10], &[0; 300 * 257], 4).is_err());
+        assert!(op.eval(&[0; 64 * 300], &[0; 3], 4).is_err());
+    }
+}
+
+#[cfg(test)]
+mod par_props {
+    //! Random products split into random numbers of parts against the sequential path.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn matmul_parts_agree(
+            (m, k, n) in (0usize..40, 0usize..40, 0usize..120),
+            parts in 1usize..9,
+            seed in any::<u64>(),
+        ) {
+            let mut prg = crate::prg::Prg::new(&crate::prg::Seed(seed_bytes(seed)), 0);
+            let op = Bilinear::MatMul { m, k, n };
+            let (x, w) = (prg.vec_u64(m * k), prg.vec_u64(k * n));
+            prop_assert_eq!(op.eval(&x, &w, parts)?, op.eval(&x, &w, 1)?);
+        }
+
+        #[test]
+        fn grouped_conv_parts_agree(
+            (batch, c, o, groups) in (1usize..3, 1usize..4, 1usize..7, 1usize..5),
+            (h, wd) in (1usize..10, 1usize..10),
+            (k, stride, pad) in (1usize..4, 1usize..3, 0usize..2),
+            parts in 1usize..9,
+            seed in any::<u64>(),
+        ) {
+            let group = Conv2dShape {
+                batch, in_channels: c, height: h, width: wd, out_channels: o,
+                kernel_h: k, kernel_w: k, stride_h: stride, stride_w: stride,
+                pad_top: pad, pad_left: pad, pad_bottom: pad, pad_right: pad,
+            };
+            let op = Bilinear::GroupedConv2d { group, groups };
+            prop_assume!(op.check().is_ok());
+            let mut prg = crate::prg::Prg::new(&crate::prg::Seed(seed_bytes(seed)), 0);
+            let (x, w) = (prg.vec_u64(op.x_len()), prg.vec_u64(op.w_len()));
+            prop_assert_eq!(op.eval(&x, &w, parts)?, op.eval(&x, &w, 1)?);
+            if groups == 1 {
+                let full = Bilinear::Conv2d(group);
+                prop_assert_eq!(full.eval(&x, &w, parts)?, op.eval(&x, &w, 1)?);
+            }
+        }
+    }
+
+    fn seed_bytes(seed: u64) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[..8].copy_from_slice(&seed.to_le_bytes());
+        b
     }
 }
 
