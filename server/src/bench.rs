@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use serde_json::Value;
 use sotto_client::{Client, ClientOptions};
 use sotto_core::transport::PartyId;
 use sotto_model::{Model, Plan};
 
-use crate::launch::{launch, link_bytes, wait_pool_full, LaunchOptions};
+use crate::launch::{launch_linked, link_bytes, wait_pool_full, LaunchOptions, Launched};
+use crate::netsim::{LinkSpec, Shaping};
 
 /// Flags of `sotto bench`.
 #[derive(Debug, clap::Args)]
@@ -27,7 +29,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1,8", value_delimiter = ',')]
     pub concurrency: Vec<usize>,
     /// Requests per (batch, concurrency) run for batch 1; larger batches run fewer (at least
-    /// 10).
+    /// 10, or all of them when fewer are asked for).
     #[arg(long, default_value_t = 200)]
     pub requests: usize,
     /// Public weights (only the input is private).
@@ -40,10 +42,28 @@ pub struct BenchArgs {
     /// P1's URL with --p0.
     #[arg(long, requires = "p0")]
     pub p1: Option<String>,
+    /// Simulate a wide-area network: every link (client–P0, client–P1, P0–P1, helper–P0,
+    /// helper–P1) delays each direction by this many milliseconds (the round trip is twice
+    /// this), through a TCP proxy per link in this process.
+    #[arg(long, conflicts_with = "p0")]
+    pub link_delay_ms: Option<f64>,
+    /// Simulate a wide-area network: cap each direction of every link (each TCP connection)
+    /// at this many Mbit/s.
+    #[arg(long, conflicts_with = "p0")]
+    pub link_mbps: Option<f64>,
+    /// Also measure past the pool: after the pool-served runs, start the parties again with
+    /// a pool of only twice the clients (not filled before the run) and run at least four
+    /// times that many requests, so that the helper deals while predictions run.
+    #[arg(long, conflicts_with = "p0")]
+    pub sustained: bool,
 }
 
+/// Most helper material (bytes per server) a bench keeps in one batch size's pool: a pool of
+/// large sessions (the CNN at batch 100 is about 1.1 GB each) is cut to fit.
+const POOL_MATERIAL_BUDGET: u64 = 3 << 30;
+
 fn requests_for(batch: usize, base: usize) -> usize {
-    (base / batch.max(1)).clamp(10, base.max(10))
+    (base / batch.max(1)).clamp(base.min(10), base.max(10))
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -81,32 +101,296 @@ fn plain_ms(model: &Model, x: &[f32], batch: usize) -> f64 {
     pct(&t, 0.5)
 }
 
+/// How a run gets its sessions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    /// From a pool that is full before the run (and before each wave of `wave` requests,
+    /// when the pool holds fewer than the run): the helper idles, the online phase is timed.
+    PoolServed { settled: usize, wave: usize },
+    /// From a small pool the helper refills while the run goes on.
+    Sustained { settled: usize },
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::PoolServed { .. } => "pool_served",
+            Mode::Sustained { .. } => "sustained",
+        }
+    }
+}
+
+/// What every run shares.
+struct Ctx<'a> {
+    launched: Option<&'a Launched>,
+    p0: &'a str,
+    p1: &'a str,
+    plan: &'a Plan,
+    cost: u32,
+    opts: ClientOptions,
+    shaping: Option<&'a Shaping>,
+    rtt_ms: f64,
+    bar: &'a ProgressBar,
+}
+
+impl Ctx<'_> {
+    /// Waits (untimed) for the pool to hold `settled` sessions; simulated links forward at
+    /// once meanwhile (the fill is not what a pool-served run times).
+    async fn settle(&self, settled: usize) {
+        if let Some(l) = self.launched {
+            if let Some(s) = self.shaping {
+                s.set(false);
+            }
+            wait_pool_full(l, settled).await;
+            if let Some(s) = self.shaping {
+                s.set(true);
+            }
+        }
+    }
+}
+
+/// `n` requests of `batch` inputs from `conc` clients; the run's JSON.
+async fn one_run(
+    cx: &Ctx<'_>,
+    batch: usize,
+    conc: usize,
+    n: usize,
+    plain: f64,
+    mode: Mode,
+) -> Result<Value, String> {
+    let x = inputs(cx.plan, batch);
+    cx.bar
+        .set_message(format!("{}: batch {batch}, {conc} clients", mode.name()));
+    let (settled, wave) = match mode {
+        Mode::PoolServed { settled, wave } => (settled, wave.max(1)),
+        Mode::Sustained { settled } => (settled, n),
+    };
+    let launched = cx.launched;
+    let before_links = launched.map(link_bytes);
+    let before_dealt = launched.map_or(0, |l| l.states[0].dealt.load(Ordering::Relaxed));
+    let before_out: Vec<u64> = launched
+        .map(|l| {
+            l.states
+                .iter()
+                .map(|s| s.client_sent.load(Ordering::Relaxed))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut lat = Vec::new();
+    let mut wall = 0.0;
+    let mut dealt_during_run = 0;
+    let mut done = 0;
+    // Bytes the clients sent to P0 and to P1.
+    let (mut c0, mut c1) = (0u64, 0u64);
+    while done < n {
+        let this = wave.min(n - done);
+        if let Mode::PoolServed { .. } = mode {
+            cx.settle(settled).await;
+        }
+        // Clients connect after the (untimed) wait for the pool: a connection idle for a
+        // minute is closed by the servers, and a large batch's pool can take longer.
+        let mut clients = Vec::new();
+        for _ in 0..conc {
+            clients.push(Arc::new(
+                Client::connect(cx.p0, cx.p1, cx.opts.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ));
+        }
+        let before: Vec<(u64, u64)> = clients.iter().map(|c| c.bytes_sent()).collect();
+        let dealt0 = launched.map_or(0, |l| l.states[0].dealt.load(Ordering::Relaxed));
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for (k, c) in clients.iter().enumerate() {
+            let (c, x, bar) = (c.clone(), x.clone(), cx.bar.clone());
+            let mine = this / conc + usize::from(k < this % conc);
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                for _ in 0..mine {
+                    let t = Instant::now();
+                    c.predict(&x, batch).await.map_err(|e| e.to_string())?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    bar.inc(1);
+                }
+                Ok::<_, String>(lat)
+            }));
+        }
+        for tk in tasks {
+            lat.extend(tk.await.map_err(|e| e.to_string())??);
+        }
+        wall += t.elapsed().as_secs_f64();
+        dealt_during_run +=
+            launched.map_or(0, |l| l.states[0].dealt.load(Ordering::Relaxed)) - dealt0;
+        done += this;
+        for (c, (b0, b1)) in clients.into_iter().zip(before) {
+            let (x, y) = c.bytes_sent();
+            c0 += x - b0;
+            c1 += y - b1;
+            if let Ok(c) = Arc::try_unwrap(c) {
+                c.close().await;
+            }
+        }
+    }
+    lat.sort_by(f64::total_cmp);
+    let nreq = lat.len() as u64;
+    let client_bytes = c0 + c1;
+    let median = pct(&lat, 0.5);
+    let mut run = json!({
+        "mode": mode.name(),
+        "batch": batch,
+        "concurrency": conc,
+        "requests": nreq,
+        "predictions": nreq * batch as u64,
+        "min_ms": pct(&lat, 0.0),
+        "median_ms": median,
+        "p95_ms": pct(&lat, 0.95),
+        "p99_ms": pct(&lat, 0.99),
+        "predictions_per_s": (nreq * batch as u64) as f64 / wall,
+        "online_rounds": cx.cost,
+        "plain_ms": plain,
+        "ratio_private_to_plain": median / plain,
+    });
+    if cx.shaping.is_some() {
+        // A round between P0 and P1 is both sending at once: one one-way delay, not a round
+        // trip. The floor adds the client's input out and output back.
+        run["rounds_x_rtt_ms"] = json!(f64::from(cx.cost) * cx.rtt_ms);
+        run["latency_floor_ms"] = json!(f64::from(cx.cost + 2) * cx.rtt_ms / 2.0);
+    }
+    if wave < n {
+        run["waves"] = json!(n.div_ceil(wave));
+    }
+    match (launched, before_links) {
+        (Some(l), Some(bl)) => {
+            run["dealt_during_run"] = json!(dealt_during_run);
+            // The helper refills what this run used; wait for it so its bytes are the
+            // material of exactly these requests.
+            cx.settle(settled).await;
+            let dealt = l.states[0].dealt.load(Ordering::Relaxed) - before_dealt;
+            let al = link_bytes(l);
+            let d = |f: PartyId, t: PartyId| al[f.index()][t.index()] - bl[f.index()][t.index()];
+            let out: Vec<u64> = l
+                .states
+                .iter()
+                .zip(&before_out)
+                .map(|(s, b)| s.client_sent.load(Ordering::Relaxed) - b)
+                .collect();
+            let per = |v: u64| v as f64 / nreq as f64;
+            let online = client_bytes
+                + d(PartyId::P0, PartyId::P1)
+                + d(PartyId::P1, PartyId::P0)
+                + out[0]
+                + out[1];
+            let offline = d(PartyId::Helper, PartyId::P0) + d(PartyId::Helper, PartyId::P1);
+            run["online_bytes_per_prediction"] = json!(per(online) / batch as f64);
+            run["online_bytes_per_request"] = json!(per(online));
+            // The helper refilled `dealt` sessions (not always exactly the ones used: the
+            // pool refills below half); each serves one request.
+            let per_session = |v: u64| v as f64 / dealt.max(1) as f64;
+            run["offline_bytes_per_prediction"] = json!(per_session(offline) / batch as f64);
+            run["offline_bytes_per_request"] = json!(per_session(offline));
+            run["bytes_by_link"] = json!({
+                "client_to_p0": per(c0),
+                "client_to_p1": per(c1),
+                "p0_to_p1": per(d(PartyId::P0, PartyId::P1)),
+                "p1_to_p0": per(d(PartyId::P1, PartyId::P0)),
+                "p0_to_client": per(out[0]),
+                "p1_to_client": per(out[1]),
+                "helper_to_p0": per_session(d(PartyId::Helper, PartyId::P0)),
+                "helper_to_p1": per_session(d(PartyId::Helper, PartyId::P1)),
+                "p0_to_helper": per(d(PartyId::P0, PartyId::Helper)),
+                "p1_to_helper": per(d(PartyId::P1, PartyId::Helper)),
+            });
+        }
+        _ => {
+            run["online_bytes_per_prediction"] = json!(null);
+            run["offline_bytes_per_prediction"] = json!(null);
+            run["bytes_by_link"] = json!({
+                "client_to_p0": c0 as f64 / nreq as f64,
+                "client_to_p1": c1 as f64 / nreq as f64,
+            });
+        }
+    }
+    Ok(run)
+}
+
+/// Pool sessions for `batch`: `want`, cut so that the pool's material stays within
+/// [`POOL_MATERIAL_BUDGET`] per server (at least one session).
+fn pool_cap(plan: &Plan, private: bool, batch: usize, want: usize) -> usize {
+    let per_session = plan
+        .material_per_input(private)
+        .saturating_mul(batch as u64)
+        .max(1);
+    let fits = usize::try_from(POOL_MATERIAL_BUDGET / per_session).unwrap_or(usize::MAX);
+    want.min(fits).max(1)
+}
+
 /// Runs the benchmark and prints JSON.
 pub fn run(a: BenchArgs) -> Result<(), String> {
+    let out = measure(&a)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+/// Runs the benchmark; its JSON.
+fn measure(a: &BenchArgs) -> Result<Value, String> {
     if a.batch.iter().chain(&a.concurrency).any(|v| *v == 0) {
         return Err("batch sizes and concurrency are ≥ 1".into());
     }
+    let spec = match (a.link_delay_ms, a.link_mbps) {
+        (None, None) => None,
+        (d, m) => Some(LinkSpec::new(d.unwrap_or(0.0), m)?),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    rt.block_on(async move {
+    let (out, keep) = rt.block_on(async move {
         let id = a
             .model
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or("model")
             .to_string();
+        let shaping = spec.map(|_| Shaping::on());
+        let links = spec.zip(shaping.clone());
+        let private = !a.public_weights;
+        // A prediction over slow links, or one waiting for the helper to deal a large batch,
+        // may take far longer than the client's default 10 s.
+        let opts = ClientOptions {
+            timeout: Duration::from_secs(300),
+            ..ClientOptions::default()
+        };
+        let party_timeout = if spec.is_some() { 300 } else { 30 };
+        let (_, plan0, _) = crate::launch::model_entries(&a.model, &id, private)?;
         // Pool: twice the material of the largest run at each batch size, dealt ahead and
         // complete before each run, so that the pool never falls below half (the refill
         // mark) and the helper stays idle during a run: the runs time the online phase.
+        // A pool cut to fit in memory is refilled between waves of half its size.
         // `dealt_during_run` in each run says whether that held.
         let max_conc = *a.concurrency.iter().max().unwrap_or(&1);
         let pool: Vec<(usize, usize)> = a
             .batch
             .iter()
-            .map(|b| (*b, (2 * requests_for(*b, a.requests)).max(max_conc).min(if *b >= 32 { 24 } else { 1024 })))
+            .map(|b| {
+                let want = (2 * requests_for(*b, a.requests))
+                    .max(max_conc)
+                    .min(if *b >= 32 { 24 } else { 1024 });
+                (*b, pool_cap(&plan0, private, *b, want))
+            })
             .collect();
+        let options = |pool: Vec<(usize, usize)>| LaunchOptions {
+            model: a.model.clone(),
+            id: id.clone(),
+            private,
+            port: 0,
+            pool,
+            max_batch: *a.batch.iter().max().unwrap_or(&1),
+            web: None,
+            timeout: Duration::from_secs(party_timeout),
+        };
         let started = Instant::now();
         let (launched, model, plan, p0, p1) = match (&a.p0, &a.p1) {
             (Some(p0), Some(p1)) => {
@@ -114,17 +398,7 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
                 (None, model, plan, p0.clone(), p1.clone())
             }
             _ => {
-                let l = launch(&LaunchOptions {
-                    model: a.model.clone(),
-                    id: id.clone(),
-                    private: !a.public_weights,
-                    port: 0,
-                    pool: pool.clone(),
-                    max_batch: *a.batch.iter().max().unwrap_or(&1),
-                    web: None,
-                    timeout: Duration::from_secs(30),
-                })
-                .await?;
+                let l = launch_linked(&options(pool.clone()), links.clone()).await?;
                 let (model, plan) = (l.model.clone(), l.plan.clone());
                 let (p0, p1) = (l.p0_url.clone(), l.p1_url.clone());
                 (Some(l), model, plan, p0, p1)
@@ -132,175 +406,133 @@ pub fn run(a: BenchArgs) -> Result<(), String> {
         };
         let startup_ms = started.elapsed().as_secs_f64() * 1e3;
         let cost = plan.steps.iter().enumerate().fold(0u32, |r, (i, s)| {
-            r + s.cost(plan.step_input_len(i), !a.public_weights).rounds
+            r + s.cost(plan.step_input_len(i), private).rounds
         });
-        // First prediction right after the parties are up (the pool may still be filling).
-        let first = {
-            let c = Client::connect(&p0, &p1, ClientOptions::default())
+        // First prediction right after the parties are up (the pool may still be filling;
+        // behind a pool of large batches the helper may not deal it in time: reported, not
+        // fatal).
+        let first = async {
+            let c = Client::connect(&p0, &p1, opts.clone())
                 .await
                 .map_err(|e| e.to_string())?;
             let x = inputs(&plan, 1);
             let t = Instant::now();
-            c.predict(&x, 1).await.map_err(|e| e.to_string())?;
+            let r = c.predict(&x, 1).await.map_err(|e| e.to_string());
             let ms = t.elapsed().as_secs_f64() * 1e3;
             c.close().await;
-            ms
+            r.map(|_| ms)
+        }
+        .await;
+        let sustained_pool: Vec<(usize, usize)> = a
+            .batch
+            .iter()
+            .map(|b| (*b, pool_cap(&plan, private, *b, (2 * max_conc).max(2))))
+            .collect();
+        let sustained_n = |b: usize| {
+            let buffer = sustained_pool.iter().find(|p| p.0 == b).map_or(2, |p| p.1);
+            requests_for(b, a.requests).max(4 * buffer)
         };
-        let total_runs = a.batch.len() * a.concurrency.len();
         let total: u64 = a
             .batch
             .iter()
-            .map(|b| (requests_for(*b, a.requests) * a.concurrency.len()) as u64)
+            .map(|b| {
+                let s = if a.sustained { sustained_n(*b) } else { 0 };
+                ((requests_for(*b, a.requests) + s) * a.concurrency.len()) as u64
+            })
             .sum();
         let bar = ProgressBar::new(total).with_style(
             ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} requests, {eta} left")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        let rtt_ms = spec.map_or(0.0, |s| 2.0 * s.delay.as_secs_f64() * 1e3);
+        let mut second: Option<Launched> = None;
+        let mut cx = Ctx {
+            launched: launched.as_ref(),
+            p0: &p0,
+            p1: &p1,
+            plan: &plan,
+            cost,
+            opts: opts.clone(),
+            shaping: shaping.as_ref(),
+            rtt_ms,
+            bar: &bar,
+        };
         let mut runs = Vec::new();
+        let mut plains = Vec::new();
+        let settled = pool.iter().map(|p| p.1).sum::<usize>();
         for &batch in &a.batch {
             let x = inputs(&plan, batch);
             let plain = plain_ms(&model, &x, batch);
+            plains.push(plain);
+            let size = pool.iter().find(|p| p.0 == batch).map_or(1, |p| p.1);
             for &conc in &a.concurrency {
-                bar.set_message(format!("batch {batch}, {conc} clients"));
                 let n = requests_for(batch, a.requests);
-                let settled = pool.iter().map(|p| p.1).sum::<usize>();
-                if let Some(l) = &launched {
-                    wait_pool_full(l, settled).await;
+                let mode = Mode::PoolServed {
+                    settled,
+                    wave: (size / 2).max(1),
+                };
+                runs.push(one_run(&cx, batch, conc, n, plain, mode).await?);
+            }
+        }
+        let mut sustained_startup = None;
+        if a.sustained {
+            // Parties of their own, with a pool of twice the clients that is not filled
+            // before the runs: the helper deals while predictions run, and the rate counts
+            // it. (The first parties stay up, idle, until the bench ends.)
+            let t = Instant::now();
+            second = Some(launch_linked(&options(sustained_pool.clone()), links.clone()).await?);
+            sustained_startup = Some(t.elapsed().as_secs_f64() * 1e3);
+            let l = second.as_ref().ok_or("the second launch")?;
+            cx.launched = Some(l);
+            cx.p0 = &l.p0_url;
+            cx.p1 = &l.p1_url;
+            let settled = sustained_pool.iter().map(|p| p.1).sum::<usize>();
+            for (&batch, &plain) in a.batch.iter().zip(&plains) {
+                for &conc in &a.concurrency {
+                    let mode = Mode::Sustained { settled };
+                    runs.push(one_run(&cx, batch, conc, sustained_n(batch), plain, mode).await?);
                 }
-                let mut clients = Vec::new();
-                for _ in 0..conc {
-                    clients.push(Arc::new(
-                        Client::connect(&p0, &p1, ClientOptions::default())
-                            .await
-                            .map_err(|e| e.to_string())?,
-                    ));
-                }
-                let before_links = launched.as_ref().map(link_bytes);
-                let before_dealt = launched.as_ref().map_or(0, |l| l.states[0].dealt.load(Ordering::Relaxed));
-                let before_out: Vec<u64> = launched
-                    .as_ref()
-                    .map(|l| l.states.iter().map(|s| s.client_sent.load(Ordering::Relaxed)).collect())
-                    .unwrap_or_default();
-                let before_client: Vec<(u64, u64)> = clients.iter().map(|c| c.bytes_sent()).collect();
-                let t = Instant::now();
-                let mut tasks = Vec::new();
-                for (k, c) in clients.iter().enumerate() {
-                    let (c, x, bar) = (c.clone(), x.clone(), bar.clone());
-                    let mine = n / conc + usize::from(k < n % conc);
-                    tasks.push(tokio::spawn(async move {
-                        let mut lat = Vec::new();
-                        for _ in 0..mine {
-                            let t = Instant::now();
-                            c.predict(&x, batch).await.map_err(|e| e.to_string())?;
-                            lat.push(t.elapsed().as_secs_f64() * 1e3);
-                            bar.inc(1);
-                        }
-                        Ok::<_, String>(lat)
-                    }));
-                }
-                let mut lat = Vec::new();
-                for tk in tasks {
-                    lat.extend(tk.await.map_err(|e| e.to_string())??);
-                }
-                let wall = t.elapsed().as_secs_f64();
-                lat.sort_by(f64::total_cmp);
-                let nreq = lat.len() as u64;
-                let client_bytes: u64 = clients
-                    .iter()
-                    .zip(&before_client)
-                    .map(|(c, b)| {
-                        let (x, y) = c.bytes_sent();
-                        (x - b.0) + (y - b.1)
-                    })
-                    .sum();
-                let (c0, c1) = clients
-                    .iter()
-                    .zip(&before_client)
-                    .fold((0, 0), |(s0, s1), (c, b)| {
-                        let (x, y) = c.bytes_sent();
-                        (s0 + x - b.0, s1 + y - b.1)
-                    });
-                for c in clients {
-                    if let Ok(c) = Arc::try_unwrap(c) {
-                        c.close().await;
-                    }
-                }
-                let mut run = json!({
-                    "batch": batch,
-                    "concurrency": conc,
-                    "requests": nreq,
-                    "predictions": nreq * batch as u64,
-                    "median_ms": pct(&lat, 0.5),
-                    "p95_ms": pct(&lat, 0.95),
-                    "predictions_per_s": (nreq * batch as u64) as f64 / wall,
-                    "online_rounds": cost,
-                    "plain_ms": plain,
-                    "ratio_private_to_plain": pct(&lat, 0.5) / plain,
-                });
-                match (&launched, before_links) {
-                    (Some(l), Some(bl)) => {
-                        // The helper refills what this run used; wait for it so its bytes are
-                        // the material of exactly these requests.
-                        let dealt_during_run = l.states[0].dealt.load(Ordering::Relaxed) - before_dealt;
-                        run["dealt_during_run"] = json!(dealt_during_run);
-                        wait_pool_full(l, settled).await;
-                        let dealt = l.states[0].dealt.load(Ordering::Relaxed) - before_dealt;
-                        let al = link_bytes(l);
-                        let d = |f: PartyId, t: PartyId| al[f.index()][t.index()] - bl[f.index()][t.index()];
-                        let out: Vec<u64> = l
-                            .states
-                            .iter()
-                            .zip(&before_out)
-                            .map(|(s, b)| s.client_sent.load(Ordering::Relaxed) - b)
-                            .collect();
-                        let per = |v: u64| v as f64 / nreq as f64;
-                        let online = client_bytes + d(PartyId::P0, PartyId::P1) + d(PartyId::P1, PartyId::P0) + out[0] + out[1];
-                        let offline = d(PartyId::Helper, PartyId::P0) + d(PartyId::Helper, PartyId::P1);
-                        run["online_bytes_per_prediction"] = json!(per(online) / batch as f64);
-                        run["online_bytes_per_request"] = json!(per(online));
-                        // The helper refilled `dealt` sessions (not always exactly the ones
-                        // used: the pool refills below half); each serves one request.
-                        let per_session = |v: u64| v as f64 / dealt.max(1) as f64;
-                        run["offline_bytes_per_prediction"] = json!(per_session(offline) / batch as f64);
-                        run["offline_bytes_per_request"] = json!(per_session(offline));
-                        run["bytes_by_link"] = json!({
-                            "client_to_p0": per(c0),
-                            "client_to_p1": per(c1),
-                            "p0_to_p1": per(d(PartyId::P0, PartyId::P1)),
-                            "p1_to_p0": per(d(PartyId::P1, PartyId::P0)),
-                            "p0_to_client": per(out[0]),
-                            "p1_to_client": per(out[1]),
-                            "helper_to_p0": per_session(d(PartyId::Helper, PartyId::P0)),
-                            "helper_to_p1": per_session(d(PartyId::Helper, PartyId::P1)),
-                            "p0_to_helper": per(d(PartyId::P0, PartyId::Helper)),
-                            "p1_to_helper": per(d(PartyId::P1, PartyId::Helper)),
-                        });
-                    }
-                    _ => {
-                        run["online_bytes_per_prediction"] = json!(null);
-                        run["offline_bytes_per_prediction"] = json!(null);
-                        run["bytes_by_link"] = json!({
-                            "client_to_p0": c0 as f64 / nreq as f64,
-                            "client_to_p1": c1 as f64 / nreq as f64,
-                        });
-                    }
-                }
-                runs.push(run);
             }
         }
         bar.finish_and_clear();
-        let out = json!({
+        let link_json = match spec {
+            None => json!({ "simulated": false }),
+            Some(s) => json!({
+                "simulated": true,
+                "one_way_delay_ms": s.delay.as_secs_f64() * 1e3,
+                "rtt_ms": rtt_ms,
+                "mbps_per_direction": s.bits_per_s.map(|b| b / 1e6),
+                "links": ["client-P0", "client-P1", "P0-P1", "helper-P0", "helper-P1"],
+                "proxies": launched.as_ref().map_or(0, |l| l.proxies.len()),
+                "how": "a TCP proxy per link in the bench process; each direction of each connection (each client has its own) delayed and capped; a proxy holds at most the bandwidth-delay product plus 64 KiB per direction",
+                "pool_fill": "pool_served runs: the pool is filled before each run with the links unshaped (untimed); sustained runs: every link shaped throughout",
+            }),
+        };
+        let mut out = json!({
             "model": a.model.display().to_string(),
-            "private_weights": !a.public_weights,
+            "private_weights": private,
             "parties": if launched.is_some() { "three tasks in this process, loopback WebSockets" } else { "running parties" },
+            "links": link_json,
+            "modes": if a.sustained { json!(["pool_served", "sustained"]) } else { json!(["pool_served"]) },
             "startup_ms": startup_ms,
-            "first_prediction_ms": first,
+            "first_prediction_ms": first.as_ref().ok(),
+            "first_prediction_error": first.as_ref().err(),
             "pool": pool.iter().map(|(b, c)| json!({"batch": b, "sessions": c})).collect::<Vec<_>>(),
             "runs": runs,
-            "notes": "latencies are per request at the client (input out to output reconstructed); helper material is dealt ahead into a pool that is full before each run (offline_bytes_per_prediction; dealt_during_run counts sessions the helper dealt while the run was going); online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request",
+            "notes": "latencies are per request at the client (input out to output reconstructed); mode pool_served: helper material is dealt ahead into a pool that is full before each run (and each wave, when the pool holds fewer sessions than the run), so the online phase is timed; mode sustained: a pool of twice the clients, not filled before the run, and at least four times as many requests, so the helper deals while predictions run and predictions_per_s counts dealing; dealt_during_run counts sessions the helper dealt while the run was going; online_rounds are rounds between P0 and P1 (the client adds one round trip); rounds_x_rtt_ms is online_rounds times the simulated round trip; latency_floor_ms is (online_rounds + 2) one-way delays (a round is P0 and P1 sending to each other at once, one one-way delay; plus the client's input out and output back), the least a request can take on the simulated links; online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request",
         });
-        let _ = total_runs;
-        println!("{}", serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?);
-        Ok(())
-    })
+        if a.sustained {
+            out["sustained_pool"] = json!(sustained_pool
+                .iter()
+                .map(|(b, c)| json!({"batch": b, "sessions": c}))
+                .collect::<Vec<_>>());
+            out["sustained_startup_ms"] = json!(sustained_startup);
+        }
+        // The parties and proxies stay up until the runtime is gone (a party whose proxy
+        // closed first would log the lost link).
+        Ok::<_, String>((out, (launched, second)))
+    })?;
+    drop(rt);
+    drop(keep);
+    Ok(out)
 }

@@ -13,6 +13,7 @@ use sotto_model::{import, Model, Plan};
 use sotto_net::auth::PartyKeys;
 use sotto_wire::Role;
 
+use crate::netsim::{LinkSpec, Proxy, Shaping};
 use crate::serve::{self, ModelEntry, ServeConfig, State};
 
 /// What to start.
@@ -51,6 +52,9 @@ pub struct Launched {
     pub model: Model,
     /// Its plan.
     pub plan: Plan,
+    /// The simulated links' proxies (`sotto bench --link-delay-ms`), kept running while the
+    /// parties are; empty on plain loopback.
+    pub proxies: Vec<crate::netsim::Proxy>,
 }
 
 /// Imports `path`, makes the three files of a set in memory, and reads each party's.
@@ -82,6 +86,16 @@ pub fn model_entries(
 
 /// Starts P0, P1 and the helper on 127.0.0.1 and waits until P0 and P1 are ready.
 pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
+    launch_linked(o, None).await
+}
+
+/// [`launch`], with every link simulated when `links` is given (`sotto bench` only): each
+/// dialer reaches its peer through a proxy of its own (P0 → P1, P0 → helper, P1 → helper,
+/// and the clients' P0 and P1 URLs), each direction delayed and capped by the spec.
+pub async fn launch_linked(
+    o: &LaunchOptions,
+    links: Option<(LinkSpec, Shaping)>,
+) -> Result<Launched, String> {
     let (model, plan, [e0, e1, eh]) = model_entries(&o.model, &o.id, o.private)?;
     // The default in-flight budget, or enough for two requests of the largest batch asked
     // for (`sotto bench --batch 100` must not be refused as too large).
@@ -125,15 +139,20 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
         admin: None,
         verbose: false,
     };
-    let helper_url = format!("ws://{ah}");
-    let p1_url = format!("ws://{a1}");
+    // Where each dialer finds its peer: the party itself, or a proxy per link.
+    let mut proxies = Vec::new();
+    let p0_to_p1 = via(a1, &links, &mut proxies).await?;
+    let p0_to_helper = via(ah, &links, &mut proxies).await?;
+    let p1_to_helper = via(ah, &links, &mut proxies).await?;
+    let p0_url = via(a0, &links, &mut proxies).await?;
+    let p1_url = via(a1, &links, &mut proxies).await?;
     let sh = serve::prepare(cfg(Role::Helper, eh, None, None, None))?;
-    let s1 = serve::prepare(cfg(Role::P1, e1, None, Some(helper_url.clone()), None))?;
+    let s1 = serve::prepare(cfg(Role::P1, e1, None, Some(p1_to_helper), None))?;
     let s0 = serve::prepare(cfg(
         Role::P0,
         e0,
-        Some(p1_url.clone()),
-        Some(helper_url),
+        Some(p0_to_p1),
+        Some(p0_to_helper),
         o.web.clone(),
     ))?;
     for (s, b) in [(sh.clone(), bh), (s1.clone(), b1), (s0.clone(), b0)] {
@@ -155,13 +174,31 @@ pub async fn launch(o: &LaunchOptions) -> Result<Launched, String> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(Launched {
-        p0_url: format!("ws://{a0}"),
+        p0_url,
         p1_url,
         p0_addr: a0,
         states: [s0, s1, sh],
         model,
         plan,
+        proxies,
     })
+}
+
+/// The URL that reaches `target`: itself, or a new proxy to it with `links`.
+async fn via(
+    target: SocketAddr,
+    links: &Option<(LinkSpec, Shaping)>,
+    proxies: &mut Vec<Proxy>,
+) -> Result<String, String> {
+    match links {
+        None => Ok(format!("ws://{target}")),
+        Some((spec, shaping)) => {
+            let p = Proxy::start(target, *spec, shaping.clone()).await?;
+            let url = format!("ws://{}", p.addr());
+            proxies.push(p);
+            Ok(url)
+        }
+    }
 }
 
 /// Bytes each party has sent to each other party (`[from][to]`, PartyId order).

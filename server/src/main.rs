@@ -17,6 +17,7 @@ mod data;
 mod demo;
 mod launch;
 mod memory;
+mod netsim;
 mod serve;
 use sotto_core::fixed::{decode_with, FixedPoint};
 use sotto_model::ir::{shape_string, softmax};
