@@ -75,6 +75,9 @@ fn error_frame(session: u128, step: u32, code: ErrorCode, message: impl Into<Str
 /// How long one write to a client may take: a client that does not read (its socket's buffers
 /// full) is disconnected rather than holding the connection.
 const CLIENT_WRITE: Duration = Duration::from_secs(5);
+/// How long the server lets a client connection go without sending it anything before it
+/// sends a WebSocket ping.
+const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Counts an open client connection for as long as it lives (whichever way it ends).
 struct Counted(Arc<State>);
@@ -182,7 +185,15 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
     };
     let counted = st.clone();
     let writer = tokio::spawn(async move {
-        while let Some(b) = out_rx.recv().await {
+        loop {
+            // A long prediction sends nothing for minutes: a ping each KEEPALIVE keeps the
+            // connection from looking dead (to the server's own I/O idle limit and to any
+            // proxy on the way); the client's WebSocket answers it by itself.
+            let b = match tokio::time::timeout(KEEPALIVE, out_rx.recv()).await {
+                Ok(Some(b)) => b,
+                Ok(None) => break,
+                Err(_) => Vec::new(),
+            };
             counted
                 .client_sent
                 .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);

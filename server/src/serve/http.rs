@@ -311,9 +311,17 @@ const CONTROL_RATE: u32 = 64;
 /// An axum WebSocket as a [`Duplex`] of binary messages.
 pub fn duplex(ws: WebSocket) -> Duplex {
     let (sink, stream) = ws.split();
+    // An empty message is no frame of sotto's: it stands for a WebSocket ping (a keepalive:
+    // the peer's pong proves it still reads).
     let sink = sink
         .sink_map_err(|e| LinkError::classify(&e))
-        .with(|b: Vec<u8>| futures_util::future::ready(Ok(Message::Binary(b.into()))));
+        .with(|b: Vec<u8>| {
+            futures_util::future::ready(Ok(if b.is_empty() {
+                Message::Ping(Default::default())
+            } else {
+                Message::Binary(b.into())
+            }))
+        });
     // WebSocket pings and pongs are answered by the library; more than CONTROL_RATE of them
     // in a second is a flood (each costs the party a parse and a pong) and ends the stream.
     let mut window = (std::time::Instant::now(), 0u32);
