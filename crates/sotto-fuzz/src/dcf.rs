@@ -1,6 +1,7 @@
 //! Target `dcf-keys`: `sotto_core::dcf::DcfKeys::from_bytes` on mutated key batches made with
-//! `sotto_core::dcf::gen` (domains of 1 to 64 bits, payloads of 1 to 8 elements, 0 to 17
-//! comparisons, both parties). Header-aware edits change the party, domain bits, payload
+//! `sotto_core::dcf::gen_with` in both formats (`DCF1`, and the packed `DCF2` that comparisons
+//! use; domains of 1 to 64 bits, payloads of 1 to 8 elements, 0 to 17 comparisons, both
+//! parties). Header-aware edits change the party, domain bits, payload
 //! length, reserved byte and key count, and often resize the body to what the new header
 //! announces so that the body checks run. Keys that decode must re-encode to the same bytes
 //! and evaluate (on inputs inside and outside the domain, and with wrong lengths) without a
@@ -8,7 +9,7 @@
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
-use sotto_core::dcf::{eval, gen, DcfKeys, MAX_PAYLOAD};
+use sotto_core::dcf::{eval, gen_with, DcfKeys, Format, Parallelism, MAX_PAYLOAD};
 
 use crate::mutate::{below, chance, count, interesting, mutate_bytes, pick, pick_input, Rng};
 use crate::Outcome;
@@ -16,9 +17,10 @@ use crate::Outcome;
 const HEADER: usize = 12;
 
 /// Bytes of a batch of `count` keys on `n` bits with `m`-element payloads (the documented
-/// layout: 16 + n·(17 + 8m) + 8m per key, plus the header).
-fn batch_len(n: u64, m: u64, count: u64) -> Option<u64> {
-    let per = 16 + n * (17 + 8 * m) + 8 * m;
+/// layout: 16 + n·(17 + 8m) + 8m per key, one byte per level less when `packed`, plus the
+/// header).
+fn batch_len(n: u64, m: u64, count: u64, packed: bool) -> Option<u64> {
+    let per = 16 + n * (16 + u64::from(!packed) + 8 * m) + 8 * m;
     per.checked_mul(count)?.checked_add(HEADER as u64)
 }
 
@@ -50,10 +52,20 @@ impl Dcf {
                         })
                         .collect();
                     let payloads: Vec<u64> = (0..count * m).map(|_| rng.next_u64()).collect();
-                    let (k0, k1) = gen(n, &alphas, &payloads, m, &mut rng)
-                        .map_err(|e| format!("dcf::gen({n} bits, m = {m}): {e}"))?;
-                    seeds.push(k0.to_bytes());
-                    seeds.push(k1.to_bytes());
+                    for format in [Format::Bytes, Format::Packed] {
+                        let (k0, k1) = gen_with(
+                            n,
+                            &alphas,
+                            &payloads,
+                            m,
+                            &mut rng,
+                            Parallelism::new(1, usize::MAX),
+                            format,
+                        )
+                        .map_err(|e| format!("dcf::gen({n} bits, m = {m}, {format:?}): {e}"))?;
+                        seeds.push(k0.to_bytes());
+                        seeds.push(k1.to_bytes());
+                    }
                 }
             }
         }
@@ -63,7 +75,7 @@ impl Dcf {
     /// One line about the seeds.
     pub fn describe(&self) -> Vec<String> {
         vec![format!(
-            "{} key batches (1 to 64 bits, 1 to {MAX_PAYLOAD} payload elements, 0 to 17 keys, both parties)",
+            "{} key batches (1 to 64 bits, 1 to {MAX_PAYLOAD} payload elements, 0 to 17 keys, both parties, both formats)",
             self.seeds.len()
         )]
     }
@@ -100,8 +112,14 @@ impl Dcf {
         if header_changed && out.len() >= HEADER && chance(rng, 60) {
             // make the body as long as the header announces (up to 4 MiB)
             let count = u32::from_le_bytes([out[8], out[9], out[10], out[11]]);
-            if let Some(want) = batch_len(u64::from(out[5]), u64::from(out[6]), u64::from(count))
-                .filter(|w| *w <= 4 << 20)
+            let packed = out[..4] == *b"DCF2";
+            if let Some(want) = batch_len(
+                u64::from(out[5]),
+                u64::from(out[6]),
+                u64::from(count),
+                packed,
+            )
+            .filter(|w| *w <= 4 << 20)
             {
                 let want = want as usize;
                 let old = out.len();
@@ -178,11 +196,18 @@ mod tests {
     #[test]
     fn every_seed_decodes_and_the_documented_length_holds() {
         let d = Dcf::new().expect("seeds");
+        let packed = d.seeds.iter().filter(|s| s[..4] == *b"DCF2").count();
+        assert_eq!(2 * packed, d.seeds.len(), "half the seeds are packed keys");
         for s in &d.seeds {
             assert!(matches!(run(s), Outcome::Ok(_)), "{:?}", run(s));
             let count = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
             assert_eq!(
-                batch_len(u64::from(s[5]), u64::from(s[6]), u64::from(count)),
+                batch_len(
+                    u64::from(s[5]),
+                    u64::from(s[6]),
+                    u64::from(count),
+                    s[..4] == *b"DCF2"
+                ),
                 Some(s.len() as u64)
             );
         }
