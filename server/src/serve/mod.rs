@@ -231,6 +231,48 @@ impl State {
         (whole.max(streamed) as usize).min(self.cfg.max_batch)
     }
 
+    /// What an operator should know about the models whose sessions are streamed: their
+    /// window, their heaviest step, and whether the budget or the party timeout is too small
+    /// for them.
+    pub fn streaming_notes(&self) -> Vec<String> {
+        let mib = |b: u64| b.div_ceil(1 << 20);
+        let mut notes = Vec::new();
+        for m in &self.cfg.models {
+            let f = self.footprint(m, 1);
+            let Some(window) = f.window else {
+                continue;
+            };
+            let step = m.file.plan.largest_step_material(m.file.private);
+            notes.push(format!(
+                "model {}: {} MiB of helper material per input and server, more than one request may hold (half of --inflight-budget-mb {}): its sessions are streamed ({} MiB window, heaviest step {} MiB)",
+                m.id,
+                mib(m.file.plan.material_per_input(m.file.private)),
+                self.cfg.inflight_budget >> 20,
+                mib(window),
+                mib(step)
+            ));
+            if self.max_batch(m) == 0 {
+                notes.push(format!(
+                    "model {}: even one input does not fit: give --inflight-budget-mb {} or more",
+                    m.id,
+                    self.budget_needed_mb(m)
+                ));
+            }
+            // A step is dealt (and run) between two messages: at a conservative 50 MB/s of
+            // dealing, its heaviest step must fit the party timeout on every party.
+            let secs = step / 50_000_000 + 5;
+            if Duration::from_secs(secs) > self.cfg.timeout {
+                notes.push(format!(
+                    "model {}: dealing its heaviest step may take longer than the party timeout ({} ms): give all three parties --timeout-ms {} or more",
+                    m.id,
+                    self.cfg.timeout.as_millis(),
+                    secs * 2000
+                ));
+            }
+        }
+        notes
+    }
+
     /// The model `id` (the default for an empty id).
     pub fn model(&self, id: &str) -> Option<&ModelEntry> {
         if id.is_empty() {
@@ -568,6 +610,9 @@ pub fn prepare(cfg: ServeConfig) -> Result<Arc<State>, String> {
         cfg,
     });
     party::start(state.clone(), control)?;
+    for line in state.streaming_notes() {
+        eprintln!("{line}");
+    }
     Ok(state)
 }
 
