@@ -270,7 +270,7 @@ pub async fn deal_truncate<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32) ->
         let low = (1u64 << f) - 1;
         let alphas: Vec<u64> = r.iter().map(|&v| v & low).collect();
         let (k0, k1) = dcf::gen(f, &alphas, &vec![1u64; n], 1, g.rng())?;
-        g.keys(&k0, &k1);
+        g.keys(k0, k1);
     }
     g.finish().await
 }
@@ -411,7 +411,7 @@ pub async fn deal_lift<T: Transport>(d: &mut Dealer<T>, n: usize, k: u32) -> Res
     let rk: Vec<u64> = r.iter().map(|&v| v & low).collect();
     g.value(&rk);
     let (k0, k1) = dcf::gen(k, &rk, &vec![1u64; n], 1, g.rng())?;
-    g.keys(&k0, &k1);
+    g.keys(k0, k1);
     g.finish().await
 }
 
@@ -600,7 +600,7 @@ async fn deal_sign<T: Transport>(
         dcf::Parallelism::auto(),
         dcf::Format::Packed,
     )?;
-    g.keys(&k0, &k1);
+    g.keys(k0, k1);
     g.finish().await
 }
 

@@ -540,10 +540,12 @@ impl<T: Transport> DealerGate<'_, T> {
         }
     }
 
-    /// Deals a pair of DCF keys.
-    pub(crate) fn keys(&mut self, k0: &DcfKeys, k1: &DcfKeys) {
+    /// Deals a pair of DCF keys (each freed as soon as it is copied into its message: a
+    /// large batch is not held twice over).
+    pub(crate) fn keys(&mut self, k0: DcfKeys, k1: DcfKeys) {
         for (msg, k) in self.msgs.iter_mut().zip([k0, k1]) {
-            let bytes = k.to_bytes();
+            let bytes = k.into_bytes();
+            msg.reserve(4 + bytes.len());
             msg.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
             msg.extend_from_slice(&bytes);
         }
