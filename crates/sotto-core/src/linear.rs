@@ -935,20 +935,7 @@ mod gemm_tests {
         }
     }
 
-    /// `a · b` by the definition.
-    fn naive_matmul(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
-        let mut out = vec![0u64; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0u64;
-                for p in 0..k {
-                    s = s.wrapping_add(a[i * k + p].wrapping_mul(b[p * n + j]));
-                }
-                out[i * n + j] = s;
-            }
-        }
-        out
-    }
+    use crate::ring::naive_matmul;
 
     /// The convolution by its definition, weights `[O, C, kh, kw]`, output NCHW.
     fn naive_conv(s: &Conv2dShape, x: &[u64], w: &[u64]) -> Vec<u64> {

@@ -90,31 +90,13 @@ where
     CF: Future<Output = Result<CR>>,
     CR: Send,
 {
-    run(helper, server, client, helper_first, None)
+    run_local_with(helper, server, client, helper_first, None)
 }
 
-/// [`run_local`] with a streamed session ([`Dealer::start_streamed`]): the helper runs
-/// alongside the servers and stays at most about `window` bytes of material ahead of them.
-pub fn run_local_streamed<H, HF, S, SF, R, C, CF, CR>(
-    helper: H,
-    server: S,
-    client: C,
-    window: usize,
-) -> Result<LocalRun<R, CR>>
-where
-    H: FnOnce(Dealer<LocalTransport>) -> HF + Send,
-    HF: Future<Output = Result<()>>,
-    S: Fn(Server<LocalTransport>) -> SF + Send + Sync,
-    SF: Future<Output = Result<R>>,
-    R: Send,
-    C: FnOnce(LocalTransport, u128) -> CF + Send,
-    CF: Future<Output = Result<CR>>,
-    CR: Send,
-{
-    run(helper, server, client, false, Some(window))
-}
-
-fn run<H, HF, S, SF, R, C, CF, CR>(
+/// [`run_local`], with a streamed session when `window` is given
+/// ([`Dealer::start_streamed`]): the helper stays at most about `window` bytes of material
+/// ahead of the servers.
+pub fn run_local_with<H, HF, S, SF, R, C, CF, CR>(
     helper: H,
     server: S,
     client: C,

@@ -199,23 +199,28 @@ pub fn from_le_bytes(bytes: &[u8], expected: usize) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// `a · b` (`[m, k] · [k, n]`) by the definition: the reference the products are tested
+/// against.
+#[cfg(test)]
+pub(crate) fn naive_matmul(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
+    let mut out = vec![0u64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0u64;
+            for p in 0..k {
+                s = s.wrapping_add(a[i * k + p].wrapping_mul(b[p * n + j]));
+            }
+            out[i * n + j] = s;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn naive(a: &[u64], b: &[u64], m: usize, k: usize, n: usize) -> Vec<u64> {
-        let mut out = vec![0u64; m * n];
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0u64;
-                for p in 0..k {
-                    s = s.wrapping_add(a[i * k + p].wrapping_mul(b[p * n + j]));
-                }
-                out[i * n + j] = s;
-            }
-        }
-        out
-    }
+    use super::naive_matmul as naive;
 
     #[test]
     fn matmul_matches_naive_across_block_edges() {

@@ -560,7 +560,6 @@ impl<T: Transport> DealerGate<'_, T> {
     pub(crate) async fn finish(self) -> Result<()> {
         let [m0, m1] = self.msgs;
         let longest = m0.len().max(m1.len()) - 1;
-        let bytes = longest;
         let size = self.d.part;
         if longest.div_ceil(size) > MAX_SUBSTEPS as usize + 1 {
             return Err(CoreError::Param(format!(
@@ -595,8 +594,8 @@ impl<T: Transport> DealerGate<'_, T> {
             return Ok(());
         };
         let d = self.d;
-        d.unacked.push_back((d.gate, bytes));
-        d.unacked_bytes += bytes;
+        d.unacked.push_back((d.gate, longest));
+        d.unacked_bytes += longest;
         d.peak_unacked = d.peak_unacked.max(d.unacked_bytes);
         // Back-pressure: the next gate waits until the servers have taken enough.
         while d.unacked_bytes > window && d.take_ack().await? {}

@@ -513,7 +513,7 @@ pub fn run_in_process_with(
     batch: usize,
     window: Option<usize>,
 ) -> Result<LocalPrediction> {
-    use sotto_core::local::{run_local, run_local_streamed, LocalTransport};
+    use sotto_core::local::{run_local_with, LocalTransport};
     use sotto_core::session::{client_receive_output, client_send_input};
     fn m2c(e: ModelError) -> sotto_core::CoreError {
         sotto_core::CoreError::Protocol(e.to_string())
@@ -555,11 +555,7 @@ pub fn run_in_process_with(
             client_receive_output(&t, session, out_len, 64).await
         },
     );
-    let run = match window {
-        Some(w) => run_local_streamed(helper, server, client, w),
-        None => run_local(helper, server, client, false),
-    }
-    .map_err(core_err)?;
+    let run = run_local_with(helper, server, client, false, window).map_err(core_err)?;
     Ok(LocalPrediction {
         output: run.client,
         sent: run.sent,

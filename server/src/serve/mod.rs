@@ -161,6 +161,9 @@ const LOG_LINES: u32 = 10;
 /// The window of [`State::log_limited`].
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
+/// The smallest window of a streamed session (bytes).
+const MIN_STREAM_WINDOW: u64 = 64 << 10;
+
 /// How a session is dealt and what it weighs ([`State::footprint`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Footprint {
@@ -207,9 +210,10 @@ impl State {
         }
     }
 
-    /// The window of streamed sessions: an eighth of `--inflight-budget-mb`, at least 64 KiB.
+    /// The window of streamed sessions: an eighth of `--inflight-budget-mb`, at least
+    /// [`MIN_STREAM_WINDOW`].
     fn stream_window(&self) -> u64 {
-        (self.cfg.inflight_budget / 8).max(64 << 10)
+        (self.cfg.inflight_budget / 8).max(MIN_STREAM_WINDOW)
     }
 
     /// The smallest `--inflight-budget-mb` under which one input of `m` can run (streamed:
@@ -217,7 +221,7 @@ impl State {
     pub fn budget_needed_mb(&self, m: &ModelEntry) -> u64 {
         let step = m.file.plan.largest_step_material(m.file.private);
         (step * 8 / 3 + 1)
-            .max(2 * step + (128 << 10))
+            .max(2 * (step + MIN_STREAM_WINDOW))
             .div_ceil(1 << 20)
     }
 
