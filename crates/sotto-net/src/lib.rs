@@ -471,6 +471,28 @@ impl WsTransport {
             && !self.inbox.lock().closed_peers.contains_key(&peer)
     }
 
+    /// The generation of the link to `peer` in use (each [`WsTransport::attach`] starts a new
+    /// one), or `None` when no link to it is up: a party that prepared work over one link can
+    /// tell when it was replaced, even by a reconnection quicker than its polling.
+    pub fn link_generation(&self, peer: PartyId) -> Option<u64> {
+        if !self.is_up(peer) {
+            return None;
+        }
+        self.inbox.lock().generations.get(&peer).copied()
+    }
+
+    /// Closes the link to `peer` (the peer sees the connection end and dials again, or is
+    /// dialed again): pending and later receives from it fail with `why`.
+    pub fn drop_link(&self, peer: PartyId, why: &str) {
+        let generation = self.inbox.lock().generations.get(&peer).copied();
+        self.lock_outs().remove(&peer);
+        if let Some(g) = generation {
+            // The link's ping task sees it closed and ends its reader and writer, which
+            // drops the socket.
+            self.inbox.close_link(peer, g, why.to_string());
+        }
+    }
+
     /// Sends a control frame for `session` to `to`.
     pub fn send_control(&self, to: PartyId, session: u128, c: &Control) -> Result<()> {
         let f = Frame::json(Kind::Control, session, 0, c)?;

@@ -165,6 +165,7 @@ async fn dial(st: &State, peer: PartyId) -> Result<Duplex> {
 /// Keeps a link to `peer` up: dials, and dials again when it drops.
 async fn dial_forever(st: Arc<State>, peer: PartyId) {
     let mut backoff = Duration::from_millis(50);
+    let mut dialed_before = false;
     loop {
         if st.mesh.is_up(peer) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -175,6 +176,16 @@ async fn dial_forever(st: Arc<State>, peer: PartyId) {
                 st.mesh.attach(peer, link);
                 st.set_status(format!("connected to {peer:?}"));
                 backoff = Duration::from_millis(50);
+                if st.me == PartyId::P1 && peer == PartyId::Helper && dialed_before {
+                    // P0 may have loaded and pooled sessions whose material the helper sent
+                    // over our previous link (P0's own links never dropped: a short freeze
+                    // here): make P0 see a drop, so that it reloads over the new link instead
+                    // of answering its next request with a session we never received.
+                    clear_pools(&st, "the helper link was replaced");
+                    st.mesh
+                        .drop_link(PartyId::P0, "P1's link to the helper was replaced");
+                }
+                dialed_before = true;
             }
             Err(e) => {
                 st.set_status(format!("waiting for {peer:?}: {e}"));
@@ -283,23 +294,34 @@ fn clear_pools(st: &State, why: &str) {
 async fn p0_supervisor(st: Arc<State>) {
     tokio::spawn(dial_forever(st.clone(), PartyId::P1));
     tokio::spawn(dial_forever(st.clone(), PartyId::Helper));
-    let mut loaded_with = false;
+    // The links (by generation) the models were loaded over: a link replaced between two
+    // polls (a reconnection quicker than 50 ms) counts as a drop too.
+    let mut loaded_with: Option<[u64; 2]> = None;
     loop {
-        let up = st.mesh.is_up(PartyId::P1) && st.mesh.is_up(PartyId::Helper);
-        if !up {
-            if loaded_with {
+        let links = [
+            st.mesh.link_generation(PartyId::P1),
+            st.mesh.link_generation(PartyId::Helper),
+        ];
+        let now = match links {
+            [Some(a), Some(b)] => Some([a, b]),
+            _ => None,
+        };
+        if now.is_none() || (loaded_with.is_some() && loaded_with != now) {
+            if loaded_with.is_some() {
                 st.set_status("a party link dropped: predictions wait for it to come back");
                 st.loaded.write().unwrap_or_else(|e| e.into_inner()).clear();
                 clear_pools(&st, "a party link dropped");
-                loaded_with = false;
+                loaded_with = None;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+            if now.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         }
-        if !loaded_with {
+        if loaded_with.is_none() {
             match load_all(&st).await {
                 Ok(()) => {
-                    loaded_with = true;
+                    loaded_with = now;
                     st.set_status("ready");
                 }
                 Err(e) => {
