@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::AtomicI64;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,8 +36,28 @@ const FIRST_ANSWER: Duration = Duration::from_secs(10);
 /// clients are closed earlier by the idle timeout; party links ping every 500 ms).
 const IO_IDLE: Duration = Duration::from_secs(120);
 /// How long a write may stay blocked (the peer's receive window full: it does not read, as a
-/// ping flood that never reads its pongs) before the connection is closed.
+/// ping flood that never reads its pongs) before the connection is closed. Not for an
+/// authenticated party link ([`LinkKind::mark_party`]): a party busy computing may leave
+/// hundreds of megabytes of helper material unread for longer, and its link has liveness
+/// pings of its own.
 const WRITE_STALL: Duration = Duration::from_secs(5);
+
+/// Shared between a connection and its handler: set once the connection is an authenticated
+/// party link, which lifts the [`WRITE_STALL`] limit (the [`IO_IDLE`] limit stays).
+#[derive(Debug, Clone, Default)]
+pub struct LinkKind(Arc<AtomicBool>);
+
+impl LinkKind {
+    /// Marks the connection as an authenticated party link (call only after the party
+    /// handshake succeeded: an outsider must not escape the write-stall limit).
+    pub fn mark_party(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_party(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
 
 /// A connection holding one of the listener's connection slots until it closes, and closed
 /// when it goes quiet: no answer within [`FIRST_ANSWER`] of the accept (hyper under axum has
@@ -49,6 +69,7 @@ pub struct Counted<S> {
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// Since when writes have been blocked, if they are.
     stalled: Option<tokio::time::Instant>,
+    kind: LinkKind,
 }
 
 impl<S> Counted<S> {
@@ -59,12 +80,16 @@ impl<S> Counted<S> {
             answered: false,
             deadline: Box::pin(tokio::time::sleep(FIRST_ANSWER)),
             stalled: None,
+            kind: LinkKind::default(),
         }
     }
 
     /// Called when a write is pending: true once writes have been blocked for
     /// [`WRITE_STALL`] (checked whenever the connection is polled, as a flood of pings does).
     fn write_stalled(&mut self) -> bool {
+        if self.kind.is_party() {
+            return false;
+        }
         let now = tokio::time::Instant::now();
         let since = *self.stalled.get_or_insert(now);
         now.duration_since(since) >= WRITE_STALL
@@ -163,21 +188,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 /// What a handler learns of its connection: the TLS channel's binding (the TLS exporter's
 /// value, as the dialer computes it in `sotto_net::tls::connect_bound`; `None` without TLS)
 /// and the party role the peer's certificate states (mutual TLS; `None` for clients).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Channel {
     /// The TLS exporter's value.
     pub binding: Option<[u8; 32]>,
     /// The role in the peer's verified certificate.
     pub peer: Option<sotto_wire::Role>,
+    /// The connection's kind, to mark it a party link once authenticated.
+    pub kind: LinkKind,
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
     for Channel
 {
-    fn connect_info(_: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+    fn connect_info(s: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
         Channel {
             binding: None,
             peer: None,
+            kind: s.io().kind.clone(),
         }
     }
 }
@@ -192,6 +220,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsL
                 .export_keying_material([0u8; 32], sotto_net::tls::BINDING_LABEL, None)
                 .ok(),
             peer: sotto_net::tls::peer_role(conn.peer_certificates()),
+            kind: s.io().kind.clone(),
         }
     }
 }
@@ -501,5 +530,65 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that never reads: every write stays pending.
+    struct Stuck;
+
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Polls one write once (as a connection is polled whenever anything happens on it).
+    async fn poll_write_once(c: &mut Counted<Stuck>) -> Poll<std::io::Result<usize>> {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *c).poll_write(cx, b"x"))).await
+    }
+
+    /// Seconds until a blocked write fails (polled every second), at most `limit`.
+    async fn seconds_until_failure(c: &mut Counted<Stuck>, limit: u64) -> Option<u64> {
+        for s in 0..=limit {
+            if let Poll::Ready(r) = poll_write_once(c).await {
+                assert!(r.is_err(), "a write to a peer that never reads succeeded");
+                return Some(s);
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        None
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_write_ends_a_client_connection_soon_and_a_party_link_only_when_idle() {
+        let slots = Arc::new(Semaphore::new(2));
+        let answered = |slots: &Arc<Semaphore>| {
+            let mut c = Counted::new(Stuck, slots.clone().try_acquire_owned().expect("slot"));
+            c.answered = true;
+            c.progress();
+            c
+        };
+        let mut client = answered(&slots);
+        let s = seconds_until_failure(&mut client, 30).await;
+        assert_eq!(s, Some(WRITE_STALL.as_secs()), "client connection: {s:?}");
+
+        let mut party = answered(&slots);
+        party.kind.mark_party();
+        let s = seconds_until_failure(&mut party, 3 * IO_IDLE.as_secs()).await;
+        assert_eq!(s, Some(IO_IDLE.as_secs()), "party link: {s:?}");
     }
 }

@@ -834,7 +834,15 @@ async fn party_ws(
     }
     ws.max_message_size(PARTY_MAX_PAYLOAD + 64)
         .max_frame_size(PARTY_MAX_PAYLOAD + 64)
-        .on_upgrade(move |sock| party::accept(st, http::duplex(sock), dialer, channel.binding))
+        .on_upgrade(move |sock| {
+            party::accept(
+                st,
+                http::duplex(sock),
+                dialer,
+                channel.binding,
+                channel.kind,
+            )
+        })
 }
 
 async fn client_ws(

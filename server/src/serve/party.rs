@@ -99,7 +99,13 @@ pub fn start(st: Arc<State>, control: ControlReceiver) -> std::result::Result<()
 
 /// Accepts a party connection at `/v1/party` from `dialer` (whose upgrade token was good):
 /// the handshake must name the same role and see the same TLS channel (`binding`).
-pub async fn accept(st: Arc<State>, mut link: Duplex, dialer: Role, binding: Option<[u8; 32]>) {
+pub async fn accept(
+    st: Arc<State>,
+    mut link: Duplex,
+    dialer: Role,
+    binding: Option<[u8; 32]>,
+    kind: super::http::LinkKind,
+) {
     let allowed: &[Role] = match (st.me, dialer) {
         (PartyId::Helper, Role::P0 | Role::P1) | (PartyId::P1, Role::P0) => &[dialer],
         _ => &[],
@@ -114,6 +120,8 @@ pub async fn accept(st: Arc<State>, mut link: Duplex, dialer: Role, binding: Opt
     .await
     {
         Ok(role) => {
+            // Authenticated: a busy peer may leave large material unread for a while.
+            kind.mark_party();
             let peer = party_of(role);
             if st.me == PartyId::P1 && peer == PartyId::P0 {
                 // A (re)connected P0 knows nothing of our pool or loads.
