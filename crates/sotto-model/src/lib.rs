@@ -17,6 +17,7 @@ pub mod error;
 pub mod files;
 pub mod graph;
 pub mod import;
+pub mod interp;
 pub mod ir;
 pub mod onnx;
 pub mod plan;

@@ -13,12 +13,12 @@
 //! 2^62, and sizes each comparison to the bits its inputs need, which shrinks the FSS keys.
 
 use sotto_core::fixed::{encode_with, FixedPoint};
-use sotto_core::linear::{conv_weight_matrix, Bilinear};
+use sotto_core::linear::conv_weight_matrix;
 use sotto_core::plain;
-use sotto_core::protocols::{shifted_bits, PiecewiseLinear, FULL_BITS, SLOPE_BITS};
+use sotto_core::protocols::{PiecewiseLinear, FULL_BITS, SLOPE_BITS};
 
 use crate::error::{ModelError, Result};
-use crate::ir::{per_example, permute, Activation, ConvParams, Layer, Model, PoolParams};
+use crate::ir::{per_example, Activation, ConvParams, Layer, Model, PoolParams};
 
 /// What a plan step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -867,89 +867,6 @@ impl Plan {
         plan.validate()?;
         Ok(plan)
     }
-
-    /// Runs the plan in the clear on fixed-point inputs: the plaintext twin of the private
-    /// prediction, which equals it bit for bit (every truncation is exact in both).
-    pub fn eval_fixed(&self, x: &[u64], batch: usize) -> Result<Vec<u64>> {
-        if x.len() != batch * self.input_len {
-            return Err(ModelError::Input(format!(
-                "{} values for {batch} inputs of {} elements",
-                x.len(),
-                self.input_len
-            )));
-        }
-        let f = self.fp.frac_bits();
-        let mut vals = Values::new(self, x.to_vec(), batch)?;
-        for (i, st) in self.steps.iter().enumerate() {
-            let h = vals.get(st.inputs[0]);
-            let y = match st.kind {
-                StepKind::LiftInput { bits } => plain::lift(h, bits),
-                StepKind::Dense {
-                    dense,
-                    inputs,
-                    outputs,
-                } => {
-                    let (w, b) = &self.weights[dense];
-                    let op = Bilinear::MatMul {
-                        m: batch,
-                        k: inputs,
-                        n: outputs,
-                    };
-                    let mut z = plain::bilinear(&op, h, w).map_err(core_err)?;
-                    for row in z.chunks_mut(outputs) {
-                        for (v, bv) in row.iter_mut().zip(b) {
-                            *v = v.wrapping_add(*bv);
-                        }
-                    }
-                    z
-                }
-                StepKind::Conv { weights, params } => {
-                    let (w, b) = &self.weights[weights];
-                    let cs = params.core_shape(batch);
-                    let mut z = plain::bilinear(&params.bilinear(batch), h, w).map_err(core_err)?;
-                    let plane = cs.out_h() * cs.out_w();
-                    for (i, chunk) in z.chunks_mut(plane).enumerate() {
-                        let bv = b[i % params.out_channels];
-                        chunk.iter_mut().for_each(|v| *v = v.wrapping_add(bv));
-                    }
-                    z
-                }
-                StepKind::MaxPool { params, .. } => {
-                    plain::maxpool(h, &params.core_shape(batch)).map_err(core_err)?
-                }
-                StepKind::AvgPool { params } => {
-                    plain::avgpool(h, &params.core_shape(batch)).map_err(core_err)?
-                }
-                StepKind::Transpose { dims, rank, perm } => {
-                    permute(h, batch, &dims[..rank], &perm[..rank + 1])
-                }
-                StepKind::Truncate => plain::truncate(h, f),
-                StepKind::Relu { shift, .. } => plain::relu(h, shift),
-                StepKind::Clip { shift, lo, hi, .. } => clip_twin(h, shift, lo, hi),
-                StepKind::Sigmoid { in_frac } => plain::sigmoid(h, in_frac, f).map_err(core_err)?,
-                StepKind::Tanh { in_frac } => plain::tanh(h, in_frac, f).map_err(core_err)?,
-                StepKind::Pad { chw, pads, value } => {
-                    crate::ir::pad_chw(h, batch, chw, pads, value)
-                }
-                StepKind::AvgPoolPadded {
-                    params,
-                    pads,
-                    include_pad,
-                } => plain::truncate(
-                    &padded_window_sums(h, batch, &params, pads, include_pad)?,
-                    sotto_core::protocols::AVG_RECIP_BITS,
-                ),
-                StepKind::Piecewise { act, in_frac, .. } => {
-                    plain::piecewise(h, &act.piecewise(in_frac, f).map_err(core_err)?)
-                }
-                StepKind::Scale { shift } => scale_up(h, shift),
-                StepKind::Add { subtract } => add(h, vals.get(st.inputs[1]), subtract),
-                StepKind::Concat { outer } => vals.concat(&st.inputs, outer),
-            };
-            vals.set(i, y);
-        }
-        Ok(vals.output())
-    }
 }
 
 /// `steps` without a first [`StepKind::LiftInput`] step, the values renumbered: what read the
@@ -1134,7 +1051,8 @@ pub(crate) fn core_err(e: sotto_core::CoreError) -> ModelError {
     ModelError::Graph(format!("engine: {e}"))
 }
 
-/// What one step costs per example (batch 1), per server.
+/// What one step costs per example (batch 1, [`Step::cost`]), or one gate for the batch it
+/// was lowered for ([`crate::interp::Gate::cost`]), per server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cost {
     /// Online rounds between P0 and P1.
@@ -1144,124 +1062,6 @@ pub struct Cost {
     /// Bytes of helper material each server receives (DCF keys; P1 also gets dealt values,
     /// counted here).
     pub helper_bytes: u64,
-}
-
-/// Bytes of one comparison key on `bits − 1` bits with `m` payload elements (sign tests use
-/// sotto-core's packed DCF format).
-fn key_bytes(bits: u32, m: u64) -> u64 {
-    sotto_core::dcf::Format::Packed.key_bytes(bits - 1, m as usize) as u64
-}
-
-/// Bytes of one key of the input lift's carry comparison on all `bits` bits (one payload
-/// element, sotto-core's byte format).
-fn lift_key_bytes(bits: u32) -> u64 {
-    sotto_core::dcf::Format::Bytes.key_bytes(bits, 1) as u64
-}
-
-impl Step {
-    /// The step's cost for one example; `private` is the weights mode.
-    pub fn cost(&self, input_len: usize, private: bool) -> Cost {
-        let n = self.per_example as u64;
-        let in_n = input_len as u64;
-        match self.kind {
-            StepKind::LiftInput { bits } => Cost {
-                rounds: 1,
-                online_bytes: 8 * n,
-                helper_bytes: n * (8 + lift_key_bytes(bits)),
-            },
-            StepKind::Dense { .. } | StepKind::Conv { .. } if private => Cost {
-                rounds: 1,
-                online_bytes: 8 * in_n,
-                helper_bytes: 8 * n,
-            },
-            StepKind::Dense { .. }
-            | StepKind::Conv { .. }
-            | StepKind::Transpose { .. }
-            | StepKind::Scale { .. }
-            | StepKind::Add { .. }
-            | StepKind::Concat { .. }
-            | StepKind::Pad { .. } => Cost::default(),
-            StepKind::AvgPoolPadded { .. } => {
-                truncate_cost(n, sotto_core::protocols::AVG_RECIP_BITS)
-            }
-            StepKind::Piecewise { act, in_frac, bits } => {
-                let g = act.piecewise(in_frac, self.out_frac).ok();
-                let pieces = g.as_ref().map_or(1, |g| g.pieces()) as u64 * n;
-                Cost {
-                    rounds: 1,
-                    online_bytes: 8 * pieces,
-                    helper_bytes: pieces * (key_bytes(bits, 2) + 16),
-                }
-                .plus(truncate_cost(n, g.map_or(0, |g| g.shift())))
-            }
-            StepKind::Truncate => truncate_cost(n, self.out_frac),
-            StepKind::Relu { shift, bits } => {
-                let sign = Cost {
-                    rounds: 1,
-                    online_bytes: 8 * n,
-                    helper_bytes: n * (key_bytes(shifted_bits(bits, shift), 2) + 16),
-                };
-                if shift > 0 {
-                    sign.plus(truncate_cost(n, shift))
-                } else {
-                    sign
-                }
-            }
-            StepKind::Clip { shift, bits, .. } => Step {
-                kind: StepKind::Relu { shift, bits },
-                per_example: 2 * self.per_example,
-                ..self.clone()
-            }
-            .cost(2 * input_len, private),
-            StepKind::MaxPool { params, bits } => {
-                let k = params.kernel[0] * params.kernel[1];
-                let cmps = (k as u64 - 1) * n;
-                Cost {
-                    rounds: sotto_core::protocols::max_tree_rounds(k),
-                    online_bytes: 8 * cmps,
-                    helper_bytes: cmps * (key_bytes(bits, 2) + 16),
-                }
-            }
-            StepKind::AvgPool { .. } => truncate_cost(n, sotto_core::protocols::AVG_RECIP_BITS),
-            StepKind::Sigmoid { in_frac } | StepKind::Tanh { in_frac } => {
-                let pieces = 21 * n;
-                Cost {
-                    rounds: 1,
-                    online_bytes: 8 * pieces,
-                    helper_bytes: pieces * (key_bytes(64, 2) + 16),
-                }
-                .plus(truncate_cost(
-                    n,
-                    (in_frac + SLOPE_BITS).saturating_sub(self.out_frac),
-                ))
-            }
-        }
-    }
-}
-
-/// Exact truncation by `f` of `n` elements: one opening; P1 gets `msb(r)` and `r >> f`, both
-/// get an `f`-bit carry key.
-fn truncate_cost(n: u64, f: u32) -> Cost {
-    let key = if f == 0 {
-        0
-    } else {
-        16 + u64::from(f) * 25 + 8
-    };
-    Cost {
-        rounds: 1,
-        online_bytes: 8 * n,
-        helper_bytes: n * (16 + key),
-    }
-}
-
-impl Cost {
-    fn plus(self, o: Cost) -> Cost {
-        Cost {
-            rounds: self.rounds + o.rounds,
-            online_bytes: self.online_bytes + o.online_bytes,
-            helper_bytes: self.helper_bytes + o.helper_bytes,
-        }
-    }
 }
 
 impl Plan {

@@ -5,7 +5,6 @@
 //! servers hold additive shares of the weights ([`share_weights`]); in public-weights mode
 //! both hold them in the clear and only the input is private.
 
-use sotto_core::linear::Bilinear;
 use sotto_core::prg::Prg;
 use sotto_core::protocols as p;
 use sotto_core::session::{Dealer, Server};
@@ -13,7 +12,8 @@ use sotto_core::share;
 use sotto_core::transport::Transport;
 
 use crate::error::{ModelError, Result};
-use crate::plan::{core_err, Plan, StepKind, Values};
+use crate::interp::{walk, Backend, Gate};
+use crate::plan::{core_err, Plan};
 
 /// What one server holds of a model's weights.
 #[derive(Clone, PartialEq, Eq)]
@@ -70,6 +70,7 @@ pub struct Loaded {
 /// The helper's loaded model: the weight masks of private mode.
 #[derive(Debug)]
 pub struct HelperLoaded {
+    private: bool,
     masks: Vec<p::WeightMask>,
 }
 
@@ -85,7 +86,7 @@ pub async fn deal_load<T: Transport>(
             masks.push(p::deal_weight_mask(d, len).await.map_err(core_err)?);
         }
     }
-    Ok(HelperLoaded { masks })
+    Ok(HelperLoaded { private, masks })
 }
 
 /// Loads a model on a server (private mode: opens `W − B` once per dense layer).
@@ -116,69 +117,46 @@ pub async fn load<T: Transport>(
     Ok(Loaded { weights, private })
 }
 
-fn op(batch: usize, inputs: usize, outputs: usize) -> Bilinear {
-    Bilinear::MatMul {
-        m: batch,
-        k: inputs,
-        n: outputs,
-    }
-}
-
-/// Helper side of [`predict`].
+/// Helper side of [`predict`]: each step's gate dealt in turn ([`Step::gate`]).
+///
+/// [`Step::gate`]: crate::plan::Step::gate
 pub async fn deal_predict<T: Transport>(
     d: &mut Dealer<T>,
     plan: &Plan,
     h: &HelperLoaded,
     batch: usize,
 ) -> Result<()> {
-    let f = plan.fp.frac_bits();
-    for st in &plan.steps {
-        let n = batch * st.per_example;
-        match st.kind {
-            StepKind::LiftInput { bits } => p::deal_lift(d, n, bits).await,
-            StepKind::Dense {
-                dense,
-                inputs,
-                outputs,
-            } => {
-                if let Some(mask) = h.masks.get(dense) {
-                    p::deal_bilinear_private(d, &op(batch, inputs, outputs), mask).await
-                } else {
-                    Ok(())
-                }
-            }
-            StepKind::Conv { weights, params } => {
-                if let Some(mask) = h.masks.get(weights) {
-                    p::deal_bilinear_private(d, &params.bilinear(batch), mask).await
-                } else {
-                    Ok(())
-                }
-            }
-            StepKind::MaxPool { params, bits } => {
-                p::deal_maxpool(d, &params.core_shape(batch), bits).await
-            }
-            StepKind::AvgPool { params } => p::deal_avgpool(d, &params.core_shape(batch)).await,
-            StepKind::AvgPoolPadded { .. } => {
-                p::deal_truncate(d, n, sotto_core::protocols::AVG_RECIP_BITS).await
-            }
-            StepKind::Transpose { .. }
-            | StepKind::Scale { .. }
-            | StepKind::Add { .. }
-            | StepKind::Concat { .. }
-            | StepKind::Pad { .. } => Ok(()),
-            StepKind::Truncate => p::deal_truncate(d, n, f).await,
-            StepKind::Relu { shift, bits } => p::deal_relu(d, n, shift, bits).await,
-            StepKind::Clip { shift, bits, .. } => p::deal_relu(d, 2 * n, shift, bits).await,
-            StepKind::Sigmoid { in_frac } => p::deal_sigmoid(d, n, in_frac, f).await,
-            StepKind::Tanh { in_frac } => p::deal_tanh(d, n, in_frac, f).await,
-            StepKind::Piecewise { act, in_frac, bits } => {
-                let g = act.piecewise(in_frac, f).map_err(core_err)?;
-                p::deal_piecewise(d, n, &g, bits).await
-            }
-        }
-        .map_err(core_err)?;
+    for gate in plan.gates(batch) {
+        deal_gate(d, h, &gate?).await?;
     }
     Ok(())
+}
+
+/// Deals one gate's material (nothing for a local gate, or a product with public weights).
+async fn deal_gate<T: Transport>(d: &mut Dealer<T>, h: &HelperLoaded, gate: &Gate) -> Result<()> {
+    match gate {
+        Gate::Local => Ok(()),
+        Gate::Lift { n, bits } => p::deal_lift(d, *n, *bits).await,
+        Gate::Product { op, weight } => {
+            if !h.private {
+                return Ok(());
+            }
+            let mask = h.masks.get(*weight).ok_or_else(|| no_weight(*weight))?;
+            p::deal_bilinear_private(d, op, mask).await
+        }
+        Gate::MaxPool { shape, bits } => p::deal_maxpool(d, shape, *bits).await,
+        Gate::AvgPool { shape } => p::deal_avgpool(d, shape).await,
+        Gate::Truncate { n, f } => p::deal_truncate(d, *n, *f).await,
+        Gate::Relu { n, shift, bits } => p::deal_relu(d, *n, *shift, *bits).await,
+        Gate::Piecewise { n, g, bits } => p::deal_piecewise(d, *n, g, *bits).await,
+    }
+    .map_err(core_err)
+}
+
+fn no_weight(w: usize) -> ModelError {
+    ModelError::Input(format!(
+        "the layer of weight tensor {w} has no loaded weight"
+    ))
 }
 
 /// The input-independent part of a prediction, done ahead: the material of the first steps
@@ -229,81 +207,63 @@ pub async fn prepare_predict<T: Transport>(
     batch: usize,
 ) -> Result<PreparedPrediction> {
     let mut steps = Vec::new();
-    let ahead = if s.is_streamed() { 0 } else { plan.steps.len() };
-    for st in &plan.steps[..ahead] {
-        let n = batch * st.per_example;
-        let prepared = match st.kind {
-            StepKind::LiftInput { bits } => {
-                PreparedStep::Lift(p::prepare_lift(s, n, bits).await.map_err(core_err)?)
+    if !s.is_streamed() {
+        for gate in plan.gates(batch) {
+            let gate = gate?;
+            if !gate.has_offline_part() {
+                // Not prepared: this step and every later one run online, in order.
+                break;
             }
-            StepKind::Dense {
-                dense,
-                inputs,
-                outputs,
-            } if m.weights.private => {
-                let w = m.private.get(dense).ok_or_else(|| {
-                    ModelError::Input(format!("dense layer {dense} has no loaded weight"))
-                })?;
-                PreparedStep::Product(
-                    p::prepare_bilinear_private(s, &op(batch, inputs, outputs), w)
-                        .await
-                        .map_err(core_err)?,
-                )
-            }
-            StepKind::Conv { weights, params } if m.weights.private => {
-                let w = m.private.get(weights).ok_or_else(|| {
-                    ModelError::Input(format!("convolution {weights} has no loaded weight"))
-                })?;
-                PreparedStep::Product(
-                    p::prepare_bilinear_private(s, &params.bilinear(batch), w)
-                        .await
-                        .map_err(core_err)?,
-                )
-            }
-            StepKind::Dense { .. }
-            | StepKind::Conv { .. }
-            | StepKind::Transpose { .. }
-            | StepKind::Scale { .. }
-            | StepKind::Add { .. }
-            | StepKind::Concat { .. }
-            | StepKind::Pad { .. } => PreparedStep::Local,
-            StepKind::AvgPoolPadded { .. } => PreparedStep::Truncate(
-                p::prepare_truncate(s, n, sotto_core::protocols::AVG_RECIP_BITS)
-                    .await
-                    .map_err(core_err)?,
-            ),
-            StepKind::Relu { shift, bits } => PreparedStep::Relu(Box::new(
-                p::prepare_relu(s, n, shift, bits).await.map_err(core_err)?,
-            )),
-            StepKind::Clip { shift, bits, .. } => PreparedStep::Relu(Box::new(
-                p::prepare_relu(s, 2 * n, shift, bits)
-                    .await
-                    .map_err(core_err)?,
-            )),
-            StepKind::MaxPool { params, bits } => PreparedStep::MaxPool(
-                p::prepare_maxpool(s, &params.core_shape(batch), bits)
-                    .await
-                    .map_err(core_err)?,
-            ),
-            StepKind::Truncate => PreparedStep::Truncate(
-                p::prepare_truncate(s, n, plan.fp.frac_bits())
-                    .await
-                    .map_err(core_err)?,
-            ),
-            StepKind::AvgPool { params } => PreparedStep::Truncate(
-                p::prepare_avgpool(s, &params.core_shape(batch))
-                    .await
-                    .map_err(core_err)?,
-            ),
-            // Not prepared: this step and every later one run online, in order.
-            StepKind::Sigmoid { .. } | StepKind::Tanh { .. } | StepKind::Piecewise { .. } => break,
-        };
-        steps.push(prepared);
+            steps.push(prepare_gate(s, m, &gate).await?);
+        }
     }
     Ok(PreparedPrediction {
         batch,
         session: s.session(),
         steps,
+    })
+}
+
+/// Receives and preprocesses one gate's material (a gate with an offline part).
+async fn prepare_gate<T: Transport>(
+    s: &mut Server<T>,
+    m: &Loaded,
+    gate: &Gate,
+) -> Result<PreparedStep> {
+    Ok(match gate {
+        Gate::Lift { n, bits } => {
+            PreparedStep::Lift(p::prepare_lift(s, *n, *bits).await.map_err(core_err)?)
+        }
+        Gate::Product { op, weight } if m.weights.private => {
+            let w = m.private.get(*weight).ok_or_else(|| no_weight(*weight))?;
+            PreparedStep::Product(
+                p::prepare_bilinear_private(s, op, w)
+                    .await
+                    .map_err(core_err)?,
+            )
+        }
+        Gate::Local | Gate::Product { .. } => PreparedStep::Local,
+        Gate::Truncate { n, f } => {
+            PreparedStep::Truncate(p::prepare_truncate(s, *n, *f).await.map_err(core_err)?)
+        }
+        Gate::Relu { n, shift, bits } => PreparedStep::Relu(Box::new(
+            p::prepare_relu(s, *n, *shift, *bits)
+                .await
+                .map_err(core_err)?,
+        )),
+        Gate::MaxPool { shape, bits } => PreparedStep::MaxPool(
+            p::prepare_maxpool(s, shape, *bits)
+                .await
+                .map_err(core_err)?,
+        ),
+        Gate::AvgPool { shape } => {
+            PreparedStep::Truncate(p::prepare_avgpool(s, shape).await.map_err(core_err)?)
+        }
+        Gate::Piecewise { .. } => {
+            return Err(ModelError::Graph(
+                "a piecewise-linear gate has no offline part to prepare".into(),
+            ))
+        }
     })
 }
 
@@ -348,132 +308,86 @@ pub async fn finish_predict<T: Transport>(
             "a prediction prepared for another session".into(),
         ));
     }
-    let f = plan.fp.frac_bits();
-    let mut prepared = prep.steps.into_iter();
-    let mut vals = Values::new(plan, x, batch)?;
-    for (i, st) in plan.steps.iter().enumerate() {
-        let ready = prepared.next();
-        let h = vals.get(st.inputs[0]);
-        let y = match st.kind {
-            StepKind::LiftInput { bits } => match ready {
-                Some(PreparedStep::Lift(pl)) => p::finish_lift(s, pl, h).await,
-                _ => p::lift(s, h, bits).await,
-            }
-            .map_err(core_err)?,
-            StepKind::Dense {
-                dense,
-                inputs,
-                outputs,
-            } => {
-                let o = op(batch, inputs, outputs);
-                let (w, b) = &m.weights.dense[dense];
-                let mut z = if m.weights.private {
-                    match ready {
-                        Some(PreparedStep::Product(pp)) => {
-                            p::finish_bilinear_private(s, pp, h, &m.private[dense]).await
-                        }
-                        _ => p::bilinear_private(s, &o, h, &m.private[dense]).await,
-                    }
-                } else {
-                    p::bilinear_public(&o, h, w)
-                }
-                .map_err(core_err)?;
-                p::add_bias(s, &mut z, b, !m.weights.private).map_err(core_err)?;
-                z
-            }
-            StepKind::Conv { weights, params } => {
-                let cs = params.core_shape(batch);
-                let o = params.bilinear(batch);
-                let (w, b) = &m.weights.dense[weights];
-                let mut z = if m.weights.private {
-                    match ready {
-                        Some(PreparedStep::Product(pp)) => {
-                            p::finish_bilinear_private(s, pp, h, &m.private[weights]).await
-                        }
-                        _ => p::bilinear_private(s, &o, h, &m.private[weights]).await,
-                    }
-                } else {
-                    p::bilinear_public(&o, h, w)
-                }
-                .map_err(core_err)?;
-                p::add_channel_bias(s, &mut z, cs.out_h() * cs.out_w(), b, !m.weights.private)
-                    .map_err(core_err)?;
-                z
-            }
-            StepKind::MaxPool { params, bits } => match ready {
-                Some(PreparedStep::MaxPool(pm)) => p::finish_maxpool(s, pm, h).await,
-                _ => p::maxpool(s, h, &params.core_shape(batch), bits).await,
-            }
-            .map_err(core_err)?,
-            StepKind::AvgPool { params } => match ready {
-                Some(PreparedStep::Truncate(pt)) => {
-                    p::finish_avgpool(s, pt, h, &params.core_shape(batch)).await
-                }
-                _ => p::avgpool(s, h, &params.core_shape(batch)).await,
-            }
-            .map_err(core_err)?,
-            StepKind::Transpose { dims, rank, perm } => {
-                crate::ir::permute(h, batch, &dims[..rank], &perm[..rank + 1])
-            }
-            StepKind::Truncate => match ready {
-                Some(PreparedStep::Truncate(pt)) => p::finish_truncate(s, pt, h).await,
-                _ => p::truncate(s, h, f).await,
-            }
-            .map_err(core_err)?,
-            StepKind::Relu { shift, bits } => match ready {
-                Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, h).await,
-                _ => p::relu(s, h, shift, bits).await,
-            }
-            .map_err(core_err)?,
-            StepKind::Clip {
-                shift,
-                bits,
-                lo,
-                hi,
-            } => {
-                // Both differences through one gate call: one pass of its rounds.
-                let p0 = s.is_p0();
-                let (a, b) = crate::plan::clip_inputs(h, lo, hi, p0);
-                let n = a.len();
-                let ab = [a, b].concat();
-                let r = match ready {
-                    Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, &ab).await,
-                    _ => p::relu(s, &ab, shift, bits).await,
-                }
-                .map_err(core_err)?;
-                crate::plan::clip_combine(&r[..n], &r[n..], lo, shift, p0)
-            }
-            StepKind::Sigmoid { in_frac } => {
-                p::sigmoid(s, h, in_frac, f).await.map_err(core_err)?
-            }
-            StepKind::Tanh { in_frac } => p::tanh(s, h, in_frac, f).await.map_err(core_err)?,
-            StepKind::Pad { chw, pads, value } => {
-                let fill = if s.is_p0() { value } else { 0 };
-                crate::ir::pad_chw(h, batch, chw, pads, fill)
-            }
-            StepKind::AvgPoolPadded {
-                params,
-                pads,
-                include_pad,
-            } => {
-                let z = crate::plan::padded_window_sums(h, batch, &params, pads, include_pad)?;
-                match ready {
-                    Some(PreparedStep::Truncate(pt)) => p::finish_truncate(s, pt, &z).await,
-                    _ => p::truncate(s, &z, sotto_core::protocols::AVG_RECIP_BITS).await,
-                }
-                .map_err(core_err)?
-            }
-            StepKind::Piecewise { act, in_frac, bits } => {
-                let g = act.piecewise(in_frac, f).map_err(core_err)?;
-                p::piecewise(s, h, &g, bits).await.map_err(core_err)?
-            }
-            StepKind::Scale { shift } => crate::plan::scale_up(h, shift),
-            StepKind::Add { subtract } => crate::plan::add(h, vals.get(st.inputs[1]), subtract),
-            StepKind::Concat { outer } => vals.concat(&st.inputs, outer),
-        };
-        vals.set(i, y);
+    let mut run = ServerRun {
+        s,
+        m,
+        prepared: prep.steps.into_iter().map(Some).collect(),
+    };
+    walk(plan, &mut run, x, batch).await
+}
+
+/// A server running the gates of [`finish_predict`]'s walk: each step's prepared part if
+/// there is one, the whole gate otherwise.
+struct ServerRun<'a, T> {
+    s: &'a mut Server<T>,
+    m: &'a Loaded,
+    /// The prepared part of step `i`, until it runs.
+    prepared: Vec<Option<PreparedStep>>,
+}
+
+impl<T: Transport> Backend for ServerRun<'_, T> {
+    fn adds_constants(&self) -> bool {
+        self.s.is_p0()
     }
-    Ok(vals.output())
+
+    fn bias(&self, weight: usize) -> Result<Option<&[u64]>> {
+        let (_, b) = self
+            .m
+            .weights
+            .dense
+            .get(weight)
+            .ok_or_else(|| no_weight(weight))?;
+        // A shared bias is added by both servers, a public one by P0 only.
+        Ok((self.m.weights.private || self.s.is_p0()).then_some(b.as_slice()))
+    }
+
+    async fn run(&mut self, step: usize, gate: &Gate, x: &[u64]) -> Result<Vec<u64>> {
+        let ready = self.prepared.get_mut(step).and_then(Option::take);
+        let (s, m) = (&mut *self.s, self.m);
+        match gate {
+            Gate::Local => Ok(x.to_vec()),
+            Gate::Lift { bits, .. } => match ready {
+                Some(PreparedStep::Lift(pl)) => p::finish_lift(s, pl, x).await,
+                _ => p::lift(s, x, *bits).await,
+            },
+            Gate::Product { op, weight } => {
+                if m.weights.private {
+                    let w = m.private.get(*weight).ok_or_else(|| no_weight(*weight))?;
+                    match ready {
+                        Some(PreparedStep::Product(pp)) => {
+                            p::finish_bilinear_private(s, pp, x, w).await
+                        }
+                        _ => p::bilinear_private(s, op, x, w).await,
+                    }
+                } else {
+                    let (w, _) = m
+                        .weights
+                        .dense
+                        .get(*weight)
+                        .ok_or_else(|| no_weight(*weight))?;
+                    p::bilinear_public(op, x, w)
+                }
+            }
+            Gate::MaxPool { shape, bits } => match ready {
+                Some(PreparedStep::MaxPool(pm)) => p::finish_maxpool(s, pm, x).await,
+                _ => p::maxpool(s, x, shape, *bits).await,
+            },
+            Gate::AvgPool { shape } => match ready {
+                Some(PreparedStep::Truncate(pt)) => p::finish_avgpool(s, pt, x, shape).await,
+                _ => p::avgpool(s, x, shape).await,
+            },
+            Gate::Truncate { f, .. } => match ready {
+                Some(PreparedStep::Truncate(pt)) => p::finish_truncate(s, pt, x).await,
+                _ => p::truncate(s, x, *f).await,
+            },
+            Gate::Relu { shift, bits, .. } => match ready {
+                Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, x).await,
+                _ => p::relu(s, x, *shift, *bits).await,
+            },
+            Gate::Piecewise { g, bits, .. } => p::piecewise(s, x, g, *bits).await,
+        }
+        .map_err(core_err)
+    }
 }
 
 /// The result of [`run_in_process`].

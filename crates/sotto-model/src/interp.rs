@@ -1,0 +1,599 @@
+//! The one interpreter of a [`Plan`]: what each step runs, decided once.
+//!
+//! [`Step::gate`] lowers a step to the protocol [`Gate`] it runs (which helper material, on
+//! how many elements, with which parameters), and the crate-internal lowering behind it adds
+//! the local work around the gate (padding, permutations, sums, concatenations, scalings,
+//! a clip's input split and recombination, padded window sums, bias additions). Everything
+//! else consumes that lowering instead of deciding again:
+//!
+//! - the cost model ([`Gate::cost`], and [`Step::cost`] over it);
+//! - the helper ([`crate::private::deal_predict`]) and a server's offline phase
+//!   ([`crate::private::prepare_predict`]), which walk the gates alone (the material walk);
+//! - the walk over values (crate-internal `walk`), which runs the local work and hands each
+//!   gate to a backend (a crate-internal `Backend` trait): the plaintext twin
+//!   ([`Plan::eval_fixed`]) computes it in the clear, a server
+//!   ([`crate::private::finish_predict`]) runs the protocol. The only party-dependent part of
+//!   the local work (P0 adds public constants, P1 does not) is the backend's
+//!   `adds_constants`.
+
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
+use sotto_core::linear::{Bilinear, PoolShape};
+use sotto_core::plain;
+use sotto_core::protocols::{
+    max_tree_rounds, shifted_bits, PiecewiseLinear, AVG_RECIP_BITS, FULL_BITS,
+};
+use sotto_core::ring;
+
+use crate::error::{ModelError, Result};
+use crate::ir::PoolParams;
+use crate::plan::{
+    add, clip_combine, clip_inputs, core_err, padded_window_sums, scale_up, Cost, Plan, Step,
+    StepKind, Values,
+};
+
+/// The protocol gate a step runs, with everything the helper, the servers and the cost model
+/// need to agree on: its element counts (batch included) and parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// No gate: the step is local (no helper material, no round).
+    Local,
+    /// The input forced into a signed `bits`-bit value (an FSS carry), on `n` elements.
+    Lift {
+        /// Elements.
+        n: usize,
+        /// Width of the range, sign included.
+        bits: u32,
+    },
+    /// The product `op(x, W)` with weight tensor `weight` of [`Plan::weights`]: a Beaver
+    /// product with the once-per-model mask when the weights are private (helper material, one
+    /// round), local when they are public.
+    Product {
+        /// The product.
+        op: Bilinear,
+        /// Index into [`Plan::weights`].
+        weight: usize,
+    },
+    /// Max pooling by a tree of sign gates comparing on `bits` bits.
+    MaxPool {
+        /// Geometry (batch included).
+        shape: PoolShape,
+        /// Comparison width.
+        bits: u32,
+    },
+    /// Average pooling: window sums times a reciprocal, then one exact truncation by
+    /// [`AVG_RECIP_BITS`].
+    AvgPool {
+        /// Geometry (batch included).
+        shape: PoolShape,
+    },
+    /// Exact truncation of `n` elements by `f` bits.
+    Truncate {
+        /// Elements.
+        n: usize,
+        /// Bits removed.
+        f: u32,
+    },
+    /// `ReLU(x) >> shift` of `n` elements, comparing on `bits` bits.
+    Relu {
+        /// Elements.
+        n: usize,
+        /// Truncation fused into the ReLU.
+        shift: u32,
+        /// Comparison width.
+        bits: u32,
+    },
+    /// A piecewise-linear function of `n` elements (sigmoid and tanh are ones, compared on
+    /// [`FULL_BITS`]): one sign gate for all pieces, then an exact truncation. It has no
+    /// offline part a server prepares ahead ([`Gate::has_offline_part`]).
+    Piecewise {
+        /// Elements.
+        n: usize,
+        /// The function.
+        g: PiecewiseLinear,
+        /// Comparison width.
+        bits: u32,
+    },
+}
+
+impl Gate {
+    /// Whether a server prepares the gate ahead of the input ([`crate::private::prepare_predict`]
+    /// stops at the first gate without such a part, and the rest runs online, in order).
+    pub fn has_offline_part(&self) -> bool {
+        !matches!(self, Gate::Piecewise { .. })
+    }
+
+    /// What the gate costs each server (for the element counts it was lowered with; `private`
+    /// is the weights mode): its online rounds and bytes, and the helper material it receives
+    /// (DCF keys; P1 also gets dealt values, counted here). The 16 bytes of framing of each
+    /// DCF key batch (its length and header) are left out: they do not grow with the batch.
+    pub fn cost(&self, private: bool) -> Cost {
+        match self {
+            Gate::Local => Cost::default(),
+            Gate::Lift { n, bits } => {
+                let n = *n as u64;
+                Cost {
+                    rounds: 1,
+                    online_bytes: 8 * n,
+                    helper_bytes: n * (8 + lift_key_bytes(*bits)),
+                }
+            }
+            Gate::Product { op, .. } if private => Cost {
+                rounds: 1,
+                online_bytes: 8 * op.x_len() as u64,
+                helper_bytes: 8 * op.out_len() as u64,
+            },
+            Gate::Product { .. } => Cost::default(),
+            Gate::MaxPool { shape, bits } => {
+                let k = shape.kernel_h * shape.kernel_w;
+                let cmps = (k.saturating_sub(1) * shape.windows()) as u64;
+                Cost {
+                    rounds: max_tree_rounds(k),
+                    online_bytes: 8 * cmps,
+                    helper_bytes: cmps * (key_bytes(*bits, 2) + 16),
+                }
+            }
+            Gate::AvgPool { shape } => truncate_cost(shape.windows() as u64, AVG_RECIP_BITS),
+            Gate::Truncate { n, f } => truncate_cost(*n as u64, *f),
+            Gate::Relu { n, shift, bits } => {
+                let n = *n as u64;
+                let sign = Cost {
+                    rounds: 1,
+                    online_bytes: 8 * n,
+                    helper_bytes: n * (key_bytes(shifted_bits(*bits, *shift), 2) + 16),
+                };
+                if *shift > 0 {
+                    sign.plus(truncate_cost(n, *shift))
+                } else {
+                    sign
+                }
+            }
+            Gate::Piecewise { n, g, bits } => {
+                let pieces = g.pieces() as u64 * *n as u64;
+                Cost {
+                    rounds: 1,
+                    online_bytes: 8 * pieces,
+                    helper_bytes: pieces * (key_bytes(*bits, 2) + 16),
+                }
+                .plus(truncate_cost(*n as u64, g.shift()))
+            }
+        }
+    }
+}
+
+/// Bytes of one comparison key on `bits − 1` bits with `m` payload elements (sign tests use
+/// sotto-core's packed DCF format).
+fn key_bytes(bits: u32, m: u64) -> u64 {
+    sotto_core::dcf::Format::Packed.key_bytes(bits.saturating_sub(1), m as usize) as u64
+}
+
+/// Bytes of one key of the input lift's carry comparison on all `bits` bits (one payload
+/// element, sotto-core's byte format).
+fn lift_key_bytes(bits: u32) -> u64 {
+    sotto_core::dcf::Format::Bytes.key_bytes(bits, 1) as u64
+}
+
+/// Exact truncation by `f` of `n` elements: one opening; P1 gets `msb(r)` and `r >> f`, both
+/// get an `f`-bit carry key.
+fn truncate_cost(n: u64, f: u32) -> Cost {
+    let key = if f == 0 {
+        0
+    } else {
+        16 + u64::from(f) * 25 + 8
+    };
+    Cost {
+        rounds: 1,
+        online_bytes: 8 * n,
+        helper_bytes: n * (16 + key),
+    }
+}
+
+impl Cost {
+    fn plus(self, o: Cost) -> Cost {
+        Cost {
+            rounds: self.rounds + o.rounds,
+            online_bytes: self.online_bytes + o.online_bytes,
+            helper_bytes: self.helper_bytes + o.helper_bytes,
+        }
+    }
+}
+
+/// Local work on a step's inputs before its gate (or all of a local step's work).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Pre {
+    /// Nothing: the gate reads the step's (first) input.
+    Input,
+    /// Axis permutation of the per-example `dims`.
+    Transpose {
+        dims: [usize; 8],
+        rank: usize,
+        perm: [usize; 9],
+    },
+    /// Padding with a public constant (P0 writes it, P1 zeros).
+    Pad {
+        chw: [usize; 3],
+        pads: [usize; 4],
+        value: u64,
+    },
+    /// Multiplication by `2^shift`.
+    Scale { shift: u32 },
+    /// Sum or difference of the two inputs.
+    Add { subtract: bool },
+    /// Concatenation of the inputs in `outer` chunks per example.
+    Concat { outer: usize },
+    /// A clip's two differences `x − lo` and `x − hi`, one after the other (the constants
+    /// subtracted by P0 only), for one ReLU gate on both.
+    ClipSplit { lo: u64, hi: u64 },
+    /// The window sums of the input padded with zeros, times each window's reciprocal.
+    WindowSums {
+        params: PoolParams,
+        pads: [usize; 4],
+        include_pad: bool,
+    },
+}
+
+/// Local work on a gate's output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Post {
+    /// Nothing: the gate's output is the step's.
+    Output,
+    /// Weight tensor `weight`'s bias added to every row.
+    RowBias { weight: usize },
+    /// Weight tensor `weight`'s bias added per channel plane of `plane` elements.
+    ChannelBias { weight: usize, plane: usize },
+    /// A clip's recombination `ReLU(x − lo) − ReLU(x − hi) + (lo >> shift)` (the constant
+    /// added by P0 only).
+    ClipJoin { lo: u64, shift: u32 },
+}
+
+/// A step lowered: local work, its gate, local work.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Lowered {
+    pub(crate) pre: Pre,
+    pub(crate) gate: Gate,
+    pub(crate) post: Post,
+}
+
+impl Step {
+    /// The protocol gate the step runs for `batch` examples, values between layers having
+    /// `frac_bits` fractional bits (the plan's `f`): the one place that decides which gate,
+    /// on how many elements, with which parameters.
+    pub fn gate(&self, batch: usize, frac_bits: u32) -> Result<Gate> {
+        Ok(self.lower(batch, frac_bits)?.gate)
+    }
+
+    /// The step's gate with the local work around it.
+    pub(crate) fn lower(&self, batch: usize, f: u32) -> Result<Lowered> {
+        let n = batch.checked_mul(self.per_example).ok_or_else(|| {
+            ModelError::Input(format!(
+                "a batch of {batch} inputs is too large for step {:?}",
+                self.node
+            ))
+        })?;
+        let gate = |gate: Gate| Lowered {
+            pre: Pre::Input,
+            gate,
+            post: Post::Output,
+        };
+        let local = |pre: Pre| Lowered {
+            pre,
+            gate: Gate::Local,
+            post: Post::Output,
+        };
+        Ok(match self.kind {
+            StepKind::LiftInput { bits } => gate(Gate::Lift { n, bits }),
+            StepKind::Dense {
+                dense,
+                inputs,
+                outputs,
+            } => Lowered {
+                pre: Pre::Input,
+                gate: Gate::Product {
+                    op: Bilinear::MatMul {
+                        m: batch,
+                        k: inputs,
+                        n: outputs,
+                    },
+                    weight: dense,
+                },
+                post: Post::RowBias { weight: dense },
+            },
+            StepKind::Conv { weights, params } => {
+                let cs = params.core_shape(batch);
+                Lowered {
+                    pre: Pre::Input,
+                    gate: Gate::Product {
+                        op: params.bilinear(batch),
+                        weight: weights,
+                    },
+                    post: Post::ChannelBias {
+                        weight: weights,
+                        plane: cs.out_h() * cs.out_w(),
+                    },
+                }
+            }
+            StepKind::MaxPool { params, bits } => gate(Gate::MaxPool {
+                shape: params.core_shape(batch),
+                bits,
+            }),
+            StepKind::AvgPool { params } => gate(Gate::AvgPool {
+                shape: params.core_shape(batch),
+            }),
+            StepKind::AvgPoolPadded {
+                params,
+                pads,
+                include_pad,
+            } => Lowered {
+                pre: Pre::WindowSums {
+                    params,
+                    pads,
+                    include_pad,
+                },
+                gate: Gate::Truncate {
+                    n,
+                    f: AVG_RECIP_BITS,
+                },
+                post: Post::Output,
+            },
+            StepKind::Truncate => gate(Gate::Truncate { n, f }),
+            StepKind::Relu { shift, bits } => gate(Gate::Relu { n, shift, bits }),
+            StepKind::Clip {
+                shift,
+                bits,
+                lo,
+                hi,
+            } => Lowered {
+                // Both differences through one gate call: one pass of its rounds.
+                pre: Pre::ClipSplit { lo, hi },
+                gate: Gate::Relu {
+                    n: 2 * n,
+                    shift,
+                    bits,
+                },
+                post: Post::ClipJoin { lo, shift },
+            },
+            StepKind::Sigmoid { in_frac } => gate(Gate::Piecewise {
+                n,
+                g: PiecewiseLinear::sigmoid(in_frac, f).map_err(core_err)?,
+                bits: FULL_BITS,
+            }),
+            StepKind::Tanh { in_frac } => gate(Gate::Piecewise {
+                n,
+                g: PiecewiseLinear::tanh(in_frac, f).map_err(core_err)?,
+                bits: FULL_BITS,
+            }),
+            StepKind::Piecewise { act, in_frac, bits } => gate(Gate::Piecewise {
+                n,
+                g: act.piecewise(in_frac, f).map_err(core_err)?,
+                bits,
+            }),
+            StepKind::Transpose { dims, rank, perm } => local(Pre::Transpose { dims, rank, perm }),
+            StepKind::Pad { chw, pads, value } => local(Pre::Pad { chw, pads, value }),
+            StepKind::Scale { shift } => local(Pre::Scale { shift }),
+            StepKind::Add { subtract } => local(Pre::Add { subtract }),
+            StepKind::Concat { outer } => local(Pre::Concat { outer }),
+        })
+    }
+
+    /// The step's cost for one example; `private` is the weights mode. The gate's
+    /// [`Gate::cost`] for a batch of one (lowered with the step's own output fractional bits,
+    /// which are `f` wherever the gate depends on it); a step that does not lower (a plan
+    /// that [`Plan::validate`] refuses) costs nothing. `input_len` is not needed any more
+    /// (the gate knows its shapes) and kept for callers.
+    pub fn cost(&self, input_len: usize, private: bool) -> Cost {
+        let _ = input_len;
+        self.gate(1, self.out_frac)
+            .map_or_else(|_| Cost::default(), |g| g.cost(private))
+    }
+}
+
+impl Plan {
+    /// The gates of the plan's steps for `batch` examples, in the order the helper deals them
+    /// and the servers run them.
+    pub(crate) fn gates(&self, batch: usize) -> impl Iterator<Item = Result<Gate>> + '_ {
+        let f = self.fp.frac_bits();
+        self.steps.iter().map(move |st| st.gate(batch, f))
+    }
+}
+
+/// Who runs the gates of a [`walk`]: the plaintext twin or a server.
+pub(crate) trait Backend {
+    /// Whether this party adds public constants: P0, and the plaintext twin (which holds
+    /// whole values); not P1.
+    fn adds_constants(&self) -> bool;
+
+    /// The bias of weight tensor `weight` as this party adds it; `None` when it adds none (P1
+    /// with public weights).
+    fn bias(&self, weight: usize) -> Result<Option<&[u64]>>;
+
+    /// Runs step `step`'s gate (never [`Gate::Local`]) on `x`.
+    async fn run(&mut self, step: usize, gate: &Gate, x: &[u64]) -> Result<Vec<u64>>;
+}
+
+/// Runs `plan` on `x` (the input of `batch` examples, whole or a share) with `backend`
+/// running the gates: the one walk over the plan's values, each dropped after its last
+/// reader. Returns the output (or this party's share of it).
+pub(crate) async fn walk<B: Backend>(
+    plan: &Plan,
+    backend: &mut B,
+    x: Vec<u64>,
+    batch: usize,
+) -> Result<Vec<u64>> {
+    let f = plan.fp.frac_bits();
+    let p0 = backend.adds_constants();
+    let mut vals = Values::new(plan, x, batch)?;
+    for (i, st) in plan.steps.iter().enumerate() {
+        let Lowered { pre, gate, post } = st.lower(batch, f)?;
+        let before = pre_local(&pre, &vals, &st.inputs, batch, p0)?;
+        let mid = match (&gate, before) {
+            (Gate::Local, Some(v)) => v,
+            (Gate::Local, None) => vals.get(st.inputs[0]).to_vec(),
+            (g, Some(v)) => backend.run(i, g, &v).await?,
+            (g, None) => backend.run(i, g, vals.get(st.inputs[0])).await?,
+        };
+        let y = post_local(&post, mid, &*backend, p0)?;
+        vals.set(i, y);
+    }
+    Ok(vals.output())
+}
+
+/// [`Pre`] on the step's inputs `ids`; `None` for [`Pre::Input`] (the gate reads the first
+/// input where it is).
+fn pre_local(
+    pre: &Pre,
+    vals: &Values,
+    ids: &[usize],
+    batch: usize,
+    p0: bool,
+) -> Result<Option<Vec<u64>>> {
+    let h = vals.get(ids[0]);
+    Ok(Some(match *pre {
+        Pre::Input => return Ok(None),
+        Pre::Transpose { dims, rank, perm } => {
+            crate::ir::permute(h, batch, &dims[..rank], &perm[..rank + 1])
+        }
+        Pre::Pad { chw, pads, value } => {
+            crate::ir::pad_chw(h, batch, chw, pads, if p0 { value } else { 0 })
+        }
+        Pre::Scale { shift } => scale_up(h, shift),
+        Pre::Add { subtract } => {
+            let other = ids.get(1).ok_or_else(|| {
+                ModelError::Graph("a sum of one value (the plan is malformed)".into())
+            })?;
+            add(h, vals.get(*other), subtract)
+        }
+        Pre::Concat { outer } => vals.concat(ids, outer),
+        Pre::ClipSplit { lo, hi } => {
+            let (a, b) = clip_inputs(h, lo, hi, p0);
+            [a, b].concat()
+        }
+        Pre::WindowSums {
+            params,
+            pads,
+            include_pad,
+        } => padded_window_sums(h, batch, &params, pads, include_pad)?,
+    }))
+}
+
+/// [`Post`] on the gate's output `y`.
+fn post_local<B: Backend>(post: &Post, mut y: Vec<u64>, backend: &B, p0: bool) -> Result<Vec<u64>> {
+    match *post {
+        Post::Output => {}
+        Post::RowBias { weight } => {
+            if let Some(b) = backend.bias(weight)? {
+                add_row_bias(&mut y, b)?;
+            }
+        }
+        Post::ChannelBias { weight, plane } => {
+            if let Some(b) = backend.bias(weight)? {
+                add_channel_bias(&mut y, plane, b)?;
+            }
+        }
+        Post::ClipJoin { lo, shift } => {
+            let n = y.len() / 2;
+            y = clip_combine(&y[..n], &y[n..], lo, shift, p0);
+        }
+    }
+    Ok(y)
+}
+
+/// Adds `bias` to every row of `x` (rows of `bias.len()` elements).
+fn add_row_bias(x: &mut [u64], bias: &[u64]) -> Result<()> {
+    if bias.is_empty() || x.len() % bias.len() != 0 {
+        return Err(ModelError::Graph(format!(
+            "bias of {} elements does not divide {} outputs",
+            bias.len(),
+            x.len()
+        )));
+    }
+    for row in x.chunks_mut(bias.len()) {
+        ring::add_assign(row, bias).map_err(core_err)?;
+    }
+    Ok(())
+}
+
+/// Adds `bias[c]` to every element of channel `c` of an NCHW tensor (`plane` is `H · W`).
+fn add_channel_bias(x: &mut [u64], plane: usize, bias: &[u64]) -> Result<()> {
+    let channels = bias.len();
+    if channels == 0 || plane == 0 || x.len() % (channels * plane) != 0 {
+        return Err(ModelError::Graph(format!(
+            "channel bias of {channels} elements with planes of {plane} for {} outputs",
+            x.len()
+        )));
+    }
+    for (i, chunk) in x.chunks_mut(plane).enumerate() {
+        ring::add_scalar_assign(chunk, bias[i % channels]);
+    }
+    Ok(())
+}
+
+/// The plaintext twin: every gate computed in the clear on whole values.
+struct Twin<'a> {
+    weights: &'a [(Vec<u64>, Vec<u64>)],
+}
+
+impl Twin<'_> {
+    fn weight(&self, w: usize) -> Result<&(Vec<u64>, Vec<u64>)> {
+        self.weights.get(w).ok_or_else(|| {
+            ModelError::Graph(format!(
+                "weight tensor {w} of {} (the plan is malformed)",
+                self.weights.len()
+            ))
+        })
+    }
+}
+
+impl Backend for Twin<'_> {
+    fn adds_constants(&self) -> bool {
+        true
+    }
+
+    fn bias(&self, weight: usize) -> Result<Option<&[u64]>> {
+        Ok(Some(&self.weight(weight)?.1))
+    }
+
+    async fn run(&mut self, _step: usize, gate: &Gate, x: &[u64]) -> Result<Vec<u64>> {
+        Ok(match gate {
+            Gate::Local => x.to_vec(),
+            Gate::Lift { bits, .. } => plain::lift(x, *bits),
+            Gate::Product { op, weight } => {
+                plain::bilinear(op, x, &self.weight(*weight)?.0).map_err(core_err)?
+            }
+            Gate::MaxPool { shape, .. } => plain::maxpool(x, shape).map_err(core_err)?,
+            Gate::AvgPool { shape } => plain::avgpool(x, shape).map_err(core_err)?,
+            Gate::Truncate { f, .. } => plain::truncate(x, *f),
+            Gate::Relu { shift, .. } => plain::relu(x, *shift),
+            Gate::Piecewise { g, .. } => plain::piecewise(x, g),
+        })
+    }
+}
+
+/// Polls a future that never waits (the twin's walk) to its end.
+fn run_ready<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(ModelError::Graph(
+            "the plaintext twin waited (a gate of the twin is not local)".into(),
+        )),
+    }
+}
+
+impl Plan {
+    /// Runs the plan in the clear on fixed-point inputs: the plaintext twin of the private
+    /// prediction, which equals it bit for bit (every truncation is exact in both).
+    pub fn eval_fixed(&self, x: &[u64], batch: usize) -> Result<Vec<u64>> {
+        if Some(x.len()) != batch.checked_mul(self.input_len) {
+            return Err(ModelError::Input(format!(
+                "{} values for {batch} inputs of {} elements",
+                x.len(),
+                self.input_len
+            )));
+        }
+        let mut twin = Twin {
+            weights: &self.weights,
+        };
+        run_ready(walk(self, &mut twin, x.to_vec(), batch))
+    }
+}
