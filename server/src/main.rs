@@ -418,15 +418,19 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
         total.online_bytes += c.online_bytes;
         total.helper_bytes += c.helper_bytes;
         let cmp = match st.kind {
-            sotto_model::plan::StepKind::Relu { bits, shift } => {
-                sotto_core::protocols::shifted_bits(bits, shift).to_string()
+            // A truncating ReLU compares the untruncated value and the truncation's carry
+            // (`bits+shift`) on one opening; without a truncation it compares on its width.
+            sotto_model::plan::StepKind::Relu { bits, shift }
+            | sotto_model::plan::StepKind::Clip { bits, shift, .. } => {
+                if shift > 0 {
+                    format!("{bits}+{shift}")
+                } else {
+                    sotto_core::protocols::shifted_bits(bits, 0).to_string()
+                }
             }
             sotto_model::plan::StepKind::MaxPool { bits, .. }
             | sotto_model::plan::StepKind::Piecewise { bits, .. }
             | sotto_model::plan::StepKind::LiftInput { bits } => bits.to_string(),
-            sotto_model::plan::StepKind::Clip { bits, shift, .. } => {
-                sotto_core::protocols::shifted_bits(bits, shift).to_string()
-            }
             _ => "-".into(),
         };
         let kind = format!("{:?}", st.kind);

@@ -28,6 +28,10 @@
 //! corrections in their two low bits (docs/COMPARISONS.md). [`DcfKeys`] holds the encoding
 //! itself, so decoding is a validation and one copy ([`DcfKeys::from_vec`]: none), and
 //! [`eval_bytes`] evaluates straight from a borrowed buffer.
+//!
+//! A third format, `DCFB` (one XOR-shared output bit, early termination, `32 + 16·(n − 7)`
+//! bytes per key), lives in [`crate::dcf_bit`]; it reuses this module's PRG, window and chunk
+//! batching and [`Parallelism`] splitting.
 
 use aes::cipher::{BlockEncrypt, KeyInit};
 use aes::{Aes128, Block};
@@ -43,7 +47,7 @@ pub const MAX_PAYLOAD: usize = 8;
 pub const MAX_KEYS: usize = 1 << 24;
 const MAGIC: [u8; 4] = *b"DCF1";
 const MAGIC_PACKED: [u8; 4] = *b"DCF2";
-const HEADER: usize = 12;
+pub(crate) const HEADER: usize = 12;
 /// Keys whose blocks go through AES in one call (AES-NI pipelines them).
 pub const CHUNK: usize = 64;
 /// Keys walked side by side through every level: their state stays in the L1 cache and each
@@ -53,13 +57,13 @@ pub const WINDOW: usize = 1024;
 /// start-up would cost more latency than they save.
 pub const PARALLEL_MIN_KEYS: usize = 4096;
 
-fn cipher() -> Aes128 {
+pub(crate) fn cipher() -> Aes128 {
     Aes128::new(&PRG_KEY.into())
 }
 
 /// Tweak of output block `j` of side `side` (0 = left, 1 = right, 2 = final conversion).
 #[inline(always)]
-fn tweak(side: usize, j: usize) -> u128 {
+pub(crate) fn tweak(side: usize, j: usize) -> u128 {
     ((side as u128) << 64) | ((j as u128 + 1) << 1)
 }
 
@@ -69,19 +73,19 @@ fn blocks_per_side(m: usize) -> usize {
 }
 
 #[inline(always)]
-fn to_block(v: u128) -> Block {
+pub(crate) fn to_block(v: u128) -> Block {
     Block::from(v.to_le_bytes())
 }
 
 #[inline(always)]
-fn from_block(b: &Block) -> u128 {
+pub(crate) fn from_block(b: &Block) -> u128 {
     let mut a = [0u8; 16];
     a.copy_from_slice(b);
     u128::from_le_bytes(a)
 }
 
 #[inline(always)]
-fn read_u128(b: &[u8], i: usize) -> u128 {
+pub(crate) fn read_u128(b: &[u8], i: usize) -> u128 {
     let mut a = [0u8; 16];
     a.copy_from_slice(&b[16 * i..16 * i + 16]);
     u128::from_le_bytes(a)
@@ -95,7 +99,7 @@ fn read_u64(b: &[u8], i: usize) -> u64 {
 }
 
 #[inline(always)]
-fn write_u128(b: &mut [u8], i: usize, v: u128) {
+pub(crate) fn write_u128(b: &mut [u8], i: usize, v: u128) {
     b[16 * i..16 * i + 16].copy_from_slice(&v.to_le_bytes());
 }
 
@@ -145,7 +149,7 @@ impl Parallelism {
     }
 
     /// Threads used for a batch of `count` keys: at most one per [`CHUNK`].
-    fn workers(self, count: usize) -> usize {
+    pub(crate) fn workers(self, count: usize) -> usize {
         if cfg!(target_arch = "wasm32") || self.threads <= 1 || count < self.min_keys.max(2) {
             1
         } else {
@@ -167,7 +171,7 @@ fn available_threads() -> usize {
 }
 
 /// Keys per worker when `count` keys are split over `workers` (a multiple of [`CHUNK`]).
-fn per_worker(count: usize, workers: usize) -> usize {
+pub(crate) fn per_worker(count: usize, workers: usize) -> usize {
     count.div_ceil(workers.max(1)).div_ceil(CHUNK).max(1) * CHUNK
 }
 
@@ -563,42 +567,54 @@ fn split_out<'a>(
     per: usize,
 ) -> Vec<GenOut<'a>> {
     let workers = l.count.div_ceil(per);
-    let mut outs: Vec<GenOut<'a>> = Vec::with_capacity(workers);
-    for f in cw_final.chunks_mut(8 * l.m * per) {
-        outs.push(GenOut {
-            cw_s: Vec::with_capacity(l.n),
-            cw_t: Vec::with_capacity(l.n),
-            cw_v: Vec::with_capacity(l.n),
-            cw_final: f,
-        });
-    }
-    for level in cw_s.chunks_mut(16 * l.count) {
-        for (o, part) in outs.iter_mut().zip(level.chunks_mut(16 * per)) {
-            o.cw_s.push(part);
-        }
-    }
-    if l.packed {
-        for o in outs.iter_mut() {
-            o.cw_t.resize_with(l.n, Default::default);
-        }
+    let cw_s = split_levels(cw_s, l.count, 16, per, workers);
+    let cw_t = if l.packed {
+        (0..workers)
+            .map(|_| (0..l.n).map(|_| Default::default()).collect())
+            .collect()
     } else {
-        for level in cw_t.chunks_mut(l.count) {
-            for (o, part) in outs.iter_mut().zip(level.chunks_mut(per)) {
-                o.cw_t.push(part);
-            }
+        split_levels(cw_t, l.count, 1, per, workers)
+    };
+    let cw_v = split_levels(cw_v, l.count, 8 * l.m, per, workers);
+    cw_final
+        .chunks_mut(8 * l.m * per)
+        .zip(cw_s)
+        .zip(cw_t)
+        .zip(cw_v)
+        .map(|(((cw_final, cw_s), cw_t), cw_v)| GenOut {
+            cw_s,
+            cw_t,
+            cw_v,
+            cw_final,
+        })
+        .collect()
+}
+
+/// Cuts a level-major region (every level holds `count` keys of `width` bytes) into the parts
+/// of `workers` workers of `per` keys each: part `w` holds, level by level, the slice of keys
+/// `w·per..(w + 1)·per`. An empty region gives `workers` empty parts.
+pub(crate) fn split_levels(
+    region: &mut [u8],
+    count: usize,
+    width: usize,
+    per: usize,
+    workers: usize,
+) -> Vec<Vec<&mut [u8]>> {
+    let mut parts: Vec<Vec<&mut [u8]>> = (0..workers).map(|_| Vec::new()).collect();
+    if count == 0 || width == 0 {
+        return parts;
+    }
+    for level in region.chunks_mut(width * count) {
+        for (p, part) in parts.iter_mut().zip(level.chunks_mut(width * per)) {
+            p.push(part);
         }
     }
-    for level in cw_v.chunks_mut(8 * l.m * l.count) {
-        for (o, part) in outs.iter_mut().zip(level.chunks_mut(8 * l.m * per)) {
-            o.cw_v.push(part);
-        }
-    }
-    outs
+    parts
 }
 
 /// Runs `f(first key, part)` for every part, on scoped threads when there are several (the
 /// first part on the calling thread).
-fn run_split<P: Send>(parts: &mut [P], per: usize, f: impl Fn(usize, &mut P) + Sync) {
+pub(crate) fn run_split<P: Send>(parts: &mut [P], per: usize, f: impl Fn(usize, &mut P) + Sync) {
     #[cfg(not(target_arch = "wasm32"))]
     if parts.len() > 1 {
         let f = &f;

@@ -70,6 +70,7 @@
 #![deny(missing_docs)]
 
 pub mod dcf;
+pub mod dcf_bit;
 pub mod error;
 pub mod fixed;
 pub mod linear;

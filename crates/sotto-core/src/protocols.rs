@@ -18,6 +18,7 @@
 //! | [`piecewise`] ([`sigmoid`], [`tanh`], leaky ReLU, ELU, swish, GELU, hard swish) | 2 | 8·(pieces + 1)·n | per piece as [`relu`] (f = 0) on `bits`, then [`truncate`] |
 //! | [`argmax`] over c classes | ⌈log2 c⌉ | 8·(c−1) per row | as [`maxpool`] |
 //! | [`output`] | 0 (one message to the client) | 8n to the client | 8n to P1 |
+//! | [`relu_with`], [`drelu_with`], [`maxpool_with`] in [`Comparisons::Compact`] mode | 2 per comparison (+1 for a truncation) | 8n + ⌈n/8⌉ per comparison | as `Fast`, but a one-bit DCF key ([`crate::dcf_bit`], `32 + 16·(n − 7)` bytes) instead of the arithmetic-payload key |
 //!
 //! A comparison key on `bits` bits is `16 + (bits − 1) · (16 + 8m) + 8m` bytes (packed
 //! [`crate::dcf::Format`]; m = 2: 1,024 bytes at 32 bits); the truncation's carry key on
@@ -27,6 +28,7 @@
 //! whatever the masks, so repeating a query gives the same output (PROTOCOLS §6).
 
 use crate::dcf;
+use crate::dcf_bit;
 use crate::error::{CoreError, Result};
 use crate::fixed;
 use crate::linear::{Bilinear, PoolShape};
@@ -719,6 +721,412 @@ async fn finish_sign<T: Transport>(
     Ok((d, y))
 }
 
+/// How the comparisons of a ReLU, DReLU or max pool are made. Both are exact (their outputs
+/// equal the [`crate::plain`] twins bit for bit); they trade helper material for rounds
+/// (docs/COMPARISONS.md §5).
+///
+/// | mode | online rounds per comparison | bytes sent online per element and server | key per comparison and party |
+/// |---|---|---|---|
+/// | `Fast` | 1 | 8 | a `DCF2` key with an arithmetic payload: `16 + n·(16 + 8m) + 8m` bytes (n = bits − 1; ReLU m = 2: 1,280 at 40 bits) |
+/// | `Compact` | 2 | 8 + 1/8 | a one-bit `DCFB` key ([`crate::dcf_bit`]): `32 + 16·(n − 7)` bytes (544 at 40 bits) |
+///
+/// Both also deal 16 bytes per ReLU element to P1 (8 for DReLU). A truncation (`f > 0`) adds
+/// its own round and material to either mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Comparisons {
+    /// One round per comparison: the DCF's payload delivers arithmetic shares of the sign and
+    /// of `sign · mask` directly (PROTOCOLS §4–§5). What [`relu`], [`drelu`] and [`maxpool`]
+    /// use.
+    #[default]
+    Fast,
+    /// About 2.4× smaller keys and fewer AES calls, one more round per comparison: a one-bit
+    /// DCF gives XOR shares of the sign `d`; the parties open `e = d ⊕ m` for a dealt random
+    /// bit `m` (one bit per element, packed) and select locally with dealt `[m]`, `[m·r]`.
+    Compact,
+}
+
+impl Comparisons {
+    /// Online rounds of one comparison (one ReLU without truncation, one max-tree level).
+    pub fn rounds(self) -> u32 {
+        match self {
+            Comparisons::Fast => 1,
+            Comparisons::Compact => 2,
+        }
+    }
+}
+
+/// A compact sign gate whose material has been received and parsed before its input exists:
+/// this server's part `r_i` of the mask, its XOR share of `m' = m ⊕ t` (from its seed), its
+/// arithmetic shares of `m` and (ReLU) of `m·r`, and its one-bit DCF keys for `r_L`.
+struct PreparedCompact {
+    out: SignOut,
+    bits: u32,
+    r: Vec<u64>,
+    mx: Vec<u8>,
+    m: Vec<u64>,
+    mr: Vec<u64>,
+    keys: dcf_bit::BitKeys,
+    gate: Deferred,
+}
+
+/// Helper side of a compact sign gate over `n` elements. The material, in order: the mask
+/// `r` (seeds), the XOR-shared bit `m' = m ⊕ t` (seeds; uniform because `m` is), `[m]`
+/// and (ReLU) `[m·r]` dealt, and one-bit DCF keys for `α = r_L` on `bits − 1` bits.
+async fn deal_compact<T: Transport>(
+    d: &mut Dealer<T>,
+    n: usize,
+    out: SignOut,
+    bits: u32,
+) -> Result<()> {
+    check_bits(bits)?;
+    let mut g = d.gate()?;
+    let r = g.random(n);
+    let mx = g.random_bits(n);
+    // m = m' ⊕ t with t the top bit of r mod 2^bits.
+    let m: Vec<u64> = r
+        .iter()
+        .zip(&mx)
+        .map(|(&v, &b)| split(v, bits).0 ^ u64::from(b))
+        .collect();
+    g.value(&m);
+    if out == SignOut::Relu {
+        g.value(&mul(&m, &r));
+    }
+    let alphas: Vec<u64> = r.iter().map(|&x| split(x, bits).1).collect();
+    let (k0, k1) = dcf_bit::gen_with(bits - 1, &alphas, g.rng(), dcf::Parallelism::auto())?;
+    g.bit_keys(k0, k1);
+    g.finish().await
+}
+
+async fn prepare_compact<T: Transport>(
+    s: &mut Server<T>,
+    n: usize,
+    out: SignOut,
+    bits: u32,
+) -> Result<PreparedCompact> {
+    check_bits(bits)?;
+    let mut g = s.gate().await?;
+    let r = g.random(n);
+    let mx = g.random_bits(n);
+    let m = g.value(n)?;
+    let mr = if out == SignOut::Relu {
+        g.value(n)?
+    } else {
+        Vec::new()
+    };
+    let keys = g.bit_keys()?;
+    if keys.len() != n || keys.n_bits() != bits - 1 {
+        return Err(CoreError::Protocol(format!(
+            "helper sent {} one-bit DCF keys ({} bits) for {n} comparisons ({} bits)",
+            keys.len(),
+            keys.n_bits(),
+            bits - 1
+        )));
+    }
+    Ok(PreparedCompact {
+        out,
+        bits,
+        r,
+        mx,
+        m,
+        mr,
+        keys,
+        gate: g.defer()?,
+    })
+}
+
+/// A compact sign gate's online part: two rounds. Round 1 opens `c = x + r`; the one-bit DCF
+/// on `c_L` gives XOR shares of `b = [c_L < r_L]`, so `d = [x ≥ 0] = 1 ⊕ c_t ⊕ t ⊕ b` (as
+/// in [`finish_sign`]). Round 2 opens `e = d ⊕ m = (1 ⊕ c_t) ⊕ b ⊕ m'` (P0 folds the public
+/// `1 ⊕ c_t`), one packed bit per element; it is uniform because `m` is. Then, locally,
+/// `[d] = e + (1 − 2e)·[m]` (as `d = e ⊕ m`), `[d·r] = e·[r] + (1 − 2e)·[m·r]` and
+/// `ReLU(x) = d·c − d·r`, exact in Z_2^64.
+async fn finish_compact<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedCompact,
+    x: &[u64],
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    let PreparedCompact {
+        out,
+        bits,
+        r,
+        mx,
+        m,
+        mr,
+        keys,
+        mut gate,
+    } = prep;
+    check_len("comparison input", x.len(), r.len())?;
+    let n = x.len();
+    let c = s.open_deferred(&mut gate, &ring::add(x, &r)?).await?;
+    let low: Vec<u64> = c.iter().map(|&v| split(v, bits).1).collect();
+    let mut b = vec![0u8; n];
+    dcf_bit::eval(&keys, &low, &mut b)?;
+    let p0 = s.is_p0();
+    for i in 0..n {
+        let not_ct = if p0 { 1 ^ split(c[i], bits).0 as u8 } else { 0 };
+        b[i] ^= mx[i] ^ not_ct;
+    }
+    let e = s.open_bits_deferred(&mut gate, &b).await?;
+    let mut d = vec![0u64; n];
+    let mut y = match out {
+        SignOut::Bit => Vec::new(),
+        SignOut::Relu => vec![0u64; n],
+    };
+    for i in 0..n {
+        let ei = u64::from(e[i]);
+        let k = 1u64.wrapping_sub(2 * ei);
+        d[i] = g_const(p0, ei).wrapping_add(k.wrapping_mul(m[i]));
+        if out == SignOut::Relu {
+            let dr = ei.wrapping_mul(r[i]).wrapping_add(k.wrapping_mul(mr[i]));
+            y[i] = c[i].wrapping_mul(d[i]).wrapping_sub(dr);
+        }
+    }
+    Ok((d, y))
+}
+
+/// A compact `ReLU(x) >> f` (f > 0) whose material has been received: the truncation and
+/// the comparison read one opening of `c = x + r` (the sign of `x` is that of `x >> f`), so
+/// it takes the two rounds of a `Fast` ReLU with truncation with one-bit keys.
+struct PreparedFused {
+    bits: u32,
+    f: u32,
+    r: Vec<u64>,
+    /// XOR share of `m1' = m1 ⊕ t` (t: the top bit of `r mod 2^bits`).
+    m1x: Vec<u8>,
+    /// XOR share of `m2`.
+    m2x: Vec<u8>,
+    /// Shares of `m1`, `m2`, `m1·m2`, `r >> f`, `m1·(r >> f)`, `msb(r)`, `m1·msb(r)`.
+    v: [Vec<u64>; 7],
+    /// One-bit keys for the sign (`α = r_L` on `bits − 1` bits) and for the carry
+    /// (`α = r mod 2^f` on `f` bits).
+    sign: dcf_bit::BitKeys,
+    carry: dcf_bit::BitKeys,
+    gate: Deferred,
+}
+
+/// Helper side of [`PreparedFused`]'s gate over `n` elements.
+async fn deal_fused<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32) -> Result<()> {
+    check_bits(bits)?;
+    check_fused_shift(f)?;
+    let mut g = d.gate()?;
+    let r = g.random(n);
+    let m1x = g.random_bits(n);
+    let m2x = g.random_bits(n);
+    let m1: Vec<u64> = r
+        .iter()
+        .zip(&m1x)
+        .map(|(&v, &b)| split(v, bits).0 ^ u64::from(b))
+        .collect();
+    let m2: Vec<u64> = m2x.iter().map(|&b| u64::from(b)).collect();
+    let rs: Vec<u64> = r.iter().map(|&v| v >> f).collect();
+    let rh: Vec<u64> = r.iter().map(|&v| v >> 63).collect();
+    g.value(&m1);
+    g.value(&m2);
+    g.value(&mul(&m1, &m2));
+    g.value(&rs);
+    g.value(&mul(&m1, &rs));
+    g.value(&rh);
+    g.value(&mul(&m1, &rh));
+    drop((m2, rs, rh));
+    let par = dcf::Parallelism::auto();
+    let alphas: Vec<u64> = r.iter().map(|&x| split(x, bits).1).collect();
+    let (s0, s1) = dcf_bit::gen_with(bits - 1, &alphas, g.rng(), par)?;
+    g.bit_keys(s0, s1);
+    let low = (1u64 << f) - 1;
+    let alphas: Vec<u64> = r.iter().map(|&x| x & low).collect();
+    let (c0, c1) = dcf_bit::gen_with(f, &alphas, g.rng(), par)?;
+    g.bit_keys(c0, c1);
+    g.finish().await
+}
+
+fn check_fused_shift(f: u32) -> Result<()> {
+    if !(1..=62).contains(&f) {
+        return Err(CoreError::Param(format!(
+            "a fused ReLU and truncation by {f} bits (1 to 62 are supported)"
+        )));
+    }
+    Ok(())
+}
+
+async fn prepare_fused<T: Transport>(
+    s: &mut Server<T>,
+    n: usize,
+    f: u32,
+    bits: u32,
+) -> Result<PreparedFused> {
+    check_bits(bits)?;
+    check_fused_shift(f)?;
+    let mut g = s.gate().await?;
+    let r = g.random(n);
+    let m1x = g.random_bits(n);
+    let m2x = g.random_bits(n);
+    let v = [
+        g.value(n)?,
+        g.value(n)?,
+        g.value(n)?,
+        g.value(n)?,
+        g.value(n)?,
+        g.value(n)?,
+        g.value(n)?,
+    ];
+    let sign = g.bit_keys()?;
+    let carry = g.bit_keys()?;
+    if sign.len() != n || sign.n_bits() != bits - 1 || carry.len() != n || carry.n_bits() != f {
+        return Err(CoreError::Protocol(format!(
+            "helper sent {} sign keys ({} bits) and {} carry keys ({} bits) for {n} ReLUs \
+             compared on {} bits and truncated by {f}",
+            sign.len(),
+            sign.n_bits(),
+            carry.len(),
+            carry.n_bits(),
+            bits - 1
+        )));
+    }
+    Ok(PreparedFused {
+        bits,
+        f,
+        r,
+        m1x,
+        m2x,
+        v,
+        sign,
+        carry,
+        gate: g.defer()?,
+    })
+}
+
+/// The fused gate's online part, two rounds. Round 1 opens `c = x + r`; with `c' = c + 2^62`
+/// the exact truncation is `T = (c' >> f) − (r >> f) + 2^(64−f)·msb(r)·(1 − msb(c')) − e −
+/// 2^(62−f)` (PROTOCOLS §6) with the carry `e = [c mod 2^f < r mod 2^f]`, and the sign is
+/// `d = 1 ⊕ c_t ⊕ t ⊕ [c_L < r_L]` as in [`finish_sign`]: one-bit DCFs give XOR shares of
+/// both bits. Round 2 opens `E1 = d ⊕ m1` and `E2 = e ⊕ m2` (two packed bits per element,
+/// uniform because the dealt bits are), after which `d = E1 + (1 − 2E1)·m1`,
+/// `e = E2 + (1 − 2E2)·m2` and every product `d·T` needs is a public combination of the dealt
+/// `m1`, `m2`, `m1·m2`, `r >> f`, `m1·(r >> f)`, `msb(r)`, `m1·msb(r)`: `ReLU(x) >> f = d·T`,
+/// exact.
+async fn finish_fused<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedFused,
+    x: &[u64],
+) -> Result<Vec<u64>> {
+    let PreparedFused {
+        bits,
+        f,
+        r,
+        m1x,
+        m2x,
+        v: [m1, m2, m12, rs, m1rs, rh, m1rh],
+        sign,
+        carry,
+        mut gate,
+    } = prep;
+    check_len("ReLU input", x.len(), r.len())?;
+    let n = x.len();
+    let c = s.open_deferred(&mut gate, &ring::add(x, &r)?).await?;
+    let p0 = s.is_p0();
+    let mut open = vec![0u8; 2 * n];
+    {
+        let (bd, be) = open.split_at_mut(n);
+        let low: Vec<u64> = c.iter().map(|&v| split(v, bits).1).collect();
+        dcf_bit::eval(&sign, &low, bd)?;
+        let mask = (1u64 << f) - 1;
+        let low: Vec<u64> = c.iter().map(|&v| v & mask).collect();
+        dcf_bit::eval(&carry, &low, be)?;
+        for i in 0..n {
+            let not_ct = if p0 { 1 ^ split(c[i], bits).0 as u8 } else { 0 };
+            bd[i] ^= m1x[i] ^ not_ct;
+            be[i] ^= m2x[i];
+        }
+    }
+    let e = s.open_bits_deferred(&mut gate, &open).await?;
+    let off = (1u64 << 62) >> f;
+    let big = 1u64 << (64 - f);
+    Ok((0..n)
+        .map(|i| {
+            let (e1, e2) = (u64::from(e[i]), u64::from(e[n + i]));
+            let (k1, k2) = (1u64.wrapping_sub(2 * e1), 1u64.wrapping_sub(2 * e2));
+            let d = g_const(p0, e1).wrapping_add(k1.wrapping_mul(m1[i]));
+            let d_rs = e1
+                .wrapping_mul(rs[i])
+                .wrapping_add(k1.wrapping_mul(m1rs[i]));
+            let d_rh = e1
+                .wrapping_mul(rh[i])
+                .wrapping_add(k1.wrapping_mul(m1rh[i]));
+            let d_e = g_const(p0, e1 & e2)
+                .wrapping_add(e1.wrapping_mul(k2).wrapping_mul(m2[i]))
+                .wrapping_add(e2.wrapping_mul(k1).wrapping_mul(m1[i]))
+                .wrapping_add(k1.wrapping_mul(k2).wrapping_mul(m12[i]));
+            let cp = c[i].wrapping_add(1 << 62);
+            let wrap = big.wrapping_mul(1 - (cp >> 63));
+            (cp >> f)
+                .wrapping_sub(off)
+                .wrapping_mul(d)
+                .wrapping_sub(d_rs)
+                .wrapping_add(wrap.wrapping_mul(d_rh))
+                .wrapping_sub(d_e)
+        })
+        .collect())
+}
+
+/// A prepared sign gate of either [`Comparisons`] mode.
+enum PreparedCmp {
+    Fast(PreparedSign),
+    Compact(PreparedCompact),
+}
+
+impl PreparedCmp {
+    fn len(&self) -> usize {
+        match self {
+            PreparedCmp::Fast(p) => p.r.len(),
+            PreparedCmp::Compact(p) => p.r.len(),
+        }
+    }
+    fn mode(&self) -> Comparisons {
+        match self {
+            PreparedCmp::Fast(_) => Comparisons::Fast,
+            PreparedCmp::Compact(_) => Comparisons::Compact,
+        }
+    }
+}
+
+async fn deal_cmp<T: Transport>(
+    d: &mut Dealer<T>,
+    n: usize,
+    out: SignOut,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<()> {
+    match mode {
+        Comparisons::Fast => deal_sign(d, n, out, bits).await,
+        Comparisons::Compact => deal_compact(d, n, out, bits).await,
+    }
+}
+
+async fn prepare_cmp<T: Transport>(
+    s: &mut Server<T>,
+    n: usize,
+    out: SignOut,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<PreparedCmp> {
+    Ok(match mode {
+        Comparisons::Fast => PreparedCmp::Fast(prepare_sign(s, n, out, bits).await?),
+        Comparisons::Compact => PreparedCmp::Compact(prepare_compact(s, n, out, bits).await?),
+    })
+}
+
+async fn finish_cmp<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedCmp,
+    x: &[u64],
+) -> Result<(Vec<u64>, Vec<u64>)> {
+    match prep {
+        PreparedCmp::Fast(p) => finish_sign(s, p, x).await,
+        PreparedCmp::Compact(p) => finish_compact(s, p, x).await,
+    }
+}
+
 /// Helper side of [`drelu`].
 pub async fn deal_drelu<T: Transport>(d: &mut Dealer<T>, n: usize, bits: u32) -> Result<()> {
     deal_sign(d, n, SignOut::Bit, bits).await
@@ -731,19 +1139,60 @@ pub async fn drelu<T: Transport>(s: &mut Server<T>, x: &[u64], bits: u32) -> Res
     Ok(sign(s, x, SignOut::Bit, bits).await?.0)
 }
 
+/// Helper side of [`drelu_with`].
+pub async fn deal_drelu_with<T: Transport>(
+    d: &mut Dealer<T>,
+    n: usize,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<()> {
+    deal_cmp(d, n, SignOut::Bit, bits, mode).await
+}
+
+/// [`drelu`] with the comparisons made in `mode`: `Fast` is [`drelu`] (one round), `Compact`
+/// takes two rounds (8 bytes, then one bit per element and server) and a one-bit DCF key.
+pub async fn drelu_with<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    bits: u32,
+    mode: Comparisons,
+) -> Result<Vec<u64>> {
+    let prep = prepare_cmp(s, x.len(), SignOut::Bit, bits, mode).await?;
+    Ok(finish_cmp(s, prep, x).await?.0)
+}
+
 /// A [`relu`] whose helper material is received and parsed, waiting for its input.
 pub struct PreparedRelu {
-    trunc: Option<PreparedTruncate>,
-    sign: PreparedSign,
+    inner: ReluParts,
+}
+
+/// A ReLU's prepared gates: an optional truncation then a sign gate, or one fused gate.
+enum ReluParts {
+    Separate {
+        trunc: Option<PreparedTruncate>,
+        sign: PreparedCmp,
+    },
+    Fused(PreparedFused),
 }
 
 impl std::fmt::Debug for PreparedRelu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "PreparedRelu({} elements, truncated first: {})",
-            self.sign.r.len(),
-            self.trunc.is_some()
+            "PreparedRelu({})",
+            match &self.inner {
+                ReluParts::Separate { trunc, sign } => format!(
+                    "{} elements, truncated first: {}, {:?}",
+                    sign.len(),
+                    trunc.is_some(),
+                    sign.mode()
+                ),
+                ReluParts::Fused(p) => format!(
+                    "{} elements, truncated by {} in the same gate, Compact",
+                    p.r.len(),
+                    p.f
+                ),
+            }
         )
     }
 }
@@ -756,41 +1205,99 @@ pub async fn prepare_relu<T: Transport>(
     f: u32,
     bits: u32,
 ) -> Result<PreparedRelu> {
+    prepare_relu_with(s, n, f, bits, Comparisons::Fast).await
+}
+
+/// Offline part of [`relu_with`]: [`prepare_relu`] with the comparison made in `mode`
+/// (`Compact` with `f > 0`: one fused gate). [`finish_relu`] completes either mode.
+pub async fn prepare_relu_with<T: Transport>(
+    s: &mut Server<T>,
+    n: usize,
+    f: u32,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<PreparedRelu> {
     check_shift(f)?;
     check_bits(bits)?;
+    if mode == Comparisons::Compact && f > 0 {
+        let fused = prepare_fused(s, n, f, bits).await?;
+        return Ok(PreparedRelu {
+            inner: ReluParts::Fused(fused),
+        });
+    }
     let trunc = if f > 0 {
         Some(prepare_truncate(s, n, f).await?)
     } else {
         None
     };
-    let sign = prepare_sign(s, n, SignOut::Relu, shifted_bits(bits, f)).await?;
-    Ok(PreparedRelu { trunc, sign })
+    let sign = prepare_cmp(s, n, SignOut::Relu, shifted_bits(bits, f), mode).await?;
+    Ok(PreparedRelu {
+        inner: ReluParts::Separate { trunc, sign },
+    })
 }
 
-/// Online part of [`relu`]: the truncation's opening (when `f > 0`), then the comparison's.
+/// Online part of [`relu`] and [`relu_with`]: in `Fast` mode the truncation's opening (when
+/// `f > 0`), then the comparison's; in `Compact` mode two openings (the masked input, then
+/// packed bits), with or without a truncation.
 pub async fn finish_relu<T: Transport>(
     s: &mut Server<T>,
     prep: PreparedRelu,
     x: &[u64],
 ) -> Result<Vec<u64>> {
-    let PreparedRelu { trunc, sign } = prep;
-    match trunc {
-        Some(tp) => {
+    match prep.inner {
+        ReluParts::Fused(p) => finish_fused(s, p, x).await,
+        ReluParts::Separate {
+            trunc: Some(tp),
+            sign,
+        } => {
             let t = finish_truncate(s, tp, x).await?;
-            Ok(finish_sign(s, sign, &t).await?.1)
+            Ok(finish_cmp(s, sign, &t).await?.1)
         }
-        None => Ok(finish_sign(s, sign, x).await?.1),
+        ReluParts::Separate { trunc: None, sign } => Ok(finish_cmp(s, sign, x).await?.1),
     }
 }
 
 /// Helper side of [`relu`].
 pub async fn deal_relu<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32) -> Result<()> {
+    deal_relu_with(d, n, f, bits, Comparisons::Fast).await
+}
+
+/// Helper side of [`relu_with`] (and of [`prepare_relu_with`]).
+pub async fn deal_relu_with<T: Transport>(
+    d: &mut Dealer<T>,
+    n: usize,
+    f: u32,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<()> {
     check_shift(f)?;
     check_bits(bits)?;
+    if mode == Comparisons::Compact && f > 0 {
+        return deal_fused(d, n, f, bits).await;
+    }
     if f > 0 {
         deal_truncate(d, n, f).await?;
     }
-    deal_sign(d, n, SignOut::Relu, shifted_bits(bits, f)).await
+    deal_cmp(d, n, SignOut::Relu, shifted_bits(bits, f), mode).await
+}
+
+/// [`relu`] with the comparison made in `mode`, as exact. `Fast` is [`relu`]. `Compact`
+/// without a truncation takes one more round (2; the extra one sends one bit per element,
+/// packed) for a one-bit DCF key of `32 + 16·(n − 7)` bytes instead of `16 + n·32 + 16`
+/// (n = `bits`). `Compact` with a truncation (`f > 0`) takes the same 2 rounds as `Fast`:
+/// one opening of `x + r` serves the truncation's carry and the sign (that of `x`, compared
+/// on `bits` bits), then two packed bits per element; it deals two one-bit keys (`bits − 1`
+/// and `f` bits) and 56 bytes to P1 instead of the carry key, a two-word-payload key and 32
+/// bytes (measured per element in docs/COMPARISONS.md §5).
+pub async fn relu_with<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    f: u32,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<Vec<u64>> {
+    let prep = prepare_relu_with(s, x.len(), f, bits, mode).await?;
+    finish_relu(s, prep, x).await
 }
 
 /// `ReLU(x) >> f` for |x| < 2^(bits−1) (and < 2^62), exact: equal to [`crate::plain::relu`]
@@ -829,10 +1336,11 @@ async fn deal_max_tree<T: Transport>(
     k: usize,
     len: usize,
     bits: u32,
+    mode: Comparisons,
 ) -> Result<()> {
     let mut k = k;
     while k > 1 {
-        deal_sign(d, (k / 2) * len, SignOut::Relu, bits).await?;
+        deal_cmp(d, (k / 2) * len, SignOut::Relu, bits, mode).await?;
         k = k.div_ceil(2);
     }
     Ok(())
@@ -844,9 +1352,10 @@ async fn max_tree<T: Transport>(
     s: &mut Server<T>,
     cols: Vec<Vec<u64>>,
     bits: u32,
+    mode: Comparisons,
 ) -> Result<Vec<u64>> {
     let len = cols.first().map_or(0, Vec::len);
-    let levels = prepare_max_tree(s, cols.len(), len, bits).await?;
+    let levels = prepare_max_tree(s, cols.len(), len, bits, mode).await?;
     finish_max_tree(s, levels, cols).await
 }
 
@@ -856,11 +1365,12 @@ async fn prepare_max_tree<T: Transport>(
     k: usize,
     len: usize,
     bits: u32,
-) -> Result<Vec<PreparedSign>> {
+    mode: Comparisons,
+) -> Result<Vec<PreparedCmp>> {
     let mut levels = Vec::new();
     let mut k = k;
     while k > 1 {
-        levels.push(prepare_sign(s, (k / 2) * len, SignOut::Relu, bits).await?);
+        levels.push(prepare_cmp(s, (k / 2) * len, SignOut::Relu, bits, mode).await?);
         k = k.div_ceil(2);
     }
     Ok(levels)
@@ -868,7 +1378,7 @@ async fn prepare_max_tree<T: Transport>(
 
 async fn finish_max_tree<T: Transport>(
     s: &mut Server<T>,
-    levels: Vec<PreparedSign>,
+    levels: Vec<PreparedCmp>,
     mut cols: Vec<Vec<u64>>,
 ) -> Result<Vec<u64>> {
     let len = cols.first().map_or(0, Vec::len);
@@ -882,7 +1392,7 @@ async fn finish_max_tree<T: Transport>(
         let level = levels
             .next()
             .ok_or_else(|| CoreError::Protocol("max tree prepared for fewer levels".into()))?;
-        let (_, y) = finish_sign(s, level, &diff).await?;
+        let (_, y) = finish_cmp(s, level, &diff).await?;
         let mut next = Vec::with_capacity(cols.len().div_ceil(2));
         for p in 0..pairs {
             next.push(ring::add(&cols[2 * p + 1], &y[p * len..(p + 1) * len])?);
@@ -898,16 +1408,19 @@ async fn finish_max_tree<T: Transport>(
 /// A [`maxpool`] whose helper material (every level's keys) is received and parsed.
 pub struct PreparedMaxpool {
     shape: PoolShape,
-    levels: Vec<PreparedSign>,
+    levels: Vec<PreparedCmp>,
 }
 
 impl std::fmt::Debug for PreparedMaxpool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "PreparedMaxpool({:?}, {} levels)",
+            "PreparedMaxpool({:?}, {} levels, {:?})",
             self.shape,
-            self.levels.len()
+            self.levels.len(),
+            self.levels
+                .first()
+                .map_or(Comparisons::Fast, PreparedCmp::mode)
         )
     }
 }
@@ -918,15 +1431,33 @@ pub async fn prepare_maxpool<T: Transport>(
     shape: &PoolShape,
     bits: u32,
 ) -> Result<PreparedMaxpool> {
-    let levels =
-        prepare_max_tree(s, shape.kernel_h * shape.kernel_w, shape.windows(), bits).await?;
+    prepare_maxpool_with(s, shape, bits, Comparisons::Fast).await
+}
+
+/// Offline part of [`maxpool_with`]: every level's material, comparisons in `mode`.
+/// [`finish_maxpool`] completes either mode.
+pub async fn prepare_maxpool_with<T: Transport>(
+    s: &mut Server<T>,
+    shape: &PoolShape,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<PreparedMaxpool> {
+    let levels = prepare_max_tree(
+        s,
+        shape.kernel_h * shape.kernel_w,
+        shape.windows(),
+        bits,
+        mode,
+    )
+    .await?;
     Ok(PreparedMaxpool {
         shape: *shape,
         levels,
     })
 }
 
-/// Online part of [`maxpool`]: ⌈log2(kh·kw)⌉ openings and local key evaluations.
+/// Online part of [`maxpool`] and [`maxpool_with`]: ⌈log2(kh·kw)⌉ tree levels of one
+/// (`Fast`) or two (`Compact`) openings each, and local key evaluations.
 pub async fn finish_maxpool<T: Transport>(
     s: &mut Server<T>,
     prep: PreparedMaxpool,
@@ -942,7 +1473,24 @@ pub async fn deal_maxpool<T: Transport>(
     shape: &PoolShape,
     bits: u32,
 ) -> Result<()> {
-    deal_max_tree(d, shape.kernel_h * shape.kernel_w, shape.windows(), bits).await
+    deal_maxpool_with(d, shape, bits, Comparisons::Fast).await
+}
+
+/// Helper side of [`maxpool_with`] (and of [`prepare_maxpool_with`]).
+pub async fn deal_maxpool_with<T: Transport>(
+    d: &mut Dealer<T>,
+    shape: &PoolShape,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<()> {
+    deal_max_tree(
+        d,
+        shape.kernel_h * shape.kernel_w,
+        shape.windows(),
+        bits,
+        mode,
+    )
+    .await
 }
 
 /// Max pooling (NCHW, no padding) by a comparison tree: ⌈log2(kh·kw)⌉ rounds. Any two values
@@ -953,8 +1501,21 @@ pub async fn maxpool<T: Transport>(
     shape: &PoolShape,
     bits: u32,
 ) -> Result<Vec<u64>> {
+    maxpool_with(s, x, shape, bits, Comparisons::Fast).await
+}
+
+/// [`maxpool`] with the comparisons made in `mode`, as exact: the same tree of
+/// `max(a, b) = b + ReLU(a − b)`, each level taking [`Comparisons::rounds`] rounds, so
+/// `Compact` needs 2·⌈log2(kh·kw)⌉ rounds for keys about 2.4× smaller.
+pub async fn maxpool_with<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    shape: &PoolShape,
+    bits: u32,
+    mode: Comparisons,
+) -> Result<Vec<u64>> {
     let cols = shape.window_columns(x)?;
-    max_tree(s, cols, bits).await
+    max_tree(s, cols, bits, mode).await
 }
 
 /// Fractional bits of the reciprocal in [`avgpool`].
@@ -1013,7 +1574,7 @@ pub async fn deal_argmax<T: Transport>(
     rows: usize,
     classes: usize,
 ) -> Result<()> {
-    deal_max_tree(d, classes, rows, FULL_BITS).await
+    deal_max_tree(d, classes, rows, FULL_BITS, Comparisons::Fast).await
 }
 
 /// Index of the largest of `classes` values in each of `rows` rows (the first one on ties),
@@ -1041,7 +1602,7 @@ pub async fn argmax<T: Transport>(
                 .collect()
         })
         .collect();
-    let best = max_tree(s, cols, FULL_BITS).await?;
+    let best = max_tree(s, cols, FULL_BITS, Comparisons::Fast).await?;
     Ok(best
         .iter()
         .map(|&v| g_const(p0, top).wrapping_sub(v) & top)

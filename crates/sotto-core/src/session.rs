@@ -23,6 +23,7 @@
 //! is streamed from the seed message (33 bytes instead of 32).
 
 use crate::dcf::DcfKeys;
+use crate::dcf_bit::BitKeys;
 use crate::error::{CoreError, Result};
 use crate::prg::{Prg, Seed};
 use crate::ring;
@@ -302,6 +303,27 @@ impl<T: Transport> ServerGate<'_, T> {
         Ok(keys)
     }
 
+    /// This server's XOR share of a random bit vector of `n` bits (0 or 1 each) whose shares
+    /// both servers expand from their seeds: nothing is sent.
+    pub(crate) fn random_bits(&mut self, n: usize) -> Vec<u8> {
+        random_bits_of(&mut self.next_prg(), n)
+    }
+
+    /// This server's one-bit DCF keys ([`crate::dcf_bit`]).
+    pub(crate) fn bit_keys(&mut self) -> Result<BitKeys> {
+        let len_bytes = self.take(4)?;
+        let len =
+            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
+        let bytes = self.take(len)?;
+        let keys = BitKeys::from_bytes(bytes)?;
+        if u64::from(keys.party()) != self.s.me.index() as u64 {
+            return Err(CoreError::Protocol(
+                "one-bit DCF keys for the other server".into(),
+            ));
+        }
+        Ok(keys)
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8]> {
         let end = self
             .pos
@@ -367,6 +389,40 @@ impl<T: Transport> Server<T> {
         self.open_at(d.gate, d.sub, x).await
     }
 
+    /// Opens a XOR-shared bit vector (each element 0 or 1) in a deferred gate's next round:
+    /// sends this share packed 8 bits to a byte (`⌈n/8⌉` bytes, bit `i % 8` of byte `i / 8`,
+    /// the padding bits 0), receives the peer's, and returns the XOR, one bit per element.
+    /// The peer's message must have exactly that length and zero padding.
+    pub(crate) async fn open_bits_deferred(
+        &self,
+        d: &mut Deferred,
+        bits: &[u8],
+    ) -> Result<Vec<u8>> {
+        if d.session != self.session {
+            return Err(CoreError::Protocol(
+                "prepared material of another session".into(),
+            ));
+        }
+        d.sub += 1;
+        if d.sub > MAX_SUBSTEPS {
+            return Err(CoreError::Protocol("too many rounds in one gate".into()));
+        }
+        let t = tag(self.session, d.gate, d.sub);
+        self.t.send(self.peer, t, pack_bits(bits)).await?;
+        let theirs = self.t.recv(self.peer, t).await?;
+        let mut out = unpack_bits(&theirs, bits.len()).ok_or_else(|| {
+            CoreError::Protocol(format!(
+                "peer opened {} bytes of bits where {} (with zero padding) were expected",
+                theirs.len(),
+                bits.len().div_ceil(8)
+            ))
+        })?;
+        for (o, b) in out.iter_mut().zip(bits) {
+            *o ^= b & 1;
+        }
+        Ok(out)
+    }
+
     async fn open_at(&self, gate: u32, sub: u32, x: &[u64]) -> Result<Vec<u64>> {
         if sub > MAX_SUBSTEPS {
             return Err(CoreError::Protocol("too many rounds in one gate".into()));
@@ -383,6 +439,40 @@ impl<T: Transport> Server<T> {
         })?;
         ring::add(x, &theirs)
     }
+}
+
+/// `n` bits (0 or 1) from a seeded stream: the low bit of each of `n` bytes.
+fn random_bits_of(prg: &mut Prg, n: usize) -> Vec<u8> {
+    use rand_core::RngCore;
+    let mut b = vec![0u8; n];
+    prg.fill_bytes(&mut b);
+    for x in b.iter_mut() {
+        *x &= 1;
+    }
+    b
+}
+
+/// Packs bits (the low bit of each byte) 8 to a byte: bit `i % 8` of byte `i / 8`.
+pub(crate) fn pack_bits(bits: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; bits.len().div_ceil(8)];
+    for (o, chunk) in out.iter_mut().zip(bits.chunks(8)) {
+        for (j, b) in chunk.iter().enumerate() {
+            *o |= (b & 1) << j;
+        }
+    }
+    out
+}
+
+/// Unpacks `n` bits packed by [`pack_bits`]; `None` unless `bytes` has exactly `⌈n/8⌉` bytes
+/// and its padding bits are zero.
+pub(crate) fn unpack_bits(bytes: &[u8], n: usize) -> Option<Vec<u8>> {
+    if bytes.len() != n.div_ceil(8) {
+        return None;
+    }
+    if n % 8 != 0 && bytes[n / 8] >> (n % 8) != 0 {
+        return None;
+    }
+    Some((0..n).map(|i| (bytes[i / 8] >> (i % 8)) & 1).collect())
 }
 
 /// The helper's side of a session.
@@ -551,6 +641,27 @@ impl<T: Transport> DealerGate<'_, T> {
         }
     }
 
+    /// A random bit vector `b = b0 ⊕ b1` (0 or 1 each) whose shares the servers expand from
+    /// their seeds ([`ServerGate::random_bits`]); nothing is sent.
+    pub(crate) fn random_bits(&mut self, n: usize) -> Vec<u8> {
+        let [mut p0, mut p1] = self.next_prgs();
+        let mut b = random_bits_of(&mut p0, n);
+        for (x, y) in b.iter_mut().zip(random_bits_of(&mut p1, n)) {
+            *x ^= y;
+        }
+        b
+    }
+
+    /// Deals a pair of one-bit DCF keys ([`crate::dcf_bit`]), framed as [`DealerGate::keys`].
+    pub(crate) fn bit_keys(&mut self, k0: BitKeys, k1: BitKeys) {
+        for (msg, k) in self.msgs.iter_mut().zip([k0, k1]) {
+            let bytes = k.into_bytes();
+            msg.reserve(4 + bytes.len());
+            msg.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            msg.extend_from_slice(&bytes);
+        }
+    }
+
     /// The helper's private generator (fresh from the OS for this session).
     pub(crate) fn rng(&mut self) -> &mut Prg {
         &mut self.d.rng
@@ -600,5 +711,33 @@ impl<T: Transport> DealerGate<'_, T> {
         // Back-pressure: the next gate waits until the servers have taken enough.
         while d.unacked_bytes > window && d.take_ack().await? {}
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod bit_tests {
+    use super::{pack_bits, unpack_bits};
+
+    #[test]
+    fn packed_bits_round_trip_and_bad_lengths_or_padding_are_refused() {
+        for n in [0usize, 1, 7, 8, 9, 64, 1001] {
+            let bits: Vec<u8> = (0..n).map(|i| ((i * 7 + i / 3) % 2) as u8).collect();
+            let packed = pack_bits(&bits);
+            assert_eq!(packed.len(), n.div_ceil(8));
+            assert_eq!(unpack_bits(&packed, n), Some(bits));
+            let mut long = packed.clone();
+            long.push(0);
+            assert_eq!(unpack_bits(&long, n), None);
+            if n % 8 != 0 {
+                let mut pad = packed.clone();
+                pad[n / 8] |= 0x80;
+                assert_eq!(unpack_bits(&pad, n), None, "padding bit set");
+            }
+            if n > 0 {
+                assert_eq!(unpack_bits(&packed[1..], n), None);
+            }
+        }
+        // only the low bit of each input byte is packed
+        assert_eq!(pack_bits(&[3, 2, 1]), vec![0b101]);
     }
 }

@@ -147,7 +147,12 @@ async fn deal_gate<T: Transport>(d: &mut Dealer<T>, h: &HelperLoaded, gate: &Gat
         Gate::MaxPool { shape, bits } => p::deal_maxpool(d, shape, *bits).await,
         Gate::AvgPool { shape } => p::deal_avgpool(d, shape).await,
         Gate::Truncate { n, f } => p::deal_truncate(d, *n, *f).await,
-        Gate::Relu { n, shift, bits } => p::deal_relu(d, *n, *shift, *bits).await,
+        Gate::Relu {
+            n,
+            shift,
+            bits,
+            mode,
+        } => p::deal_relu_with(d, *n, *shift, *bits, *mode).await,
         Gate::Piecewise { n, g, bits } => p::deal_piecewise(d, *n, g, *bits).await,
     }
     .map_err(core_err)
@@ -246,8 +251,13 @@ async fn prepare_gate<T: Transport>(
         Gate::Truncate { n, f } => {
             PreparedStep::Truncate(p::prepare_truncate(s, *n, *f).await.map_err(core_err)?)
         }
-        Gate::Relu { n, shift, bits } => PreparedStep::Relu(Box::new(
-            p::prepare_relu(s, *n, *shift, *bits)
+        Gate::Relu {
+            n,
+            shift,
+            bits,
+            mode,
+        } => PreparedStep::Relu(Box::new(
+            p::prepare_relu_with(s, *n, *shift, *bits, *mode)
                 .await
                 .map_err(core_err)?,
         )),
@@ -380,9 +390,11 @@ impl<T: Transport> Backend for ServerRun<'_, T> {
                 Some(PreparedStep::Truncate(pt)) => p::finish_truncate(s, pt, x).await,
                 _ => p::truncate(s, x, *f).await,
             },
-            Gate::Relu { shift, bits, .. } => match ready {
+            Gate::Relu {
+                shift, bits, mode, ..
+            } => match ready {
                 Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, x).await,
-                _ => p::relu(s, x, *shift, *bits).await,
+                _ => p::relu_with(s, x, *shift, *bits, *mode).await,
             },
             Gate::Piecewise { g, bits, .. } => p::piecewise(s, x, g, *bits).await,
         }
