@@ -519,7 +519,25 @@ def build_and_export(name, shape, dist, kind, what, build, opts, out_dir, base_s
     return entries
 
 
+def cifar_cnn():
+    """The 6-layer CIFAR-10 CNN of the scale issue's targets: 'same' convs 32-32-64-64 with ReLU,
+    a 2x2 max pool after each pair, Dense(128, relu), Dense(10)."""
+    x = inp((32, 32, 3))
+    y = x
+    for filters in (32, 64):
+        for _ in range(2):
+            y = L.Conv2D(filters, 3, padding="same", activation="relu")(y)
+        y = L.MaxPooling2D(2)(y)
+    y = L.Flatten()(y)
+    y = L.Dense(128, activation="relu")(y)
+    return tf.keras.Model(x, L.Dense(10)(y), name="cifar_cnn")
+
+
 LARGE = [
+    ("cifar_cnn", (32, 32, 3), "unit", "logits",
+     "CIFAR-10-sized CNN: Conv2D('same', relu) 32, 32, MaxPool 2, 64, 64, MaxPool 2, Dense(128, relu), "
+     "Dense(10) (untrained, seeded)",
+     cifar_cnn, {}),
     ("mobilenetv2_035_96", (96, 96, 3), "sym", "softmax",
      "tf.keras.applications.MobileNetV2(alpha=0.35, input_shape=(96,96,3), weights=None), inputs in "
      "mobilenet_v2.preprocess_input's range",
