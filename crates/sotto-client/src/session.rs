@@ -74,12 +74,9 @@ pub type RequestId = u32;
 /// Deadline of the connection setup and of each prediction when none is given.
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 
-/// The `step` of an `InputSeed` frame whose `session` is the client's tag for the request
-/// (the `session` of its `InputShare` to P0), not a session P0 assigned: P1 learns the
-/// session from P0. Servers still take the older order too (an `InputShare` with session 0,
-/// answered by P0's `Session` frame, then a seed with step 0 for that session), which costs
-/// the client a round trip to P0 before P1 can start.
-pub const TAGGED_SEED: u32 = 1;
+/// The `step` of a seed frame sent under the client's tag: defined by the wire format
+/// ([`sotto_wire::TAGGED_SEED`]), re-exported here where clients have always found it.
+pub use sotto_wire::TAGGED_SEED;
 
 /// Settings of a [`ClientSession`].
 #[derive(Debug, Clone)]

@@ -33,6 +33,12 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 32;
 /// Default largest payload accepted (64 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 << 20;
+/// The `step` of an [`Kind::InputSeed`] frame whose `session` is the client's tag for the
+/// request (the `session` of its [`Kind::InputShare`] to P0), not a session P0 assigned: P1
+/// learns the session from P0. Servers still take the older order too (an `InputShare` with
+/// session 0, answered by P0's [`Kind::Session`] frame, then a seed with step 0 for that
+/// session), which costs the client a round trip to P0 before P1 can start.
+pub const TAGGED_SEED: u32 = 1;
 const MAGIC: &[u8; 4] = b"SOTW";
 
 /// The one error type of `sotto-wire`.

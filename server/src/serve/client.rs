@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use sotto_client::session::TAGGED_SEED;
 use sotto_core::protocols as p;
 use sotto_core::session::{Server, OUTPUT_STEP};
 use sotto_core::transport::{PartyId, Tag, Transport};
@@ -30,6 +29,7 @@ use sotto_model::private::{finish_predict, prepare_predict, Loaded, PreparedPred
 use sotto_net::{BoxSink, Duplex, LinkError, WsTransport};
 use sotto_wire::{
     decode, Control, ErrorCode, ErrorPayload, Frame, Hello, Kind, Role, DEFAULT_MAX_PAYLOAD,
+    TAGGED_SEED,
 };
 use tokio::sync::mpsc;
 
