@@ -1,7 +1,9 @@
 //! Target `dcf-keys`: `sotto_core::dcf::DcfKeys::from_bytes` on mutated key batches made with
 //! `sotto_core::dcf::gen_with` in both formats (`DCF1`, and the packed `DCF2` that comparisons
 //! use; domains of 1 to 64 bits, payloads of 1 to 8 elements, 0 to 17 comparisons, both
-//! parties). Header-aware edits change the party, domain bits, payload
+//! parties), and `sotto_core::dcf_bit::BitKeys::from_bytes` on mutated one-bit key batches
+//! (`DCFB`, made with `sotto_core::dcf_bit::gen_with`; the header's byte 6 is then the
+//! early-terminated level count, not a payload length). Header-aware edits change the party, domain bits, payload
 //! length, reserved byte and key count, and often resize the body to what the new header
 //! announces so that the body checks run. Keys that decode must re-encode to the same bytes
 //! and evaluate (on inputs inside and outside the domain, and with wrong lengths) without a
@@ -10,6 +12,7 @@
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use sotto_core::dcf::{eval, gen_with, DcfKeys, Format, Parallelism, MAX_PAYLOAD};
+use sotto_core::dcf_bit::{self, BitKeys};
 
 use crate::mutate::{below, chance, count, interesting, mutate_bytes, pick, pick_input, Rng};
 use crate::Outcome;
@@ -21,6 +24,13 @@ const HEADER: usize = 12;
 /// header).
 fn batch_len(n: u64, m: u64, count: u64, packed: bool) -> Option<u64> {
     let per = 16 + n * (16 + u64::from(!packed) + 8 * m) + 8 * m;
+    per.checked_mul(count)?.checked_add(HEADER as u64)
+}
+
+/// Bytes of a batch of `count` one-bit keys on `n` bits (`DCFB`: `32 + 16·(n − 7)` per key
+/// from n = 7 on, plus the header).
+fn bit_batch_len(n: u64, count: u64) -> Option<u64> {
+    let per = dcf_bit::key_bytes(u32::try_from(n).ok()?) as u64;
     per.checked_mul(count)?.checked_add(HEADER as u64)
 }
 
@@ -68,6 +78,23 @@ impl Dcf {
                     }
                 }
             }
+            for &count in &[0usize, 1, 2, 5, 17] {
+                let alphas: Vec<u64> = (0..count)
+                    .map(|_| {
+                        let a = rng.next_u64();
+                        if n < 64 {
+                            a >> (64 - n)
+                        } else {
+                            a
+                        }
+                    })
+                    .collect();
+                let (k0, k1) =
+                    dcf_bit::gen_with(n, &alphas, &mut rng, Parallelism::new(1, usize::MAX))
+                        .map_err(|e| format!("dcf_bit::gen({n} bits): {e}"))?;
+                seeds.push(k0.to_bytes());
+                seeds.push(k1.to_bytes());
+            }
         }
         Ok(Dcf { seeds })
     }
@@ -75,7 +102,7 @@ impl Dcf {
     /// One line about the seeds.
     pub fn describe(&self) -> Vec<String> {
         vec![format!(
-            "{} key batches (1 to 64 bits, 1 to {MAX_PAYLOAD} payload elements, 0 to 17 keys, both parties, both formats)",
+            "{} key batches (1 to 64 bits, 1 to {MAX_PAYLOAD} payload elements, 0 to 17 keys, both parties, formats DCF1, DCF2 and one-bit DCFB)",
             self.seeds.len()
         )]
     }
@@ -113,14 +140,17 @@ impl Dcf {
             // make the body as long as the header announces (up to 4 MiB)
             let count = u32::from_le_bytes([out[8], out[9], out[10], out[11]]);
             let packed = out[..4] == *b"DCF2";
-            if let Some(want) = batch_len(
-                u64::from(out[5]),
-                u64::from(out[6]),
-                u64::from(count),
-                packed,
-            )
-            .filter(|w| *w <= 4 << 20)
-            {
+            let want = if out[..4] == *b"DCFB" {
+                bit_batch_len(u64::from(out[5]), u64::from(count))
+            } else {
+                batch_len(
+                    u64::from(out[5]),
+                    u64::from(out[6]),
+                    u64::from(count),
+                    packed,
+                )
+            };
+            if let Some(want) = want.filter(|w| *w <= 4 << 20) {
                 let want = want as usize;
                 let old = out.len();
                 out.resize(want, 0);
@@ -140,6 +170,9 @@ impl Dcf {
 
 /// Runs the target on one input: decode, and on success re-encode and evaluate.
 pub fn run(bytes: &[u8]) -> Outcome {
+    if bytes.starts_with(b"DCFB") {
+        return run_bits(bytes);
+    }
     let keys = match DcfKeys::from_bytes(bytes) {
         Ok(k) => k,
         Err(e) => return Outcome::Error(e.to_string()),
@@ -189,6 +222,51 @@ pub fn run(bytes: &[u8]) -> Outcome {
     ))
 }
 
+/// The one-bit format: decode, and on success re-encode and evaluate (inputs in the domain,
+/// wrong lengths, an input outside the domain).
+fn run_bits(bytes: &[u8]) -> Outcome {
+    let keys = match BitKeys::from_bytes(bytes) {
+        Ok(k) => k,
+        Err(e) => return Outcome::Error(e.to_string()),
+    };
+    if keys.to_bytes() != bytes || keys.encoded_len() != bytes.len() {
+        return Outcome::Property("a one-bit key batch does not re-encode to its bytes".into());
+    }
+    let (n, c) = (keys.n_bits(), keys.len());
+    if keys.party() > 1 || !(1..=64).contains(&n) {
+        return Outcome::Property(format!("decoded {keys:?}"));
+    }
+    if c <= 4096 {
+        let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let xs: Vec<u64> = (0..c as u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) & mask)
+            .collect();
+        let mut out = vec![0u8; c];
+        if let Err(e) = dcf_bit::eval(&keys, &xs, &mut out) {
+            return Outcome::Property(format!("one-bit eval on in-domain inputs fails: {e}"));
+        }
+        if out.iter().any(|&b| b > 1) {
+            return Outcome::Property("a one-bit share that is not 0 or 1".into());
+        }
+        if c > 0 && dcf_bit::eval(&keys, &xs[1..], &mut out[1..]).is_ok() {
+            return Outcome::Property("one-bit eval accepted too few inputs".into());
+        }
+        if n < 64 && c > 0 {
+            let mut ys = xs.clone();
+            ys[0] = 1u64 << n;
+            if dcf_bit::eval(&keys, &ys, &mut out).is_ok() {
+                return Outcome::Property(
+                    "one-bit eval accepted an input outside the domain".into(),
+                );
+            }
+        }
+    }
+    Outcome::Ok(format!(
+        "decoded and evaluated one-bit keys ({})",
+        if c == 0 { "empty batch" } else { "keys" }
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,19 +275,28 @@ mod tests {
     fn every_seed_decodes_and_the_documented_length_holds() {
         let d = Dcf::new().expect("seeds");
         let packed = d.seeds.iter().filter(|s| s[..4] == *b"DCF2").count();
-        assert_eq!(2 * packed, d.seeds.len(), "half the seeds are packed keys");
+        let plain = d.seeds.iter().filter(|s| s[..4] == *b"DCF1").count();
+        let bits = d.seeds.iter().filter(|s| s[..4] == *b"DCFB").count();
+        assert_eq!(packed, plain, "as many packed as byte-format seeds");
+        assert_eq!(
+            bits,
+            2 * 8 * 5,
+            "one-bit seeds: 8 widths, 5 counts, both parties"
+        );
         for s in &d.seeds {
             assert!(matches!(run(s), Outcome::Ok(_)), "{:?}", run(s));
             let count = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
-            assert_eq!(
+            let want = if s[..4] == *b"DCFB" {
+                bit_batch_len(u64::from(s[5]), u64::from(count))
+            } else {
                 batch_len(
                     u64::from(s[5]),
                     u64::from(s[6]),
                     u64::from(count),
-                    s[..4] == *b"DCF2"
-                ),
-                Some(s.len() as u64)
-            );
+                    s[..4] == *b"DCF2",
+                )
+            };
+            assert_eq!(want, Some(s.len() as u64));
         }
     }
 }
