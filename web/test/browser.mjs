@@ -335,15 +335,19 @@ let unwatched = null; // the Chromium of unwatchedRun while it runs
 async function startParties() {
   // Three `sotto serve` processes (helper, P1, P0 with --web web/dist) from web/test/servers.mjs.
   const s = await startHarness({ web: DIST, extraArgs: ['--pool', `1:${POOL}`] });
-  // The pool full before the page loads: no dealing while the predictions are timed.
+  // Both servers' pools full (each prepares every announced session: P1 may still be at it
+  // when P0's pool is full) before the page loads: no dealing or preparing while the
+  // predictions are timed.
   const t = performance.now();
-  let ready = null;
+  let ready = [null, null];
   while (performance.now() - t < 60_000) {
-    ready = await poolReady(s.httpP0);
-    if (ready !== null && ready >= POOL) break;
+    ready = [await poolReady(s.httpP0), await poolReady(s.httpP1)];
+    if (ready.every((r) => r !== null && r >= POOL)) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  console.log(`P0's pool: ${ready ?? '?'} of ${POOL} sessions ready after ${(performance.now() - t).toFixed(0)} ms`);
+  console.log(
+    `pools: P0 ${ready[0] ?? '?'}, P1 ${ready[1] ?? '?'} of ${POOL} sessions ready after ${(performance.now() - t).toFixed(0)} ms`,
+  );
   return s;
 }
 
