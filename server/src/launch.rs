@@ -98,11 +98,15 @@ pub async fn launch_linked(
 ) -> Result<Launched, String> {
     let (model, plan, [e0, e1, eh]) = model_entries(&o.model, &o.id, o.private)?;
     // The default in-flight budget, or enough for two requests of the largest batch asked
-    // for (`sotto bench --batch 100` must not be refused as too large).
+    // for (`sotto bench --batch 100` must not be refused as too large), dealt whole: with
+    // exactly twice a request's material the admission's KiB rounding left a request a few
+    // bytes over half the budget, so it was streamed and never pooled, and a pool-served
+    // bench waited five minutes for a pool that could not fill (the CIFAR-10 CNN at batch 1).
     let inflight_budget = (crate::cmd::DEFAULT_BUDGET_MB << 20).max(
         plan.material_per_input(o.private)
             .saturating_mul(o.max_batch as u64)
-            .saturating_mul(2),
+            .saturating_mul(2)
+            .saturating_add(1 << 20),
     );
     let keys = PartyKeys::generate().map_err(|e| e.to_string())?;
     let port = |i: u16| if o.port == 0 { 0 } else { o.port + i };
