@@ -769,6 +769,46 @@ struct PreparedCompact {
     gate: Deferred,
 }
 
+/// The selection bit `m = t ⊕ m'` of a compact sign gate, for the mask `r` and the servers'
+/// seed-expanded XOR-shared `m'` (`t`: the top bit of `r mod 2^bits`), as the helper deals it.
+fn selection_bits(r: &[u64], mx: &[u8], bits: u32) -> Vec<u64> {
+    r.iter()
+        .zip(mx)
+        .map(|(&v, &b)| split(v, bits).0 ^ u64::from(b))
+        .collect()
+}
+
+/// One-bit DCF keys of the sign of `x` for the mask `r`: `α = r_L` on the low `bits − 1`
+/// bits.
+fn sign_bit_keys(
+    r: &[u64],
+    bits: u32,
+    rng: &mut impl rand_core::RngCore,
+) -> Result<(dcf_bit::BitKeys, dcf_bit::BitKeys)> {
+    let alphas: Vec<u64> = r.iter().map(|&x| split(x, bits).1).collect();
+    dcf_bit::gen_with(bits - 1, &alphas, rng, dcf::Parallelism::auto())
+}
+
+/// A server's XOR shares of `d ⊕ m`, `d = [x ≥ 0]`, from the opened `c = x + r`: the sign
+/// keys on `c_L`, its share of `m' = m ⊕ t`, and (P0) the public `1 ⊕ c_t`
+/// (`d = 1 ⊕ c_t ⊕ t ⊕ [c_L < r_L]`, as in [`finish_sign`]).
+fn masked_sign_shares(
+    keys: &dcf_bit::BitKeys,
+    c: &[u64],
+    mx: &[u8],
+    bits: u32,
+    p0: bool,
+    out: &mut [u8],
+) -> Result<()> {
+    let low: Vec<u64> = c.iter().map(|&v| split(v, bits).1).collect();
+    dcf_bit::eval(keys, &low, out)?;
+    for ((o, &v), &m) in out.iter_mut().zip(c).zip(mx) {
+        let not_ct = if p0 { 1 ^ split(v, bits).0 as u8 } else { 0 };
+        *o ^= m ^ not_ct;
+    }
+    Ok(())
+}
+
 /// Helper side of a compact sign gate over `n` elements. The material, in order: the mask
 /// `r` (seeds), the XOR-shared bit `m' = m ⊕ t` (seeds; uniform because `m` is), `[m]`
 /// and (ReLU) `[m·r]` dealt, and one-bit DCF keys for `α = r_L` on `bits − 1` bits.
@@ -782,18 +822,12 @@ async fn deal_compact<T: Transport>(
     let mut g = d.gate()?;
     let r = g.random(n);
     let mx = g.random_bits(n);
-    // m = m' ⊕ t with t the top bit of r mod 2^bits.
-    let m: Vec<u64> = r
-        .iter()
-        .zip(&mx)
-        .map(|(&v, &b)| split(v, bits).0 ^ u64::from(b))
-        .collect();
+    let m = selection_bits(&r, &mx, bits);
     g.value(&m);
     if out == SignOut::Relu {
         g.value(&mul(&m, &r));
     }
-    let alphas: Vec<u64> = r.iter().map(|&x| split(x, bits).1).collect();
-    let (k0, k1) = dcf_bit::gen_with(bits - 1, &alphas, g.rng(), dcf::Parallelism::auto())?;
+    let (k0, k1) = sign_bit_keys(&r, bits, g.rng())?;
     g.bit_keys(k0, k1);
     g.finish().await
 }
@@ -859,14 +893,9 @@ async fn finish_compact<T: Transport>(
     check_len("comparison input", x.len(), r.len())?;
     let n = x.len();
     let c = s.open_deferred(&mut gate, &ring::add(x, &r)?).await?;
-    let low: Vec<u64> = c.iter().map(|&v| split(v, bits).1).collect();
-    let mut b = vec![0u8; n];
-    dcf_bit::eval(&keys, &low, &mut b)?;
     let p0 = s.is_p0();
-    for i in 0..n {
-        let not_ct = if p0 { 1 ^ split(c[i], bits).0 as u8 } else { 0 };
-        b[i] ^= mx[i] ^ not_ct;
-    }
+    let mut b = vec![0u8; n];
+    masked_sign_shares(&keys, &c, &mx, bits, p0, &mut b)?;
     let e = s.open_bits_deferred(&mut gate, &b).await?;
     let mut d = vec![0u64; n];
     let mut y = match out {
@@ -913,11 +942,7 @@ async fn deal_fused<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32
     let r = g.random(n);
     let m1x = g.random_bits(n);
     let m2x = g.random_bits(n);
-    let m1: Vec<u64> = r
-        .iter()
-        .zip(&m1x)
-        .map(|(&v, &b)| split(v, bits).0 ^ u64::from(b))
-        .collect();
+    let m1 = selection_bits(&r, &m1x, bits);
     let m2: Vec<u64> = m2x.iter().map(|&b| u64::from(b)).collect();
     let rs: Vec<u64> = r.iter().map(|&v| v >> f).collect();
     let rh: Vec<u64> = r.iter().map(|&v| v >> 63).collect();
@@ -929,13 +954,11 @@ async fn deal_fused<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32
     g.value(&rh);
     g.value(&mul(&m1, &rh));
     drop((m2, rs, rh));
-    let par = dcf::Parallelism::auto();
-    let alphas: Vec<u64> = r.iter().map(|&x| split(x, bits).1).collect();
-    let (s0, s1) = dcf_bit::gen_with(bits - 1, &alphas, g.rng(), par)?;
+    let (s0, s1) = sign_bit_keys(&r, bits, g.rng())?;
     g.bit_keys(s0, s1);
     let low = (1u64 << f) - 1;
     let alphas: Vec<u64> = r.iter().map(|&x| x & low).collect();
-    let (c0, c1) = dcf_bit::gen_with(f, &alphas, g.rng(), par)?;
+    let (c0, c1) = dcf_bit::gen_with(f, &alphas, g.rng(), dcf::Parallelism::auto())?;
     g.bit_keys(c0, c1);
     g.finish().await
 }
@@ -1028,15 +1051,12 @@ async fn finish_fused<T: Transport>(
     let mut open = vec![0u8; 2 * n];
     {
         let (bd, be) = open.split_at_mut(n);
-        let low: Vec<u64> = c.iter().map(|&v| split(v, bits).1).collect();
-        dcf_bit::eval(&sign, &low, bd)?;
+        masked_sign_shares(&sign, &c, &m1x, bits, p0, bd)?;
         let mask = (1u64 << f) - 1;
         let low: Vec<u64> = c.iter().map(|&v| v & mask).collect();
         dcf_bit::eval(&carry, &low, be)?;
-        for i in 0..n {
-            let not_ct = if p0 { 1 ^ split(c[i], bits).0 as u8 } else { 0 };
-            bd[i] ^= m1x[i] ^ not_ct;
-            be[i] ^= m2x[i];
+        for (b, m) in be.iter_mut().zip(&m2x) {
+            *b ^= m;
         }
     }
     let e = s.open_bits_deferred(&mut gate, &open).await?;

@@ -121,18 +121,22 @@ fn compact_relu_edges_at_every_width() {
     }
 }
 
+/// `n` random values with |x| < 2^39 (the ReLU material tests compare on 40 bits).
+fn values_under_40_bits(n: usize) -> Vec<u64> {
+    let mut g = Prg::from_os().expect("os rng");
+    g.vec_u64(n)
+        .iter()
+        .map(|v| ((*v as i64) >> 25) as u64)
+        .collect()
+}
+
 #[test]
 fn compact_relu_material_is_the_one_bit_key() {
     // bits = 40 without truncation: P0 receives only the keys (DCFB on
     // shifted_bits(40, 0) − 1 = 40 bits, as the Fast mode compares: 560 bytes each), P1 also
     // [m] and [m·r] (16 bytes per element).
-    let mut g = Prg::from_os().expect("os rng");
     let n = 1000usize;
-    let x: Vec<u64> = g
-        .vec_u64(n)
-        .iter()
-        .map(|v| ((*v as i64) >> 25) as u64)
-        .collect();
+    let x = values_under_40_bits(n);
     let run = check_relu(&x, 0, 40, true);
     let key = dcf_bit::key_bytes(p::shifted_bits(40, 0) - 1) as u64;
     assert_eq!(key, 560);
@@ -148,13 +152,8 @@ fn compact_relu_with_truncation_is_one_gate_of_two_one_bit_keys() {
     // bits = 40, f = 16: the sign compared on the untruncated value (39-bit key, 544 bytes)
     // and the carry on 16 bits (176 bytes), both keys to both servers; P1 also gets 7 dealt
     // words per element.
-    let mut g = Prg::from_os().expect("os rng");
     let n = 1000usize;
-    let x: Vec<u64> = g
-        .vec_u64(n)
-        .iter()
-        .map(|v| ((*v as i64) >> 25) as u64)
-        .collect();
+    let x = values_under_40_bits(n);
     let run = check_relu(&x, 16, 40, true);
     let keys = (dcf_bit::key_bytes(39) + dcf_bit::key_bytes(16)) as u64;
     assert_eq!(keys, 544 + 176);

@@ -34,6 +34,11 @@ fn bit_batch_len(n: u64, count: u64) -> Option<u64> {
     per.checked_mul(count)?.checked_add(HEADER as u64)
 }
 
+/// `count` random comparison points on `n` bits.
+fn random_alphas(rng: &mut ChaCha20Rng, n: u32, count: usize) -> Vec<u64> {
+    (0..count).map(|_| rng.next_u64() >> (64 - n)).collect()
+}
+
 /// The seeds: valid key batches of both parties.
 pub struct Dcf {
     seeds: Vec<Vec<u8>>,
@@ -51,16 +56,7 @@ impl Dcf {
                     if n * m as u32 * count as u32 > 64 * 8 * 5 {
                         continue;
                     }
-                    let alphas: Vec<u64> = (0..count)
-                        .map(|_| {
-                            let a = rng.next_u64();
-                            if n < 64 {
-                                a >> (64 - n)
-                            } else {
-                                a
-                            }
-                        })
-                        .collect();
+                    let alphas = random_alphas(&mut rng, n, count);
                     let payloads: Vec<u64> = (0..count * m).map(|_| rng.next_u64()).collect();
                     for format in [Format::Bytes, Format::Packed] {
                         let (k0, k1) = gen_with(
@@ -79,16 +75,7 @@ impl Dcf {
                 }
             }
             for &count in &[0usize, 1, 2, 5, 17] {
-                let alphas: Vec<u64> = (0..count)
-                    .map(|_| {
-                        let a = rng.next_u64();
-                        if n < 64 {
-                            a >> (64 - n)
-                        } else {
-                            a
-                        }
-                    })
-                    .collect();
+                let alphas = random_alphas(&mut rng, n, count);
                 let (k0, k1) =
                     dcf_bit::gen_with(n, &alphas, &mut rng, Parallelism::new(1, usize::MAX))
                         .map_err(|e| format!("dcf_bit::gen({n} bits): {e}"))?;
