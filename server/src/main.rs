@@ -418,12 +418,13 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
         total.online_bytes += c.online_bytes;
         total.helper_bytes += c.helper_bytes;
         let cmp = match st.kind {
-            // A truncating ReLU compares the untruncated value and the truncation's carry
-            // (`bits+shift`) on one opening; without a truncation it compares on its width.
+            // A truncating ReLU compares the high part and the truncation's carry
+            // (`k+shift`) on one opening; without a truncation it compares on its width.
             sotto_model::plan::StepKind::Relu { bits, shift }
             | sotto_model::plan::StepKind::Clip { bits, shift, .. } => {
                 if shift > 0 {
-                    format!("{bits}+{shift}")
+                    let k = sotto_core::protocols::fused_sign_bits(bits, shift);
+                    format!("{k}+{shift}")
                 } else {
                     sotto_core::protocols::shifted_bits(bits, 0).to_string()
                 }

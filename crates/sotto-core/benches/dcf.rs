@@ -278,10 +278,10 @@ fn material() {
                 let y = share::reveal(&run.p0, &run.p1).expect("same length");
                 assert_eq!(y, sotto_core::plain::relu(&x, f), "exact");
                 let per = |b: u64| b.saturating_sub(32) as f64 / N as f64;
-                // A compact ReLU with a truncation compares the untruncated value and the
-                // carry (on f bits) from one opening.
+                // A compact ReLU with a truncation compares the high part (on
+                // fused_sign_bits) and the carry (on f bits) from one opening.
                 let cmp = if mode == Comparisons::Compact && f > 0 {
-                    format!("{bits}+{f}")
+                    format!("{}+{f}", p::fused_sign_bits(bits, f))
                 } else {
                     p::shifted_bits(bits, f).to_string()
                 };
@@ -298,7 +298,8 @@ fn material() {
     }
     println!(
         "(cmp: width of the comparison, shifted_bits(bits, f), its DCF with cmp − 1 levels; \
-         b+f: the sign on b bits and the truncation's carry on f bits, one fused gate)"
+         k+f: the sign of the high part on k bits and the truncation's carry on f bits, one \
+         fused gate)"
     );
 }
 

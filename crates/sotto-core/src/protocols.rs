@@ -915,19 +915,21 @@ async fn finish_compact<T: Transport>(
 }
 
 /// A compact `ReLU(x) >> f` (f > 0) whose material has been received: the truncation and
-/// the comparison read one opening of `c = x + r` (the sign of `x` is that of `x >> f`), so
-/// it takes the two rounds of a `Fast` ReLU with truncation with one-bit keys.
+/// the comparison read one opening of `c = x + r` (the sign is read from `c >> f` and the
+/// carry, [`fused_sign_bits`]), so it takes the two rounds of a `Fast` ReLU with truncation
+/// with one-bit keys.
 struct PreparedFused {
     bits: u32,
     f: u32,
     r: Vec<u64>,
-    /// XOR share of `m1' = m1 ⊕ t` (t: the top bit of `r mod 2^bits`).
+    /// XOR share of `m1' = m1 ⊕ t` (t: the top bit of `(r >> f) mod 2^k`, `k` the sign's
+    /// width [`fused_sign_bits`]).
     m1x: Vec<u8>,
     /// XOR share of `m2`.
     m2x: Vec<u8>,
     /// Shares of `m1`, `m2`, `m1·m2`, `r >> f`, `m1·(r >> f)`, `msb(r)`, `m1·msb(r)`.
     v: [Vec<u64>; 7],
-    /// One-bit keys for the sign (`α = r_L` on `bits − 1` bits) and for the carry
+    /// One-bit keys for the sign (`α` the low `k − 1` bits of `r >> f`) and for the carry
     /// (`α = r mod 2^f` on `f` bits).
     sign: dcf_bit::BitKeys,
     carry: dcf_bit::BitKeys,
@@ -942,9 +944,10 @@ async fn deal_fused<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32
     let r = g.random(n);
     let m1x = g.random_bits(n);
     let m2x = g.random_bits(n);
-    let m1 = selection_bits(&r, &m1x, bits);
-    let m2: Vec<u64> = m2x.iter().map(|&b| u64::from(b)).collect();
+    let k = fused_sign_bits(bits, f);
     let rs: Vec<u64> = r.iter().map(|&v| v >> f).collect();
+    let m1 = selection_bits(&rs, &m1x, k);
+    let m2: Vec<u64> = m2x.iter().map(|&b| u64::from(b)).collect();
     let rh: Vec<u64> = r.iter().map(|&v| v >> 63).collect();
     g.value(&m1);
     g.value(&m2);
@@ -953,14 +956,32 @@ async fn deal_fused<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32
     g.value(&mul(&m1, &rs));
     g.value(&rh);
     g.value(&mul(&m1, &rh));
-    drop((m2, rs, rh));
-    let (s0, s1) = sign_bit_keys(&r, bits, g.rng())?;
+    drop((m2, rh));
+    let (s0, s1) = sign_bit_keys(&rs, k, g.rng())?;
+    drop(rs);
     g.bit_keys(s0, s1);
     let low = (1u64 << f) - 1;
     let alphas: Vec<u64> = r.iter().map(|&x| x & low).collect();
     let (c0, c1) = dcf_bit::gen_with(f, &alphas, g.rng(), dcf::Parallelism::auto())?;
     g.bit_keys(c0, c1);
     g.finish().await
+}
+
+/// Width of the fused gate's sign comparison: that of `x >> f` with one bit of headroom,
+/// `min(bits, 63) − f + 1` (at least 2). The sign is read from the high part of the opened
+/// value alone, which is what makes its key `16·(f − 1)` bytes smaller than a comparison of
+/// the untruncated `x` on `bits` bits.
+///
+/// With `c = x + r`, `C = c >> f`, `R = r >> f` and the truncation's carry
+/// `e = [c mod 2^f < r mod 2^f]`, `x >> f = C − R − e` (mod `2^(64−f)`, PROTOCOLS §6). The
+/// gate compares at the public point `C − 1`, that is it computes the sign of
+/// `w = (x >> f) + e − 1`: for `e = 1` that is the sign of `x >> f`; for `e = 0` it is
+/// `[x >> f ≥ 1]`, which differs from `[x >> f ≥ 0]` only where `x >> f = 0`, and there the
+/// output `d·(x >> f)` is 0 either way. `w` lies in `[−2^(k−1), 2^(k−1))` for `|x| <
+/// 2^(bits−1)` (the headroom bit covers `w = (x >> f) − 1`), and `k ≤ 64 − f`, so the
+/// comparison modulo `2^k` is exact. The output `ReLU(x) >> f` is therefore unchanged.
+pub fn fused_sign_bits(bits: u32, f: u32) -> u32 {
+    (bits.min(63).saturating_sub(f) + 1).max(2)
 }
 
 fn check_fused_shift(f: u32) -> Result<()> {
@@ -995,7 +1016,8 @@ async fn prepare_fused<T: Transport>(
     ];
     let sign = g.bit_keys()?;
     let carry = g.bit_keys()?;
-    if sign.len() != n || sign.n_bits() != bits - 1 || carry.len() != n || carry.n_bits() != f {
+    let k = fused_sign_bits(bits, f);
+    if sign.len() != n || sign.n_bits() != k - 1 || carry.len() != n || carry.n_bits() != f {
         return Err(CoreError::Protocol(format!(
             "helper sent {} sign keys ({} bits) and {} carry keys ({} bits) for {n} ReLUs \
              compared on {} bits and truncated by {f}",
@@ -1003,7 +1025,7 @@ async fn prepare_fused<T: Transport>(
             sign.n_bits(),
             carry.len(),
             carry.n_bits(),
-            bits - 1
+            k - 1
         )));
     }
     Ok(PreparedFused {
@@ -1021,8 +1043,10 @@ async fn prepare_fused<T: Transport>(
 
 /// The fused gate's online part, two rounds. Round 1 opens `c = x + r`; with `c' = c + 2^62`
 /// the exact truncation is `T = (c' >> f) − (r >> f) + 2^(64−f)·msb(r)·(1 − msb(c')) − e −
-/// 2^(62−f)` (PROTOCOLS §6) with the carry `e = [c mod 2^f < r mod 2^f]`, and the sign is
-/// `d = 1 ⊕ c_t ⊕ t ⊕ [c_L < r_L]` as in [`finish_sign`]: one-bit DCFs give XOR shares of
+/// 2^(62−f)` (PROTOCOLS §6) with the carry `e = [c mod 2^f < r mod 2^f]`, and the sign `d`
+/// is that of `(c >> f) − 1 − (r >> f)` on `k` bits ([`fused_sign_bits`]: equal to the
+/// sign of `x` wherever `x >> f ≠ 0`), `d = 1 ⊕ z_t ⊕ t ⊕ [z_L < R_L]` as in
+/// [`finish_sign`] with `z = (c >> f) − 1` and `R = r >> f`: one-bit DCFs give XOR shares of
 /// both bits. Round 2 opens `E1 = d ⊕ m1` and `E2 = e ⊕ m2` (two packed bits per element,
 /// uniform because the dealt bits are), after which `d = E1 + (1 − 2E1)·m1`,
 /// `e = E2 + (1 − 2E2)·m2` and every product `d·T` needs is a public combination of the dealt
@@ -1051,7 +1075,9 @@ async fn finish_fused<T: Transport>(
     let mut open = vec![0u8; 2 * n];
     {
         let (bd, be) = open.split_at_mut(n);
-        masked_sign_shares(&sign, &c, &m1x, bits, p0, bd)?;
+        let k = fused_sign_bits(bits, f);
+        let z: Vec<u64> = c.iter().map(|&v| (v >> f).wrapping_sub(1)).collect();
+        masked_sign_shares(&sign, &z, &m1x, k, p0, bd)?;
         let mask = (1u64 << f) - 1;
         let low: Vec<u64> = c.iter().map(|&v| v & mask).collect();
         dcf_bit::eval(&carry, &low, be)?;
@@ -1305,9 +1331,9 @@ pub async fn deal_relu_with<T: Transport>(
 /// without a truncation takes one more round (2; the extra one sends one bit per element,
 /// packed) for a one-bit DCF key of `32 + 16·(n − 7)` bytes instead of `16 + n·32 + 16`
 /// (n = `bits`). `Compact` with a truncation (`f > 0`) takes the same 2 rounds as `Fast`:
-/// one opening of `x + r` serves the truncation's carry and the sign (that of `x`, compared
-/// on `bits` bits), then two packed bits per element; it deals two one-bit keys (`bits − 1`
-/// and `f` bits) and 56 bytes to P1 instead of the carry key, a two-word-payload key and 32
+/// one opening of `x + r` serves the truncation's carry and the sign (compared on the high
+/// part, [`fused_sign_bits`]), then two packed bits per element; it deals two one-bit keys
+/// (`fused_sign_bits(bits, f) − 1` and `f` bits) and 56 bytes to P1 instead of the carry key, a two-word-payload key and 32
 /// bytes (measured per element in docs/COMPARISONS.md §5).
 pub async fn relu_with<T: Transport>(
     s: &mut Server<T>,

@@ -121,6 +121,32 @@ fn compact_relu_edges_at_every_width() {
     }
 }
 
+/// The fused gate reads the sign from `x >> f` (compared at `(c >> f) − 1`): values around
+/// every multiple of `2^f` that matters (0, ±2^f, the range's ends) at every width, for
+/// shifts from 1 to past the width.
+#[test]
+fn fused_relu_around_multiples_of_the_shift() {
+    for bits in 2u32..=63 {
+        let max = (1i64 << (bits - 1).min(62)) - 1;
+        let mut fs: Vec<u32> = vec![1, 2, 3, 7, 8, 15, 16, 19, 31, bits - 1, bits, bits + 1];
+        fs.retain(|&f| (1..=62).contains(&f));
+        fs.sort_unstable();
+        fs.dedup();
+        for f in fs {
+            let q = 1i64 << f.min(62);
+            let mut x: Vec<i64> = Vec::new();
+            for base in [0, q, -q, 2 * q, -2 * q, max, -max] {
+                for d in -2i64..=2 {
+                    x.push(base.saturating_add(d));
+                }
+            }
+            x.retain(|v| v.unsigned_abs() <= max as u64);
+            let x: Vec<u64> = x.into_iter().map(|v| v as u64).collect();
+            check_relu(&x, f, bits, false);
+        }
+    }
+}
+
 /// `n` random values with |x| < 2^39 (the ReLU material tests compare on 40 bits).
 fn values_under_40_bits(n: usize) -> Vec<u64> {
     let mut g = Prg::from_os().expect("os rng");
@@ -149,14 +175,16 @@ fn compact_relu_material_is_the_one_bit_key() {
 
 #[test]
 fn compact_relu_with_truncation_is_one_gate_of_two_one_bit_keys() {
-    // bits = 40, f = 16: the sign compared on the untruncated value (39-bit key, 544 bytes)
-    // and the carry on 16 bits (176 bytes), both keys to both servers; P1 also gets 7 dealt
-    // words per element.
+    // bits = 40, f = 16: the sign compared on the high part, fused_sign_bits(40, 16) = 25
+    // bits (a 24-bit key, 304 bytes, where the untruncated value's would be 544), and the
+    // carry on 16 bits (176 bytes), both keys to both servers; P1 also gets 7 dealt words
+    // per element.
     let n = 1000usize;
     let x = values_under_40_bits(n);
     let run = check_relu(&x, 16, 40, true);
-    let keys = (dcf_bit::key_bytes(39) + dcf_bit::key_bytes(16)) as u64;
-    assert_eq!(keys, 544 + 176);
+    assert_eq!(p::fused_sign_bits(40, 16), 25);
+    let keys = (dcf_bit::key_bytes(24) + dcf_bit::key_bytes(16)) as u64;
+    assert_eq!(keys, 304 + 176);
     // seed (32), continuation flag (1), per key batch its length (4) and header (12)
     let frame = 32 + 1 + 2 * (4 + 12);
     let n = n as u64;

@@ -23,7 +23,8 @@ use sotto_core::dcf_bit;
 use sotto_core::linear::{Bilinear, PoolShape};
 use sotto_core::plain;
 use sotto_core::protocols::{
-    max_tree_rounds, shifted_bits, Comparisons, PiecewiseLinear, AVG_RECIP_BITS, FULL_BITS,
+    fused_sign_bits, max_tree_rounds, shifted_bits, Comparisons, PiecewiseLinear, AVG_RECIP_BITS,
+    FULL_BITS,
 };
 use sotto_core::ring;
 
@@ -148,7 +149,8 @@ impl Gate {
                 let n = *n as u64;
                 // One opening of the masked input, then the packed sign bits (and carries).
                 let (opened, keys, dealt) = if *shift > 0 {
-                    let keys = dcf_bit::key_bytes(*bits - 1) + dcf_bit::key_bytes(*shift);
+                    let keys = dcf_bit::key_bytes(fused_sign_bits(*bits, *shift) - 1)
+                        + dcf_bit::key_bytes(*shift);
                     (2 * n, keys as u64, 56)
                 } else {
                     (n, dcf_bit::key_bytes(shifted_bits(*bits, 0) - 1) as u64, 16)
