@@ -56,11 +56,34 @@ pub struct BenchArgs {
     /// times that many requests, so that the helper deals while predictions run.
     #[arg(long, conflicts_with = "p0")]
     pub sustained: bool,
+    /// Most memory, in MiB, the bench may take with its three parties in this process: each
+    /// batch size's pool of prepared sessions is cut to fit (a pooled session costs both
+    /// servers' prepared material, about 1.1 times its helper material each), after the
+    /// parties' fixed memory and one session being dealt; when not even one session of
+    /// each batch size fits, the bench stops at once and names the budget it needs. Not
+    /// used with --p0/--p1.
+    #[arg(long, default_value_t = DEFAULT_MEMORY_BUDGET_MB,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub memory_budget_mb: u64,
+    /// Opt-in plan setting, private weights only: each truncating ReLU that feeds only a
+    /// dense layer runs with that layer's product (network A: 8 → 6 rounds, about 1 MB more
+    /// helper material per prediction and server).
+    #[arg(long, conflicts_with = "public_weights")]
+    pub fewer_rounds: bool,
 }
 
-/// Most helper material (bytes per server) a bench keeps in one batch size's pool: a pool of
-/// large sessions (the CNN at batch 100 is about 1.1 GB each) is cut to fit.
-const POOL_MATERIAL_BUDGET: u64 = 3 << 30;
+/// Default of `sotto bench --memory-budget-mb`: the bench process, three parties and their
+/// pools included, stays under 4 GB (3.5 GiB, the estimates leaving some room).
+pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 3584;
+
+/// Largest pool a bench keeps of one batch size: twice the largest run, so that the pool
+/// never falls below half (P0's refill mark) and the helper stays idle during a run; at
+/// most 24 sessions from batch 32 on.
+fn wanted_pool(batch: usize, requests: usize, max_conc: usize) -> usize {
+    (2 * requests_for(batch, requests))
+        .max(max_conc)
+        .min(if batch >= 32 { 24 } else { 1024 })
+}
 
 fn requests_for(batch: usize, base: usize) -> usize {
     (base / batch.max(1)).clamp(base.min(10), base.max(10))
@@ -313,15 +336,148 @@ async fn one_run(
     Ok(run)
 }
 
-/// Pool sessions for `batch`: `want`, cut so that the pool's material stays within
-/// [`POOL_MATERIAL_BUDGET`] per server (at least one session).
-fn pool_cap(plan: &Plan, private: bool, batch: usize, want: usize) -> usize {
-    let per_session = plan
-        .material_per_input(private)
-        .saturating_mul(batch as u64)
-        .max(1);
-    let fits = usize::try_from(POOL_MATERIAL_BUDGET / per_session).unwrap_or(usize::MAX);
-    want.min(fits).max(1)
+/// One batch size's pool, as planned against the memory budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Pool {
+    batch: usize,
+    /// Sessions the runs would like ([`wanted_pool`], or twice the clients when sustained).
+    wanted: usize,
+    /// Sessions kept.
+    sessions: usize,
+    /// Bytes one pooled session takes in this process (both servers' prepared material).
+    session_bytes: u64,
+}
+
+impl Pool {
+    /// What the bench JSON says of the pool: its size and why.
+    fn json(&self, budget_mb: u64) -> Value {
+        let mib = |b: u64| (b as f64 / f64::from(1 << 20) * 10.0).round() / 10.0;
+        let why = if self.sessions < self.wanted {
+            format!(
+                "cut from {} to fit --memory-budget-mb {budget_mb}: {} MiB per pooled session in this process (both servers' prepared material)",
+                self.wanted,
+                mib(self.session_bytes)
+            )
+        } else {
+            "twice the largest run (or the clients), within the memory budget".to_string()
+        };
+        json!({
+            "batch": self.batch,
+            "sessions": self.sessions,
+            "wanted": self.wanted,
+            "session_bytes_estimated": self.session_bytes,
+            "why": why,
+        })
+    }
+}
+
+/// Sizes pools of `(batch, wanted, bytes per session)` to fit `room` bytes together: one
+/// session each first, then the rest of the room shared out evenly, smallest wants first,
+/// what a pool leaves going to the larger ones. `Err(i)`: not even one session of each
+/// fits, pool `i` being the first (by session size) left out.
+fn fit_pools(wants: &[(usize, usize, u64)], room: u64) -> Result<Vec<Pool>, usize> {
+    let bytes = |i: usize| wants[i].2.max(1);
+    let mut by_size: Vec<usize> = (0..wants.len()).collect();
+    by_size.sort_by_key(|&i| bytes(i));
+    let mut left = room;
+    for &i in &by_size {
+        left = left.checked_sub(bytes(i)).ok_or(i)?;
+    }
+    let extra = |i: usize| wants[i].1.saturating_sub(1);
+    let mut order: Vec<usize> = (0..wants.len()).collect();
+    order.sort_by_key(|&i| (extra(i) as u64).saturating_mul(bytes(i)));
+    let mut sessions = vec![1usize; wants.len()];
+    for (k, &i) in order.iter().enumerate() {
+        let share = left / (order.len() - k) as u64;
+        let n = usize::try_from(share / bytes(i))
+            .unwrap_or(usize::MAX)
+            .min(extra(i));
+        left -= n as u64 * bytes(i);
+        sessions[i] += n;
+    }
+    // What rounding left over, to whichever pools still want it.
+    for &i in &order {
+        let n = usize::try_from(left / bytes(i))
+            .unwrap_or(usize::MAX)
+            .min(wants[i].1.saturating_sub(sessions[i]));
+        left -= n as u64 * bytes(i);
+        sessions[i] += n;
+    }
+    Ok(wants
+        .iter()
+        .zip(sessions)
+        .map(|(&(batch, wanted, session_bytes), sessions)| Pool {
+            batch,
+            wanted,
+            sessions,
+            session_bytes,
+        })
+        .collect())
+}
+
+/// The pools of a bench that launches its parties: the pool-served runs' (and with
+/// `sustained`, the second launch's) within `budget_mb`, after the parties' fixed memory
+/// (twice with a second launch) and the dealing of one session of the largest batch; an
+/// error naming the budget needed when not even one session of each fits.
+fn plan_pools(
+    plan: &Plan,
+    private: bool,
+    first: &[(usize, usize)],
+    sustained: &[(usize, usize)],
+    model_file_bytes: u64,
+    budget_mb: u64,
+) -> Result<(Vec<Pool>, Vec<Pool>, Value), String> {
+    let launches = if sustained.is_empty() { 1 } else { 2 };
+    let fixed = crate::launch::fixed_bytes(model_file_bytes).saturating_mul(launches);
+    let max_batch = first.iter().map(|p| p.0).max().unwrap_or(1);
+    let dealing = crate::launch::dealing_bytes(plan, private, max_batch);
+    let wants: Vec<(usize, usize, u64)> = first
+        .iter()
+        .chain(sustained)
+        .map(|&(b, w)| {
+            (
+                b,
+                w,
+                crate::launch::prepared_bytes(plan, private, b).saturating_mul(2),
+            )
+        })
+        .collect();
+    let budget = budget_mb.saturating_mul(1 << 20);
+    let room = budget.saturating_sub(fixed.saturating_add(dealing));
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    let pools = fit_pools(&wants, room).map_err(|i| {
+        let least: u64 = wants.iter().map(|w| w.2).sum::<u64>() + fixed + dealing;
+        format!(
+            "--memory-budget-mb {budget_mb} is too small: one pooled session of batch {} takes about {} MiB in this process (both servers' prepared material), the parties {} MiB, and dealing a session of batch {max_batch} {} MiB more; give at least --memory-budget-mb {}, or smaller batches",
+            wants[i].0,
+            mib(wants[i].2),
+            mib(fixed),
+            mib(dealing),
+            mib(least)
+        )
+    })?;
+    let held: u64 = pools
+        .iter()
+        .map(|p| p.sessions as u64 * p.session_bytes)
+        .sum();
+    let memory = json!({
+        "budget_bytes": budget,
+        "parties_fixed_bytes_estimated": fixed,
+        "dealing_bytes_estimated": dealing,
+        "pools_bytes_estimated": held,
+        "peak_bytes_estimated": fixed + dealing + held,
+        "how": "pools are cut to fit --memory-budget-mb: each pooled session costs both servers' prepared material (keys and dealt values as received, masks and products expanded ahead, a sixteenth for the allocator), estimated from the plan; the parties' fixed memory and one session being dealt (its material at both servers until prepared, its heaviest step in flight) come first; peak_rss_bytes is this process's measured peak (Linux)",
+    });
+    let (a, b) = pools.split_at(first.len());
+    Ok((a.to_vec(), b.to_vec(), memory))
+}
+
+/// This process's peak resident memory so far (Linux; `None` elsewhere).
+fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Runs the benchmark and prints JSON.
@@ -364,23 +520,38 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             ..ClientOptions::default()
         };
         let party_timeout = if spec.is_some() { 300 } else { 30 };
-        let (_, plan0, _) = crate::launch::model_entries(&a.model, &id, private)?;
+        let (_, plan0, _) = crate::launch::model_entries(&a.model, &id, private, a.fewer_rounds)?;
         // Pool: twice the material of the largest run at each batch size, dealt ahead and
         // complete before each run, so that the pool never falls below half (the refill
         // mark) and the helper stays idle during a run: the runs time the online phase.
-        // A pool cut to fit in memory is refilled between waves of half its size.
+        // A pool cut to fit --memory-budget-mb is refilled between waves of half its size.
         // `dealt_during_run` in each run says whether that held.
         let max_conc = *a.concurrency.iter().max().unwrap_or(&1);
-        let pool: Vec<(usize, usize)> = a
+        let wanted: Vec<(usize, usize)> = a
             .batch
             .iter()
-            .map(|b| {
-                let want = (2 * requests_for(*b, a.requests))
-                    .max(max_conc)
-                    .min(if *b >= 32 { 24 } else { 1024 });
-                (*b, pool_cap(&plan0, private, *b, want))
-            })
+            .map(|b| (*b, wanted_pool(*b, a.requests, max_conc)))
             .collect();
+        let sustained_wanted: Vec<(usize, usize)> = if a.sustained {
+            a.batch.iter().map(|b| (*b, (2 * max_conc).max(2))).collect()
+        } else {
+            Vec::new()
+        };
+        let launching = a.p0.is_none();
+        let (pools, sustained_pools, memory) = if launching {
+            let file_bytes = std::fs::metadata(&a.model).map_or(0, |m| m.len());
+            plan_pools(
+                &plan0,
+                private,
+                &wanted,
+                &sustained_wanted,
+                file_bytes,
+                a.memory_budget_mb,
+            )?
+        } else {
+            (Vec::new(), Vec::new(), Value::Null)
+        };
+        let pool: Vec<(usize, usize)> = pools.iter().map(|p| (p.batch, p.sessions)).collect();
         let options = |pool: Vec<(usize, usize)>| LaunchOptions {
             model: a.model.clone(),
             id: id.clone(),
@@ -390,11 +561,12 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             max_batch: *a.batch.iter().max().unwrap_or(&1),
             web: None,
             timeout: Duration::from_secs(party_timeout),
+            fewer_rounds: a.fewer_rounds,
         };
         let started = Instant::now();
         let (launched, model, plan, p0, p1) = match (&a.p0, &a.p1) {
             (Some(p0), Some(p1)) => {
-                let (model, plan, _) = crate::launch::model_entries(&a.model, &id, true)?;
+                let (model, plan, _) = crate::launch::model_entries(&a.model, &id, true, a.fewer_rounds)?;
                 (None, model, plan, p0.clone(), p1.clone())
             }
             _ => {
@@ -405,9 +577,10 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             }
         };
         let startup_ms = started.elapsed().as_secs_f64() * 1e3;
-        let cost = plan.steps.iter().enumerate().fold(0u32, |r, (i, s)| {
-            r + s.cost(plan.step_input_len(i), private).rounds
-        });
+        let cost = plan
+            .step_costs(private)
+            .iter()
+            .fold(0u32, |r, c| r + c.rounds);
         // First prediction right after the parties are up (the pool may still be filling;
         // behind a pool of large batches the helper may not deal it in time: reported, not
         // fatal).
@@ -423,10 +596,9 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             r.map(|_| ms)
         }
         .await;
-        let sustained_pool: Vec<(usize, usize)> = a
-            .batch
+        let sustained_pool: Vec<(usize, usize)> = sustained_pools
             .iter()
-            .map(|b| (*b, pool_cap(&plan, private, *b, (2 * max_conc).max(2))))
+            .map(|p| (p.batch, p.sessions))
             .collect();
         let sustained_n = |b: usize| {
             let buffer = sustained_pool.iter().find(|p| p.0 == b).map_or(2, |p| p.1);
@@ -459,6 +631,12 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
         };
         let mut runs = Vec::new();
         let mut plains = Vec::new();
+        let pool_json = |pools: &[Pool], batch: usize| {
+            pools
+                .iter()
+                .find(|p| p.batch == batch)
+                .map_or(Value::Null, |p| p.json(a.memory_budget_mb))
+        };
         let settled = pool.iter().map(|p| p.1).sum::<usize>();
         for &batch in &a.batch {
             let x = inputs(&plan, batch);
@@ -471,7 +649,9 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
                     settled,
                     wave: (size / 2).max(1),
                 };
-                runs.push(one_run(&cx, batch, conc, n, plain, mode).await?);
+                let mut run = one_run(&cx, batch, conc, n, plain, mode).await?;
+                run["pool"] = pool_json(&pools, batch);
+                runs.push(run);
             }
         }
         let mut sustained_startup = None;
@@ -490,7 +670,10 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             for (&batch, &plain) in a.batch.iter().zip(&plains) {
                 for &conc in &a.concurrency {
                     let mode = Mode::Sustained { settled };
-                    runs.push(one_run(&cx, batch, conc, sustained_n(batch), plain, mode).await?);
+                    let mut run =
+                        one_run(&cx, batch, conc, sustained_n(batch), plain, mode).await?;
+                    run["pool"] = pool_json(&sustained_pools, batch);
+                    runs.push(run);
                 }
             }
         }
@@ -511,20 +694,34 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
         let mut out = json!({
             "model": a.model.display().to_string(),
             "private_weights": private,
+            "fewer_rounds": a.fewer_rounds,
             "parties": if launched.is_some() { "three tasks in this process, loopback WebSockets" } else { "running parties" },
             "links": link_json,
             "modes": if a.sustained { json!(["pool_served", "sustained"]) } else { json!(["pool_served"]) },
             "startup_ms": startup_ms,
             "first_prediction_ms": first.as_ref().ok(),
             "first_prediction_error": first.as_ref().err(),
-            "pool": pool.iter().map(|(b, c)| json!({"batch": b, "sessions": c})).collect::<Vec<_>>(),
+            "pool": pools.iter().map(|p| p.json(a.memory_budget_mb)).collect::<Vec<_>>(),
+            "memory": memory,
             "runs": runs,
             "notes": "latencies are per request at the client (input out to output reconstructed); mode pool_served: helper material is dealt ahead into a pool that is full before each run (and each wave, when the pool holds fewer sessions than the run), so the online phase is timed; mode sustained: a pool of twice the clients, not filled before the run, and at least four times as many requests, so the helper deals while predictions run and predictions_per_s counts dealing; dealt_during_run counts sessions the helper dealt while the run was going; online_rounds are rounds between P0 and P1 (the client adds one round trip); rounds_x_rtt_ms is online_rounds times the simulated round trip; latency_floor_ms is (online_rounds + 2) one-way delays (a round is P0 and P1 sending to each other at once, one one-way delay; plus the client's input out and output back), the least a request can take on the simulated links; online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request",
         });
+        if let Some(m) = out.get_mut("memory").filter(|m| m.is_object()) {
+            let peak = peak_rss_bytes();
+            m["peak_rss_bytes"] = json!(peak);
+            let budget = a.memory_budget_mb.saturating_mul(1 << 20);
+            if let Some(p) = peak.filter(|p| *p > budget) {
+                eprintln!(
+                    "sotto bench: this process peaked at {} MiB, over --memory-budget-mb {} (the pools were sized by an estimate; see \"memory\" in the JSON)",
+                    p >> 20,
+                    a.memory_budget_mb
+                );
+            }
+        }
         if a.sustained {
-            out["sustained_pool"] = json!(sustained_pool
+            out["sustained_pool"] = json!(sustained_pools
                 .iter()
-                .map(|(b, c)| json!({"batch": b, "sessions": c}))
+                .map(|p| p.json(a.memory_budget_mb))
                 .collect::<Vec<_>>());
             out["sustained_startup_ms"] = json!(sustained_startup);
         }
@@ -535,4 +732,72 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
     drop(rt);
     drop(keep);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_fit_the_room_small_wants_whole_the_rest_shared_and_one_session_each_or_refused() {
+        let mib = 1u64 << 20;
+        // Everything fits: every pool whole.
+        let p = fit_pools(&[(1, 400, mib), (100, 20, 100 * mib)], 10_000 * mib).expect("fits");
+        assert_eq!(p.iter().map(|p| p.sessions).collect::<Vec<_>>(), [400, 20]);
+        // Tight: the small pool whole, the large one gets what is left.
+        let room = 1_000 * mib;
+        let p = fit_pools(&[(1, 400, mib), (100, 20, 100 * mib)], room).expect("fits");
+        assert_eq!((p[0].sessions, p[1].sessions), (400, 6));
+        let held: u64 = p.iter().map(|p| p.sessions as u64 * p.session_bytes).sum();
+        assert!(held <= room);
+        // Two large pools share the room evenly.
+        let p = fit_pools(&[(1, 400, 250 * mib), (2, 400, 500 * mib)], 3_000 * mib).expect("fits");
+        assert_eq!((p[0].sessions, p[1].sessions), (6, 3));
+        // Not one session of the second: refused, naming it.
+        assert_eq!(
+            fit_pools(&[(1, 4, mib), (100, 4, 100 * mib)], 50 * mib),
+            Err(1)
+        );
+        assert_eq!(fit_pools(&[(1, 4, mib)], 0), Err(0));
+    }
+
+    #[test]
+    fn a_budget_too_small_is_refused_before_launching_and_names_a_budget_that_fits() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../models/network_a.onnx"
+        ))
+        .expect("bundled network A");
+        let m = sotto_model::import(&bytes).expect("imports");
+        let plan = Plan::new(&m, sotto_core::fixed::FixedPoint::default(), 1.0).expect("plans");
+        let first = [(1, 400), (100, 20)];
+        let e = plan_pools(&plan, true, &first, &[], bytes.len() as u64, 64)
+            .expect_err("64 MiB is too small");
+        assert!(e.contains("--memory-budget-mb 64 is too small"), "{e}");
+        let need: u64 = e
+            .split("give at least --memory-budget-mb ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .expect("a budget named");
+        let (pools, _, memory) =
+            plan_pools(&plan, true, &first, &[], bytes.len() as u64, need).expect("fits");
+        assert!(pools.iter().all(|p| p.sessions >= 1));
+        let est = memory["peak_bytes_estimated"].as_u64().expect("estimate");
+        assert!(est <= need << 20, "{est} over {need} MiB");
+        // A pooled session weighs more than its material: both servers, expanded.
+        let wire = plan.material_per_input(true) * 100;
+        assert!(pools[1].session_bytes > 2 * wire);
+        // With the default budget network A keeps its batch-1 pool whole.
+        let (pools, _, _) = plan_pools(
+            &plan,
+            true,
+            &first,
+            &[(1, 16), (100, 16)],
+            bytes.len() as u64,
+            DEFAULT_MEMORY_BUDGET_MB,
+        )
+        .expect("fits");
+        assert_eq!(pools[0].sessions, 400);
+    }
 }

@@ -59,6 +59,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
             max_batch: 128,
             web: web.clone(),
             timeout: Duration::from_secs(5),
+            fewer_rounds: false,
         })
         .await?;
         let up = t.elapsed();

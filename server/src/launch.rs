@@ -35,6 +35,9 @@ pub struct LaunchOptions {
     pub web: Option<PathBuf>,
     /// Party timeout.
     pub timeout: Duration,
+    /// The opt-in "fewer rounds" plan setting (`sotto bench --fewer-rounds`; private weights
+    /// only): one set of files carries it to all three parties.
+    pub fewer_rounds: bool,
 }
 
 /// Three running parties.
@@ -57,16 +60,67 @@ pub struct Launched {
     pub proxies: Vec<crate::netsim::Proxy>,
 }
 
-/// Imports `path`, makes the three files of a set in memory, and reads each party's.
+/// Bytes one server holds for a dealt session of `batch` inputs of `plan` once it is prepared
+/// and pooled (`sotto bench` sizes its pools by this, not by the material's wire size): the
+/// helper's material as received and parsed (the comparison keys, and P1's dealt values,
+/// which P0 expands from its seed instead), plus what the server expands or computes ahead
+/// for each step with material (masks, shares of dealt words, a product's `A_i` and
+/// `A_i·F + C_i`: at most 8 bytes times the step's input and twice its output elements),
+/// and a sixteenth more for what the allocator keeps of the freed messages. Measured (RSS
+/// growth per pooled session, halved): 126.6 MB per server for the CIFAR-10 CNN at batch 1
+/// (115.4 MB of material to P1, 108.5 MB to P0; this estimate 128 MB), 63 MB for network A
+/// at batch 100 (59.1 MB to P1; this estimate 66 MB).
+pub fn prepared_bytes(plan: &Plan, private: bool, batch: usize) -> u64 {
+    let expanded: u64 = plan
+        .step_costs(private)
+        .iter()
+        .zip(&plan.steps)
+        .enumerate()
+        .filter(|(_, (c, _))| c.helper_bytes > 0)
+        .map(|(i, (_, s))| 8 * (plan.step_input_len(i) as u64 + 2 * s.per_example as u64))
+        .sum();
+    let per_input = plan.material_per_input(private).saturating_add(expanded);
+    let held = per_input.saturating_mul(batch as u64);
+    held.saturating_add(held / 16)
+}
+
+/// Bytes the three parties of [`launch`] take before any session is dealt: the runtime, the
+/// parsed model and its three party files, P0's and P1's weight shares and masks, the
+/// helper's masks, the plaintext model: 128 MiB plus 16 times the ONNX file (measured at
+/// launch: 152 MB with the 2.4 MB CIFAR-10 CNN, 64–121 MB with network A).
+pub fn fixed_bytes(model_file_bytes: u64) -> u64 {
+    (128u64 << 20).saturating_add(model_file_bytes.saturating_mul(16))
+}
+
+/// Bytes the dealing of one session of `batch` inputs takes beyond the pooled sessions:
+/// its material as received at both servers until they have prepared it (the helper
+/// announces a session when all of it is dealt), and its heaviest step in flight, held at
+/// once by the helper while it builds it, by the links, and by the servers while they parse
+/// it (six times that step's material per server). Measured (peak RSS less the pooled
+/// sessions and the launch): 320–420 MB for the CIFAR-10 CNN at batch 1 (this estimate
+/// 388 MB), about 350 MB for network A at batch 100 (345 MB).
+pub fn dealing_bytes(plan: &Plan, private: bool, batch: usize) -> u64 {
+    let b = batch as u64;
+    let whole = plan.material_per_input(private).saturating_mul(b);
+    let step = plan.largest_step_material(private).saturating_mul(b);
+    whole
+        .saturating_mul(2)
+        .saturating_add(step.saturating_mul(6))
+}
+
+/// Imports `path`, makes the three files of a set in memory (with the "fewer rounds" plan
+/// setting when `fewer_rounds`), and reads each party's.
 pub fn model_entries(
     path: &Path,
     id: &str,
     private: bool,
+    fewer_rounds: bool,
 ) -> Result<(Model, Plan, [ModelEntry; 3]), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let model = import(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let plan = Plan::new(&model, FixedPoint::default(), 1.0)
         .map_err(|e| e.to_string())?
+        .with_fewer_rounds(fewer_rounds)
         .for_weights(private);
     let files = make_set(&plan, &bytes, private).map_err(|e| e.to_string())?;
     let mut entries = Vec::new();
@@ -96,7 +150,7 @@ pub async fn launch_linked(
     o: &LaunchOptions,
     links: Option<(LinkSpec, Shaping)>,
 ) -> Result<Launched, String> {
-    let (model, plan, [e0, e1, eh]) = model_entries(&o.model, &o.id, o.private)?;
+    let (model, plan, [e0, e1, eh]) = model_entries(&o.model, &o.id, o.private, o.fewer_rounds)?;
     // The default in-flight budget, or enough for two requests of the largest batch asked
     // for (`sotto bench --batch 100` must not be refused as too large), dealt whole: with
     // exactly twice a request's material the admission's KiB rounding left a request a few

@@ -55,6 +55,12 @@ struct Numbers {
     /// With --calibrate: the factor between the largest magnitude seen and the bound.
     #[arg(long, default_value_t = sotto_model::Calibration::DEFAULT_MARGIN, requires = "calibrate")]
     margin: f64,
+    /// Opt-in, private weights only: run each truncating ReLU that feeds only a dense layer
+    /// together with that layer's product, saving the product's round (network A: 8 → 6
+    /// rounds) for more helper material (network A: +1.0 MB per prediction and server).
+    /// Files made by `share-model` carry it; all three parties must have one set's files.
+    #[arg(long)]
+    fewer_rounds: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,7 +379,8 @@ fn load_model(path: &Path, numbers: &Numbers) -> Result<(Model, Plan), String> {
         }
     };
     let plan = Plan::with_calibration(&model, fp, numbers.input_bound, calibration.as_ref())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .with_fewer_rounds(numbers.fewer_rounds);
     eprintln!(
         "imported {} in {:.1} ms",
         path.display(),
@@ -412,8 +419,14 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
         "helper B"
     );
     let mut total = sotto_model::plan::Cost::default();
+    let costs = plan.step_costs(private);
+    let pairs = if private {
+        plan.relu_dense_pairs()
+    } else {
+        Vec::new()
+    };
     for (i, st) in plan.steps.iter().enumerate() {
-        let c = st.cost(plan.step_input_len(i), private);
+        let c = costs[i];
         total.rounds += c.rounds;
         total.online_bytes += c.online_bytes;
         total.helper_bytes += c.helper_bytes;
@@ -440,7 +453,13 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
             "{:<28} {:<9} {:<42} {:>8} {:>11.3e} {:>5} {:>6} {:>10} {:>12}",
             truncate_name(&st.node, 28),
             st.per_example,
-            format!("{kind}: {}", st.kind.protocol()),
+            if pairs.iter().any(|(r, _)| *r == i) {
+                format!("{kind}: sign + carry, select, next dense local")
+            } else if pairs.iter().any(|(_, d)| *d == i) {
+                format!("{kind}: product in the ReLU's gate, + bias")
+            } else {
+                format!("{kind}: {}", st.kind.protocol())
+            },
             st.out_frac,
             st.bound,
             cmp,
@@ -459,9 +478,18 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
     if private {
         let load: usize = plan.weights.iter().map(|(w, _)| w.len()).sum();
         println!(
-            "once per loaded model: 1 round per weight tensor, {} B per server (W − B)",
+            "once per loaded model: 1 round per weight tensor, {} B per server (W − B), and 1 round of 8 B (the helper's protocol settings checked)",
             8 * load
         );
+        if plan.fewer_rounds {
+            println!(
+                "fewer rounds: {} ReLU(s) run with the dense product after them ({} round(s) saved per prediction, for 56 B of helper material per ReLU element and output)",
+                pairs.len(),
+                pairs.len()
+            );
+        }
+    } else if numbers.fewer_rounds {
+        println!("fewer rounds: no effect with public weights (their products are local)");
     }
     for st in &plan.steps {
         // What an approximated activation costs in accuracy.
@@ -536,6 +564,9 @@ fn share_model(
         p.display()
     );
     println!("set id   {}", set.record.set_id);
+    if set.record.fewer_rounds {
+        println!("plan     fewer rounds (ReLU and next dense product in one gate)");
+    }
     println!("model    SHA-256 {}", set.record.model_sha256);
     println!(
         "{} weights, {}; copy each .sotto file to its party's host only",

@@ -18,6 +18,8 @@
 //! | [`piecewise`] ([`sigmoid`], [`tanh`], leaky ReLU, ELU, swish, GELU, hard swish) | 2 | 8·(pieces + 1)·n | per piece as [`relu`] (f = 0) on `bits`, then [`truncate`] |
 //! | [`argmax`] over c classes | ⌈log2 c⌉ | 8·(c−1) per row | as [`maxpool`] |
 //! | [`output`] | 0 (one message to the client) | 8n to the client | 8n to P1 |
+//! | [`relu_dense`]: `(ReLU(x) >> f)·W`, `W` private dense `k×o`, `x` of `m·k` elements | 2 | 8n + ⌈2n/8⌉ (n = m·k) | the fused compact ReLU's, plus `56·n·o` bytes to P1 (each dealt word times the mask's row) |
+//! | [`deal_word`] / [`open_dealt_word`] (once per loaded model) | 1 | 8 | 8 to P1 |
 //! | [`relu_with`], [`drelu_with`], [`maxpool_with`] in [`Comparisons::Compact`] mode | 2 per comparison (+1 for a truncation) | 8n + ⌈n/8⌉ per comparison | as `Fast`, but a one-bit DCF key ([`crate::dcf_bit`], `32 + 16·(n − 7)` bytes) instead of the arithmetic-payload key |
 //!
 //! A comparison key on `bits` bits is `16 + (bits − 1) · (16 + 8m) + 8m` bytes (packed
@@ -33,7 +35,7 @@ use crate::error::{CoreError, Result};
 use crate::fixed;
 use crate::linear::{Bilinear, PoolShape};
 use crate::ring;
-use crate::session::{Dealer, Deferred, Server};
+use crate::session::{Dealer, DealerGate, Deferred, Server, ServerGate};
 use crate::transport::Transport;
 
 fn check_len(what: &str, got: usize, want: usize) -> Result<()> {
@@ -919,6 +921,12 @@ async fn finish_compact<T: Transport>(
 /// carry, [`fused_sign_bits`]), so it takes the two rounds of a `Fast` ReLU with truncation
 /// with one-bit keys.
 struct PreparedFused {
+    m: FusedMaterial,
+    gate: Deferred,
+}
+
+/// A fused gate's material on a server (what [`read_fused`] takes from a gate).
+struct FusedMaterial {
     bits: u32,
     f: u32,
     r: Vec<u64>,
@@ -927,20 +935,38 @@ struct PreparedFused {
     m1x: Vec<u8>,
     /// XOR share of `m2`.
     m2x: Vec<u8>,
-    /// Shares of `m1`, `m2`, `m1·m2`, `r >> f`, `m1·(r >> f)`, `msb(r)`, `m1·msb(r)`.
-    v: [Vec<u64>; 7],
+    /// Shares of the seven dealt words [`FUSED_WORDS`]: `m1`, `m2`, `m1·m2`, `r >> f`,
+    /// `m1·(r >> f)`, `msb(r)`, `m1·msb(r)`.
+    v: [Vec<u64>; FUSED_WORDS],
     /// One-bit keys for the sign (`α` the low `k − 1` bits of `r >> f`) and for the carry
     /// (`α = r mod 2^f` on `f` bits).
     sign: dcf_bit::BitKeys,
     carry: dcf_bit::BitKeys,
-    gate: Deferred,
 }
+
+/// Words per element a fused gate deals (its output is a public combination of them).
+const FUSED_WORDS: usize = 7;
 
 /// Helper side of [`PreparedFused`]'s gate over `n` elements.
 async fn deal_fused<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32) -> Result<()> {
     check_bits(bits)?;
     check_fused_shift(f)?;
     let mut g = d.gate()?;
+    let words = deal_fused_into(&mut g, n, f, bits)?;
+    drop(words);
+    g.finish().await
+}
+
+/// Deals a fused gate's material over `n` elements into `g` (the mask and bits from the
+/// seeds, the seven words, the two key batches) and returns the seven words, whole.
+fn deal_fused_into<T: Transport>(
+    g: &mut DealerGate<'_, T>,
+    n: usize,
+    f: u32,
+    bits: u32,
+) -> Result<[Vec<u64>; FUSED_WORDS]> {
+    check_bits(bits)?;
+    check_fused_shift(f)?;
     let r = g.random(n);
     let m1x = g.random_bits(n);
     let m2x = g.random_bits(n);
@@ -949,22 +975,20 @@ async fn deal_fused<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32, bits: u32
     let m1 = selection_bits(&rs, &m1x, k);
     let m2: Vec<u64> = m2x.iter().map(|&b| u64::from(b)).collect();
     let rh: Vec<u64> = r.iter().map(|&v| v >> 63).collect();
-    g.value(&m1);
-    g.value(&m2);
-    g.value(&mul(&m1, &m2));
-    g.value(&rs);
-    g.value(&mul(&m1, &rs));
-    g.value(&rh);
-    g.value(&mul(&m1, &rh));
-    drop((m2, rh));
-    let (s0, s1) = sign_bit_keys(&rs, k, g.rng())?;
-    drop(rs);
+    let m12 = mul(&m1, &m2);
+    let m1rs = mul(&m1, &rs);
+    let m1rh = mul(&m1, &rh);
+    let words = [m1, m2, m12, rs, m1rs, rh, m1rh];
+    for w in &words {
+        g.value(w);
+    }
+    let (s0, s1) = sign_bit_keys(&words[3], k, g.rng())?;
     g.bit_keys(s0, s1);
     let low = (1u64 << f) - 1;
     let alphas: Vec<u64> = r.iter().map(|&x| x & low).collect();
     let (c0, c1) = dcf_bit::gen_with(f, &alphas, g.rng(), dcf::Parallelism::auto())?;
     g.bit_keys(c0, c1);
-    g.finish().await
+    Ok(words)
 }
 
 /// Width of the fused gate's sign comparison: that of `x >> f` with one bit of headroom,
@@ -1002,6 +1026,22 @@ async fn prepare_fused<T: Transport>(
     check_bits(bits)?;
     check_fused_shift(f)?;
     let mut g = s.gate().await?;
+    let m = read_fused(&mut g, n, f, bits)?;
+    Ok(PreparedFused {
+        m,
+        gate: g.defer()?,
+    })
+}
+
+/// Takes a fused gate's material over `n` elements from `g` (as [`deal_fused_into`] put it).
+fn read_fused<T: Transport>(
+    g: &mut ServerGate<'_, T>,
+    n: usize,
+    f: u32,
+    bits: u32,
+) -> Result<FusedMaterial> {
+    check_bits(bits)?;
+    check_fused_shift(f)?;
     let r = g.random(n);
     let m1x = g.random_bits(n);
     let m2x = g.random_bits(n);
@@ -1028,7 +1068,7 @@ async fn prepare_fused<T: Transport>(
             k - 1
         )));
     }
-    Ok(PreparedFused {
+    Ok(FusedMaterial {
         bits,
         f,
         r,
@@ -1037,82 +1077,318 @@ async fn prepare_fused<T: Transport>(
         v,
         sign,
         carry,
-        gate: g.defer()?,
     })
 }
 
-/// The fused gate's online part, two rounds. Round 1 opens `c = x + r`; with `c' = c + 2^62`
-/// the exact truncation is `T = (c' >> f) − (r >> f) + 2^(64−f)·msb(r)·(1 − msb(c')) − e −
-/// 2^(62−f)` (PROTOCOLS §6) with the carry `e = [c mod 2^f < r mod 2^f]`, and the sign `d`
-/// is that of `(c >> f) − 1 − (r >> f)` on `k` bits ([`fused_sign_bits`]: equal to the
-/// sign of `x` wherever `x >> f ≠ 0`), `d = 1 ⊕ z_t ⊕ t ⊕ [z_L < R_L]` as in
-/// [`finish_sign`] with `z = (c >> f) − 1` and `R = r >> f`: one-bit DCFs give XOR shares of
+/// The fused gate's two rounds on `x`: opens `c = x + r`, evaluates both one-bit keys on it,
+/// then opens `E1 = d ⊕ m1` and `E2 = e ⊕ m2`. Returns `c` and the opened bits (`E1` of
+/// every element, then `E2` of every element).
+async fn open_fused<T: Transport>(
+    s: &mut Server<T>,
+    m: &FusedMaterial,
+    gate: &mut Deferred,
+    x: &[u64],
+) -> Result<(Vec<u64>, Vec<u8>)> {
+    check_len("ReLU input", x.len(), m.r.len())?;
+    let n = x.len();
+    let c = s.open_deferred(gate, &ring::add(x, &m.r)?).await?;
+    let mut open = vec![0u8; 2 * n];
+    {
+        let (bd, be) = open.split_at_mut(n);
+        let k = fused_sign_bits(m.bits, m.f);
+        let z: Vec<u64> = c.iter().map(|&v| (v >> m.f).wrapping_sub(1)).collect();
+        masked_sign_shares(&m.sign, &z, &m.m1x, k, s.is_p0(), bd)?;
+        let mask = (1u64 << m.f) - 1;
+        let low: Vec<u64> = c.iter().map(|&v| v & mask).collect();
+        dcf_bit::eval(&m.carry, &low, be)?;
+        for (b, mb) in be.iter_mut().zip(&m.m2x) {
+            *b ^= mb;
+        }
+    }
+    let e = s.open_bits_deferred(gate, &open).await?;
+    Ok((c, e))
+}
+
+/// The fused gate's output for one element as a public combination of its dealt words:
+/// `ReLU(x) >> f = K + Σ_k a_k·s_k` with `s` the seven words of [`FusedMaterial::v`], from the
+/// opened `c` and bits `E1`, `E2`. Returns `(K, a)`; `K` is a public constant (P0 adds it).
+///
+/// With `c' = c + 2^62`, `A = (c' >> f) − 2^(62−f)`, `W = 2^(64−f)·(1 − msb(c'))`,
+/// `k1 = 1 − 2E1`, `k2 = 1 − 2E2`: `d = E1 + k1·m1`, `d·(r >> f) = E1·(r >> f) +
+/// k1·m1(r >> f)`, `d·msb(r) = E1·msb(r) + k1·m1·msb(r)`, `d·e = E1·E2 + E1·k2·m2 + E2·k1·m1
+/// + k1·k2·m1·m2`, and `d·T = A·d − d·(r >> f) + W·d·msb(r) − d·e`, so `K = A·E1 − E1·E2` and
+/// `a = (k1·(A − E2), −E1·k2, −k1·k2, −E1, −k1, W·E1, W·k1)`.
+#[inline]
+fn fused_terms(c: u64, e1: u64, e2: u64, f: u32) -> (u64, [u64; FUSED_WORDS]) {
+    let (k1, k2) = (1u64.wrapping_sub(2 * e1), 1u64.wrapping_sub(2 * e2));
+    let cp = c.wrapping_add(1 << 62);
+    let a = (cp >> f).wrapping_sub((1u64 << 62) >> f);
+    let w = (1u64 << (64 - f)).wrapping_mul(1 - (cp >> 63));
+    let konst = a.wrapping_mul(e1).wrapping_sub(e1 & e2);
+    (
+        konst,
+        [
+            k1.wrapping_mul(a.wrapping_sub(e2)),
+            e1.wrapping_mul(k2).wrapping_neg(),
+            k1.wrapping_mul(k2).wrapping_neg(),
+            e1.wrapping_neg(),
+            k1.wrapping_neg(),
+            w.wrapping_mul(e1),
+            w.wrapping_mul(k1),
+        ],
+    )
+}
+
+/// The fused gate's online part, two rounds ([`open_fused`]). With `c' = c + 2^62` the exact
+/// truncation is `T = (c' >> f) − (r >> f) + 2^(64−f)·msb(r)·(1 − msb(c')) − e − 2^(62−f)`
+/// (PROTOCOLS §6) with the carry `e = [c mod 2^f < r mod 2^f]`, and the sign `d` is that of
+/// `(c >> f) − 1 − (r >> f)` on `k` bits ([`fused_sign_bits`]: equal to the sign of `x`
+/// wherever `x >> f ≠ 0`), `d = 1 ⊕ z_t ⊕ t ⊕ [z_L < R_L]` as in [`finish_sign`] with
+/// `z = (c >> f) − 1` and `R = r >> f`: one-bit DCFs give XOR shares of
 /// both bits. Round 2 opens `E1 = d ⊕ m1` and `E2 = e ⊕ m2` (two packed bits per element,
 /// uniform because the dealt bits are), after which `d = E1 + (1 − 2E1)·m1`,
 /// `e = E2 + (1 − 2E2)·m2` and every product `d·T` needs is a public combination of the dealt
-/// `m1`, `m2`, `m1·m2`, `r >> f`, `m1·(r >> f)`, `msb(r)`, `m1·msb(r)`: `ReLU(x) >> f = d·T`,
-/// exact.
+/// `m1`, `m2`, `m1·m2`, `r >> f`, `m1·(r >> f)`, `msb(r)`, `m1·msb(r)` ([`fused_terms`]):
+/// `ReLU(x) >> f = d·T`, exact.
 async fn finish_fused<T: Transport>(
     s: &mut Server<T>,
     prep: PreparedFused,
     x: &[u64],
 ) -> Result<Vec<u64>> {
-    let PreparedFused {
-        bits,
-        f,
-        r,
-        m1x,
-        m2x,
-        v: [m1, m2, m12, rs, m1rs, rh, m1rh],
-        sign,
-        carry,
-        mut gate,
-    } = prep;
-    check_len("ReLU input", x.len(), r.len())?;
+    let PreparedFused { m, mut gate } = prep;
+    let (c, e) = open_fused(s, &m, &mut gate, x).await?;
     let n = x.len();
-    let c = s.open_deferred(&mut gate, &ring::add(x, &r)?).await?;
     let p0 = s.is_p0();
-    let mut open = vec![0u8; 2 * n];
-    {
-        let (bd, be) = open.split_at_mut(n);
-        let k = fused_sign_bits(bits, f);
-        let z: Vec<u64> = c.iter().map(|&v| (v >> f).wrapping_sub(1)).collect();
-        masked_sign_shares(&sign, &z, &m1x, k, p0, bd)?;
-        let mask = (1u64 << f) - 1;
-        let low: Vec<u64> = c.iter().map(|&v| v & mask).collect();
-        dcf_bit::eval(&carry, &low, be)?;
-        for (b, m) in be.iter_mut().zip(&m2x) {
-            *b ^= m;
-        }
-    }
-    let e = s.open_bits_deferred(&mut gate, &open).await?;
-    let off = (1u64 << 62) >> f;
-    let big = 1u64 << (64 - f);
     Ok((0..n)
         .map(|i| {
-            let (e1, e2) = (u64::from(e[i]), u64::from(e[n + i]));
-            let (k1, k2) = (1u64.wrapping_sub(2 * e1), 1u64.wrapping_sub(2 * e2));
-            let d = g_const(p0, e1).wrapping_add(k1.wrapping_mul(m1[i]));
-            let d_rs = e1
-                .wrapping_mul(rs[i])
-                .wrapping_add(k1.wrapping_mul(m1rs[i]));
-            let d_rh = e1
-                .wrapping_mul(rh[i])
-                .wrapping_add(k1.wrapping_mul(m1rh[i]));
-            let d_e = g_const(p0, e1 & e2)
-                .wrapping_add(e1.wrapping_mul(k2).wrapping_mul(m2[i]))
-                .wrapping_add(e2.wrapping_mul(k1).wrapping_mul(m1[i]))
-                .wrapping_add(k1.wrapping_mul(k2).wrapping_mul(m12[i]));
-            let cp = c[i].wrapping_add(1 << 62);
-            let wrap = big.wrapping_mul(1 - (cp >> 63));
-            (cp >> f)
-                .wrapping_sub(off)
-                .wrapping_mul(d)
-                .wrapping_sub(d_rs)
-                .wrapping_add(wrap.wrapping_mul(d_rh))
-                .wrapping_sub(d_e)
+            let (konst, a) = fused_terms(c[i], u64::from(e[i]), u64::from(e[n + i]), m.f);
+            a.iter().zip(&m.v).fold(g_const(p0, konst), |y, (ak, vk)| {
+                y.wrapping_add(ak.wrapping_mul(vk[i]))
+            })
         })
         .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A truncating ReLU and the private dense product after it, in the ReLU's two rounds
+// ---------------------------------------------------------------------------------------------
+
+/// The shape of a [`relu_dense`] product: `(m, k, o)` of `y [m×k] · W [k×o]`.
+fn relu_dense_shape(op: &Bilinear) -> Result<(usize, usize, usize)> {
+    op.check()?;
+    match *op {
+        Bilinear::MatMul { m, k, n } => {
+            let words = m
+                .checked_mul(k)
+                .and_then(|v| v.checked_mul(n))
+                .and_then(|v| v.checked_mul(FUSED_WORDS));
+            if words.is_none_or(|w| w > 1 << 30) {
+                return Err(CoreError::Shape(format!(
+                    "{op:?}: too many dealt products for a fused ReLU and product"
+                )));
+            }
+            Ok((m, k, n))
+        }
+        _ => Err(CoreError::Param(format!(
+            "a fused ReLU and product needs a dense product, not {op:?}"
+        ))),
+    }
+}
+
+/// Helper side of [`relu_dense`]: the fused ReLU gate's material over the product's `m·k`
+/// inputs, then, for each of its seven dealt words `s`, the shares of `s[b, j]·B[j, :]` for
+/// every input element `(b, j)` (`B` the weight's once-per-model mask): `7·m·k·o` words to
+/// P1, P0's from its seed. No Beaver triple: the product needs no opening.
+pub async fn deal_relu_dense<T: Transport>(
+    d: &mut Dealer<T>,
+    f: u32,
+    bits: u32,
+    op: &Bilinear,
+    mask: &WeightMask,
+) -> Result<()> {
+    check_bits(bits)?;
+    check_fused_shift(f)?;
+    let (m, k, o) = relu_dense_shape(op)?;
+    check_len("weight mask", mask.b.len(), op.w_len())?;
+    let mut g = d.gate()?;
+    let words = deal_fused_into(&mut g, m * k, f, bits)?;
+    let mut prods = vec![0u64; m * k * o];
+    for w in &words {
+        scaled_mask_rows(w, &mask.b, o, &mut prods);
+        g.value(&prods);
+    }
+    drop((words, prods));
+    g.finish().await
+}
+
+/// `out[(i·o)..(i+1)·o] = s[i]·B[j, :]` for every element `i = b·k + j` of `s` (`B`: `k`
+/// rows of `o`; `out`: `s.len()·o` words).
+fn scaled_mask_rows(s: &[u64], b: &[u64], o: usize, out: &mut [u64]) {
+    if o == 0 {
+        return;
+    }
+    let k = b.len() / o;
+    for (i, (sv, row)) in s.iter().zip(out.chunks_exact_mut(o)).enumerate() {
+        let j = if k == 0 { 0 } else { i % k };
+        for (y, bv) in row.iter_mut().zip(&b[j * o..(j + 1) * o]) {
+            *y = sv.wrapping_mul(*bv);
+        }
+    }
+}
+
+/// `out[b, :] += Σ_j a[b·k + j]·P[(b·k + j), :]` for `m` rows: `a` has `m·k` elements, `p`
+/// holds `m·k` rows of `o` words, `out` `m` rows of `o` (wrapping).
+fn scaled_rows_acc(a: &[u64], p: &[u64], out: &mut [u64], k: usize, o: usize) {
+    if k == 0 || o == 0 {
+        return;
+    }
+    for ((ab, pb), ob) in a
+        .chunks_exact(k)
+        .zip(p.chunks_exact(k * o))
+        .zip(out.chunks_exact_mut(o))
+    {
+        for (av, prow) in ab.iter().zip(pb.chunks_exact(o)) {
+            if *av == 0 {
+                continue;
+            }
+            for (y, pv) in ob.iter_mut().zip(prow) {
+                *y = y.wrapping_add(av.wrapping_mul(*pv));
+            }
+        }
+    }
+}
+
+/// A [`relu_dense`] whose material has been received (the fused ReLU's, and this server's
+/// shares of the seven `s·B` products), waiting for its input.
+pub struct PreparedReluDense {
+    op: Bilinear,
+    m: FusedMaterial,
+    prods: [Vec<u64>; FUSED_WORDS],
+    gate: Deferred,
+}
+
+impl std::fmt::Debug for PreparedReluDense {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PreparedReluDense({:?}, truncated by {})",
+            self.op, self.m.f
+        )
+    }
+}
+
+/// Offline part of [`relu_dense`]: receives and parses its material. Call it in the gate
+/// order the helper dealt.
+pub async fn prepare_relu_dense<T: Transport>(
+    s: &mut Server<T>,
+    f: u32,
+    bits: u32,
+    op: &Bilinear,
+    w: &PrivateWeight,
+) -> Result<PreparedReluDense> {
+    check_bits(bits)?;
+    check_fused_shift(f)?;
+    let (m, k, o) = relu_dense_shape(op)?;
+    check_len("dense weight", w.w.len(), op.w_len())?;
+    let mut g = s.gate().await?;
+    let mat = read_fused(&mut g, m * k, f, bits)?;
+    let len = m * k * o;
+    let prods = [
+        g.value(len)?,
+        g.value(len)?,
+        g.value(len)?,
+        g.value(len)?,
+        g.value(len)?,
+        g.value(len)?,
+        g.value(len)?,
+    ];
+    Ok(PreparedReluDense {
+        op: *op,
+        m: mat,
+        prods,
+        gate: g.defer()?,
+    })
+}
+
+/// Online part of [`relu_dense`]: the fused ReLU's two rounds, then the product, local.
+/// With `y = ReLU(x) >> f = K + Σ_k a_k ⊙ s_k` ([`fused_terms`]; `K` and `a_k` public, `s_k`
+/// dealt) and `W = F + B`, party `i` computes
+/// `Z_i = (Σ_k a_k ⊙ s_k,i)·F + K·W_i + Σ_k Σ_j a_k[·, j]·(s_k[·, j]·B[j, :])_i`, whose sum
+/// is `(y − K)·F + K·W + (y − K)·B = y·W`.
+pub async fn finish_relu_dense<T: Transport>(
+    s: &mut Server<T>,
+    prep: PreparedReluDense,
+    x: &[u64],
+    w: &PrivateWeight,
+) -> Result<Vec<u64>> {
+    let PreparedReluDense {
+        op,
+        m: mat,
+        prods,
+        mut gate,
+    } = prep;
+    let (m, k, o) = relu_dense_shape(&op)?;
+    check_len("dense weight", w.w.len(), op.w_len())?;
+    check_len("ReLU input", x.len(), m * k)?;
+    let (c, e) = open_fused(s, &mat, &mut gate, x).await?;
+    let n = x.len();
+    let mut konst = vec![0u64; n];
+    let mut ys = vec![0u64; n];
+    let mut coef: [Vec<u64>; FUSED_WORDS] = std::array::from_fn(|_| vec![0u64; n]);
+    for i in 0..n {
+        let (kv, a) = fused_terms(c[i], u64::from(e[i]), u64::from(e[n + i]), mat.f);
+        konst[i] = kv;
+        let mut y = 0u64;
+        for (j, (aj, vj)) in a.iter().zip(&mat.v).enumerate() {
+            y = y.wrapping_add(aj.wrapping_mul(vj[i]));
+            coef[j][i] = *aj;
+        }
+        ys[i] = y;
+    }
+    let mut z = ring::matmul(&ys, &w.f, m, k, o)?;
+    ring::matmul_acc(&konst, &w.w, &mut z, m, k, o)?;
+    for (a, p) in coef.iter().zip(&prods) {
+        scaled_rows_acc(a, p, &mut z, k, o);
+    }
+    Ok(z)
+}
+
+/// `(ReLU(x) >> f)·W` for a private dense weight `W` (`op` a [`Bilinear::MatMul`] whose input
+/// is the ReLU's output), |x| < 2^(bits−1): the fused ReLU gate of [`relu_with`] in
+/// `Compact` mode (two rounds), and the product with no round of its own, from dealt shares
+/// of each dealt word times the mask's rows (`56·m·k·o` bytes to P1 instead of a Beaver
+/// triple's `8·m·o`). Equal to [`crate::plain::relu`] then [`crate::plain::bilinear`] bit for
+/// bit. The same as [`prepare_relu_dense`] followed by [`finish_relu_dense`].
+pub async fn relu_dense<T: Transport>(
+    s: &mut Server<T>,
+    x: &[u64],
+    f: u32,
+    bits: u32,
+    op: &Bilinear,
+    w: &PrivateWeight,
+) -> Result<Vec<u64>> {
+    let prep = prepare_relu_dense(s, f, bits, op, w).await?;
+    finish_relu_dense(s, prep, x, w).await
+}
+
+/// Helper side of [`open_dealt_word`]: deals shares of the public word `v` (a setting every
+/// party must hold the same: P1 gets 8 bytes).
+pub async fn deal_word<T: Transport>(d: &mut Dealer<T>, v: u64) -> Result<()> {
+    let mut g = d.gate()?;
+    g.value(&[v]);
+    g.finish().await
+}
+
+/// Opens the word the helper dealt with [`deal_word`] (one round, 8 bytes per server), so
+/// that each server can compare the helper's setting with its own.
+pub async fn open_dealt_word<T: Transport>(s: &mut Server<T>) -> Result<u64> {
+    let mut g = s.gate().await?;
+    let v = g.value(1)?;
+    let out = g.open(&v).await?;
+    g.finish()?;
+    out.first()
+        .copied()
+        .ok_or_else(|| CoreError::Protocol("an empty opening".into()))
 }
 
 /// A prepared sign gate of either [`Comparisons`] mode.
@@ -1235,8 +1511,8 @@ impl std::fmt::Debug for PreparedRelu {
                 ),
                 ReluParts::Fused(p) => format!(
                     "{} elements, truncated by {} in the same gate, Compact",
-                    p.r.len(),
-                    p.f
+                    p.m.r.len(),
+                    p.m.f
                 ),
             }
         )

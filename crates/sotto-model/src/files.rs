@@ -4,15 +4,17 @@
 //!
 //! - `p0.sotto`, `p1.sotto`: the plan (step kinds, shapes, comparison widths, shifts,
 //!   fractional bits, input shape and declared input bound, output length, whether the client
-//!   applies a softmax) and, in private-weights mode, an additive share of every weight (in
-//!   public mode, the plain weights). Steps are named `step0`, `step1`, ... unless the operator
-//!   asks to keep the ONNX node names ([`SetOptions::keep_node_names`]).
+//!   applies a softmax, the opt-in "fewer rounds" setting [`Plan::fewer_rounds`]) and, in
+//!   private-weights mode, an additive share of every weight (in public mode, the plain
+//!   weights). Steps are named `step0`, `step1`, ... unless the operator asks to keep the
+//!   ONNX node names ([`SetOptions::keep_node_names`]).
 //! - `helper.sotto`: only what the helper needs to deal material: the step kinds and shapes,
-//!   comparison widths, shifts, fractional bits, input and output lengths, the weights mode.
-//!   No weights, no node names, no input bound (written 0.0), no softmax flag, a flat input
-//!   shape.
+//!   comparison widths, shifts, fractional bits, input and output lengths, the weights mode,
+//!   the "fewer rounds" setting (which changes the gates it deals; loading a model checks
+//!   that the helper's setting is the servers'). No weights, no node names, no input bound
+//!   (written 0.0), no softmax flag, a flat input shape.
 //! - `set.json` ([`SetRecord`]): the set id, the SHA-256 of the ONNX file, the fractional
-//!   bits, the weights mode and the date. It stays with the model owner and is not copied to
+//!   bits, the weights mode, the "fewer rounds" setting and the date. It stays with the model owner and is not copied to
 //!   the parties' hosts.
 //!
 //! No party file carries a step's value bound (an aggregate of the weights' magnitudes: every
@@ -89,6 +91,11 @@ struct Header {
     out_frac: u32,
     steps: Vec<Step>,
     has_weights: bool,
+    /// [`Plan::fewer_rounds`]: written only when on (a default set's headers are what they
+    /// were before the setting; absent: off). A protocol setting, no secret: every party
+    /// must know it to run the same gates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    fewer_rounds: bool,
 }
 
 /// A decoded model file.
@@ -159,6 +166,9 @@ pub struct SetRecord {
     pub node_names_in_server_files: bool,
     /// Format version of the party files.
     pub file_version: u16,
+    /// True when the files plan the opt-in "fewer rounds" gates ([`Plan::fewer_rounds`]).
+    #[serde(default)]
+    pub fewer_rounds: bool,
     /// When the set was made (UTC, RFC 3339).
     pub created_utc: String,
 }
@@ -279,6 +289,7 @@ pub fn make_set_with(plan: &Plan, model_bytes: &[u8], opts: SetOptions) -> Resul
             out_frac: plan.out_frac,
             steps,
             has_weights: weights.is_some(),
+            fewer_rounds: plan.fewer_rounds && opts.private,
         };
         let json = serde_json::to_vec(&header).map_err(|e| ModelError::Graph(e.to_string()))?;
         let mut bytes = Vec::new();
@@ -313,6 +324,7 @@ pub fn make_set_with(plan: &Plan, model_bytes: &[u8], opts: SetOptions) -> Resul
         private_weights: opts.private,
         node_names_in_server_files: opts.keep_node_names,
         file_version: VERSION,
+        fewer_rounds: plan.fewer_rounds && opts.private,
         created_utc: utc_rfc3339(secs),
     };
     Ok(ModelSet {
@@ -443,6 +455,11 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
         return Err(bad("the input shape disagrees with the input length"));
     }
     let lens = checked_weight_lens(&header.steps)?;
+    if header.fewer_rounds && !header.private {
+        return Err(bad(
+            "the \"fewer rounds\" setting with public weights (it needs private weights; make the set again with `sotto share-model`)",
+        ));
+    }
     let mut plan = Plan {
         fp,
         input_bound: header.input_bound,
@@ -453,6 +470,7 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
         out_frac: header.out_frac,
         output_len: header.output_len,
         weights: Vec::new(),
+        fewer_rounds: header.fewer_rounds,
     };
     let blob = &body[15 + hlen..];
     if header.has_weights {

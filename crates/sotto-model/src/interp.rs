@@ -3,10 +3,13 @@
 //! [`Step::gate`] lowers a step to the protocol [`Gate`] it runs (which helper material, on
 //! how many elements, with which parameters), and the crate-internal lowering behind it adds
 //! the local work around the gate (padding, permutations, sums, concatenations, scalings,
-//! a clip's input split and recombination, padded window sums, bias additions). Everything
+//! a clip's input split and recombination, padded window sums, bias additions). With the
+//! plan's opt-in [`Plan::fewer_rounds`], the plan-level lowering then fuses each pair of
+//! [`Plan::relu_dense_pairs`] into one [`Gate::ReluDense`] at the ReLU's step (the dense
+//! step keeps only its bias). Everything
 //! else consumes that lowering instead of deciding again:
 //!
-//! - the cost model ([`Gate::cost`], and [`Step::cost`] over it);
+//! - the cost model ([`Gate::cost`], and [`Step::cost`] and [`Plan::step_costs`] over it);
 //! - the helper ([`crate::private::deal_predict`]) and a server's offline phase
 //!   ([`crate::private::prepare_predict`]), which walk the gates alone (the material walk);
 //! - the walk over values (crate-internal `walk`), which runs the local work and hands each
@@ -87,6 +90,22 @@ pub enum Gate {
         bits: u32,
         /// How the comparison is made ([`relu_mode`]).
         mode: Comparisons,
+    },
+    /// `(ReLU(x) >> shift)·W`: a truncating ReLU (the fused `Compact` gate of [`Gate::Relu`])
+    /// and the private dense product reading its output, in the ReLU's two rounds (the plan's
+    /// opt-in [`Plan::fewer_rounds`]; [`Plan::relu_dense_pairs`] says where). The helper deals,
+    /// besides the ReLU's material, shares of each of its seven dealt words times the weight
+    /// mask's rows, so the product needs no opening. It covers two plan steps: the ReLU's
+    /// (whose value is then the product) and the dense layer's (left with its bias).
+    ReluDense {
+        /// Truncation fused into the ReLU (> 0).
+        shift: u32,
+        /// Comparison width of the ReLU.
+        bits: u32,
+        /// The product (a [`Bilinear::MatMul`] whose input is the ReLU's output).
+        op: Bilinear,
+        /// Index into [`Plan::weights`].
+        weight: usize,
     },
     /// A piecewise-linear function of `n` elements (sigmoid and tanh are ones, compared on
     /// [`FULL_BITS`]): one sign gate for all pieces, then an exact truncation. It has no
@@ -172,6 +191,26 @@ impl Gate {
                     sign.plus(truncate_cost(n, *shift))
                 } else {
                     sign
+                }
+            }
+            Gate::ReluDense {
+                shift, bits, op, ..
+            } => {
+                let relu = Gate::Relu {
+                    n: op.x_len(),
+                    shift: *shift,
+                    bits: *bits,
+                    mode: Comparisons::Compact,
+                }
+                .cost(private);
+                // Each of the ReLU's seven dealt words times the mask's row, per input element.
+                let products = match op {
+                    Bilinear::MatMul { m, k, n } if private => 56 * (m * k * n) as u64,
+                    _ => 0,
+                };
+                Cost {
+                    helper_bytes: relu.helper_bytes + products,
+                    ..relu
                 }
             }
             Gate::Piecewise { n, g, bits } => {
@@ -422,7 +461,8 @@ impl Step {
     /// [`Gate::cost`] for a batch of one (lowered with the step's own output fractional bits,
     /// which are `f` wherever the gate depends on it); a step that does not lower (a plan
     /// that [`Plan::validate`] refuses) costs nothing. `input_len` is not needed any more
-    /// (the gate knows its shapes) and kept for callers.
+    /// (the gate knows its shapes) and kept for callers. This is the step on its own: where
+    /// [`Plan::fewer_rounds`] fuses it with another, [`Plan::step_costs`] has what runs.
     pub fn cost(&self, input_len: usize, private: bool) -> Cost {
         let _ = input_len;
         self.gate(1, self.out_frac)
@@ -431,12 +471,110 @@ impl Step {
 }
 
 impl Plan {
-    /// The gates of the plan's steps for `batch` examples, in the order the helper deals them
-    /// and the servers run them.
-    pub(crate) fn gates(&self, batch: usize) -> impl Iterator<Item = Result<Gate>> + '_ {
-        let f = self.fp.frac_bits();
-        self.steps.iter().map(move |st| st.gate(batch, f))
+    /// The (ReLU step, dense step) pairs that run as one [`Gate::ReluDense`]: none unless
+    /// [`Plan::fewer_rounds`] is on; with it, each truncating ReLU (shift > 0, so the fused
+    /// `Compact` gate of [`relu_mode`]) whose output is read by one step only, a dense layer
+    /// reading nothing else.
+    pub fn relu_dense_pairs(&self) -> Vec<(usize, usize)> {
+        if !self.fewer_rounds {
+            return Vec::new();
+        }
+        // readers[v]: the steps reading value v (0 the input, i + 1 step i's output).
+        let mut readers = vec![Vec::new(); self.steps.len() + 1];
+        for (j, st) in self.steps.iter().enumerate() {
+            for v in &st.inputs {
+                if let Some(r) = readers.get_mut(*v) {
+                    r.push(j);
+                }
+            }
+        }
+        let mut pairs = Vec::new();
+        for (i, st) in self.steps.iter().enumerate() {
+            let StepKind::Relu { shift, .. } = st.kind else {
+                continue;
+            };
+            if shift == 0 || relu_mode(shift) != Comparisons::Compact {
+                continue;
+            }
+            let [j] = readers[i + 1][..] else {
+                continue;
+            };
+            let next = &self.steps[j];
+            let dense_of_it =
+                matches!(next.kind, StepKind::Dense { inputs, .. } if inputs == st.per_example);
+            if dense_of_it && next.inputs == [i + 1] {
+                pairs.push((i, j));
+            }
+        }
+        pairs
     }
+
+    /// Every step lowered for `batch` examples, the pairs of [`Plan::relu_dense_pairs`] fused:
+    /// the ReLU step runs the [`Gate::ReluDense`], the dense step only adds its bias.
+    pub(crate) fn lowered(&self, batch: usize) -> Result<Vec<Lowered>> {
+        let f = self.fp.frac_bits();
+        let mut low = self
+            .steps
+            .iter()
+            .map(|st| st.lower(batch, f))
+            .collect::<Result<Vec<_>>>()?;
+        fuse(&mut low, &self.relu_dense_pairs(), |l| &mut l.gate)?;
+        Ok(low)
+    }
+
+    /// The gates of the plan's steps for `batch` examples, in the order the helper deals them
+    /// and the servers run them (a fused dense step's gate is [`Gate::Local`]).
+    pub(crate) fn gates(&self, batch: usize) -> Result<Vec<Gate>> {
+        Ok(self.lowered(batch)?.into_iter().map(|l| l.gate).collect())
+    }
+
+    /// What each step costs per example and server (batch 1; `private` is the weights mode):
+    /// [`Step::cost`], except for the pairs of [`Plan::relu_dense_pairs`], whose ReLU step
+    /// carries the whole [`Gate::ReluDense`] and whose dense step costs nothing. What `sotto
+    /// inspect` prints, admission control weighs requests by, and the rounds `sotto bench`
+    /// reports.
+    pub fn step_costs(&self, private: bool) -> Vec<Cost> {
+        let f = self.fp.frac_bits();
+        let mut gates: Vec<Gate> = self
+            .steps
+            .iter()
+            .map(|st| st.gate(1, f).unwrap_or(Gate::Local))
+            .collect();
+        if private && fuse(&mut gates, &self.relu_dense_pairs(), |g| g).is_err() {
+            // (not reached: the pairs are ReLU and dense steps)
+            return self.steps.iter().map(|_| Cost::default()).collect();
+        }
+        gates.iter().map(|g| g.cost(private)).collect()
+    }
+}
+
+/// Replaces the gates of each (ReLU, dense) pair in `items` by one [`Gate::ReluDense`] at the
+/// ReLU and [`Gate::Local`] at the dense step.
+fn fuse<I>(
+    items: &mut [I],
+    pairs: &[(usize, usize)],
+    gate: impl Fn(&mut I) -> &mut Gate,
+) -> Result<()> {
+    for &(i, j) in pairs {
+        let relu = gate(&mut items[i]).clone();
+        let dense = std::mem::replace(gate(&mut items[j]), Gate::Local);
+        match (relu, dense) {
+            (Gate::Relu { shift, bits, .. }, Gate::Product { op, weight }) => {
+                *gate(&mut items[i]) = Gate::ReluDense {
+                    shift,
+                    bits,
+                    op,
+                    weight,
+                };
+            }
+            (a, b) => {
+                return Err(ModelError::Graph(format!(
+                    "steps {i} and {j} lower to {a:?} and {b:?}, not a ReLU and a product"
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Who runs the gates of a [`walk`]: the plaintext twin or a server.
@@ -462,11 +600,10 @@ pub(crate) async fn walk<B: Backend>(
     x: Vec<u64>,
     batch: usize,
 ) -> Result<Vec<u64>> {
-    let f = plan.fp.frac_bits();
     let p0 = backend.adds_constants();
     let mut vals = Values::new(plan, x, batch)?;
-    for (i, st) in plan.steps.iter().enumerate() {
-        let Lowered { pre, gate, post } = st.lower(batch, f)?;
+    for ((i, st), low) in plan.steps.iter().enumerate().zip(plan.lowered(batch)?) {
+        let Lowered { pre, gate, post } = low;
         let before = pre_local(&pre, &vals, &st.inputs, batch, p0)?;
         let mid = match (&gate, before) {
             (Gate::Local, Some(v)) => v,
@@ -606,6 +743,10 @@ impl Backend for Twin<'_> {
             Gate::AvgPool { shape } => plain::avgpool(x, shape).map_err(core_err)?,
             Gate::Truncate { f, .. } => plain::truncate(x, *f),
             Gate::Relu { shift, .. } => plain::relu(x, *shift),
+            Gate::ReluDense {
+                shift, op, weight, ..
+            } => plain::bilinear(op, &plain::relu(x, *shift), &self.weight(*weight)?.0)
+                .map_err(core_err)?,
             Gate::Piecewise { g, .. } => plain::piecewise(x, g),
         })
     }

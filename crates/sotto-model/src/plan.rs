@@ -219,6 +219,12 @@ pub struct Plan {
     /// Weights of the dense and conv layers encoded with `f` bits (dense: `inputs ×
     /// outputs`; conv: the matrix layout `[C·kh·kw, O]`) and biases with `2f` bits.
     pub weights: Vec<(Vec<u64>, Vec<u64>)>,
+    /// The opt-in "fewer rounds" setting (private weights only; off by default): each
+    /// truncating ReLU whose output only a private dense product reads runs with that product
+    /// as one gate ([`crate::interp::Gate::ReluDense`]), which saves the product's round for
+    /// `7·inputs·outputs` more words of helper material per example. It changes the protocol:
+    /// the three parties' files carry it, and loading a model checks that they agree.
+    pub fewer_rounds: bool,
 }
 
 impl std::fmt::Debug for Plan {
@@ -230,6 +236,7 @@ impl std::fmt::Debug for Plan {
             .field("steps", &self.steps)
             .field("out_frac", &self.out_frac)
             .field("weight_tensors", &self.weights.len())
+            .field("fewer_rounds", &self.fewer_rounds)
             .finish()
     }
 }
@@ -863,6 +870,7 @@ impl Plan {
             out_frac: out.scale,
             output_len: out.per,
             weights: dense,
+            fewer_rounds: false,
         };
         plan.validate()?;
         Ok(plan)
@@ -1344,21 +1352,19 @@ impl Plan {
     /// Bytes of helper material (per server and input) of the plan's heaviest step: a
     /// streamed session holds at most its window plus this much (times the batch) at once.
     pub fn largest_step_material(&self, private: bool) -> u64 {
-        self.steps
+        self.step_costs(private)
             .iter()
-            .enumerate()
-            .map(|(i, s)| s.cost(self.step_input_len(i), private).helper_bytes)
+            .map(|c| c.helper_bytes)
             .max()
             .unwrap_or(0)
     }
 
     /// Bytes of helper material one server holds for one input of a prediction (batch 1,
-    /// every step's [`Step::cost`]): what admission control weighs a request by.
+    /// every step's cost in [`Plan::step_costs`]): what admission control weighs a request by.
     pub fn material_per_input(&self, private: bool) -> u64 {
-        self.steps
+        self.step_costs(private)
             .iter()
-            .enumerate()
-            .map(|(i, s)| s.cost(self.step_input_len(i), private).helper_bytes)
+            .map(|c| c.helper_bytes)
             .sum::<u64>()
             .max(1)
     }
@@ -1366,11 +1372,21 @@ impl Plan {
     /// The plan as a deployment with private (`true`) or public weights runs it: with public
     /// weights the input's range is not enforced (no secret depends on it: a client sending
     /// an out-of-range value only gets a wrong answer for itself), so the lift step, one round
-    /// and half of network A's helper material, is dropped.
+    /// and half of network A's helper material, is dropped; and the "fewer rounds" setting is
+    /// off (public products are local already: there is no round to save).
     pub fn for_weights(mut self, private: bool) -> Plan {
         if !private {
             self.steps = without_lift(&self.steps);
+            self.fewer_rounds = false;
         }
+        self
+    }
+
+    /// The plan with the opt-in "fewer rounds" setting on or off ([`Plan::fewer_rounds`];
+    /// `sotto inspect|bench|share-model --fewer-rounds`). It only takes effect with private
+    /// weights: [`Plan::for_weights`]`(false)` turns it off.
+    pub fn with_fewer_rounds(mut self, on: bool) -> Plan {
+        self.fewer_rounds = on;
         self
     }
 

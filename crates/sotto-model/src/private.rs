@@ -85,11 +85,46 @@ pub async fn deal_load<T: Transport>(
         for len in plan.weight_lens() {
             masks.push(p::deal_weight_mask(d, len).await.map_err(core_err)?);
         }
+        // The settings that change the protocol, for the servers to check against theirs.
+        p::deal_word(d, protocol_word(plan))
+            .await
+            .map_err(core_err)?;
     }
     Ok(HelperLoaded { private, masks })
 }
 
-/// Loads a model on a server (private mode: opens `W − B` once per dense layer).
+/// The plan's settings that change which gates run, as one word all three parties must
+/// hold the same (bit 0: [`Plan::fewer_rounds`]).
+fn protocol_word(plan: &Plan) -> u64 {
+    u64::from(plan.fewer_rounds)
+}
+
+/// Opens the word the helper dealt at load ([`protocol_word`] of its plan) and refuses to go
+/// on when it is not this server's: parties whose files disagree on a setting that changes
+/// the protocol would otherwise run different gates.
+async fn check_protocol_word<T: Transport>(s: &mut Server<T>, plan: &Plan) -> Result<()> {
+    let theirs = p::open_dealt_word(s).await.map_err(core_err)?;
+    let mine = protocol_word(plan);
+    if theirs == mine {
+        return Ok(());
+    }
+    let says = |w: u64| {
+        if w & 1 == 1 {
+            "plans the \"fewer rounds\" gates"
+        } else {
+            "does not plan the \"fewer rounds\" gates"
+        }
+    };
+    Err(ModelError::File(format!(
+        "the helper's model file {} and {:?}'s {}; make the three files with one `sotto share-model` run (with --fewer-rounds for all or for none)",
+        says(theirs),
+        s.id(),
+        says(mine)
+    )))
+}
+
+/// Loads a model on a server (private mode: opens `W − B` once per dense layer, then the
+/// word of the helper's protocol settings, which must equal this plan's: one more round).
 pub async fn load<T: Transport>(
     s: &mut Server<T>,
     plan: &Plan,
@@ -113,6 +148,7 @@ pub async fn load<T: Transport>(
         for (w, _) in &weights.dense {
             private.push(p::load_private_weight(s, w).await.map_err(core_err)?);
         }
+        check_protocol_word(s, plan).await?;
     }
     Ok(Loaded { weights, private })
 }
@@ -126,8 +162,8 @@ pub async fn deal_predict<T: Transport>(
     h: &HelperLoaded,
     batch: usize,
 ) -> Result<()> {
-    for gate in plan.gates(batch) {
-        deal_gate(d, h, &gate?).await?;
+    for gate in plan.gates(batch)? {
+        deal_gate(d, h, &gate).await?;
     }
     Ok(())
 }
@@ -153,9 +189,27 @@ async fn deal_gate<T: Transport>(d: &mut Dealer<T>, h: &HelperLoaded, gate: &Gat
             bits,
             mode,
         } => p::deal_relu_with(d, *n, *shift, *bits, *mode).await,
+        Gate::ReluDense {
+            shift,
+            bits,
+            op,
+            weight,
+        } => {
+            if !h.private {
+                return Err(fewer_rounds_public());
+            }
+            let mask = h.masks.get(*weight).ok_or_else(|| no_weight(*weight))?;
+            p::deal_relu_dense(d, *shift, *bits, op, mask).await
+        }
         Gate::Piecewise { n, g, bits } => p::deal_piecewise(d, *n, g, *bits).await,
     }
     .map_err(core_err)
+}
+
+fn fewer_rounds_public() -> ModelError {
+    ModelError::Input(
+        "a \"fewer rounds\" ReLU-and-dense gate with public weights (the setting needs private weights)".into(),
+    )
 }
 
 fn no_weight(w: usize) -> ModelError {
@@ -175,6 +229,7 @@ pub struct PreparedPrediction {
 
 enum PreparedStep {
     Product(p::PreparedProduct),
+    ReluDense(Box<p::PreparedReluDense>),
     Relu(Box<p::PreparedRelu>),
     MaxPool(p::PreparedMaxpool),
     Truncate(p::PreparedTruncate),
@@ -213,8 +268,7 @@ pub async fn prepare_predict<T: Transport>(
 ) -> Result<PreparedPrediction> {
     let mut steps = Vec::new();
     if !s.is_streamed() {
-        for gate in plan.gates(batch) {
-            let gate = gate?;
+        for gate in plan.gates(batch)? {
             if !gate.has_offline_part() {
                 // Not prepared: this step and every later one run online, in order.
                 break;
@@ -268,6 +322,22 @@ async fn prepare_gate<T: Transport>(
         ),
         Gate::AvgPool { shape } => {
             PreparedStep::Truncate(p::prepare_avgpool(s, shape).await.map_err(core_err)?)
+        }
+        Gate::ReluDense {
+            shift,
+            bits,
+            op,
+            weight,
+        } => {
+            if !m.weights.private {
+                return Err(fewer_rounds_public());
+            }
+            let w = m.private.get(*weight).ok_or_else(|| no_weight(*weight))?;
+            PreparedStep::ReluDense(Box::new(
+                p::prepare_relu_dense(s, *shift, *bits, op, w)
+                    .await
+                    .map_err(core_err)?,
+            ))
         }
         Gate::Piecewise { .. } => {
             return Err(ModelError::Graph(
@@ -396,6 +466,21 @@ impl<T: Transport> Backend for ServerRun<'_, T> {
                 Some(PreparedStep::Relu(pr)) => p::finish_relu(s, *pr, x).await,
                 _ => p::relu_with(s, x, *shift, *bits, *mode).await,
             },
+            Gate::ReluDense {
+                shift,
+                bits,
+                op,
+                weight,
+            } => {
+                if !m.weights.private {
+                    return Err(fewer_rounds_public());
+                }
+                let w = m.private.get(*weight).ok_or_else(|| no_weight(*weight))?;
+                match ready {
+                    Some(PreparedStep::ReluDense(pr)) => p::finish_relu_dense(s, *pr, x, w).await,
+                    _ => p::relu_dense(s, x, *shift, *bits, op, w).await,
+                }
+            }
             Gate::Piecewise { g, bits, .. } => p::piecewise(s, x, g, *bits).await,
         }
         .map_err(core_err)

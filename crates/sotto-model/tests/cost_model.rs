@@ -2,7 +2,8 @@
 //! requests by) agrees with what the protocols actually send: per step, the helper material
 //! P1 receives (the larger share: P0's dealt values come from its seed) is the predicted
 //! `helper_bytes`; per prediction, the openings between the servers are the predicted rounds
-//! and their bytes the predicted online bytes.
+//! and their bytes the predicted online bytes. The same with the opt-in "fewer rounds"
+//! setting, whose fused ReLU-and-dense gates ([`Plan::step_costs`]) are checked as one gate.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -28,9 +29,26 @@ fn plan_of(path: &str, frac_bits: u32) -> Plan {
         .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// The plans checked: the bundled models and zoo models covering every kind of step.
+/// The plans checked: the bundled models and zoo models covering every kind of step, and
+/// the ones with a ReLU feeding a dense layer again with the "fewer rounds" setting.
 fn plans() -> Vec<(&'static str, Plan)> {
     vec![
+        (
+            "network_a, fewer rounds",
+            plan_of("models/network_a.onnx", 16).with_fewer_rounds(true),
+        ),
+        (
+            "cnn, fewer rounds",
+            plan_of("models/cnn.onnx", 16).with_fewer_rounds(true),
+        ),
+        (
+            "dense_bn, fewer rounds",
+            plan_of("tests/fixtures/zoo/dense_bn.onnx", 16).with_fewer_rounds(true),
+        ),
+        (
+            "mini_resnet, fewer rounds",
+            plan_of("tests/fixtures/zoo/mini_resnet.onnx", 16).with_fewer_rounds(true),
+        ),
         ("network_a", plan_of("models/network_a.onnx", 16)),
         ("cnn", plan_of("models/cnn.onnx", 16)),
         ("logistic", plan_of("models/logistic.onnx", 16)),
@@ -68,9 +86,15 @@ fn kind_name(s: &Step) -> String {
 
 /// What the helper sends P1 for each step of `plan` (batch `batch`), material only: each step
 /// dealt alone, as a one-step plan, in a session whose servers never answer (a session that
-/// is not streamed does not wait for them). The flag byte heading each gate's message is
-/// framing, not material.
+/// is not streamed does not wait for them); a fused (ReLU, dense) pair dealt as a two-step
+/// plan, all of it counted at the ReLU's step and none at the dense step's. The flag byte
+/// heading each gate's message is framing, not material.
 fn dealt_per_step(plan: &Plan, private: bool, batch: usize) -> Vec<u64> {
+    let pairs = if private {
+        plan.relu_dense_pairs()
+    } else {
+        Vec::new()
+    };
     let [p0, p1, h, _c] = memory_mesh();
     let h = Arc::new(Counting::new(h));
     let counters = h.counters();
@@ -78,11 +102,32 @@ fn dealt_per_step(plan: &Plan, private: bool, batch: usize) -> Vec<u64> {
         let mut d = Dealer::start(h.clone(), 7).await.expect("starts");
         let loaded = deal_load(&mut d, plan, private).await.expect("loads");
         let mut per_step = Vec::new();
-        for st in &plan.steps {
+        for (i, st) in plan.steps.iter().enumerate() {
+            let steps = if let Some((_, j)) = pairs.iter().find(|(r, _)| *r == i) {
+                let relu = Step {
+                    inputs: vec![0],
+                    ..st.clone()
+                };
+                let dense = Step {
+                    inputs: vec![1],
+                    ..plan.steps[*j].clone()
+                };
+                vec![relu, dense]
+            } else if pairs.iter().any(|(_, d)| *d == i) {
+                per_step.push(0);
+                continue;
+            } else {
+                vec![st.clone()]
+            };
             let one = Plan {
-                steps: vec![st.clone()],
+                steps,
                 ..plan.clone()
             };
+            assert_eq!(
+                one.relu_dense_pairs().len(),
+                usize::from(one.steps.len() == 2),
+                "the two-step plan of a fused pair fuses it"
+            );
             let before = counters.snapshot();
             deal_predict(&mut d, &one, &loaded, batch)
                 .await
@@ -104,9 +149,24 @@ fn predicted_helper_material_is_what_the_dealer_sends_per_step() {
             let plan = plan.clone().for_weights(private);
             let one = dealt_per_step(&plan, private, 1);
             let three = dealt_per_step(&plan, private, 3);
+            let costs = plan.step_costs(private);
+            let pairs = plan.relu_dense_pairs();
+            if !pairs.is_empty() {
+                kinds.insert("ReluDense".to_string());
+            }
+            if name.starts_with("network_a, fewer") {
+                assert_eq!(pairs.len(), usize::from(private) * 2, "{name}");
+            }
             for (i, st) in plan.steps.iter().enumerate() {
                 kinds.insert(kind_name(st));
-                let c = st.cost(plan.step_input_len(i), private);
+                let c = costs[i];
+                if !pairs.iter().any(|(r, d)| *r == i || *d == i) {
+                    assert_eq!(
+                        c,
+                        st.cost(plan.step_input_len(i), private),
+                        "{name}: step {i}"
+                    );
+                }
                 let at = format!(
                     "{name} (private weights: {private}), step {i} {:?}",
                     st.kind
@@ -146,6 +206,7 @@ fn predicted_helper_material_is_what_the_dealer_sends_per_step() {
         "Add",
         "Concat",
         "Transpose",
+        "ReluDense",
     ] {
         assert!(
             kinds.contains(k),
@@ -179,16 +240,19 @@ fn predicted_rounds_and_online_bytes_are_the_openings_sent() {
                 plan.eval_fixed(&x, batch).expect("twin"),
                 "{name}: private output differs from the twin"
             );
-            // Loading private weights opens `W − B` once per tensor.
+            // Loading private weights opens `W − B` once per tensor, then the helper's word
+            // of protocol settings.
             let (load_rounds, load_bytes) = if private {
                 let lens = plan.weight_lens();
-                (lens.len() as u64, lens.iter().map(|l| 8 * *l as u64).sum())
+                (
+                    lens.len() as u64 + 1,
+                    lens.iter().map(|l| 8 * *l as u64).sum::<u64>() + 8,
+                )
             } else {
                 (0, 0)
             };
             let (mut rounds, mut online) = (0u64, 0u64);
-            for (i, st) in plan.steps.iter().enumerate() {
-                let c = st.cost(plan.step_input_len(i), private);
+            for c in plan.step_costs(private) {
                 rounds += u64::from(c.rounds);
                 online += c.online_bytes * batch as u64;
             }
