@@ -34,9 +34,21 @@ pub struct Pools {
 #[derive(Default)]
 struct Queue {
     ready: VecDeque<u128>,
+    /// Sessions asked of the helper and not announced yet.
     requested: usize,
+    /// When the helper last made progress on this queue (an ask sent while none was
+    /// outstanding, or an announcement): see [`LOST_DEALS`].
+    progress: Option<Instant>,
     waiters: VecDeque<oneshot::Sender<u128>>,
 }
+
+/// P0 counts sessions asked of the helper and not yet announced, and asks only for what
+/// that count leaves missing. A helper that gives up on a queue (a deal that failed under
+/// load, a restart) does not say so; if it announces nothing for a queue with sessions
+/// outstanding for this long, P0 forgets them and asks again. Without this a pool stayed
+/// below its size for good (seen once under heavy load: a benchmark waited out its five
+/// minutes for a pool that never filled, every request dealt on demand).
+const LOST_DEALS: Duration = DEAL_WAIT;
 
 fn role_of(p: PartyId) -> Role {
     match p {
@@ -221,6 +233,7 @@ async fn pool_prepared(st: Arc<State>, model: String, batch: usize, load: u128, 
     let q = (st.me == PartyId::P0).then(|| pools.queues.entry((model.clone(), batch)).or_default());
     if let Some(q) = q {
         q.requested = q.requested.saturating_sub(1);
+        q.progress = Some(Instant::now());
     }
     let prepared = match prepared {
         Ok(p) if current_load(&st, &model) == Some(load) && !st.mesh.is_ended(session) => p,
@@ -404,6 +417,13 @@ fn refill_to(st: &State, full: bool) {
                 let target = if window.is_some() { 0 } else { target };
                 let q = pools.queues.entry((m.id.clone(), batch)).or_default();
                 q.waiters.retain(|w| !w.is_closed());
+                if q.requested > 0 && q.progress.is_some_and(|t| t.elapsed() > LOST_DEALS) {
+                    eprintln!(
+                        "[P0] the helper announced none of the {} sessions of model {} at batch {batch} asked for in {LOST_DEALS:?}: asking again",
+                        q.requested, m.id
+                    );
+                    q.requested = 0;
+                }
                 // Refill in batches: only when the pool is down to half (dealing competes with
                 // predictions for the CPU when parties share a host).
                 let want = target + q.waiters.len();
@@ -411,6 +431,9 @@ fn refill_to(st: &State, full: bool) {
                 let low = full || have < target.div_ceil(2) || !q.waiters.is_empty();
                 if want > have && low {
                     let count = want - have;
+                    if q.requested == 0 {
+                        q.progress = Some(Instant::now());
+                    }
                     q.requested += count;
                     asks.push(Control::Deal {
                         model: m.id.clone(),
@@ -861,6 +884,9 @@ fn deal_one(st: &Arc<State>, model: &str, batch: usize, load_hex: &str) -> bool 
             true
         }
         Err(e) => {
+            st.log_limited("dealing", || {
+                format!("dealing a session of model {model:?} at batch {batch} failed: {e}")
+            });
             st.set_status(format!("dealing failed: {e}"));
             false
         }
