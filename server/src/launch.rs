@@ -71,15 +71,16 @@ pub struct Launched {
 /// (115.4 MB of material to P1, 108.5 MB to P0; this estimate 128 MB), 63 MB for network A
 /// at batch 100 (59.1 MB to P1; this estimate 66 MB).
 pub fn prepared_bytes(plan: &Plan, private: bool, batch: usize) -> u64 {
-    let expanded: u64 = plan
-        .step_costs(private)
+    let costs = plan.step_costs(private);
+    let material: u64 = costs.iter().map(|c| c.helper_bytes).sum::<u64>().max(1);
+    let expanded: u64 = costs
         .iter()
         .zip(&plan.steps)
         .enumerate()
         .filter(|(_, (c, _))| c.helper_bytes > 0)
         .map(|(i, (_, s))| 8 * (plan.step_input_len(i) as u64 + 2 * s.per_example as u64))
         .sum();
-    let per_input = plan.material_per_input(private).saturating_add(expanded);
+    let per_input = material.saturating_add(expanded);
     let held = per_input.saturating_mul(batch as u64);
     held.saturating_add(held / 16)
 }

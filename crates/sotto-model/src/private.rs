@@ -212,6 +212,15 @@ fn fewer_rounds_public() -> ModelError {
     )
 }
 
+/// A server's private weight `weight` for a [`Gate::ReluDense`] (which needs private
+/// weights).
+fn relu_dense_weight(m: &Loaded, weight: usize) -> Result<&p::PrivateWeight> {
+    if !m.weights.private {
+        return Err(fewer_rounds_public());
+    }
+    m.private.get(weight).ok_or_else(|| no_weight(weight))
+}
+
 fn no_weight(w: usize) -> ModelError {
     ModelError::Input(format!(
         "the layer of weight tensor {w} has no loaded weight"
@@ -329,10 +338,7 @@ async fn prepare_gate<T: Transport>(
             op,
             weight,
         } => {
-            if !m.weights.private {
-                return Err(fewer_rounds_public());
-            }
-            let w = m.private.get(*weight).ok_or_else(|| no_weight(*weight))?;
+            let w = relu_dense_weight(m, *weight)?;
             PreparedStep::ReluDense(Box::new(
                 p::prepare_relu_dense(s, *shift, *bits, op, w)
                     .await
@@ -472,10 +478,7 @@ impl<T: Transport> Backend for ServerRun<'_, T> {
                 op,
                 weight,
             } => {
-                if !m.weights.private {
-                    return Err(fewer_rounds_public());
-                }
-                let w = m.private.get(*weight).ok_or_else(|| no_weight(*weight))?;
+                let w = relu_dense_weight(m, *weight)?;
                 match ready {
                     Some(PreparedStep::ReluDense(pr)) => p::finish_relu_dense(s, *pr, x, w).await,
                     _ => p::relu_dense(s, x, *shift, *bits, op, w).await,
