@@ -49,8 +49,6 @@ const PACE: Duration = Duration::from_millis(20);
 const BASELINE: Duration = Duration::from_millis(1500);
 /// How long the metrics may take to come back after an attack.
 const RECOVERY: Duration = Duration::from_secs(20);
-/// Bytes of one network-A input share (784 values).
-const INPUT_BYTES: usize = 784 * 8;
 /// `--max-batch` (the default).
 const MAX_BATCH: usize = 128;
 
@@ -1185,14 +1183,16 @@ fn attack_3_input_share_flood_without_seeds() {
         let mut a = Arena::start("3 InputShare flood, no seeds", &[], BUDGET_MB).await;
         let target = a.target(P::P0);
         // The largest batch the server admits per request, as its manifest states.
-        let max_batch = a.d.hello(P::P0).await.1.max_batch;
+        let m = a.d.hello(P::P0).await.1;
+        let max_batch = m.max_batch;
         assert!((1..=MAX_BATCH).contains(&max_batch), "manifest max_batch {max_batch}");
+        let (kind, per) = input_format(&m);
         let share = |batch: usize| -> Arc<dyn Fn(usize) -> Vec<u8> + Send + Sync> {
             let base = Frame {
-                kind: Kind::InputShare,
+                kind,
                 session: 0,
                 step: 0,
-                payload: vec![0; batch * INPUT_BYTES],
+                payload: vec![0; batch * 784 * per],
             }
             .encode();
             Arc::new(move |i| with_step(&base, i as u32 + 1))
@@ -1748,12 +1748,13 @@ fn attack_7_repeated_bad_frames() {
     let _g = serial();
     rt().block_on(async {
         let mut a = Arena::start("7 repeated bad frames", &[], BUDGET_MB).await;
+        let (kind, per) = input_format(&a.d.hello(P::P0).await.1);
         a.begin();
         let bad_share = Frame {
-            kind: Kind::InputShare,
+            kind,
             session: 0,
             step: 1,
-            payload: vec![0; INPUT_BYTES - 8],
+            payload: vec![0; 783 * per],
         }
         .encode();
         let bad_seed = Frame {

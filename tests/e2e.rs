@@ -100,22 +100,22 @@ fn sessions_over_the_request_budget_stream_their_material() {
     let _g = serial();
     rt().block_on(async {
         // A 4 MiB budget: one request may weigh 2 MiB. Network A's helper material is about
-        // 0.6 MB per input, so batches of 1 to 3 are dealt whole (and pooled); larger ones
+        // 265 KB per input, so batches of 1 to 7 are dealt whole (and pooled); larger ones
         // are streamed with a 512 KiB window and weigh the window plus the heaviest step (the
-        // input lift, about 0.38 MB per input): batches of 4.
+        // input lift, about 113 KB per input): batches of 8 and more.
         let d = Deployment::start(&["--inflight-budget-mb", "4"]);
         d.ready(Duration::from_secs(20)).await;
         let c = d.client().await;
         let most = c.manifest().max_batch;
         assert!(
-            most >= 4,
-            "streaming should admit batches beyond the 3 that fit whole, got {most}"
+            most >= 8,
+            "streaming should admit batches beyond the 7 that fit whole, got {most}"
         );
         let streamed = |p: P| d.metric(p, "streamed_sessions_total");
         let p = c.predict(data().x(0, 1), 1).await.expect("whole session");
         check(&p.logits, &p.labels, 0, 1);
         assert_eq!(streamed(P::P0).await, 0.0, "batch 1 fits whole");
-        for (i, batch) in [(10, most), (40, 4), (60, most)] {
+        for (i, batch) in [(10, most), (40, 8), (60, most)] {
             let p = c
                 .predict(data().x(i, batch), batch)
                 .await
@@ -132,8 +132,8 @@ fn sessions_over_the_request_budget_stream_their_material() {
             let c = d.client().await;
             tasks.push(tokio::spawn(async move {
                 let from = 100 + 10 * i;
-                let p = c.predict(data().x(from, 4), 4).await.expect("concurrent");
-                check(&p.logits, &p.labels, from, 4);
+                let p = c.predict(data().x(from, 8), 8).await.expect("concurrent");
+                check(&p.logits, &p.labels, from, 8);
                 c.close().await;
             }));
         }
@@ -474,11 +474,29 @@ fn bad_input_gets_a_clear_error_and_the_servers_keep_answering() {
         // A wrong shape: 783 values instead of 784.
         let (mut l, m) = d.hello(P::P0).await;
         assert_eq!(m.input_shape, vec![784]);
-        send_share(&mut l, 5, 783 * 8).await;
+        send_share(&mut l, &m, 5, 783).await;
         let f = next_of(&mut l, Kind::Error, SECS5).await.expect("an error");
         assert_eq!((error_code(&f).as_str(), f.step), ("bad_shape", 5));
-        // The same connection still works after the refusal.
-        send_share(&mut l, 6, 784 * 8).await;
+        // An older client's additive share (8 bytes per value) where the deployment takes
+        // XOR shares of the 18-bit input codes: refused, naming the format.
+        assert_eq!(
+            m.input_bits,
+            Some(18),
+            "private weights enforce the input range"
+        );
+        let additive = Frame {
+            kind: Kind::InputShare,
+            session: 0,
+            step: 7,
+            payload: vec![0; 784 * 8],
+        };
+        l.send_frame(&additive).await.expect("send");
+        let f = next_of(&mut l, Kind::Error, SECS5).await.expect("an error");
+        assert_eq!((error_code(&f).as_str(), f.step), ("bad_frame", 7));
+        let why = String::from_utf8_lossy(&f.payload).to_string();
+        assert!(why.contains("InputBits") && why.contains("update"), "{why}");
+        // The same connection still works after the refusals.
+        send_share(&mut l, &m, 6, 784).await;
         let s = next_of(&mut l, Kind::Session, SECS5)
             .await
             .expect("a session");
@@ -572,17 +590,17 @@ fn a_client_that_disconnects_mid_session_frees_the_parties() {
         d.ready(Duration::from_secs(20)).await;
         // P0 starts a session, the client vanishes before sending P1 its seed.
         for step in 1..=3 {
-            let (mut l, _) = d.hello(P::P0).await;
-            send_share(&mut l, step, 784 * 8).await;
+            let (mut l, m) = d.hello(P::P0).await;
+            send_share(&mut l, &m, step, 784).await;
             next_of(&mut l, Kind::Session, SECS5)
                 .await
                 .expect("session");
             drop(l);
         }
         // And one that sends both halves and leaves before the outputs.
-        let (mut l0, _) = d.hello(P::P0).await;
+        let (mut l0, m) = d.hello(P::P0).await;
         let (mut l1, _) = d.hello(P::P1).await;
-        send_share(&mut l0, 1, 784 * 8).await;
+        send_share(&mut l0, &m, 1, 784).await;
         let s = next_of(&mut l0, Kind::Session, SECS5)
             .await
             .expect("session");

@@ -281,6 +281,7 @@ function camelManifest(m) {
     softmaxAtClient: m.softmax_at_client,
     deployment: m.deployment,
     maxBatch: m.max_batch,
+    inputBits: m.input_bits ?? null,
   });
 }
 
@@ -336,7 +337,7 @@ export class SottoClient extends EventTarget {
     return this.#state;
   }
 
-  /** The model: modelId, inputShape, outputLen, inputBound, fracBits, outFrac, softmaxAtClient, deployment, maxBatch. */
+  /** The model: modelId, inputShape, outputLen, inputBound, fracBits, outFrac, softmaxAtClient, deployment, maxBatch, inputBits. */
   get manifest() {
     return this.#manifest;
   }

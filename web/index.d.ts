@@ -30,6 +30,13 @@ export interface Manifest {
   readonly deployment: string;
   /** The largest batch one `predictBatch` may carry (larger ones are refused before sending). */
   readonly maxBatch: number;
+  /**
+   * With private weights, the width `k` of the input range the servers enforce: the client
+   * sends each value as XOR shares of its `k`-bit code (about `k/8` bytes instead of 8), and
+   * whatever a client sends decodes to a value in range. `null` when inputs are shared
+   * additively (public weights).
+   */
+  readonly inputBits: number | null;
 }
 
 /** Bytes sent to each server. */

@@ -472,7 +472,10 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
         "total per prediction (batch 1): {} server rounds, {} B online per server (+ {} B input from the client to P0, 32 B to P1), {} B of helper material per server",
         total.rounds,
         total.online_bytes,
-        8 * plan.input_len,
+        plan.input_len
+            * plan
+                .input_bits()
+                .map_or(8, sotto_core::share::bits_width),
         total.helper_bytes
     );
     if private {

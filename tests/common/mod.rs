@@ -459,13 +459,25 @@ pub async fn next_of(l: &mut Duplex, kind: Kind, within: Duration) -> Option<Fra
     }
 }
 
-/// Sends a client's input share of `len` zero bytes to P0 as request `step`.
-pub async fn send_share(l: &mut Duplex, step: u32, len: usize) {
+/// The frame kind of P0's input share and its bytes per input value for the model of `m`:
+/// XOR shares of `k`-bit codes (`InputBits`, `⌈k/8⌉` bytes) where the deployment enforces the
+/// input range (private weights), additive shares (`InputShare`, 8 bytes) otherwise.
+pub fn input_format(m: &Manifest) -> (Kind, usize) {
+    match m.input_bits {
+        Some(k) => (Kind::InputBits, k.div_ceil(8) as usize),
+        None => (Kind::InputShare, 8),
+    }
+}
+
+/// Sends P0 a client's input share of `values` input values (zero bytes, in the format of
+/// `m`'s deployment) as request `step`.
+pub async fn send_share(l: &mut Duplex, m: &Manifest, step: u32, values: usize) {
+    let (kind, per) = input_format(m);
     let f = Frame {
-        kind: Kind::InputShare,
+        kind,
         session: 0,
         step,
-        payload: vec![0; len],
+        payload: vec![0; values * per],
     };
     l.send_frame(&f).await.expect("send");
 }

@@ -52,7 +52,7 @@ const RUNS = 30;
 // timed runs.
 const POOL = Number(process.env.SOTTO_WEB_POOL) || 2 * (2 * RUNS + 10);
 const HEADER = 32;
-const KIND = { hello: 1, inputShare: 3, inputSeed: 4, close: 8 };
+const KIND = { hello: 1, inputShare: 3, inputSeed: 4, close: 8, inputBits: 12 };
 const DEADLINE_MS = 120_000;
 
 const failures = [];
@@ -117,6 +117,9 @@ function parseFrame(buf) {
 
 // The 8-byte encodings that would betray an input: each nonzero value in fixed point
 // (round(v · 2^f) as i64 LE) and each pair of consecutive float32 values that is not all zero.
+// The input range the bundled model's private-weights deployment enforces: 18 bits.
+const INPUT_BITS = 18;
+
 function leakPatterns(input, fracBits) {
   const fixed = new Map();
   const floats = new Map();
@@ -134,7 +137,19 @@ function leakPatterns(input, fracBits) {
       floats.set(b.toString('hex'), b);
     }
   }
-  return { fixed: [...fixed.values()], floats: [...floats.values()] };
+  // The k-bit codes a private-weights client XOR-shares ((x·2^f + 2^(k−1)) mod 2^k, ⌈k/8⌉
+  // bytes each), four in a row (three bytes alone would turn up in random shares by chance).
+  const codes = new Map();
+  const width = Math.ceil(INPUT_BITS / 8);
+  const code = (v) => (Math.sign(v) * Math.round(Math.abs(v) * scale) + 2 ** (INPUT_BITS - 1)) % 2 ** INPUT_BITS;
+  for (let i = 0; i + 4 <= input.length; i++) {
+    const w = input.slice(i, i + 4);
+    if (w.every((v) => v === 0)) continue;
+    const b = Buffer.alloc(4 * width);
+    w.forEach((v, j) => b.writeUIntLE(code(v), j * width, width));
+    codes.set(b.toString('hex'), b);
+  }
+  return { fixed: [...fixed.values()], floats: [...floats.values()], codes: [...codes.values()] };
 }
 
 function findLeak(payloads, patterns) {
@@ -653,27 +668,37 @@ async function main() {
     `P1 received ${bytes1} bytes = hello ${helloBytes} + ${total} × 64`,
   );
   check(new Set(seeds.map((f) => f.payload.toString('hex'))).size === seeds.length, 'every seed is fresh');
-  const shares = frames0.filter((f) => f && f.kind === KIND.inputShare);
+  // Private weights: XOR shares of the 18-bit input codes, 3 bytes per value.
+  const shares = frames0.filter((f) => f && f.kind === KIND.inputBits);
   check(
-    shares.length === total && shares.every((f) => f.len === 784 * 8),
-    `P0 got one input share (784 × 8 bytes) per prediction (${shares.length})`,
+    shares.length === total && shares.every((f) => f.len === 784 * 3),
+    `P0 got one input share (784 × 3 bytes) per prediction (${shares.length})`,
   );
   check(new Set(shares.map((f) => f.payload.toString('hex'))).size === shares.length, 'every share to P0 is fresh (repeated samples too)');
   const payloads = [...frames0, ...frames1].filter(Boolean).map((f) => f.payload);
   let fixedLeak = null;
   let floatLeak = null;
+  let codeLeak = null;
   for (const x of inputs) {
     const pat = leakPatterns(x, fracBits);
     fixedLeak ||= findLeak(payloads, pat.fixed);
     floatLeak ||= findLeak(payloads, pat.floats);
+    codeLeak ||= findLeak(payloads, pat.codes);
   }
   check(!fixedLeak, `no server received an input value in fixed point${fixedLeak ? ` (found ${fixedLeak})` : ''}`);
+  check(!codeLeak, `no server received the input's ${INPUT_BITS}-bit codes unshared${codeLeak ? ` (found ${codeLeak})` : ''}`);
   check(!floatLeak, `no server received input values as float32${floatLeak ? ` (found ${floatLeak})` : ''}`);
   // The sanity of the check itself: the unshared encoding of the last input would be found.
   const lastX = await page.evaluate(() => Array.from(sottoDemo.last.input));
   const clear = Buffer.alloc(lastX.length * 8);
   lastX.forEach((v, i) => clear.writeBigInt64LE(BigInt(Math.sign(v) * Math.round(Math.abs(v) * 2 ** fracBits)), 8 * i));
   check(findLeak([clear], leakPatterns(lastX, fracBits).fixed) !== null, 'the leak check finds an unshared input');
+  const width = Math.ceil(INPUT_BITS / 8);
+  const clearCodes = Buffer.alloc(lastX.length * width);
+  lastX.forEach((v, i) =>
+    clearCodes.writeUIntLE((Math.sign(v) * Math.round(Math.abs(v) * 2 ** fracBits) + 2 ** (INPUT_BITS - 1)) % 2 ** INPUT_BITS, width * i, width),
+  );
+  check(findLeak([clearCodes], leakPatterns(lastX, fracBits).codes) !== null, 'the leak check finds unshared input codes');
   const shown = await page.evaluate(() => ({
     p0: document.querySelector('[data-testid=view-p0]').width,
     p1: document.querySelector('[data-testid=view-p1]').textContent.replace(/\s+/g, ''),

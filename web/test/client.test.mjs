@@ -17,6 +17,8 @@ import { KIND, TAGGED_SEED, decode, encode, json } from './scripted.mjs';
 const N = 20;
 let parties;
 let client;
+/** Bytes per input value in P0's share: XOR shares of k-bit codes, or 8-byte additive shares. */
+const perValue = () => (client.manifest.inputBits ? Math.ceil(client.manifest.inputBits / 8) : 8);
 let samples;
 let plain; // {labels, logits, labels_fixed, logits_fixed} of the first N images
 
@@ -63,7 +65,7 @@ test(`the first ${N} MNIST test images: same labels and logits as the plaintext 
     assert.ok(r.logits instanceof Float64Array);
     checkAgainstPlain(i, r.logits, r.label);
     assert.ok(r.latencyMs > 0);
-    assert.deepEqual(r.bytesSent, { p0: 32 + 784 * 8, p1: 32 + 32 });
+    assert.deepEqual(r.bytesSent, { p0: 32 + 784 * perValue(), p1: 32 + 32 });
     if (r.label === samples[i].label) correct++;
     if (client.manifest.softmaxAtClient) assert.ok(r.probabilities instanceof Float64Array);
     else assert.equal(r.probabilities, null);
@@ -71,11 +73,13 @@ test(`the first ${N} MNIST test images: same labels and logits as the plaintext 
   assert.ok(correct >= N - 2, `${correct}/${N} correct`);
 });
 
-test('what each server received: P0 a share of 8 bytes per value, P1 a 32-byte seed', async () => {
+test('what each server received: P0 XOR shares of the k-bit input codes (3 bytes per value), P1 a 32-byte seed', async () => {
+  // Private weights: the servers enforce the input range on k = 18 bits (16 fractional).
+  assert.equal(client.manifest.inputBits, 18);
   const before = client.bytesSent();
   await client.predict(samples[0].pixels);
   const a = client.lastSent();
-  assert.equal(a.p0.length, 784 * 8);
+  assert.equal(a.p0.length, 784 * 3);
   assert.equal(a.p1.length, 32);
   await client.predict(samples[0].pixels);
   const b = client.lastSent();
@@ -83,7 +87,7 @@ test('what each server received: P0 a share of 8 bytes per value, P1 a 32-byte s
   assert.notDeepEqual(Array.from(a.p1), Array.from(b.p1));
   assert.notDeepEqual(Array.from(a.p0.subarray(0, 64)), Array.from(b.p0.subarray(0, 64)));
   const after = client.bytesSent();
-  assert.equal(after.p0 - before.p0, 2 * (32 + 784 * 8));
+  assert.equal(after.p0 - before.p0, 2 * (32 + 784 * 3));
   assert.equal(after.p1 - before.p1, 2 * 64);
 });
 
@@ -133,7 +137,10 @@ test('the tagged order at the wire: share and seed at once, answers under the ta
     const tag = randomTag();
     const seed = randomBytes(32);
     p1.send(KIND.InputSeed, tag, TAGGED_SEED, seed); // the seed may come first
-    p0.send(KIND.InputShare, tag, 7, randomBytes(784 * 8));
+    // XOR shares of 18-bit codes, 3 bytes each: any bits below 2^18 encode some input.
+    const share = randomBytes(784 * 3);
+    for (let i = 2; i < share.length; i += 3) share[i] &= 3;
+    p0.send(KIND.InputBits, tag, 7, share);
     const [o0, o1] = await Promise.all([
       p0.next((f) => f.session === tag),
       p1.next((f) => f.session === tag),
@@ -153,7 +160,7 @@ test('the tagged order at the wire: share and seed at once, answers under the ta
     const refused = randomTag();
     const t1 = performance.now();
     p1.send(KIND.InputSeed, refused, TAGGED_SEED, randomBytes(32));
-    p0.send(KIND.InputShare, refused, 8, randomBytes(8));
+    p0.send(KIND.InputBits, refused, 8, randomBytes(8));
     const [e0, e1] = await Promise.all([
       p0.next((f) => f.session === refused),
       p1.next((f) => f.session === refused),
@@ -195,7 +202,7 @@ test('batch prediction: one request, the same labels as single predictions', asy
   assert.equal(r.logits.length, idx.length);
   assert.equal(r.labels.length, idx.length);
   idx.forEach((i, j) => checkAgainstPlain(i, r.logits[j], r.labels[j]));
-  assert.deepEqual(r.bytesSent, { p0: 32 + idx.length * 784 * 8, p1: 64 });
+  assert.deepEqual(r.bytesSent, { p0: 32 + idx.length * 784 * perValue(), p1: 64 });
   await assert.rejects(client.predictBatch([]), TypeError);
 });
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { WebSocketServer } from 'ws';
 
-export const KIND = { Hello: 1, Manifest: 2, InputShare: 3, InputSeed: 4, Output: 6, Error: 7, Close: 8, Session: 9 };
+export const KIND = { Hello: 1, Manifest: 2, InputShare: 3, InputSeed: 4, Output: 6, Error: 7, Close: 8, Session: 9, InputBits: 12 };
 /** The `step` of a seed frame whose `session` is the request's tag. */
 export const TAGGED_SEED = 1;
 const MASK = (1n << 64n) - 1n;

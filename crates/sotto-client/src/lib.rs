@@ -2,7 +2,9 @@
 //!
 //! The client of a private prediction (DESIGN §2). The input never leaves the client in
 //! clear: [`share_input`] encodes it in the model's fixed-point format and splits it with a
-//! fresh OS seed `s` into `x − PRG(s)` for P0 and `s` alone for P1; [`reconstruct`] adds the
+//! fresh OS seed `s` into `x − PRG(s)` for P0 and `s` alone for P1 (with private weights, XOR
+//! shares of the input's `k`-bit code: `code ⊕ PRG(s)` for P0, so the servers can enforce
+//! the input's range without a comparison); [`reconstruct`] adds the
 //! two output shares and decodes logits, probabilities and labels. Neither server sees the
 //! input or the output.
 //!
@@ -39,7 +41,6 @@ mod wasm;
 pub use wasm::WasmClient;
 
 use sotto_core::fixed::{decode_with, FixedPoint};
-use sotto_core::share::ClientShares;
 use sotto_wire::Manifest;
 use thiserror::Error;
 
@@ -110,9 +111,28 @@ pub struct Prediction {
     pub output_len: usize,
 }
 
+/// What a client sends for one request: P0's share (as the frame kind the deployment takes)
+/// and the seed for P1.
+pub struct Outgoing {
+    /// [`sotto_wire::Kind::InputBits`] when the manifest sets `input_bits`, else
+    /// [`sotto_wire::Kind::InputShare`].
+    pub kind: sotto_wire::Kind,
+    /// P0's payload: XOR shares of the `k`-bit input codes (`⌈k/8⌉` bytes each), or additive
+    /// shares `x − PRG(s)` (8 bytes each).
+    pub to_p0: Vec<u8>,
+    /// The 32-byte seed `s` for P1.
+    pub to_p1: [u8; 32],
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Outgoing({:?}, {} bytes)", self.kind, self.to_p0.len())
+    }
+}
+
 /// Checks and encodes `x` (`batch` examples, batch first) for the model of `m`, then shares
-/// it with a fresh seed from the OS.
-pub fn share_input(m: &Manifest, x: &[f32], batch: usize) -> Result<ClientShares> {
+/// it with a fresh seed from the OS, as the deployment takes it (`m.input_bits`).
+pub fn share_input(m: &Manifest, x: &[f32], batch: usize) -> Result<Outgoing> {
     let per: usize = m.input_shape.iter().product();
     if batch == 0 || Some(x.len()) != per.checked_mul(batch) {
         return Err(ClientError::Input(format!(
@@ -136,7 +156,30 @@ pub fn share_input(m: &Manifest, x: &[f32], batch: usize) -> Result<ClientShares
     let enc = fp
         .encode_f32(x)
         .map_err(|e| ClientError::Input(e.to_string()))?;
-    sotto_core::share::share_input(&enc).map_err(|e| ClientError::Connection(e.to_string()))
+    let os = |e: sotto_core::CoreError| ClientError::Connection(e.to_string());
+    Ok(match m.input_bits {
+        Some(k) => {
+            if !(2..=63).contains(&k) {
+                return Err(ClientError::Protocol(format!(
+                    "the manifest's input range of {k} bits is not 2 to 63"
+                )));
+            }
+            let (to_p0, seed) = sotto_core::share::share_input_bits(&enc, k).map_err(os)?;
+            Outgoing {
+                kind: sotto_wire::Kind::InputBits,
+                to_p0,
+                to_p1: seed.0,
+            }
+        }
+        None => {
+            let sh = sotto_core::share::share_input(&enc).map_err(os)?;
+            Outgoing {
+                kind: sotto_wire::Kind::InputShare,
+                to_p0: sotto_core::ring::to_le_bytes(&sh.to_p0),
+                to_p1: sh.to_p1.0,
+            }
+        }
+    })
 }
 
 /// Adds the servers' output shares (`batch × output_len` ring elements each) and decodes them.

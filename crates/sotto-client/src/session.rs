@@ -31,7 +31,6 @@
 use std::collections::{HashMap, VecDeque};
 
 use sotto_core::prg::Seed;
-use sotto_core::ring;
 use sotto_wire::{
     decode, ErrorCode, Frame, Hello, Kind, Manifest, Role, WireError, DEFAULT_MAX_PAYLOAD,
 };
@@ -392,16 +391,16 @@ impl ClientSession {
         }
         self.next_request = id.wrapping_add(1);
         let share = Frame {
-            kind: Kind::InputShare,
+            kind: shares.kind,
             session: tag,
             step: id,
-            payload: ring::to_le_bytes(&shares.to_p0),
+            payload: shares.to_p0,
         };
         let seed = Frame {
             kind: Kind::InputSeed,
             session: tag,
             step: TAGGED_SEED,
-            payload: shares.to_p1.0.to_vec(),
+            payload: shares.to_p1.to_vec(),
         };
         let (to_p0, to_p1) = (share.encode(), seed.encode());
         let sent = [to_p0.len(), to_p1.len()];

@@ -19,6 +19,7 @@ fn manifest(role: Role) -> Manifest {
         role,
         deployment: "5e".repeat(16),
         max_batch: 8,
+        input_bits: None,
     }
 }
 

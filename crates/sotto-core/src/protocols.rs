@@ -405,26 +405,29 @@ fn check_lift(k: u32) -> Result<()> {
     Ok(())
 }
 
-/// Helper side of [`lift`]: a mask `r`, shares of `r mod 2^k` (as an integer) and a `k`-bit
-/// DCF key pair for the carry `[c mod 2^k < r mod 2^k]`.
+/// Helper side of [`lift`]: `k` random bits `ρ` per element, XOR-shared (both servers expand
+/// their parts from their seeds: nothing sent) and additively shared (P0's share from its
+/// seed, P1 receives the rest: `8·k` bytes per element).
 pub async fn deal_lift<T: Transport>(d: &mut Dealer<T>, n: usize, k: u32) -> Result<()> {
     check_lift(k)?;
+    let bits = lift_bits(n, k)?;
     let mut g = d.gate()?;
-    let r = g.random(n);
-    let low = (1u64 << k) - 1;
-    let rk: Vec<u64> = r.iter().map(|&v| v & low).collect();
-    g.value(&rk);
-    let (k0, k1) = dcf::gen(k, &rk, &vec![1u64; n], 1, g.rng())?;
-    g.keys(k0, k1);
+    let rho = g.random_bits(bits);
+    let rho: Vec<u64> = rho.into_iter().map(u64::from).collect();
+    g.value(&rho);
     g.finish().await
+}
+
+fn lift_bits(n: usize, k: u32) -> Result<usize> {
+    n.checked_mul(k as usize)
+        .ok_or_else(|| CoreError::Param(format!("{n} inputs of {k} bits")))
 }
 
 /// A [`lift`] whose helper material is received and parsed.
 pub struct PreparedLift {
     k: u32,
-    r: Vec<u64>,
-    rk: Vec<u64>,
-    keys: dcf::DcfKeys,
+    rho: Vec<u8>,
+    rho_a: Vec<u64>,
     gate: Deferred,
 }
 
@@ -432,8 +435,8 @@ impl std::fmt::Debug for PreparedLift {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "PreparedLift({} elements to {} bits)",
-            self.r.len(),
+            "PreparedLift({} elements of {} bits)",
+            self.rho.len() / self.k.max(1) as usize,
             self.k
         )
     }
@@ -446,74 +449,71 @@ pub async fn prepare_lift<T: Transport>(
     k: u32,
 ) -> Result<PreparedLift> {
     check_lift(k)?;
+    let bits = lift_bits(n, k)?;
     let mut g = s.gate().await?;
-    let r = g.random(n);
-    let rk = g.value(n)?;
-    let keys = g.keys()?;
-    if keys.len() != n || keys.payload_len() != 1 || keys.n_bits() != k {
-        return Err(CoreError::Protocol(format!(
-            "helper sent {} lift keys (m = {}, {} bits) for {n} inputs of {k} bits",
-            keys.len(),
-            keys.payload_len(),
-            keys.n_bits()
-        )));
-    }
+    let rho = g.random_bits(bits);
+    let rho_a = g.value(bits)?;
     Ok(PreparedLift {
         k,
-        r,
-        rk,
-        keys,
+        rho,
+        rho_a,
         gate: g.defer()?,
     })
 }
 
-/// Online part of [`lift`]: one opening of `c = x + 2^(k−1) + r`, then the carry of its low
-/// `k` bits from the DCF, locally.
+/// Online part of [`lift`]: `u` is this server's XOR share of the `k`-bit codes
+/// ([`crate::share::input_code`]; each word below `2^k`). One opening of `u ⊕ ρ`, `k` bits
+/// per element; then each bit `b = t ⊕ ρ = t + ρ·(1 − 2t)` is linear in the dealt `ρ`.
 pub async fn finish_lift<T: Transport>(
     s: &mut Server<T>,
     prep: PreparedLift,
-    x: &[u64],
+    u: &[u64],
 ) -> Result<Vec<u64>> {
     let PreparedLift {
         k,
-        r,
-        rk,
-        keys,
+        rho,
+        rho_a,
         mut gate,
     } = prep;
-    check_len("lift input", x.len(), r.len())?;
+    let kk = k as usize;
+    check_len("lift input", u.len().saturating_mul(kk), rho.len())?;
+    if let Some(i) = u.iter().position(|&v| v >> k != 0) {
+        return Err(CoreError::Param(format!(
+            "lift input {i} has bits above the {k}-bit range"
+        )));
+    }
+    let mut masked = Vec::with_capacity(rho.len());
+    for (&v, r) in u.iter().zip(rho.chunks_exact(kk)) {
+        for (j, &rj) in r.iter().enumerate() {
+            masked.push(((v >> j) as u8 & 1) ^ rj);
+        }
+    }
+    let t = s.open_bits_deferred(&mut gate, &masked).await?;
     let p0 = s.is_p0();
     let half = 1u64 << (k - 1);
-    let low = (1u64 << k) - 1;
-    let shifted: Vec<u64> = x
-        .iter()
-        .map(|&v| v.wrapping_add(g_const(p0, half)))
-        .collect();
-    let c = s
-        .open_deferred(&mut gate, &ring::add(&shifted, &r)?)
-        .await?;
-    let ck: Vec<u64> = c.iter().map(|&v| v & low).collect();
-    // e = [c mod 2^k < r mod 2^k]: the k-bit sum of (x + 2^(k−1)) mod 2^k and r mod 2^k wrapped.
-    let mut e = vec![0u64; x.len()];
-    dcf::eval(&keys, &ck, &mut e)?;
-    Ok((0..x.len())
-        .map(|i| {
-            g_const(p0, ck[i])
-                .wrapping_sub(rk[i])
-                .wrapping_add(e[i] << k)
-                .wrapping_sub(g_const(p0, half))
+    Ok(t.chunks_exact(kk)
+        .zip(rho_a.chunks_exact(kk))
+        .map(|(t, a)| {
+            let mut y = g_const(p0, half).wrapping_neg();
+            for (j, (&tj, &aj)) in t.iter().zip(a).enumerate() {
+                // ρ·(1 − 2t): ρ when t = 0, −ρ when t = 1.
+                let r = if tj == 0 { aj } else { aj.wrapping_neg() };
+                y = y.wrapping_add(g_const(p0, u64::from(tj)).wrapping_add(r) << j);
+            }
+            y
         })
         .collect())
 }
 
-/// Forces shares of any `x` into a signed `k`-bit value, `((x + 2^(k−1)) mod 2^k) − 2^(k−1)`
-/// (equal to [`crate::plain::lift`] bit for bit whatever the masks): an input within
-/// `±2^(k−1)` is unchanged, and whatever a client sends, the parties compute on a value of `k`
-/// bits, so the comparisons sized for the input bound stay exact. One round: the opening of
-/// `x + 2^(k−1) + r`, then a `k`-bit DCF on its low bits gives the wrap locally.
-pub async fn lift<T: Transport>(s: &mut Server<T>, x: &[u64], k: u32) -> Result<Vec<u64>> {
-    let prep = prepare_lift(s, x.len(), k).await?;
-    finish_lift(s, prep, x).await
+/// Lifts a client's XOR-shared `k`-bit input codes to additive shares of the signed values
+/// they encode, `code − 2^(k−1)` (equal to [`crate::plain::lift`] of the client's value bit
+/// for bit, whatever the masks). Any `k`-bit string encodes a value within `±2^(k−1)`, so
+/// whatever a client sends the parties compute on a value of `k` bits and the comparisons
+/// sized for the input bound stay exact. One round of `k` bits per element (the opening of
+/// `u ⊕ ρ`), `8·k` bytes of helper material per element at P1 and none at P0.
+pub async fn lift<T: Transport>(s: &mut Server<T>, u: &[u64], k: u32) -> Result<Vec<u64>> {
+    let prep = prepare_lift(s, u.len(), k).await?;
+    finish_lift(s, prep, u).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -48,6 +48,23 @@ pub async fn client_send_input<T: Transport>(t: &T, session: u128, x: &[u64]) ->
     t.send(PartyId::P1, tag, sh.to_p1.0.to_vec()).await
 }
 
+/// Client side, for a deployment that enforces the input's range on `k` bits: XOR-shares the
+/// `k`-bit codes of `x` ([`share::share_input_bits`]) and sends P0 its share, P1 the seed.
+pub async fn client_send_input_bits<T: Transport>(
+    t: &T,
+    session: u128,
+    x: &[u64],
+    k: u32,
+) -> Result<()> {
+    let (to_p0, seed) = share::share_input_bits(x, k)?;
+    let tag = Tag {
+        session,
+        step: INPUT_STEP,
+    };
+    t.send(PartyId::P0, tag, to_p0).await?;
+    t.send(PartyId::P1, tag, seed.0.to_vec()).await
+}
+
 /// Client side: receives both output shares of `n` elements and adds them (modulo
 /// `2^modulus_bits` when it is below 64, as for argmax labels).
 pub async fn client_receive_output<T: Transport>(
@@ -240,6 +257,33 @@ impl<T: Transport> Server<T> {
             ring::from_le_bytes(&bytes, n)
         } else {
             Ok(share::expand_seed(&Seed::from_bytes(&bytes)?, n))
+        }
+    }
+
+    /// Receives the client's input of `n` elements XOR-shared as `k`-bit codes (tag step
+    /// [`INPUT_STEP`]): P0 gets its share ([`share::decode_bits`]: exactly `n` words, none
+    /// above `k` bits), P1 the seed, which it expands ([`share::expand_seed_bits`]). The words
+    /// are what [`crate::protocols::finish_lift`] takes.
+    pub async fn receive_input_bits(&self, n: usize, k: u32) -> Result<Vec<u64>> {
+        if !(2..=63).contains(&k) {
+            return Err(CoreError::Param(format!(
+                "an input range of {k} bits (2 to 63 are supported)"
+            )));
+        }
+        let bytes = self
+            .t
+            .recv(
+                PartyId::Client,
+                Tag {
+                    session: self.session,
+                    step: INPUT_STEP,
+                },
+            )
+            .await?;
+        if self.is_p0() {
+            share::decode_bits(&bytes, n, k)
+        } else {
+            Ok(share::expand_seed_bits(&Seed::from_bytes(&bytes)?, n, k))
         }
     }
 

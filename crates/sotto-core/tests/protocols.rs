@@ -79,7 +79,11 @@ proptest! {
         } else {
             x
         };
-        let xs = shares(&x);
+        // The client XOR-shares the k-bit codes: P1's part any k-bit words, P0's the rest.
+        let low = (1u64 << k) - 1;
+        let u1: Vec<u64> = rng().vec_u64(x.len()).iter().map(|v| v & low).collect();
+        let u0: Vec<u64> = share::input_code(&x, k).iter().zip(&u1).map(|(c, m)| c ^ m).collect();
+        let xs = (u0, u1);
         let n = x.len();
         let run = run_local(
             |mut d: Dealer<T>| async move { p::deal_lift(&mut d, n, k).await },

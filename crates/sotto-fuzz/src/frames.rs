@@ -18,7 +18,7 @@ pub struct Frames {
     inputs: Vec<Vec<u8>>,
 }
 
-const KINDS: [Kind; 11] = [
+const KINDS: [Kind; 12] = [
     Kind::Hello,
     Kind::Manifest,
     Kind::InputShare,
@@ -30,6 +30,7 @@ const KINDS: [Kind; 11] = [
     Kind::Session,
     Kind::Control,
     Kind::Auth,
+    Kind::InputBits,
 ];
 
 /// Limits every input is decoded under.
@@ -89,6 +90,7 @@ fn seeds() -> Result<Vec<Frame>, String> {
                 role: Role::P0,
                 deployment: "00".repeat(16),
                 max_batch: 128,
+                input_bits: Some(18),
             },
         )
         .map_err(e)?,
@@ -169,6 +171,12 @@ fn seeds() -> Result<Vec<Frame>, String> {
         .map_err(e)?,
         Frame::from_elements(Kind::InputShare, u128::MAX, 2, &[1, u64::MAX, 1 << 40]),
         Frame::from_elements(Kind::Output, 8, 7, &[0; 10]),
+        Frame {
+            kind: Kind::InputBits,
+            session: 5,
+            step: 1,
+            payload: vec![1, 2, 3, 4, 5, 6],
+        },
         Frame {
             kind: Kind::InputSeed,
             session: 9,

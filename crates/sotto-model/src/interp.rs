@@ -44,7 +44,8 @@ use crate::plan::{
 pub enum Gate {
     /// No gate: the step is local (no helper material, no round).
     Local,
-    /// The input forced into a signed `bits`-bit value (an FSS carry), on `n` elements.
+    /// The client's XOR-shared `bits`-bit input codes made additive shares of the signed
+    /// values they encode (one opening of masked bits), on `n` elements.
     Lift {
         /// Elements.
         n: usize,
@@ -135,11 +136,13 @@ impl Gate {
         match self {
             Gate::Local => Cost::default(),
             Gate::Lift { n, bits } => {
-                let n = *n as u64;
+                // One opening of `k` masked bits per element; P1 gets the additive shares
+                // of the `k` dealt bits (P0's come from its seed).
+                let bits = *n as u64 * u64::from(*bits);
                 Cost {
                     rounds: 1,
-                    online_bytes: 8 * n,
-                    helper_bytes: n * (8 + lift_key_bytes(*bits)),
+                    online_bytes: bits.div_ceil(8),
+                    helper_bytes: 8 * bits,
                 }
             }
             Gate::Product { op, .. } if private => Cost {
@@ -241,12 +244,6 @@ pub fn relu_mode(shift: u32) -> Comparisons {
 /// sotto-core's packed DCF format).
 fn key_bytes(bits: u32, m: u64) -> u64 {
     sotto_core::dcf::Format::Packed.key_bytes(bits.saturating_sub(1), m as usize) as u64
-}
-
-/// Bytes of one key of the input lift's carry comparison on all `bits` bits (one payload
-/// element, sotto-core's byte format).
-fn lift_key_bytes(bits: u32) -> u64 {
-    sotto_core::dcf::Format::Bytes.key_bytes(bits, 1) as u64
 }
 
 /// Exact truncation by `f` of `n` elements: one opening; P1 gets `msb(r)` and `r >> f`, both

@@ -153,7 +153,7 @@ impl StepKind {
     /// The protocol that runs the step, as `sotto inspect` prints it.
     pub fn protocol(&self) -> &'static str {
         match self {
-            StepKind::LiftInput { .. } => "input range lift (FSS carry)",
+            StepKind::LiftInput { .. } => "input range: XOR-shared bits made additive",
             StepKind::Dense { .. } | StepKind::Conv { .. } => {
                 "Beaver product (private) / local (public)"
             }
@@ -1357,6 +1357,17 @@ impl Plan {
             .map(|c| c.helper_bytes)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The width `k` of the input's range when the plan enforces it (its first step is
+    /// [`StepKind::LiftInput`], as with private weights): clients then XOR-share each input's
+    /// `k`-bit code ([`sotto_core::share::share_input_bits`]) instead of sharing it additively.
+    /// `None` when the plan takes additive shares.
+    pub fn input_bits(&self) -> Option<u32> {
+        match self.steps.first().map(|s| &s.kind) {
+            Some(StepKind::LiftInput { bits }) => Some(*bits),
+            _ => None,
+        }
     }
 
     /// Bytes of helper material one server holds for one input of a prediction (batch 1,

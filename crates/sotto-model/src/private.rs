@@ -368,6 +368,24 @@ pub async fn predict<T: Transport>(
     finish_predict(s, plan, m, prep, x).await
 }
 
+/// Receives the client's input of `batch` examples as the plan takes it: XOR shares of the
+/// `k`-bit codes when it enforces the input range ([`Plan::input_bits`]; what its lift step
+/// reads), additive shares otherwise. What [`finish_predict`] takes as `x`.
+pub async fn receive_input<T: Transport>(
+    s: &Server<T>,
+    plan: &Plan,
+    batch: usize,
+) -> Result<Vec<u64>> {
+    let n = batch
+        .checked_mul(plan.input_len)
+        .ok_or_else(|| ModelError::Input(format!("a batch of {batch} is too large")))?;
+    match plan.input_bits() {
+        Some(k) => s.receive_input_bits(n, k).await,
+        None => s.receive_input(n).await,
+    }
+    .map_err(core_err)
+}
+
 fn check_input(plan: &Plan, x: &[u64], batch: usize) -> Result<()> {
     if batch == 0 || Some(x.len()) != batch.checked_mul(plan.input_len) {
         return Err(ModelError::Input(format!(
@@ -528,7 +546,7 @@ pub fn run_in_process_with(
     window: Option<usize>,
 ) -> Result<LocalPrediction> {
     use sotto_core::local::{run_local_with, LocalTransport};
-    use sotto_core::session::{client_receive_output, client_send_input};
+    use sotto_core::session::{client_receive_output, client_send_input, client_send_input_bits};
     fn m2c(e: ModelError) -> sotto_core::CoreError {
         sotto_core::CoreError::Protocol(e.to_string())
     }
@@ -558,14 +576,17 @@ pub fn run_in_process_with(
             let prep = prepare_predict(&mut s, plan, &m, batch)
                 .await
                 .map_err(m2c)?;
-            let xs = s.receive_input(batch * plan.input_len).await?;
+            let xs = receive_input(&s, plan, batch).await.map_err(m2c)?;
             let y = finish_predict(&mut s, plan, &m, prep, xs)
                 .await
                 .map_err(m2c)?;
             p::output(&mut s, &y, 64).await
         },
         |t: LocalTransport, session| async move {
-            client_send_input(&t, session, x).await?;
+            match server_plans[0].input_bits() {
+                Some(k) => client_send_input_bits(&t, session, x, k).await?,
+                None => client_send_input(&t, session, x).await?,
+            }
             client_receive_output(&t, session, out_len, 64).await
         },
     );

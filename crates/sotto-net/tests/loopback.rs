@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use sotto_core::fixed::{decode_with, FixedPoint};
 use sotto_core::protocols as p;
-use sotto_core::session::{client_receive_output, client_send_input, Dealer, Server};
+use sotto_core::session::{client_receive_output, client_send_input_bits, Dealer, Server};
 use sotto_core::CoreError;
 use sotto_model::private::{deal_load, deal_predict, load, predict, share_weights};
 use sotto_model::{import, Plan};
@@ -43,14 +43,19 @@ async fn network_a_predicts_over_websockets() {
         tokio::spawn(async move {
             let mut s = Server::start(t, session).await?;
             let m = load(&mut s, &plan, w).await.map_err(m2c)?;
-            let xs = s.receive_input(batch * plan.input_len).await?;
+            let xs = sotto_model::private::receive_input(&s, &plan, batch)
+                .await
+                .map_err(m2c)?;
             let y = predict(&mut s, &plan, &m, xs, batch).await.map_err(m2c)?;
             p::output(&mut s, &y, 64).await
         })
     };
     let s0 = server(t0, w0);
     let s1 = server(t1, w1);
-    client_send_input(&tc, session, &x_enc)
+    let k = plan
+        .input_bits()
+        .expect("private weights: the input range is enforced");
+    client_send_input_bits(&tc, session, &x_enc, k)
         .await
         .expect("sends");
     let y = client_receive_output(&tc, session, out_len, 64)

@@ -106,6 +106,9 @@ pub enum Kind {
     Control = 10,
     /// Party authentication: [`PartyAuth`] as JSON.
     Auth = 11,
+    /// A client's input share for P0 as XOR shares of `k`-bit codes (`⌈k/8⌉` LE bytes per
+    /// element), for deployments whose manifest sets [`Manifest::input_bits`].
+    InputBits = 12,
 }
 
 impl Kind {
@@ -122,6 +125,7 @@ impl Kind {
             9 => Kind::Session,
             10 => Kind::Control,
             11 => Kind::Auth,
+            12 => Kind::InputBits,
             _ => return None,
         })
     }
@@ -407,6 +411,12 @@ pub struct Manifest {
     pub deployment: String,
     /// The largest batch one request may carry (beyond it the server answers `too_large`).
     pub max_batch: usize,
+    /// When set (`k`, private-weights deployments), the servers enforce the input's range:
+    /// the client XOR-shares each input's `k`-bit code `(x + 2^(k−1)) mod 2^k` and sends P0
+    /// an [`Kind::InputBits`] frame of `⌈k/8⌉` bytes per element (P1 still gets the seed);
+    /// an [`Kind::InputShare`] is refused. Absent: additive shares in `InputShare` frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_bits: Option<u32>,
 }
 
 impl Manifest {

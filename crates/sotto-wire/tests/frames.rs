@@ -16,6 +16,7 @@ fn kind() -> impl Strategy<Value = Kind> {
         Just(Kind::Session),
         Just(Kind::Control),
         Just(Kind::Auth),
+        Just(Kind::InputBits),
     ]
 }
 
@@ -165,6 +166,7 @@ fn manifest(role: Role) -> Manifest {
         role,
         deployment: "ab".repeat(16),
         max_batch: 128,
+        input_bits: None,
     }
 }
 

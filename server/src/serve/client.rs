@@ -210,7 +210,15 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
     });
     let model_id = model.id.clone();
     let plan = &model.file.plan;
-    let per_input = plan.input_len * 8;
+    // Bytes of one input in P0's share: XOR shares of `k`-bit codes where the deployment
+    // enforces the input range (`InputBits` frames), additive 8-byte shares otherwise.
+    let (input_kind, per_input) = match plan.input_bits() {
+        Some(k) => (
+            Kind::InputBits,
+            plan.input_len * sotto_core::share::bits_width(k),
+        ),
+        None => (Kind::InputShare, plan.input_len * 8),
+    };
     let conn = st.admission.connection();
     let mut strikes = 0u32;
     loop {
@@ -285,7 +293,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
             }
         };
         match (st.me, f.kind) {
-            (PartyId::P0, Kind::InputShare) => {
+            (PartyId::P0, Kind::InputShare | Kind::InputBits) => {
                 // The client's tag for the request (0: the assigned order, answered with a
                 // Session frame), and the name every answer to it carries.
                 let tag = f.session;
@@ -297,6 +305,22 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                     }
                     out.push(error_frame(tag, f.step, code, message));
                 };
+                if f.kind != input_kind {
+                    strikes += 1;
+                    st.metrics.error("bad_frame");
+                    refuse(
+                        ErrorCode::BadFrame,
+                        match plan.input_bits() {
+                            Some(k) => format!(
+                                "model {model_id} enforces its input range: it takes XOR shares of {k}-bit input codes in an InputBits frame (manifest input_bits), not additive shares; the client is older than the servers, update it"
+                            ),
+                            None => format!(
+                                "model {model_id} takes additive input shares in an InputShare frame (its manifest sets no input_bits)"
+                            ),
+                        },
+                    );
+                    continue;
+                }
                 let len = f.payload.len();
                 if len == 0 || len % per_input != 0 || len / per_input > st.cfg.max_batch {
                     strikes += 1;
@@ -597,7 +621,7 @@ async fn run_session(
             st.metrics.streamed.inc();
         }
         link.attach(out.clone(), input, label);
-        let xs = server.receive_input(batch * plan.input_len).await?;
+        let xs = sotto_model::private::receive_input(&server, plan, batch).await?;
         let y = finish_predict(&mut server, plan, &loaded, prep, xs).await?;
         Ok(p::output(&mut server, &y, 64).await?)
     }

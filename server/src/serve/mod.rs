@@ -61,6 +61,7 @@ impl ModelEntry {
             role,
             deployment: self.file.set_id.clone(),
             max_batch,
+            input_bits: plan.input_bits(),
         }
     }
 }
@@ -869,7 +870,14 @@ async fn client_ws(
         .cfg
         .models
         .iter()
-        .map(|m| m.file.plan.input_len.saturating_mul(16 * st.cfg.max_batch))
+        .map(|m| {
+            let plan = &m.file.plan;
+            // Bytes per input value: XOR shares of k-bit codes, or 8-byte additive shares.
+            let per = plan.input_bits().map_or(8, sotto_core::share::bits_width);
+            plan.input_len
+                .saturating_mul(2 * per)
+                .saturating_mul(st.cfg.max_batch)
+        })
         .max()
         .unwrap_or(0)
         .clamp(4096, DEFAULT_MAX_PAYLOAD)
