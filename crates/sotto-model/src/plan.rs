@@ -1383,7 +1383,7 @@ impl Plan {
     /// The plan as a deployment with private (`true`) or public weights runs it: with public
     /// weights the input's range is not enforced (no secret depends on it: a client sending
     /// an out-of-range value only gets a wrong answer for itself), so the lift step, one round
-    /// and half of network A's helper material, is dropped; and the "fewer rounds" setting is
+    /// and 113 KB of network A's helper material at P1, is dropped; and the "fewer rounds" setting is
     /// off (public products are local already: there is no round to save).
     pub fn for_weights(mut self, private: bool) -> Plan {
         if !private {
