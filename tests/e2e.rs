@@ -100,22 +100,22 @@ fn sessions_over_the_request_budget_stream_their_material() {
     let _g = serial();
     rt().block_on(async {
         // A 4 MiB budget: one request may weigh 2 MiB. Network A's helper material is about
-        // 265 KB per input, so batches of 1 to 7 are dealt whole (and pooled); larger ones
+        // 177 KB per input, so batches of 1 to 11 are dealt whole (and pooled); larger ones
         // are streamed with a 512 KiB window and weigh the window plus the heaviest step (the
-        // input lift, about 113 KB per input): batches of 8 and more.
+        // second ReLU, about 79 KB per input): batches of 12 and more.
         let d = Deployment::start(&["--inflight-budget-mb", "4"]);
         d.ready(Duration::from_secs(20)).await;
         let c = d.client().await;
         let most = c.manifest().max_batch;
         assert!(
-            most >= 8,
-            "streaming should admit batches beyond the 7 that fit whole, got {most}"
+            most >= 12,
+            "streaming should admit batches beyond the 11 that fit whole, got {most}"
         );
         let streamed = |p: P| d.metric(p, "streamed_sessions_total");
         let p = c.predict(data().x(0, 1), 1).await.expect("whole session");
         check(&p.logits, &p.labels, 0, 1);
         assert_eq!(streamed(P::P0).await, 0.0, "batch 1 fits whole");
-        for (i, batch) in [(10, most), (40, 8), (60, most)] {
+        for (i, batch) in [(10, most), (40, 12), (60, most)] {
             let p = c
                 .predict(data().x(i, batch), batch)
                 .await
@@ -132,8 +132,8 @@ fn sessions_over_the_request_budget_stream_their_material() {
             let c = d.client().await;
             tasks.push(tokio::spawn(async move {
                 let from = 100 + 10 * i;
-                let p = c.predict(data().x(from, 8), 8).await.expect("concurrent");
-                check(&p.logits, &p.labels, from, 8);
+                let p = c.predict(data().x(from, 12), 12).await.expect("concurrent");
+                check(&p.logits, &p.labels, from, 12);
                 c.close().await;
             }));
         }
@@ -478,7 +478,7 @@ fn bad_input_gets_a_clear_error_and_the_servers_keep_answering() {
         let f = next_of(&mut l, Kind::Error, SECS5).await.expect("an error");
         assert_eq!((error_code(&f).as_str(), f.step), ("bad_shape", 5));
         // An older client's additive share (8 bytes per value) where the deployment takes
-        // XOR shares of the 18-bit input codes: refused, naming the format.
+        // shares of the 18-bit input codes: refused, naming the format.
         assert_eq!(
             m.input_bits,
             Some(18),

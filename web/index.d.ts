@@ -32,9 +32,9 @@ export interface Manifest {
   readonly maxBatch: number;
   /**
    * With private weights, the width `k` of the input range the servers enforce: the client
-   * sends each value as XOR shares of its `k`-bit code (about `k/8` bytes instead of 8), and
-   * whatever a client sends decodes to a value in range. `null` when inputs are shared
-   * additively (public weights).
+   * sends a share of each value's `k`-bit code and a wrap bit (`⌈(k+1)/8⌉` bytes instead of
+   * 8), and whatever a client sends decodes to a value near that range. `null` when inputs
+   * are shared modulo 2^64 (public weights).
    */
   readonly inputBits: number | null;
 }

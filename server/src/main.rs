@@ -26,7 +26,9 @@ use sotto_model::{import, Model, Plan};
 
 /// mimalloc instead of glibc's malloc: after a spike (a flood of requests, a large batch) it
 /// hands freed pages back to the system within milliseconds, where glibc kept 180-230 MB per
-/// party after the attack suite's floods.
+/// party after the attack suite's floods. Built without transparent huge pages (`no_thp`):
+/// mimalloc advised its arenas as huge pages, so each fresh or purged page it touched again
+/// made the kernel zero 2 MiB, which was 40-50 % of the CPU time of `sotto bench --sustained`.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -137,10 +137,10 @@ function leakPatterns(input, fracBits) {
       floats.set(b.toString('hex'), b);
     }
   }
-  // The k-bit codes a private-weights client XOR-shares ((x·2^f + 2^(k−1)) mod 2^k, ⌈k/8⌉
+  // The k-bit codes a private-weights client shares ((x·2^f + 2^(k−1)) mod 2^k, ⌈(k+1)/8⌉
   // bytes each), four in a row (three bytes alone would turn up in random shares by chance).
   const codes = new Map();
-  const width = Math.ceil(INPUT_BITS / 8);
+  const width = Math.ceil((INPUT_BITS + 1) / 8);
   const code = (v) => (Math.sign(v) * Math.round(Math.abs(v) * scale) + 2 ** (INPUT_BITS - 1)) % 2 ** INPUT_BITS;
   for (let i = 0; i + 4 <= input.length; i++) {
     const w = input.slice(i, i + 4);
@@ -668,7 +668,7 @@ async function main() {
     `P1 received ${bytes1} bytes = hello ${helloBytes} + ${total} × 64`,
   );
   check(new Set(seeds.map((f) => f.payload.toString('hex'))).size === seeds.length, 'every seed is fresh');
-  // Private weights: XOR shares of the 18-bit input codes, 3 bytes per value.
+  // Private weights: shares of the 18-bit input codes and a wrap bit, 3 bytes per value.
   const shares = frames0.filter((f) => f && f.kind === KIND.inputBits);
   check(
     shares.length === total && shares.every((f) => f.len === 784 * 3),
@@ -693,7 +693,7 @@ async function main() {
   const clear = Buffer.alloc(lastX.length * 8);
   lastX.forEach((v, i) => clear.writeBigInt64LE(BigInt(Math.sign(v) * Math.round(Math.abs(v) * 2 ** fracBits)), 8 * i));
   check(findLeak([clear], leakPatterns(lastX, fracBits).fixed) !== null, 'the leak check finds an unshared input');
-  const width = Math.ceil(INPUT_BITS / 8);
+  const width = Math.ceil((INPUT_BITS + 1) / 8);
   const clearCodes = Buffer.alloc(lastX.length * width);
   lastX.forEach((v, i) =>
     clearCodes.writeUIntLE((Math.sign(v) * Math.round(Math.abs(v) * 2 ** fracBits) + 2 ** (INPUT_BITS - 1)) % 2 ** INPUT_BITS, width * i, width),

@@ -17,8 +17,8 @@ import { KIND, TAGGED_SEED, decode, encode, json } from './scripted.mjs';
 const N = 20;
 let parties;
 let client;
-/** Bytes per input value in P0's share: XOR shares of k-bit codes, or 8-byte additive shares. */
-const perValue = () => (client.manifest.inputBits ? Math.ceil(client.manifest.inputBits / 8) : 8);
+/** Bytes per input value in P0's share: shares of k-bit codes and a wrap bit, or 8-byte additive shares. */
+const perValue = () => (client.manifest.inputBits ? Math.ceil((client.manifest.inputBits + 1) / 8) : 8);
 let samples;
 let plain; // {labels, logits, labels_fixed, logits_fixed} of the first N images
 
@@ -73,7 +73,7 @@ test(`the first ${N} MNIST test images: same labels and logits as the plaintext 
   assert.ok(correct >= N - 2, `${correct}/${N} correct`);
 });
 
-test('what each server received: P0 XOR shares of the k-bit input codes (3 bytes per value), P1 a 32-byte seed', async () => {
+test('what each server received: P0 shares of the 18-bit input codes and wrap bits (3 bytes per value), P1 a 32-byte seed', async () => {
   // Private weights: the servers enforce the input range on k = 18 bits (16 fractional).
   assert.equal(client.manifest.inputBits, 18);
   const before = client.bytesSent();
@@ -137,9 +137,9 @@ test('the tagged order at the wire: share and seed at once, answers under the ta
     const tag = randomTag();
     const seed = randomBytes(32);
     p1.send(KIND.InputSeed, tag, TAGGED_SEED, seed); // the seed may come first
-    // XOR shares of 18-bit codes, 3 bytes each: any bits below 2^18 encode some input.
+    // Shares of 18-bit codes and a wrap bit, 3 bytes each: any 19 bits encode some input.
     const share = randomBytes(784 * 3);
-    for (let i = 2; i < share.length; i += 3) share[i] &= 3;
+    for (let i = 2; i < share.length; i += 3) share[i] &= 7;
     p0.send(KIND.InputBits, tag, 7, share);
     const [o0, o1] = await Promise.all([
       p0.next((f) => f.session === tag),

@@ -2,9 +2,9 @@
 //!
 //! The client of a private prediction (DESIGN §2). The input never leaves the client in
 //! clear: [`share_input`] encodes it in the model's fixed-point format and splits it with a
-//! fresh OS seed `s` into `x − PRG(s)` for P0 and `s` alone for P1 (with private weights, XOR
-//! shares of the input's `k`-bit code: `code ⊕ PRG(s)` for P0, so the servers can enforce
-//! the input's range without a comparison); [`reconstruct`] adds the
+//! fresh OS seed `s` into `x − PRG(s)` for P0 and `s` alone for P1 (with private weights,
+//! shares of the input's `k`-bit code modulo `2^k` and a XOR-shared wrap bit, so that the
+//! servers enforce the input's range without a comparison); [`reconstruct`] adds the
 //! two output shares and decodes logits, probabilities and labels. Neither server sees the
 //! input or the output.
 //!
@@ -117,8 +117,8 @@ pub struct Outgoing {
     /// [`sotto_wire::Kind::InputBits`] when the manifest sets `input_bits`, else
     /// [`sotto_wire::Kind::InputShare`].
     pub kind: sotto_wire::Kind,
-    /// P0's payload: XOR shares of the `k`-bit input codes (`⌈k/8⌉` bytes each), or additive
-    /// shares `x − PRG(s)` (8 bytes each).
+    /// P0's payload: shares of the `k`-bit input codes with their wrap bits (`⌈(k+1)/8⌉`
+    /// bytes each), or additive shares `x − PRG(s)` (8 bytes each).
     pub to_p0: Vec<u8>,
     /// The 32-byte seed `s` for P1.
     pub to_p1: [u8; 32],
@@ -159,9 +159,10 @@ pub fn share_input(m: &Manifest, x: &[f32], batch: usize) -> Result<Outgoing> {
     let os = |e: sotto_core::CoreError| ClientError::Connection(e.to_string());
     Ok(match m.input_bits {
         Some(k) => {
-            if !(2..=63).contains(&k) {
+            if sotto_core::protocols::check_lift(k).is_err() {
                 return Err(ClientError::Protocol(format!(
-                    "the manifest's input range of {k} bits is not 2 to 63"
+                    "the manifest's input range of {k} bits is not 2 to {}",
+                    sotto_core::protocols::MAX_LIFT_BITS
                 )));
             }
             let (to_p0, seed) = sotto_core::share::share_input_bits(&enc, k).map_err(os)?;

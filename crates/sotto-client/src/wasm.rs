@@ -457,7 +457,7 @@ impl WasmClient {
 
     /// The model's manifest as an object (`undefined` before `ready()`): `modelId`,
     /// `inputShape`, `fracBits`, `outputLen`, `outFrac`, `softmaxAtClient`, `inputBound`,
-    /// `deployment`, `maxBatch`.
+    /// `deployment`, `maxBatch`, `inputBits` (`null` without a range step).
     pub fn manifest(&self) -> JsValue {
         let s = self.d.session.borrow();
         let Some(m) = s.manifest() else {
@@ -477,6 +477,12 @@ impl WasmClient {
         set(&o, "inputBound", &JsValue::from_f64(m.input_bound));
         set(&o, "deployment", &m.deployment.as_str().into());
         set(&o, "maxBatch", &num(m.max_batch));
+        set(
+            &o,
+            "inputBits",
+            &m.input_bits
+                .map_or(JsValue::NULL, |k| JsValue::from_f64(f64::from(k))),
+        );
         o.into()
     }
 

@@ -396,18 +396,42 @@ fn g_const(p0: bool, k: u64) -> u64 {
 // Input range: lifting a k-bit value to the ring
 // ---------------------------------------------------------------------------------------------
 
-fn check_lift(k: u32) -> Result<()> {
-    if !(2..=63).contains(&k) {
+/// The widest input range [`lift`] enforces (whatever a client sends lies within
+/// `±(2^(k−1) + 2^(k−j))`, which must stay below `2^62`).
+pub const MAX_LIFT_BITS: u32 = 61;
+
+/// How many top bits of an input's `k`-bit code a client shares by XOR in a range sharing
+/// ([`crate::share::share_input_bits`]; the rest modulo `2^(k−j)` with a XOR-shared wrap bit).
+/// Each costs P1 8 bytes of helper material per value; the more there are, the less a
+/// malicious client can exceed the honest range `±2^(k−1)`: by `2^(k−j)`, a quarter of it
+/// with 3, so later layers are planned for 1.25 times the range ([`lift_bound`]).
+pub const LIFT_XOR_BITS: u32 = 3;
+
+/// The largest magnitude [`lift`]'s output can have, whatever a client sends, in units of the
+/// encoding (`2^(k−1) + 2^(k−j)`, `j = `[`crate::share::xor_bits`]`(k)`).
+pub fn lift_bound(k: u32) -> u64 {
+    (1u64 << (k - 1)) + (1u64 << (k - crate::share::xor_bits(k)))
+}
+
+/// Checks an input range width for [`lift`]: 2 to [`MAX_LIFT_BITS`].
+pub fn check_lift(k: u32) -> Result<()> {
+    if !(2..=MAX_LIFT_BITS).contains(&k) {
         return Err(CoreError::Param(format!(
-            "an input range of {k} bits (2 to 63 are supported)"
+            "an input range of {k} bits (2 to {MAX_LIFT_BITS} are supported)"
         )));
     }
     Ok(())
 }
 
-/// Helper side of [`lift`]: `k` random bits `ρ` per element, XOR-shared (both servers expand
-/// their parts from their seeds: nothing sent) and additively shared (P0's share from its
-/// seed, P1 receives the rest: `8·k` bytes per element).
+fn lift_bits(n: usize, k: u32) -> Result<usize> {
+    n.checked_mul(crate::share::xor_bits(k) as usize + 1)
+        .ok_or_else(|| CoreError::Param(format!("{n} inputs of {k} bits")))
+}
+
+/// Helper side of [`lift`]: `j + 1` random bits `ρ` per element (`j` =
+/// [`crate::share::xor_bits`]), XOR-shared (both servers expand their parts from their seeds:
+/// nothing sent) and additively shared (P0's share from its seed, P1 receives the rest: 8
+/// bytes per bit).
 pub async fn deal_lift<T: Transport>(d: &mut Dealer<T>, n: usize, k: u32) -> Result<()> {
     check_lift(k)?;
     let bits = lift_bits(n, k)?;
@@ -416,11 +440,6 @@ pub async fn deal_lift<T: Transport>(d: &mut Dealer<T>, n: usize, k: u32) -> Res
     let rho: Vec<u64> = rho.into_iter().map(u64::from).collect();
     g.value(&rho);
     g.finish().await
-}
-
-fn lift_bits(n: usize, k: u32) -> Result<usize> {
-    n.checked_mul(k as usize)
-        .ok_or_else(|| CoreError::Param(format!("{n} inputs of {k} bits")))
 }
 
 /// A [`lift`] whose helper material is received and parsed.
@@ -436,7 +455,7 @@ impl std::fmt::Debug for PreparedLift {
         write!(
             f,
             "PreparedLift({} elements of {} bits)",
-            self.rho.len() / self.k.max(1) as usize,
+            self.rho.len() / (crate::share::xor_bits(self.k) as usize + 1),
             self.k
         )
     }
@@ -461,9 +480,11 @@ pub async fn prepare_lift<T: Transport>(
     })
 }
 
-/// Online part of [`lift`]: `u` is this server's XOR share of the `k`-bit codes
-/// ([`crate::share::input_code`]; each word below `2^k`). One opening of `u ⊕ ρ`, `k` bits
-/// per element; then each bit `b = t ⊕ ρ = t + ρ·(1 − 2t)` is linear in the dealt `ρ`.
+/// Online part of [`lift`]: `u` holds this server's words of the client's sharing
+/// ([`crate::share::share_input_bits`]). Its `j + 1` XOR-shared bits per element (the code's
+/// top `j` bits and the low part's wrap bit) are opened masked, `t = b ⊕ ρ`, in one round;
+/// then each `b = t + ρ·(1 − 2t)` is linear in the dealt `ρ`, and the value
+/// `x0 + x1 − 2^l·w + Σ 2^(l+i)·h_i − 2^(k−1)` is local.
 pub async fn finish_lift<T: Transport>(
     s: &mut Server<T>,
     prep: PreparedLift,
@@ -475,42 +496,52 @@ pub async fn finish_lift<T: Transport>(
         rho_a,
         mut gate,
     } = prep;
-    let kk = k as usize;
-    check_len("lift input", u.len().saturating_mul(kk), rho.len())?;
-    if let Some(i) = u.iter().position(|&v| v >> k != 0) {
+    let j = crate::share::xor_bits(k);
+    let per = j as usize + 1;
+    check_len("lift input", u.len().saturating_mul(per), rho.len())?;
+    if let Some(i) = u.iter().position(|&v| v >> (k + 1) != 0) {
         return Err(CoreError::Param(format!(
-            "lift input {i} has bits above the {k}-bit range"
+            "lift input {i} has bits above its {k}-bit share and wrap bit"
         )));
     }
+    let l = k - j;
+    // Per element: the top j bits (bits l..k of the word), then the wrap bit (bit k).
     let mut masked = Vec::with_capacity(rho.len());
-    for (&v, r) in u.iter().zip(rho.chunks_exact(kk)) {
-        for (j, &rj) in r.iter().enumerate() {
-            masked.push(((v >> j) as u8 & 1) ^ rj);
+    for (&v, r) in u.iter().zip(rho.chunks_exact(per)) {
+        for (i, &ri) in r.iter().enumerate() {
+            masked.push(((v >> (l + i as u32)) as u8 & 1) ^ ri);
         }
     }
     let t = s.open_bits_deferred(&mut gate, &masked).await?;
     let p0 = s.is_p0();
+    let low = (1u64 << l) - 1;
     let half = 1u64 << (k - 1);
-    Ok(t.chunks_exact(kk)
-        .zip(rho_a.chunks_exact(kk))
-        .map(|(t, a)| {
-            let mut y = g_const(p0, half).wrapping_neg();
-            for (j, (&tj, &aj)) in t.iter().zip(a).enumerate() {
-                // ρ·(1 − 2t): ρ when t = 0, −ρ when t = 1.
-                let r = if tj == 0 { aj } else { aj.wrapping_neg() };
-                y = y.wrapping_add(g_const(p0, u64::from(tj)).wrapping_add(r) << j);
+    Ok(u.iter()
+        .zip(t.chunks_exact(per).zip(rho_a.chunks_exact(per)))
+        .map(|(&v, (t, a))| {
+            // Each bit's share: t + ρ·(1 − 2t) (ρ when t = 0, 1 − ρ when t = 1).
+            let bit = |i: usize| {
+                if t[i] == 0 {
+                    a[i]
+                } else {
+                    g_const(p0, 1).wrapping_sub(a[i])
+                }
+            };
+            let mut y = (v & low).wrapping_sub(g_const(p0, half));
+            for i in 0..j as usize {
+                y = y.wrapping_add(bit(i) << (l + i as u32));
             }
-            y
+            y.wrapping_sub(bit(j as usize) << l)
         })
         .collect())
 }
 
-/// Lifts a client's XOR-shared `k`-bit input codes to additive shares of the signed values
-/// they encode, `code − 2^(k−1)` (equal to [`crate::plain::lift`] of the client's value bit
-/// for bit, whatever the masks). Any `k`-bit string encodes a value within `±2^(k−1)`, so
-/// whatever a client sends the parties compute on a value of `k` bits and the comparisons
-/// sized for the input bound stay exact. One round of `k` bits per element (the opening of
-/// `u ⊕ ρ`), `8·k` bytes of helper material per element at P1 and none at P0.
+/// Enforces the input's range: from the client's range sharing of `k`-bit codes
+/// ([`crate::share::share_input_bits`]) to additive shares of the value they encode. For an
+/// honest client that is [`crate::plain::lift`] of its value, bit for bit whatever the masks;
+/// and whatever a client sends it lies within `±`[`lift_bound`]`(k)` (`1.25·2^(k−1)`), so the
+/// comparisons sized for that stay exact. One round of `j + 1` bits per element, `8·(j + 1)`
+/// bytes of helper material per element at P1 and none at P0 (`j` = [`LIFT_XOR_BITS`]).
 pub async fn lift<T: Transport>(s: &mut Server<T>, u: &[u64], k: u32) -> Result<Vec<u64>> {
     let prep = prepare_lift(s, u.len(), k).await?;
     finish_lift(s, prep, u).await

@@ -48,8 +48,8 @@ pub async fn client_send_input<T: Transport>(t: &T, session: u128, x: &[u64]) ->
     t.send(PartyId::P1, tag, sh.to_p1.0.to_vec()).await
 }
 
-/// Client side, for a deployment that enforces the input's range on `k` bits: XOR-shares the
-/// `k`-bit codes of `x` ([`share::share_input_bits`]) and sends P0 its share, P1 the seed.
+/// Client side, for a deployment that enforces the input's range on `k` bits: shares the
+/// `k`-bit codes of `x` ([`share::share_input_bits`]) and sends P0 its words, P1 the seed.
 pub async fn client_send_input_bits<T: Transport>(
     t: &T,
     session: u128,
@@ -260,16 +260,13 @@ impl<T: Transport> Server<T> {
         }
     }
 
-    /// Receives the client's input of `n` elements XOR-shared as `k`-bit codes (tag step
-    /// [`INPUT_STEP`]): P0 gets its share ([`share::decode_bits`]: exactly `n` words, none
-    /// above `k` bits), P1 the seed, which it expands ([`share::expand_seed_bits`]). The words
-    /// are what [`crate::protocols::finish_lift`] takes.
+    /// Receives the client's input of `n` elements shared for a `k`-bit range (tag step
+    /// [`INPUT_STEP`], [`share::share_input_bits`]): P0 gets its words ([`share::decode_bits`]:
+    /// exactly `n`, none above `k + 1` bits), P1 the seed, which it expands
+    /// ([`share::expand_seed_bits`]). The words are what [`crate::protocols::finish_lift`]
+    /// takes.
     pub async fn receive_input_bits(&self, n: usize, k: u32) -> Result<Vec<u64>> {
-        if !(2..=63).contains(&k) {
-            return Err(CoreError::Param(format!(
-                "an input range of {k} bits (2 to 63 are supported)"
-            )));
-        }
+        crate::protocols::check_lift(k)?;
         let bytes = self
             .t
             .recv(

@@ -72,18 +72,19 @@ proptest! {
     }
 
     #[test]
-    fn lift_matches_twin_for_any_input(x in proptest::collection::vec(any::<u64>(), 1..200), k in 2u32..64, small in any::<bool>()) {
-        // Any 64-bit value a client could send, or (half the cases) values within the range.
+    fn lift_matches_twin_for_any_input(x in proptest::collection::vec(any::<u64>(), 1..200), k in 2u32..=p::MAX_LIFT_BITS, small in any::<bool>()) {
+        // Any 64-bit value an honest client's encoding wraps, or (half the cases) values
+        // within the range.
         let x: Vec<u64> = if small {
             x.iter().map(|v| ((*v as i64) >> (65 - k)) as u64).collect()
         } else {
             x
         };
-        // The client XOR-shares the k-bit codes: P1's part any k-bit words, P0's the rest.
-        let low = (1u64 << k) - 1;
-        let u1: Vec<u64> = rng().vec_u64(x.len()).iter().map(|v| v & low).collect();
-        let u0: Vec<u64> = share::input_code(&x, k).iter().zip(&u1).map(|(c, m)| c ^ m).collect();
-        let xs = (u0, u1);
+        let (to_p0, seed) = share::share_input_bits(&x, k).expect("os rng");
+        let xs = (
+            share::decode_bits(&to_p0, x.len(), k).expect("decodes"),
+            share::expand_seed_bits(&seed, x.len(), k),
+        );
         let n = x.len();
         let run = run_local(
             |mut d: Dealer<T>| async move { p::deal_lift(&mut d, n, k).await },
@@ -91,11 +92,35 @@ proptest! {
             no_client, false).expect("runs");
         let out = revealed(&run);
         prop_assert_eq!(&out, &plain::lift(&x, k), "exact, bit for bit");
-        let half = 1i64 << (k - 1);
-        prop_assert!(out.iter().all(|v| (-half..half).contains(&(*v as i64))), "within {} bits", k);
         if small {
             prop_assert_eq!(&out, &x, "values within the range are unchanged");
         }
+        prop_assert_eq!(run.sent[0].messages_to(PartyId::P1), 1, "one round");
+    }
+
+    #[test]
+    fn lift_bounds_whatever_a_client_sends(words in proptest::collection::vec((any::<u64>(), any::<u64>()), 1..200), k in 2u32..=p::MAX_LIFT_BITS) {
+        // A malicious client picks both servers' words freely (the low parts' additive
+        // shares, the top bits' and the wrap bit's XOR shares): the value is
+        // x0 + x1 − 2^l·w + 2^l·(h0 ⊕ h1) − 2^(k−1), within ±lift_bound(k), whatever the masks.
+        let keep = (1u64 << (k + 1)) - 1;
+        let l = k - share::xor_bits(k);
+        let lo = (1u64 << l) - 1;
+        let xs: (Vec<u64>, Vec<u64>) = words.iter().map(|(a, b)| (a & keep, b & keep)).unzip();
+        let want: Vec<u64> = xs.0.iter().zip(&xs.1).map(|(a, b)| {
+            let w = ((a ^ b) >> k) & 1;
+            let high = ((a ^ b) & ((1u64 << k) - 1)) >> l;
+            ((a & lo) as i64 + (b & lo) as i64 - ((w << l) as i64) + ((high << l) as i64) - (1i64 << (k - 1))) as u64
+        }).collect();
+        let n = words.len();
+        let run = run_local(
+            |mut d: Dealer<T>| async move { p::deal_lift(&mut d, n, k).await },
+            |mut s: Server<T>| { let xs = &xs; async move { let v = mine(&s, xs).to_vec(); p::lift(&mut s, &v, k).await } },
+            no_client, false).expect("runs");
+        let out = revealed(&run);
+        prop_assert_eq!(&out, &want, "the value the words encode, bit for bit");
+        let bound = p::lift_bound(k) as i64;
+        prop_assert!(out.iter().all(|v| (-bound..=bound).contains(&(*v as i64))), "within ±lift_bound(k)");
         prop_assert_eq!(run.sent[0].messages_to(PartyId::P1), 1, "one round");
     }
 

@@ -44,8 +44,9 @@ use crate::plan::{
 pub enum Gate {
     /// No gate: the step is local (no helper material, no round).
     Local,
-    /// The client's XOR-shared `bits`-bit input codes made additive shares of the signed
-    /// values they encode (one opening of masked bits), on `n` elements.
+    /// The client's shares of `bits`-bit input codes (additive modulo `2^bits` and a XOR-shared
+    /// wrap bit) made additive shares of the signed values they encode (one opening of a
+    /// masked bit per element), on `n` elements.
     Lift {
         /// Elements.
         n: usize,
@@ -136,9 +137,10 @@ impl Gate {
         match self {
             Gate::Local => Cost::default(),
             Gate::Lift { n, bits } => {
-                // One opening of `k` masked bits per element; P1 gets the additive shares
-                // of the `k` dealt bits (P0's come from its seed).
-                let bits = *n as u64 * u64::from(*bits);
+                // One opening of the masked XOR-shared bits (the code's top bits and a wrap
+                // bit) per element; P1 gets the additive shares of the dealt bits (P0's come
+                // from its seed).
+                let bits = *n as u64 * (u64::from(sotto_core::share::xor_bits(*bits)) + 1);
                 Cost {
                     rounds: 1,
                     online_bytes: bits.div_ceil(8),

@@ -153,7 +153,7 @@ impl StepKind {
     /// The protocol that runs the step, as `sotto inspect` prints it.
     pub fn protocol(&self) -> &'static str {
         match self {
-            StepKind::LiftInput { .. } => "input range: XOR-shared bits made additive",
+            StepKind::LiftInput { .. } => "input range: top bits and a wrap bit made additive",
             StepKind::Dense { .. } | StepKind::Conv { .. } => {
                 "Beaver product (private) / local (public)"
             }
@@ -507,29 +507,24 @@ impl Plan {
             return Err(overflow("input", bound, f));
         }
         let per0 = model.input_len();
-        // The input's range is enforced privately: whatever a client sends, the parties
-        // compute on a signed `k`-bit value with 2^(k−1) above the encoded bound, and the
-        // layers are planned for that range (at most twice the declared bound), so a value
-        // beyond the bound wraps into it instead of overflowing a reduced-width comparison.
+        // The input's range is enforced privately: an honest client's value is a signed
+        // `k`-bit value with 2^(k−1) above the encoded bound, and whatever a client sends, the
+        // parties compute on a value within the lift's bound (1.25·2^(k−1)), so the layers are
+        // planned for that (at most 2.5 times the declared bound) and no value a client can
+        // send overflows a reduced-width comparison.
         let input_bits = ((bound * 2f64.powi(f as i32) + 1.0).log2().ceil() as u32 + 1).max(2);
-        let mut input = Val {
-            id: 0,
-            scale: f,
-            bound,
-            proven: bound,
-            per: per0,
-        };
-        if input_bits < 63 {
-            bound = 2f64.powi(input_bits as i32 - 1 - f as i32);
-            input = b.push(
-                "input",
-                StepKind::LiftInput { bits: input_bits },
-                vec![0],
-                per0,
-                (bound, bound),
-                f,
-            );
+        if input_bits > sotto_core::protocols::MAX_LIFT_BITS {
+            return Err(overflow("input", bound * 2.5, f));
         }
+        bound = sotto_core::protocols::lift_bound(input_bits) as f64 / 2f64.powi(f as i32);
+        let input = b.push(
+            "input",
+            StepKind::LiftInput { bits: input_bits },
+            vec![0],
+            per0,
+            (bound, bound),
+            f,
+        );
         // What each model value (0 the input, `i + 1` layer `i`'s output) is in the plan.
         let mut vals: Vec<Val> = vec![input];
         for (li, l) in model.layers.iter().enumerate() {
@@ -1360,8 +1355,9 @@ impl Plan {
     }
 
     /// The width `k` of the input's range when the plan enforces it (its first step is
-    /// [`StepKind::LiftInput`], as with private weights): clients then XOR-share each input's
-    /// `k`-bit code ([`sotto_core::share::share_input_bits`]) instead of sharing it additively.
+    /// [`StepKind::LiftInput`], as with private weights): clients then share each input's
+    /// `k`-bit code modulo `2^k` with a XOR-shared wrap bit
+    /// ([`sotto_core::share::share_input_bits`]) instead of sharing it modulo `2^64`.
     /// `None` when the plan takes additive shares.
     pub fn input_bits(&self) -> Option<u32> {
         match self.steps.first().map(|s| &s.kind) {
@@ -1383,7 +1379,7 @@ impl Plan {
     /// The plan as a deployment with private (`true`) or public weights runs it: with public
     /// weights the input's range is not enforced (no secret depends on it: a client sending
     /// an out-of-range value only gets a wrong answer for itself), so the lift step, one round
-    /// and 113 KB of network A's helper material at P1, is dropped; and the "fewer rounds" setting is
+    /// and 25 KB of network A's helper material at P1, is dropped; and the "fewer rounds" setting is
     /// off (public products are local already: there is no round to save).
     pub fn for_weights(mut self, private: bool) -> Plan {
         if !private {

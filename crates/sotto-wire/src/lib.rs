@@ -106,8 +106,9 @@ pub enum Kind {
     Control = 10,
     /// Party authentication: [`PartyAuth`] as JSON.
     Auth = 11,
-    /// A client's input share for P0 as XOR shares of `k`-bit codes (`⌈k/8⌉` LE bytes per
-    /// element), for deployments whose manifest sets [`Manifest::input_bits`].
+    /// A client's input share for P0 for a `k`-bit range: per element `⌈(k+1)/8⌉` LE bytes, a
+    /// share of the element's `k`-bit code modulo `2^k` and, in bit `k`, a share of its wrap
+    /// bit; for deployments whose manifest sets [`Manifest::input_bits`].
     InputBits = 12,
 }
 
@@ -412,9 +413,10 @@ pub struct Manifest {
     /// The largest batch one request may carry (beyond it the server answers `too_large`).
     pub max_batch: usize,
     /// When set (`k`, private-weights deployments), the servers enforce the input's range:
-    /// the client XOR-shares each input's `k`-bit code `(x + 2^(k−1)) mod 2^k` and sends P0
-    /// an [`Kind::InputBits`] frame of `⌈k/8⌉` bytes per element (P1 still gets the seed);
-    /// an [`Kind::InputShare`] is refused. Absent: additive shares in `InputShare` frames.
+    /// the client shares each input's `k`-bit code `(x + 2^(k−1)) mod 2^k` modulo `2^k`, with
+    /// its wrap bit XOR-shared, and sends P0 an [`Kind::InputBits`] frame of `⌈(k+1)/8⌉` bytes
+    /// per element (P1 still gets the seed); an [`Kind::InputShare`] is refused. Absent:
+    /// additive shares in `InputShare` frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_bits: Option<u32>,
 }

@@ -210,8 +210,9 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
     });
     let model_id = model.id.clone();
     let plan = &model.file.plan;
-    // Bytes of one input in P0's share: XOR shares of `k`-bit codes where the deployment
-    // enforces the input range (`InputBits` frames), additive 8-byte shares otherwise.
+    // Bytes of one input in P0's share: shares of `k`-bit codes and wrap bits where the
+    // deployment enforces the input range (`InputBits` frames), additive 8-byte shares
+    // otherwise.
     let (input_kind, per_input) = match plan.input_bits() {
         Some(k) => (
             Kind::InputBits,
@@ -312,7 +313,7 @@ pub async fn handle(st: Arc<State>, link: Duplex) {
                         ErrorCode::BadFrame,
                         match plan.input_bits() {
                             Some(k) => format!(
-                                "model {model_id} enforces its input range: it takes XOR shares of {k}-bit input codes in an InputBits frame (manifest input_bits), not additive shares; the client is older than the servers, update it"
+                                "model {model_id} enforces its input range: it takes shares of {k}-bit input codes in an InputBits frame (manifest input_bits), not 64-bit additive shares; the client is older than the servers, update it"
                             ),
                             None => format!(
                                 "model {model_id} takes additive input shares in an InputShare frame (its manifest sets no input_bits)"

@@ -872,7 +872,7 @@ async fn client_ws(
         .iter()
         .map(|m| {
             let plan = &m.file.plan;
-            // Bytes per input value: XOR shares of k-bit codes, or 8-byte additive shares.
+            // Bytes per input value: shares of k-bit codes and wrap bits, or 8-byte shares.
             let per = plan.input_bits().map_or(8, sotto_core::share::bits_width);
             plan.input_len
                 .saturating_mul(2 * per)
