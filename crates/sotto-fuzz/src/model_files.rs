@@ -511,7 +511,7 @@ fn inconsistency(f: &PartyFile) -> Option<String> {
                 }
             }
             StepKind::LiftInput { bits } => {
-                if !(2..=63).contains(&bits) {
+                if !(2..=sotto_core::protocols::MAX_LIFT_BITS).contains(&bits) {
                     Some("input lift width out of range")
                 } else if !std::ptr::eq(s, &p.steps[0]) {
                     Some("input lift not the first step")

@@ -1221,7 +1221,10 @@ impl Plan {
                     }
                 }
                 StepKind::LiftInput { bits } => {
-                    if i != 0 || out != cur || !(2..=63).contains(&bits) {
+                    if i != 0
+                        || out != cur
+                        || !(2..=sotto_core::protocols::MAX_LIFT_BITS).contains(&bits)
+                    {
                         return bad(i, format!("input lift to {bits} bits at step {i}"));
                     }
                 }
