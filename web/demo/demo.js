@@ -504,9 +504,14 @@ function showResult(r, probs, label, latencyMs, source, input, sent) {
   setState('ready', `Connected: private predictions with ${demo.manifest ? demo.manifest.modelId : 'the model'}`);
 }
 
-// P0's share: little-endian u64 ring elements; the top byte of each as a gray level.
+// P0's share: one little-endian element per input value (8 bytes, or with private weights
+// ⌈(k+1)/8⌉ bytes of a k-bit code's share: manifest.inputBits); a random byte of each as a
+// gray level.
 function showP0(b) {
-  const n = Math.floor(b.length / 8);
+  const k = demo.manifest && demo.manifest.inputBits;
+  const w = k ? Math.ceil((k + 1) / 8) : 8;
+  const at = w >= 2 ? w - 2 : 0; // every bit of a share is uniform; this byte is full
+  const n = Math.floor(b.length / w);
   const side = Math.max(1, Math.ceil(Math.sqrt(n)));
   const c = $('view-p0');
   if (c.width !== side) {
@@ -516,7 +521,7 @@ function showP0(b) {
   const ctx = c.getContext('2d');
   const img = ctx.createImageData(side, side);
   for (let i = 0; i < side * side; i++) {
-    const g = i < n ? b[8 * i + 7] : 0;
+    const g = i < n ? b[w * i + at] : 0;
     img.data[4 * i] = g;
     img.data[4 * i + 1] = g;
     img.data[4 * i + 2] = g;
