@@ -26,9 +26,10 @@ use sotto_model::{import, Model, Plan};
 
 /// mimalloc instead of glibc's malloc: after a spike (a flood of requests, a large batch) it
 /// hands freed pages back to the system within milliseconds, where glibc kept 180-230 MB per
-/// party after the attack suite's floods. Built without transparent huge pages (`no_thp`):
-/// mimalloc advised its arenas as huge pages, so each fresh or purged page it touched again
-/// made the kernel zero 2 MiB, which was 40-50 % of the CPU time of `sotto bench --sustained`.
+/// party after the attack suite's floods. It advises its arenas as transparent huge pages;
+/// building it without them (`no_thp`) made ResNet-50 in `sotto eval` 45 % slower (system
+/// time 53 -> 99 s for two images) and network A's sustained rate no faster over 2,000
+/// requests, so it keeps them.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
