@@ -89,6 +89,19 @@ fn requests_for(batch: usize, base: usize) -> usize {
     (base / batch.max(1)).clamp(base.min(10), base.max(10))
 }
 
+/// Predictions per second over the second half of a run's requests (from the moment half
+/// of them had finished to the last): the steady rate, without the start-up (connections,
+/// and in a sustained run the pool's first refills). `None` for runs of fewer than 4.
+fn second_half_rate(finished: &mut [f64], batch: usize) -> Option<f64> {
+    if finished.len() < 4 {
+        return None;
+    }
+    finished.sort_by(f64::total_cmp);
+    let mid = finished.len() / 2;
+    let span = finished[finished.len() - 1] - finished[mid - 1];
+    (span > 0.0).then(|| ((finished.len() - mid) * batch) as f64 / span)
+}
+
 fn pct(v: &[f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
@@ -206,6 +219,8 @@ async fn one_run(
         })
         .unwrap_or_default();
     let mut lat = Vec::new();
+    // When each request finished, from the start of the run's waves (for the steady rate).
+    let mut finished: Vec<f64> = Vec::new();
     let mut wall = 0.0;
     let mut dealt_during_run = 0;
     let mut done = 0;
@@ -235,17 +250,21 @@ async fn one_run(
             let mine = this / conc + usize::from(k < this % conc);
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
+                let mut ends = Vec::new();
                 for _ in 0..mine {
-                    let t = Instant::now();
+                    let r = Instant::now();
                     c.predict(&x, batch).await.map_err(|e| e.to_string())?;
-                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                    lat.push(r.elapsed().as_secs_f64() * 1e3);
+                    ends.push(t.elapsed().as_secs_f64());
                     bar.inc(1);
                 }
-                Ok::<_, String>(lat)
+                Ok::<_, String>((lat, ends))
             }));
         }
         for tk in tasks {
-            lat.extend(tk.await.map_err(|e| e.to_string())??);
+            let (l, ends) = tk.await.map_err(|e| e.to_string())??;
+            lat.extend(l);
+            finished.extend(ends.into_iter().map(|e| e + wall));
         }
         wall += t.elapsed().as_secs_f64();
         dealt_during_run +=
@@ -275,6 +294,7 @@ async fn one_run(
         "p95_ms": pct(&lat, 0.95),
         "p99_ms": pct(&lat, 0.99),
         "predictions_per_s": (nreq * batch as u64) as f64 / wall,
+        "predictions_per_s_second_half": second_half_rate(&mut finished, batch),
         "online_rounds": cx.cost,
         "plain_ms": plain,
         "ratio_private_to_plain": median / plain,
@@ -710,7 +730,7 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             "pool": pools.iter().map(|p| p.json(a.memory_budget_mb)).collect::<Vec<_>>(),
             "memory": memory,
             "runs": runs,
-            "notes": "latencies are per request at the client (input out to output reconstructed); mode pool_served: helper material is dealt ahead into a pool that is full before each run (and each wave, when the pool holds fewer sessions than the run), so the online phase is timed; mode sustained: a pool of twice the clients, not filled before the run, and at least four times as many requests, so the helper deals while predictions run and predictions_per_s counts dealing; dealt_during_run counts sessions the helper dealt while the run was going; online_rounds are rounds between P0 and P1 (the client adds one round trip); rounds_x_rtt_ms is online_rounds times the simulated round trip; latency_floor_ms is (online_rounds + 2) one-way delays (a round is P0 and P1 sending to each other at once, one one-way delay; plus the client's input out and output back), the least a request can take on the simulated links; online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request",
+            "notes": "latencies are per request at the client (input out to output reconstructed); mode pool_served: helper material is dealt ahead into a pool that is full before each run (and each wave, when the pool holds fewer sessions than the run), so the online phase is timed; mode sustained: a pool of twice the clients, not filled before the run, and at least four times as many requests, so the helper deals while predictions run and predictions_per_s counts dealing; predictions_per_s_second_half is the rate over the second half of a run's requests (the steady rate, without the start-up); dealt_during_run counts sessions the helper dealt while the run was going; online_rounds are rounds between P0 and P1 (the client adds one round trip); rounds_x_rtt_ms is online_rounds times the simulated round trip; latency_floor_ms is (online_rounds + 2) one-way delays (a round is P0 and P1 sending to each other at once, one one-way delay; plus the client's input out and output back), the least a request can take on the simulated links; online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request",
         });
         if let Some(m) = out.get_mut("memory").filter(|m| m.is_object()) {
             let peak = peak_rss_bytes();
@@ -743,6 +763,19 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_steady_rate_leaves_out_the_start() {
+        // Four slow requests (one per second), then four fast ones (ten per second).
+        let mut t = vec![1.0, 2.0, 3.0, 4.0, 4.1, 4.2, 4.3, 4.4];
+        let r = second_half_rate(&mut t, 2).expect("a rate");
+        assert!((r - 8.0 / 0.4).abs() < 1e-9, "{r}");
+        // Unordered completions (clients finish out of order) give the same.
+        let mut u = vec![4.4, 1.0, 4.2, 3.0, 4.1, 2.0, 4.3, 4.0];
+        assert_eq!(second_half_rate(&mut u, 2), Some(r));
+        assert_eq!(second_half_rate(&mut [1.0, 2.0, 3.0], 1), None);
+        assert_eq!(second_half_rate(&mut [1.0, 1.0, 1.0, 1.0], 1), None);
+    }
 
     #[test]
     fn pools_fit_the_room_small_wants_whole_the_rest_shared_and_one_session_each_or_refused() {
