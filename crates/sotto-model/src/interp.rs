@@ -44,9 +44,10 @@ use crate::plan::{
 pub enum Gate {
     /// No gate: the step is local (no helper material, no round).
     Local,
-    /// The client's shares of `bits`-bit input codes (additive modulo `2^bits` and a XOR-shared
-    /// wrap bit) made additive shares of the signed values they encode (one opening of a
-    /// masked bit per element), on `n` elements.
+    /// The client's range sharing of `bits`-bit input codes (the top bits and a wrap bit
+    /// XOR-shared, the rest additive; `sotto_core::share::share_input_bits`) made additive
+    /// shares of the values they encode (one opening of the masked XOR-shared bits), on `n`
+    /// elements.
     Lift {
         /// Elements.
         n: usize,

@@ -368,9 +368,9 @@ pub async fn predict<T: Transport>(
     finish_predict(s, plan, m, prep, x).await
 }
 
-/// Receives the client's input of `batch` examples as the plan takes it: XOR shares of the
-/// `k`-bit codes when it enforces the input range ([`Plan::input_bits`]; what its lift step
-/// reads), additive shares otherwise. What [`finish_predict`] takes as `x`.
+/// Receives the client's input of `batch` examples as the plan takes it: the range sharing of
+/// the `k`-bit codes when it enforces the input range ([`Plan::input_bits`]; what its lift
+/// step reads), additive shares otherwise. What [`finish_predict`] takes as `x`.
 pub async fn receive_input<T: Transport>(
     s: &Server<T>,
     plan: &Plan,
