@@ -240,11 +240,9 @@ impl<T: Transport> Server<T> {
         })
     }
 
-    /// Receives the client's input of `n` elements (tag step [`INPUT_STEP`]): P0 gets the full
-    /// share `x - PRG(s)`, P1 only the 32-byte seed `s`, which it expands.
-    pub async fn receive_input(&self, n: usize) -> Result<Vec<u64>> {
-        let bytes = self
-            .t
+    /// The client's input message (tag step [`INPUT_STEP`]), as sent.
+    async fn recv_input(&self) -> Result<Vec<u8>> {
+        self.t
             .recv(
                 PartyId::Client,
                 Tag {
@@ -252,7 +250,13 @@ impl<T: Transport> Server<T> {
                     step: INPUT_STEP,
                 },
             )
-            .await?;
+            .await
+    }
+
+    /// Receives the client's input of `n` elements (tag step [`INPUT_STEP`]): P0 gets the full
+    /// share `x - PRG(s)`, P1 only the 32-byte seed `s`, which it expands.
+    pub async fn receive_input(&self, n: usize) -> Result<Vec<u64>> {
+        let bytes = self.recv_input().await?;
         if self.is_p0() {
             ring::from_le_bytes(&bytes, n)
         } else {
@@ -267,16 +271,7 @@ impl<T: Transport> Server<T> {
     /// takes.
     pub async fn receive_input_bits(&self, n: usize, k: u32) -> Result<Vec<u64>> {
         crate::protocols::check_lift(k)?;
-        let bytes = self
-            .t
-            .recv(
-                PartyId::Client,
-                Tag {
-                    session: self.session,
-                    step: INPUT_STEP,
-                },
-            )
-            .await?;
+        let bytes = self.recv_input().await?;
         if self.is_p0() {
             share::decode_bits(&bytes, n, k)
         } else {
