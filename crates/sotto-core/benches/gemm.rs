@@ -9,7 +9,9 @@
 //! `[N·OH·OW, C·kh·kw]`, that product and a transpose to NCHW), kept here as the yardstick;
 //! `1 thread` is [`Bilinear::apply_threads`] on the calling thread only (the sequential path);
 //! `all threads` is [`Bilinear::apply`], what the protocols run, on up to
-//! [`linear::max_threads`] threads (`SOTTO_THREADS` caps it). A table of the three is printed
+//! [`linear::max_threads`] threads (`SOTTO_THREADS` caps it). `1 thread` and `all threads`
+//! run the wider build of the product where the processor has one (AVX-512, named above the
+//! table; `SOTTO_SIMD=0` runs the portable one). A table of the three is printed
 //! first (best and median of interleaved timed runs, see `table`), then criterion measures
 //! each with its throughput in elements/s, one element being one multiply-add. `cargo bench
 //! --bench gemm -- nothing` prints only the table.
@@ -220,6 +222,10 @@ fn rate(macs: u64, iters: u32, mut f: impl FnMut() -> Vec<u64>) -> f64 {
 fn table(cases: &[Case]) {
     let only = std::env::var("GEMM_TABLE").unwrap_or_default();
     let threads = linear::max_threads();
+    println!(
+        "ring product build: {} (SOTTO_SIMD=0 for the portable one)",
+        linear::simd_kernel().unwrap_or("portable")
+    );
     println!(
         "{:<44} {:>15} {:>15} {:>15} {:>6} {:>5}",
         "GMAC/s: best (median)",

@@ -81,6 +81,7 @@ pub mod protocols;
 pub mod ring;
 pub mod session;
 pub mod share;
+mod simd;
 pub mod tensor;
 pub mod transport;
 
