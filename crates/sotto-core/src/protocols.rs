@@ -515,19 +515,18 @@ pub async fn finish_lift<T: Transport>(
     let t = s.open_bits_deferred(&mut gate, &masked).await?;
     let p0 = s.is_p0();
     let low = (1u64 << l) - 1;
-    let half = 1u64 << (k - 1);
+    let (one, half) = (g_const(p0, 1), g_const(p0, 1u64 << (k - 1)));
     Ok(u.iter()
         .zip(t.chunks_exact(per).zip(rho_a.chunks_exact(per)))
         .map(|(&v, (t, a))| {
-            // Each bit's share: t + ρ·(1 − 2t) (ρ when t = 0, 1 − ρ when t = 1).
+            // Each bit's share: t + ρ·(1 − 2t), i.e. ρ when t = 0 and 1 − ρ when t = 1,
+            // computed as ρ + t·(1 − 2ρ) without a branch (t is an opened, uniform bit: a
+            // branch on it is mispredicted half the time).
             let bit = |i: usize| {
-                if t[i] == 0 {
-                    a[i]
-                } else {
-                    g_const(p0, 1).wrapping_sub(a[i])
-                }
+                let ti = u64::from(t[i] & 1);
+                a[i].wrapping_add(ti.wrapping_mul(one.wrapping_sub(a[i].wrapping_mul(2))))
             };
-            let mut y = (v & low).wrapping_sub(g_const(p0, half));
+            let mut y = (v & low).wrapping_sub(half);
             for i in 0..j as usize {
                 y = y.wrapping_add(bit(i) << (l + i as u32));
             }
