@@ -467,6 +467,38 @@ pub fn gen_with(
     par: Parallelism,
     format: Format,
 ) -> Result<(DcfKeys, DcfKeys)> {
+    let (mut b0, mut b1) = (Vec::new(), Vec::new());
+    gen_into(
+        n_bits, alphas, payloads, m, rng, par, format, &mut b0, &mut b1,
+    )?;
+    let make = |party: u8, bytes: Vec<u8>| DcfKeys {
+        format,
+        party,
+        n_bits,
+        m,
+        count: alphas.len(),
+        bytes,
+    };
+    Ok((make(0, b0), make(1, b1)))
+}
+
+/// [`gen_with`] that appends the two keys' encodings to `out0` (party 0's) and `out1`
+/// instead of returning them: the dealer writes them straight into its messages, with one
+/// copy (party 1's encoding is party 0's with its own roots and party byte) instead of a
+/// fresh buffer for each key, a clone and a copy of each into its message. On an error
+/// nothing is appended.
+#[allow(clippy::too_many_arguments)]
+pub fn gen_into(
+    n_bits: u32,
+    alphas: &[u64],
+    payloads: &[u64],
+    m: usize,
+    rng: &mut impl RngCore,
+    par: Parallelism,
+    format: Format,
+    out0: &mut Vec<u8>,
+    out1: &mut Vec<u8>,
+) -> Result<()> {
     if !(1..=64).contains(&n_bits) {
         return Err(CoreError::Param(format!("DCF on {n_bits} bits (1 to 64)")));
     }
@@ -500,7 +532,9 @@ pub fn gen_with(
         count,
         packed,
     };
-    let mut b0 = vec![0u8; l.total()];
+    let start = out0.len();
+    out0.resize(start + l.total(), 0);
+    let b0 = &mut out0[start..];
     b0[..4].copy_from_slice(if packed { &MAGIC_PACKED } else { &MAGIC });
     b0[5] = n_bits as u8;
     b0[6] = m as u8;
@@ -535,18 +569,12 @@ pub fn gen_with(
         };
         run_split(&mut outs, per, |first, out| job.run(first, out));
     }
-    let mut b1 = b0.clone();
+    let at = out1.len();
+    out1.extend_from_slice(&out0[start..]);
+    let b1 = &mut out1[at..];
     b1[4] = 1;
     b1[l.roots()..l.cw_s()].copy_from_slice(&roots1);
-    let make = |party: u8, bytes: Vec<u8>| DcfKeys {
-        format,
-        party,
-        n_bits,
-        m,
-        count,
-        bytes,
-    };
-    Ok((make(0, b0), make(1, b1)))
+    Ok(())
 }
 
 /// A worker's part of the corrections: per level, the slices of its keys.
@@ -994,6 +1022,56 @@ mod tests {
     use super::*;
     use crate::prg::Prg;
     use proptest::prelude::{any, prop, prop_oneof, proptest, Just, ProptestConfig};
+
+    /// The dealer's path: `gen_into` appends to messages that already hold bytes exactly the
+    /// encodings `gen_with` returns from the same generator state, in both formats; an error
+    /// appends nothing.
+    #[test]
+    fn gen_into_appends_gen_with_encodings() {
+        let seed = crate::prg::Seed::random().expect("os rng");
+        let mut data = Prg::new(&seed, 1);
+        for format in [Format::Bytes, Format::Packed] {
+            for (n, m, count) in [
+                (1u32, 1usize, 3usize),
+                (20, 2, 100),
+                (40, 1, 5000),
+                (64, 3, 9),
+            ] {
+                let alphas: Vec<u64> = data
+                    .vec_u64(count)
+                    .iter()
+                    .map(|&a| if n == 64 { a } else { a & ((1 << n) - 1) })
+                    .collect();
+                let pay = data.vec_u64(count * m);
+                let par = Parallelism::auto();
+                let mut rng = Prg::new(&seed, 2);
+                let (k0, k1) = gen_with(n, &alphas, &pay, m, &mut rng, par, format).expect("ok");
+                let (mut m0, mut m1) = (vec![7u8; 5], vec![9u8; 3]);
+                let mut rng = Prg::new(&seed, 2);
+                gen_into(n, &alphas, &pay, m, &mut rng, par, format, &mut m0, &mut m1)
+                    .expect("valid");
+                assert_eq!(&m0[..5], &[7u8; 5]);
+                assert_eq!(&m0[5..], k0.as_bytes(), "{format:?} n={n} m={m}");
+                assert_eq!(&m1[..3], &[9u8; 3]);
+                assert_eq!(&m1[3..], k1.as_bytes(), "{format:?} n={n} m={m}");
+            }
+        }
+        let (mut m0, mut m1) = (vec![1u8], vec![2u8]);
+        let par = Parallelism::auto();
+        let bad = gen_into(
+            3,
+            &[8],
+            &[1],
+            1,
+            &mut data,
+            par,
+            Format::Packed,
+            &mut m0,
+            &mut m1,
+        );
+        assert!(bad.is_err());
+        assert_eq!((m0, m1), (vec![1u8], vec![2u8]));
+    }
 
     fn check(n: u32, m: usize, alphas: &[u64], xs: &[u64], rng: &mut Prg) {
         check_in(Format::Bytes, n, m, alphas, xs, rng);

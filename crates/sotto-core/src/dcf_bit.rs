@@ -286,6 +286,28 @@ pub fn gen_with(
     rng: &mut impl RngCore,
     par: Parallelism,
 ) -> Result<(BitKeys, BitKeys)> {
+    let (mut b0, mut b1) = (Vec::new(), Vec::new());
+    gen_into(n_bits, alphas, rng, par, &mut b0, &mut b1)?;
+    let make = |party: u8, bytes: Vec<u8>| BitKeys {
+        party,
+        n_bits,
+        count: alphas.len(),
+        bytes,
+    };
+    Ok((make(0, b0), make(1, b1)))
+}
+
+/// [`gen_with`] that appends the two keys' encodings to `out0` (party 0's) and `out1`
+/// instead of returning them (as [`crate::dcf::gen_into`]: one copy instead of a fresh
+/// buffer per key, a clone and a copy of each). On an error nothing is appended.
+pub fn gen_into(
+    n_bits: u32,
+    alphas: &[u64],
+    rng: &mut impl RngCore,
+    par: Parallelism,
+    out0: &mut Vec<u8>,
+    out1: &mut Vec<u8>,
+) -> Result<()> {
     if !(1..=64).contains(&n_bits) {
         return Err(CoreError::Param(format!(
             "one-bit DCF on {n_bits} bits (1 to 64)"
@@ -307,7 +329,9 @@ pub fn gen_with(
         levels: n - nu(n),
         count,
     };
-    let mut b0 = vec![0u8; l.total()];
+    let start = out0.len();
+    out0.resize(start + l.total(), 0);
+    let b0 = &mut out0[start..];
     b0[..4].copy_from_slice(&MAGIC);
     b0[5] = n_bits as u8;
     b0[6] = nu(n) as u8;
@@ -340,16 +364,12 @@ pub fn gen_with(
         };
         run_split(&mut outs, per, |first, (cw, fin)| job.run(first, cw, fin));
     }
-    let mut b1 = b0.clone();
+    let at = out1.len();
+    out1.extend_from_slice(&out0[start..]);
+    let b1 = &mut out1[at..];
     b1[4] = 1;
     b1[l.roots()..l.cws()].copy_from_slice(&roots1);
-    let make = |party: u8, bytes: Vec<u8>| BitKeys {
-        party,
-        n_bits,
-        count,
-        bytes,
-    };
-    Ok((make(0, b0), make(1, b1)))
+    Ok(())
 }
 
 /// Inputs of a key generation.
@@ -576,6 +596,43 @@ mod tests {
         } else {
             (1u64 << n) - 1
         }
+    }
+
+    /// The dealer's path: `gen_into` appends to messages that already hold bytes exactly the
+    /// encodings `gen_with` returns from the same generator state; an error appends nothing.
+    #[test]
+    fn gen_into_appends_gen_with_encodings() {
+        let seed = Seed::random().expect("os rng");
+        let mut data = Prg::new(&seed, 1);
+        for (n, count) in [(1u32, 3usize), (17, 100), (40, 5000), (64, 9)] {
+            let alphas: Vec<u64> = data.vec_u64(count).iter().map(|&a| a & top(n)).collect();
+            let (k0, k1) =
+                gen_with(n, &alphas, &mut Prg::new(&seed, 2), Parallelism::auto()).expect("valid");
+            let (mut m0, mut m1) = (vec![7u8; 5], vec![9u8; 3]);
+            gen_into(
+                n,
+                &alphas,
+                &mut Prg::new(&seed, 2),
+                Parallelism::auto(),
+                &mut m0,
+                &mut m1,
+            )
+            .expect("valid");
+            assert_eq!(
+                (&m0[..5], &m0[5..]),
+                (&[7u8; 5][..], k0.as_bytes()),
+                "n={n}"
+            );
+            assert_eq!(
+                (&m1[..3], &m1[3..]),
+                (&[9u8; 3][..], k1.as_bytes()),
+                "n={n}"
+            );
+        }
+        let (mut m0, mut m1) = (vec![1u8], vec![2u8]);
+        let bad = gen_into(3, &[8], &mut data, Parallelism::auto(), &mut m0, &mut m1);
+        assert!(bad.is_err());
+        assert_eq!((m0, m1), (vec![1u8], vec![2u8]));
     }
 
     fn check(n: u32, alphas: &[u64], xs: &[u64], rng: &mut Prg) {

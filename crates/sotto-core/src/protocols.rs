@@ -273,8 +273,20 @@ pub async fn deal_truncate<T: Transport>(d: &mut Dealer<T>, n: usize, f: u32) ->
     if f > 0 {
         let low = (1u64 << f) - 1;
         let alphas: Vec<u64> = r.iter().map(|&v| v & low).collect();
-        let (k0, k1) = dcf::gen(f, &alphas, &vec![1u64; n], 1, g.rng())?;
-        g.keys(k0, k1);
+        let ones = vec![1u64; n];
+        g.keys_into(|rng, k0, k1| {
+            dcf::gen_into(
+                f,
+                &alphas,
+                &ones,
+                1,
+                rng,
+                dcf::Parallelism::auto(),
+                dcf::Format::Bytes,
+                k0,
+                k1,
+            )
+        })?;
     }
     g.finish().await
 }
@@ -625,16 +637,19 @@ async fn deal_sign<T: Transport>(
     }
     // Packed keys (`DCF2`): the control-bit corrections ride in the seed corrections, one
     // byte per level less (docs/COMPARISONS.md).
-    let (k0, k1) = dcf::gen_with(
-        bits - 1,
-        &alphas,
-        &payload,
-        m,
-        g.rng(),
-        dcf::Parallelism::auto(),
-        dcf::Format::Packed,
-    )?;
-    g.keys(k0, k1);
+    g.keys_into(|rng, k0, k1| {
+        dcf::gen_into(
+            bits - 1,
+            &alphas,
+            &payload,
+            m,
+            rng,
+            dcf::Parallelism::auto(),
+            dcf::Format::Packed,
+            k0,
+            k1,
+        )
+    })?;
     g.finish().await
 }
 
@@ -812,13 +827,11 @@ fn selection_bits(r: &[u64], mx: &[u8], bits: u32) -> Vec<u64> {
 
 /// One-bit DCF keys of the sign of `x` for the mask `r`: `α = r_L` on the low `bits − 1`
 /// bits.
-fn sign_bit_keys(
-    r: &[u64],
-    bits: u32,
-    rng: &mut impl rand_core::RngCore,
-) -> Result<(dcf_bit::BitKeys, dcf_bit::BitKeys)> {
+fn sign_bit_keys<T: Transport>(g: &mut DealerGate<'_, T>, r: &[u64], bits: u32) -> Result<()> {
     let alphas: Vec<u64> = r.iter().map(|&x| split(x, bits).1).collect();
-    dcf_bit::gen_with(bits - 1, &alphas, rng, dcf::Parallelism::auto())
+    g.keys_into(|rng, k0, k1| {
+        dcf_bit::gen_into(bits - 1, &alphas, rng, dcf::Parallelism::auto(), k0, k1)
+    })
 }
 
 /// A server's XOR shares of `d ⊕ m`, `d = [x ≥ 0]`, from the opened `c = x + r`: the sign
@@ -859,8 +872,7 @@ async fn deal_compact<T: Transport>(
     if out == SignOut::Relu {
         g.value(&mul(&m, &r));
     }
-    let (k0, k1) = sign_bit_keys(&r, bits, g.rng())?;
-    g.bit_keys(k0, k1);
+    sign_bit_keys(&mut g, &r, bits)?;
     g.finish().await
 }
 
@@ -1012,12 +1024,12 @@ fn deal_fused_into<T: Transport>(
     for w in &words {
         g.value(w);
     }
-    let (s0, s1) = sign_bit_keys(&words[3], k, g.rng())?;
-    g.bit_keys(s0, s1);
+    sign_bit_keys(g, &words[3], k)?;
     let low = (1u64 << f) - 1;
     let alphas: Vec<u64> = r.iter().map(|&x| x & low).collect();
-    let (c0, c1) = dcf_bit::gen_with(f, &alphas, g.rng(), dcf::Parallelism::auto())?;
-    g.bit_keys(c0, c1);
+    g.keys_into(|rng, k0, k1| {
+        dcf_bit::gen_into(f, &alphas, rng, dcf::Parallelism::auto(), k0, k1)
+    })?;
     Ok(words)
 }
 

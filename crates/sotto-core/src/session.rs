@@ -670,17 +670,6 @@ impl<T: Transport> DealerGate<'_, T> {
         }
     }
 
-    /// Deals a pair of DCF keys (each freed as soon as it is copied into its message: a
-    /// large batch is not held twice over).
-    pub(crate) fn keys(&mut self, k0: DcfKeys, k1: DcfKeys) {
-        for (msg, k) in self.msgs.iter_mut().zip([k0, k1]) {
-            let bytes = k.into_bytes();
-            msg.reserve(4 + bytes.len());
-            msg.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            msg.extend_from_slice(&bytes);
-        }
-    }
-
     /// A random bit vector `b = b0 ⊕ b1` (0 or 1 each) whose shares the servers expand from
     /// their seeds ([`ServerGate::random_bits`]); nothing is sent.
     pub(crate) fn random_bits(&mut self, n: usize) -> Vec<u8> {
@@ -692,19 +681,32 @@ impl<T: Transport> DealerGate<'_, T> {
         b
     }
 
-    /// Deals a pair of one-bit DCF keys ([`crate::dcf_bit`]), framed as [`DealerGate::keys`].
-    pub(crate) fn bit_keys(&mut self, k0: BitKeys, k1: BitKeys) {
-        for (msg, k) in self.msgs.iter_mut().zip([k0, k1]) {
-            let bytes = k.into_bytes();
-            msg.reserve(4 + bytes.len());
-            msg.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            msg.extend_from_slice(&bytes);
+    /// Deals a pair of comparison keys that `gen` writes straight into the two servers'
+    /// messages (party 0's encoding to the first, party 1's to the second, with the helper's
+    /// generator), each prefixed with its length (4 bytes, little-endian), as [`ServerGate::keys`] and
+    /// [`ServerGate::bit_keys`] read them: `dcf::gen_into` or `dcf_bit::gen_into`. No key gets
+    /// a buffer of its own (before, each was generated into one, party 1's cloned from party
+    /// 0's, and both copied into the messages).
+    pub(crate) fn keys_into(
+        &mut self,
+        gen: impl FnOnce(&mut Prg, &mut Vec<u8>, &mut Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let rng = &mut self.d.rng;
+        let [m0, m1] = &mut self.msgs;
+        let (at0, at1) = (m0.len(), m1.len());
+        m0.extend_from_slice(&[0; 4]);
+        m1.extend_from_slice(&[0; 4]);
+        if let Err(e) = gen(rng, m0, m1) {
+            m0.truncate(at0);
+            m1.truncate(at1);
+            return Err(e);
         }
-    }
-
-    /// The helper's private generator (fresh from the OS for this session).
-    pub(crate) fn rng(&mut self) -> &mut Prg {
-        &mut self.d.rng
+        for (m, at) in [(m0, at0), (m1, at1)] {
+            let len = u32::try_from(m.len() - at - 4)
+                .map_err(|_| CoreError::Param("comparison keys over 4 GiB".into()))?;
+            m[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+        Ok(())
     }
 
     /// Sends the gate's material to both servers.
