@@ -681,12 +681,11 @@ impl<T: Transport> DealerGate<'_, T> {
         b
     }
 
-    /// Deals a pair of comparison keys that `gen` writes straight into the two servers'
-    /// messages (party 0's encoding to the first, party 1's to the second, with the helper's
-    /// generator), each prefixed with its length (4 bytes, little-endian), as [`ServerGate::keys`] and
-    /// [`ServerGate::bit_keys`] read them: `dcf::gen_into` or `dcf_bit::gen_into`. No key gets
-    /// a buffer of its own (before, each was generated into one, party 1's cloned from party
-    /// 0's, and both copied into the messages).
+    /// Deals a pair of comparison keys that `gen` (`dcf::gen_into` or `dcf_bit::gen_into`,
+    /// with the helper's generator) writes straight into the two servers' messages, party 0's
+    /// encoding to the first and party 1's to the second, each after its length (4 bytes,
+    /// little-endian) as [`ServerGate::keys`] and [`ServerGate::bit_keys`] read them. No key
+    /// gets a buffer of its own. On an error nothing is added to either message.
     pub(crate) fn keys_into(
         &mut self,
         gen: impl FnOnce(&mut Prg, &mut Vec<u8>, &mut Vec<u8>) -> Result<()>,
