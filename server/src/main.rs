@@ -5,6 +5,9 @@
 //! certificates and the parties' key; `share-model` splits a model into the parties' files;
 //! `inspect` and `eval` profile and check a model.
 
+// The workspace denies `unsafe`; only sotto-core allows it, for one call (`simd`).
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

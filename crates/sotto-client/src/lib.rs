@@ -28,6 +28,8 @@
 //! Node through the JS `WebSocket`, exported with wasm-bindgen; `scripts/build-web.sh` builds
 //! it and the `web/` npm package (`sotto-client`) that wraps it.
 #![deny(missing_docs)]
+// The workspace denies `unsafe`; only sotto-core allows it, for one call (`simd`).
+#![forbid(unsafe_code)]
 
 pub mod session;
 

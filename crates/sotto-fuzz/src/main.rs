@@ -25,6 +25,9 @@
 //! grows beyond `--rss-limit-mb`, after writing the input at fault
 //! (`DIR/timeout-…` or `DIR/oom-…`).
 
+// The workspace denies `unsafe`; only sotto-core allows it, for one call (`simd`).
+#![forbid(unsafe_code)]
+
 mod dcf;
 mod frames;
 mod model_files;

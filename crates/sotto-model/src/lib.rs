@@ -12,6 +12,8 @@
 //! assert!(err.to_string().contains("not an ONNX model"));
 //! ```
 #![deny(missing_docs)]
+// The workspace denies `unsafe`; only sotto-core allows it, for one call (`simd`).
+#![forbid(unsafe_code)]
 
 pub mod error;
 pub mod files;

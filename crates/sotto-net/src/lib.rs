@@ -14,6 +14,8 @@
 //! - [`loopback_mesh`] joins P0, P1, the helper and a client on 127.0.0.1 with real sockets,
 //!   as tests use it.
 #![deny(missing_docs)]
+// The workspace denies `unsafe`; only sotto-core allows it, for one call (`simd`).
+#![forbid(unsafe_code)]
 
 pub mod auth;
 pub mod tls;

@@ -23,6 +23,8 @@
 //! assert!(decode(b"garbage", DEFAULT_MAX_PAYLOAD).is_err());
 //! ```
 #![deny(missing_docs)]
+// The workspace denies `unsafe`; only sotto-core allows it, for one call (`simd`).
+#![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
