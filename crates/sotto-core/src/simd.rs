@@ -3,7 +3,8 @@
 //! The release build targets baseline x86-64 (SSE2), which has no 64-bit vector multiply: the
 //! ring product builds each one from three 32-bit ones. Processors with AVX-512 (F, DQ and
 //! VL) multiply eight 64-bit lanes in one instruction, and the same loop compiled for them
-//! runs about three times faster (`benches/gemm.rs`). Building the whole program for them
+//! runs three to six times faster (`benches/gemm.rs`: 3.0 → 9.0 GMAC/s for network A's first
+//! layer at batch 1, 3.0–3.1 → 16.8–18.1 for 3×3 convolutions). Building the whole program for them
 //! (`-C target-cpu=native`) would make a binary that dies with an illegal instruction on any
 //! other processor, so only these loops get a second build, and the processor is asked at
 //! run time which one to run.
