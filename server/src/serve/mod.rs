@@ -884,10 +884,17 @@ async fn client_ws(
         + sotto_wire::HEADER_LEN;
     ws.max_message_size(largest)
         .max_frame_size(largest)
+        // Every read fills this buffer's spare room (zeros first), and it is kept for the
+        // connection's life: the library's 128 KiB made each client connection hold about
+        // 100 KiB. Clients send one input message per request; larger ones take more reads.
+        .read_buffer_size(CLIENT_READ_BUFFER)
         // What a client that does not read (pongs to its pings, results) can make us queue.
         .max_write_buffer_size(CLIENT_WRITE_BUFFER)
         .on_upgrade(move |sock| client::handle(st, http::duplex(sock)))
 }
+
+/// Bytes a client connection's reader takes from the socket at a time (see `client_ws`).
+const CLIENT_READ_BUFFER: usize = 16 << 10;
 
 /// Most bytes queued for a client's socket (the rest of the flow control is the bounded queue
 /// of frames in `client`).
