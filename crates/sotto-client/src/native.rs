@@ -14,11 +14,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::session::{ClientSession, Event, Outcome, Server, SessionConfig, SessionState};
 use crate::{ClientError, Prediction, Result};
 
-/// Client links take frames up to sotto-wire's default limit.
+/// Client links take frames up to sotto-wire's default limit. Servers send a client small
+/// messages (the manifest, result shares), so its reads take 16 KiB at a time rather than the
+/// library's 128 KiB, which every read zero-fills.
 fn ws_config() -> sotto_net::tls::WsConfig {
     sotto_net::tls::WsConfig::default()
         .max_message_size(Some(DEFAULT_MAX_PAYLOAD + 64))
         .max_frame_size(Some(DEFAULT_MAX_PAYLOAD + 64))
+        .read_buffer_size(16 << 10)
 }
 
 /// Options of [`Client::connect`].
