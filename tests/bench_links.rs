@@ -32,6 +32,10 @@ fn a_delayed_bench_takes_at_least_its_rounds_of_delay() {
     assert_eq!(v["links"]["simulated"], true);
     assert_eq!(v["links"]["rtt_ms"], 2.0 * delay_ms);
     assert_eq!(v["links"]["proxies"], 5, "one proxy per link");
+    assert!(
+        v["party_link_round_trip"].is_null(),
+        "simulated links have a known delay: no probe"
+    );
     let run = &v["runs"][0];
     assert_eq!(run["mode"], "pool_served");
     assert_eq!(run["requests"], 5);
@@ -56,5 +60,44 @@ fn a_delayed_bench_takes_at_least_its_rounds_of_delay() {
     assert!(
         median < 4.0 * floor + 100.0,
         "median {median} ms against a floor of {floor} ms"
+    );
+}
+
+#[test]
+fn an_unshaped_bench_reports_the_servers_link_round_trip() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
+        .current_dir(repo())
+        .args([
+            "bench",
+            "--requests",
+            "5",
+            "--batch",
+            "1",
+            "--concurrency",
+            "1",
+        ])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "sotto bench failed:\n{stderr}");
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("sotto bench prints one JSON object");
+    let probe = &v["party_link_round_trip"];
+    let us = |k: &str| {
+        probe[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {probe}"))
+    };
+    let (p10, median, p90) = (us("p10_us"), us("median_us"), us("p90_us"));
+    eprintln!("P0-P1 round trip: p10 {p10:.1} us, median {median:.1} us, p90 {p90:.1} us");
+    assert_eq!(probe["round_trips"], 200);
+    assert_eq!(probe["message_bytes"], 1024);
+    assert!(p10 > 0.0 && p10 <= median && median <= p90, "{probe}");
+    // A loopback round trip through two idle parties: well under the batch-1 prediction,
+    // which takes several of them.
+    let prediction_us = v["runs"][0]["median_ms"].as_f64().expect("median") * 1e3;
+    assert!(
+        median < prediction_us,
+        "{median} us against a {prediction_us} us prediction"
     );
 }

@@ -110,6 +110,65 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[i.min(v.len() - 1)]
 }
 
+/// Messages of [`party_link_round_trip`] (the size of network A's largest opening between the
+/// servers is 6 KiB, its others 1 KiB or less).
+const LINK_PROBE_BYTES: usize = 1024;
+/// Round trips [`party_link_round_trip`] times.
+const LINK_PROBE_COUNT: usize = 200;
+
+/// P0 → P1 → P0 round trips of a `bytes`-byte message over the servers' own link (the one
+/// their openings take, through their transports as a protocol uses them), one after another
+/// on idle parties: what a server round costs here before any computation, since a round is
+/// one one-way trip.
+async fn party_link_round_trip(l: &Launched, n: usize, bytes: usize) -> Result<Value, String> {
+    use sotto_core::transport::{Tag, Transport};
+    let (m0, m1) = (l.states[0].mesh.clone(), l.states[1].mesh.clone());
+    let session = sotto_core::local::new_session_id().map_err(|e| e.to_string())?;
+    let tag = move |step: usize| Tag {
+        session,
+        step: step as u32,
+    };
+    let echo = tokio::spawn(async move {
+        for k in 1..=n {
+            let m = m1.recv(PartyId::P0, tag(k)).await?;
+            m1.send(PartyId::P0, tag(k), m).await?;
+        }
+        m1.end_session(session, "the link was measured");
+        Ok::<_, sotto_core::CoreError>(())
+    });
+    let mut rtt = Vec::with_capacity(n);
+    for k in 1..=n {
+        let t = Instant::now();
+        m0.send(PartyId::P1, tag(k), vec![0x5a; bytes])
+            .await
+            .map_err(|e| e.to_string())?;
+        let back = m0
+            .recv(PartyId::P1, tag(k))
+            .await
+            .map_err(|e| e.to_string())?;
+        rtt.push(t.elapsed().as_secs_f64() * 1e6);
+        if back.len() != bytes {
+            return Err(format!(
+                "the link probe came back with {} bytes",
+                back.len()
+            ));
+        }
+    }
+    m0.end_session(session, "the link was measured");
+    echo.await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    rtt.sort_by(f64::total_cmp);
+    Ok(json!({
+        "median_us": pct(&rtt, 0.5),
+        "p10_us": pct(&rtt, 0.1),
+        "p90_us": pct(&rtt, 0.9),
+        "message_bytes": bytes,
+        "round_trips": n,
+        "how": "P0 sends P1 a message over their own link and P1 sends it back, one round trip after another, before the runs (parties idle, the pool full); a server round is one one-way trip, so (online_rounds + 2) / 2 round trips is what a batch-1 prediction spends on messages alone",
+    }))
+}
+
 fn inputs(plan: &Plan, n: usize) -> Vec<f32> {
     let images = crate::read_npy(&PathBuf::from("models/mnist_test_images.npy"))
         .ok()
@@ -642,6 +701,15 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} requests, {eta} left")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
+        // The servers' link on its own, before the runs (not over simulated links: their
+        // delay is known).
+        let link_rtt = match (&launched, spec) {
+            (Some(l), None) => {
+                wait_pool_full(l, pool.iter().map(|p| p.1).sum()).await;
+                Some(party_link_round_trip(l, LINK_PROBE_COUNT, LINK_PROBE_BYTES).await?)
+            }
+            _ => None,
+        };
         let rtt_ms = spec.map_or(0.0, |s| 2.0 * s.delay.as_secs_f64() * 1e3);
         let mut second: Option<Launched> = None;
         let mut cx = Ctx {
@@ -724,6 +792,7 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             "parties": if launched.is_some() { "three tasks in this process, loopback WebSockets" } else { "running parties" },
             "links": link_json,
             "ring_product_build": sotto_core::linear::simd_kernel().unwrap_or("portable"),
+            "party_link_round_trip": link_rtt,
             "modes": if a.sustained { json!(["pool_served", "sustained"]) } else { json!(["pool_served"]) },
             "startup_ms": startup_ms,
             "first_prediction_ms": first.as_ref().ok(),
