@@ -52,8 +52,8 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "p0")]
     pub link_mbps: Option<f64>,
     /// Also measure past the pool: after the pool-served runs, start the parties again with
-    /// a pool of only twice the clients (not filled before the run) and run at least four
-    /// times that many requests, so that the helper deals while predictions run.
+    /// a pool of only twice the clients (filled before each run) and run at least four times
+    /// that many requests, so that the helper deals while predictions run.
     #[arg(long, conflicts_with = "p0")]
     pub sustained: bool,
     /// Most memory, in MiB, the bench may take with its three parties in this process: each
@@ -261,12 +261,13 @@ async fn one_run(
         Mode::Sustained { settled } => (settled, n),
     };
     let launched = cx.launched;
-    if let Mode::PoolServed { .. } = mode {
-        // The pool is full before the byte counters are read: the first run of a bench
-        // otherwise counted the initial fill of every pool as its own material (network A,
-        // batch 1 with a batch-100 pool: 1.3 MB per prediction instead of 313 KB).
-        cx.settle(settled).await;
-    }
+    // Every pool is full before the byte counters are read: the first run of a bench
+    // otherwise counted the initial fill of every pool as its own material (network A, batch 1
+    // with a batch-100 pool: 1.3 MB per prediction instead of 313 KB). In a sustained run the
+    // pools hold only twice the clients, so the helper deals for this run's batch size
+    // throughout it, and not for the other batch sizes' pools (the first sustained run used
+    // to deal every batch size's pool: a batch-1 run, that of batch 100 as well).
+    cx.settle(settled).await;
     let before_links = launched.map(link_bytes);
     let before_dealt = launched.map_or(0, |l| l.states[0].dealt.load(Ordering::Relaxed));
     let before_out: Vec<u64> = launched
@@ -782,7 +783,7 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
                 "links": ["client-P0", "client-P1", "P0-P1", "helper-P0", "helper-P1"],
                 "proxies": launched.as_ref().map_or(0, |l| l.proxies.len()),
                 "how": "a TCP proxy per link in the bench process; each direction of each connection (each client has its own) delayed and capped; a proxy holds at most the bandwidth-delay product plus 64 KiB per direction",
-                "pool_fill": "pool_served runs: the pool is filled before each run with the links unshaped (untimed); sustained runs: every link shaped throughout",
+                "pool_fill": "pool_served runs: the pool is filled before each run with the links unshaped (untimed); sustained runs: the pools (twice the clients) filled before each run with the links unshaped (untimed), every link shaped during the run",
             }),
         };
         let mut out = json!({
@@ -800,7 +801,7 @@ fn measure(a: &BenchArgs) -> Result<Value, String> {
             "pool": pools.iter().map(|p| p.json(a.memory_budget_mb)).collect::<Vec<_>>(),
             "memory": memory,
             "runs": runs,
-            "notes": "latencies are per request at the client (input out to output reconstructed); mode pool_served: helper material is dealt ahead into a pool that is full before each run (and each wave, when the pool holds fewer sessions than the run), so the online phase is timed; mode sustained: a pool of twice the clients, not filled before the run, and at least four times as many requests, so the helper deals while predictions run and predictions_per_s counts dealing; predictions_per_s_second_half is the rate over the second half of a run's requests (the steady rate, without the start-up); dealt_during_run counts sessions the helper dealt while the run was going; online_rounds are rounds between P0 and P1 (the client adds one round trip); rounds_x_rtt_ms is online_rounds times the simulated round trip; latency_floor_ms is (online_rounds + 2) one-way delays (a round is P0 and P1 sending to each other at once, one one-way delay; plus the client's input out and output back), the least a request can take on the simulated links; online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request; ring_product_build is the build of the ring matrix product this process runs (avx512 where the processor has it, else portable; SOTTO_SIMD=0 forces portable; same results)",
+            "notes": "latencies are per request at the client (input out to output reconstructed); mode pool_served: helper material is dealt ahead into a pool that is full before each run (and each wave, when the pool holds fewer sessions than the run), so the online phase is timed; mode sustained: a pool of twice the clients per batch size, filled before each run, and at least four times as many requests, so the helper deals while predictions run and predictions_per_s counts dealing; predictions_per_s_second_half is the rate over the second half of a run's requests (the steady rate, without the start-up); dealt_during_run counts sessions the helper dealt while the run was going; online_rounds are rounds between P0 and P1 (the client adds one round trip); rounds_x_rtt_ms is online_rounds times the simulated round trip; latency_floor_ms is (online_rounds + 2) one-way delays (a round is P0 and P1 sending to each other at once, one one-way delay; plus the client's input out and output back), the least a request can take on the simulated links; online bytes count every message of the request on every link, frame headers included; *_per_prediction divides a request's bytes by its batch; bytes_by_link are per request; ring_product_build is the build of the ring matrix product this process runs (avx512 where the processor has it, else portable; SOTTO_SIMD=0 forces portable; same results)",
         });
         if let Some(m) = out.get_mut("memory").filter(|m| m.is_object()) {
             let peak = peak_rss_bytes();
