@@ -7,15 +7,12 @@ fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-#[test]
-fn a_delayed_bench_takes_at_least_its_rounds_of_delay() {
-    let delay_ms = 5.0;
+/// `sotto bench` of 5 batch-1 requests from one client, with `extra` flags: its JSON.
+fn bench(extra: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
         .current_dir(repo())
         .args([
             "bench",
-            "--link-delay-ms",
-            "5",
             "--requests",
             "5",
             "--batch",
@@ -23,12 +20,18 @@ fn a_delayed_bench_takes_at_least_its_rounds_of_delay() {
             "--concurrency",
             "1",
         ])
+        .args(extra)
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "sotto bench failed:\n{stderr}");
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("sotto bench prints one JSON object");
+    serde_json::from_slice(&out.stdout).expect("sotto bench prints one JSON object")
+}
+
+#[test]
+fn a_delayed_bench_takes_at_least_its_rounds_of_delay() {
+    let delay_ms = 5.0;
+    let v = bench(&["--link-delay-ms", "5"]);
     assert_eq!(v["links"]["simulated"], true);
     assert_eq!(v["links"]["rtt_ms"], 2.0 * delay_ms);
     assert_eq!(v["links"]["proxies"], 5, "one proxy per link");
@@ -65,23 +68,7 @@ fn a_delayed_bench_takes_at_least_its_rounds_of_delay() {
 
 #[test]
 fn an_unshaped_bench_reports_the_servers_link_round_trip() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sotto"))
-        .current_dir(repo())
-        .args([
-            "bench",
-            "--requests",
-            "5",
-            "--batch",
-            "1",
-            "--concurrency",
-            "1",
-        ])
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "sotto bench failed:\n{stderr}");
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("sotto bench prints one JSON object");
+    let v = bench(&[]);
     let probe = &v["party_link_round_trip"];
     let us = |k: &str| {
         probe[k]
