@@ -478,6 +478,22 @@ impl GenJob<'_> {
     }
 }
 
+/// One level of evaluation for one key: `w` is the expanded block `H(s, side)` of the key's
+/// seed `s` on the side `side` (bit of the input at this level), `cwb` the level's correction
+/// word; updates the seed, the control bit `t` and the running output bit `o`. Branch-free:
+/// the control bit is a coin flip per key and level.
+#[inline(always)]
+fn level_step(w: u128, side: u32, cwb: &[u8], s: &mut u128, t: &mut u8, o: &mut u8) {
+    let mut a = [0u8; 16];
+    a.copy_from_slice(cwb);
+    let cw = u128::from_le_bytes(a);
+    let m128 = 0u128.wrapping_sub(u128::from(*t));
+    let cb = cw as u8;
+    *o ^= ((w >> 1) as u8 ^ (cb >> 2 & *t)) & 1;
+    *s = (w & SEED_MASK) ^ (cw & SEED_MASK & m128);
+    *t = (w as u8 ^ (cb >> side & *t)) & 1;
+}
+
 /// Party evaluation: `out[i]` (0 or 1) receives this party's XOR share of
 /// `[xs[i] < alpha_i]`. Large batches use every core ([`Parallelism::auto`]); the output does
 /// not depend on the split.
@@ -549,21 +565,22 @@ fn eval_range(v: &View<'_>, first: usize, xs: &[u64], out: &mut [u8]) {
             for c0 in (0..len).step_by(CHUNK) {
                 let c1 = (c0 + CHUNK).min(len);
                 let bl = &mut buf[..c1 - c0];
-                for ((b, x), sk) in bl.iter_mut().zip(&xw[c0..c1]).zip(&s[c0..c1]) {
+                // The chunk's slices, all of one length: no bounds checks in the loops.
+                let (xc, sc) = (&xw[c0..c1], &mut s[c0..c1]);
+                let (tc, oc) = (&mut t[c0..c1], &mut ow[c0..c1]);
+                let cc = &cws[16 * c0..16 * c1];
+                for ((b, x), sk) in bl.iter_mut().zip(xc).zip(sc.iter()) {
                     *b = to_block(sk ^ tweak(((x >> shift) & 1) as usize, 0));
                 }
                 aes.encrypt_blocks(bl);
-                for (b, i) in bl.iter().zip(c0..c1) {
-                    let side = ((xw[i] >> shift) & 1) as u32;
-                    let tk = t[i];
-                    let w = unmask(b, s[i], side as usize);
-                    let cw = read_u128(cws, i);
-                    // Branch-free correction: the control bit is a coin flip per key and level.
-                    let m128 = 0u128.wrapping_sub(u128::from(tk));
-                    let cb = cw as u8;
-                    ow[i] ^= ((w >> 1) as u8 ^ (cb >> 2 & tk)) & 1;
-                    s[i] = (w & SEED_MASK) ^ (cw & SEED_MASK & m128);
-                    t[i] = (w as u8 ^ (cb >> side & tk)) & 1;
+                let rows = bl.iter().zip(xc).zip(sc.iter_mut());
+                for ((((b, x), sk), (tk, ok)), cwb) in rows
+                    .zip(tc.iter_mut().zip(oc.iter_mut()))
+                    .zip(cc.chunks_exact(16))
+                {
+                    let side = ((x >> shift) & 1) as u32;
+                    let w = unmask(b, *sk, side as usize);
+                    level_step(w, side, cwb, sk, tk, ok);
                 }
             }
         }
