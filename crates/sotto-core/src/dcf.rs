@@ -958,38 +958,43 @@ fn eval_range_m<const M: usize>(v: &View<'_>, first: usize, xs: &[u64], out: &mu
             for c0 in (0..len).step_by(CHUNK) {
                 let c1 = (c0 + CHUNK).min(len);
                 let bl = &mut buf[..(c1 - c0) * nb];
-                for ((blocks, x), sk) in bl.chunks_exact_mut(nb).zip(&xw[c0..c1]).zip(&s[c0..c1]) {
+                // The chunk's slices, cut once: no bounds checks per key.
+                let (xc, sc, tc) = (&xw[c0..c1], &mut s[c0..c1], &mut t[c0..c1]);
+                let (oc, vc) = (&mut ow[c0 * m..c1 * m], &cw_v[8 * m * c0..8 * m * c1]);
+                let sc_s = &cw_s[16 * c0..16 * c1];
+                for ((blocks, x), sk) in bl.chunks_exact_mut(nb).zip(xc).zip(sc.iter()) {
                     let side = ((x >> shift) & 1) as usize;
                     for (j, b) in blocks.iter_mut().enumerate() {
                         *b = to_block(sk ^ tweak(side, j));
                     }
                 }
                 aes.encrypt_blocks(bl);
-                for (blocks, i) in bl.chunks_exact(nb).zip(c0..c1) {
-                    let side = ((xw[i] >> shift) & 1) as usize;
-                    let sk = s[i];
-                    let tk = t[i];
-                    let first = from_block(&blocks[0]) ^ sk ^ tweak(side, 0);
+                let rows = bl.chunks_exact(nb).zip(xc).zip(sc.iter_mut());
+                let words = oc.chunks_exact_mut(m).zip(vc.chunks_exact(8 * m));
+                for (i, ((((blocks, x), sk), tk), (o, v))) in
+                    rows.zip(tc.iter_mut()).zip(words).enumerate()
+                {
+                    let side = ((x >> shift) & 1) as usize;
+                    let first = from_block(&blocks[0]) ^ *sk ^ tweak(side, 0);
                     // Branch-free correction: the control bit is a coin flip per key and level.
-                    let mask = 0u64.wrapping_sub(u64::from(tk));
-                    let mask128 = 0u128.wrapping_sub(u128::from(tk));
-                    let o = &mut ow[i * m..(i + 1) * m];
+                    let mask = 0u64.wrapping_sub(u64::from(*tk));
+                    let mask128 = 0u128.wrapping_sub(u128::from(*tk));
                     for jv in 0..nv {
-                        let w = from_block(&blocks[jv + 1]) ^ sk ^ tweak(side, jv + 1);
+                        let w = from_block(&blocks[jv + 1]) ^ *sk ^ tweak(side, jv + 1);
                         let h = 2 * jv;
                         o[h] = o[h]
                             .wrapping_add(w as u64)
-                            .wrapping_add(read_u64(cw_v, i * m + h) & mask);
+                            .wrapping_add(read_u64(v, h) & mask);
                         if h + 1 < m {
                             o[h + 1] = o[h + 1]
                                 .wrapping_add((w >> 64) as u64)
-                                .wrapping_add(read_u64(cw_v, i * m + h + 1) & mask);
+                                .wrapping_add(read_u64(v, h + 1) & mask);
                         }
                     }
-                    let cws = read_u128(cw_s, i);
-                    let cwt = if packed { cws as u8 } else { cw_t[i] };
-                    s[i] = (first & smask) ^ (cws & smask & mask128);
-                    t[i] = ((first & 1) as u8) ^ ((cwt >> side) & tk & 1);
+                    let cws = read_u128(sc_s, i);
+                    let cwt = if packed { cws as u8 } else { cw_t[c0 + i] };
+                    *sk = (first & smask) ^ (cws & smask & mask128);
+                    *tk = ((first & 1) as u8) ^ ((cwt >> side) & *tk & 1);
                 }
             }
         }
