@@ -117,7 +117,7 @@ impl Layout {
 
 /// A validated encoding, borrowed: what evaluation reads.
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub(crate) struct View<'a> {
     party: u8,
     n: usize,
     count: usize,
@@ -539,6 +539,14 @@ fn eval_view(v: &View<'_>, xs: &[u64], out: &mut [u8], par: Parallelism) -> Resu
 /// one after the other (each level's corrections of a window are read in one sequential run),
 /// [`CHUNK`] keys per AES call.
 fn eval_range(v: &View<'_>, first: usize, xs: &[u64], out: &mut [u8]) {
+    if !crate::simd::dcf_bit_eval(v, first, xs, out) {
+        eval_range_body(v, first, xs, out)
+    }
+}
+
+/// [`eval_range`]'s portable body (also compiled for AVX-512 in [`crate::simd`]).
+#[inline(always)]
+pub(crate) fn eval_range_body(v: &View<'_>, first: usize, xs: &[u64], out: &mut [u8]) {
     let (n, count) = (v.n, v.count);
     let nu = nu(n);
     let levels = n - nu;
@@ -826,6 +834,48 @@ mod tests {
         assert!(e0.is_empty());
         eval(&e0, &[], &mut []).expect("valid");
         assert_eq!(BitKeys::from_vec(e0.to_bytes()).expect("valid"), e0);
+    }
+
+    /// The AVX-512 build of the evaluation (where this processor has it) against the portable
+    /// build, called directly, for both parties' keys, widths 3 to 64 and every window tail.
+    #[test]
+    fn wider_build_equals_portable_build() {
+        eprintln!(
+            "one-bit DCF build: {}",
+            crate::simd::kernel().unwrap_or("portable")
+        );
+        let seed = Seed::random().expect("os rng");
+        for (n, count) in [
+            (39u32, 5000usize),
+            (23, 1030),
+            (16, 9),
+            (64, 300),
+            (7, 100),
+            (3, 17),
+        ] {
+            let mut data = Prg::new(&seed, 1);
+            let t = top(n);
+            let alphas: Vec<u64> = data.vec_u64(count).iter().map(|a| a & t).collect();
+            let xs: Vec<u64> = data.vec_u64(count).iter().map(|a| a & t).collect();
+            let (mut k0, mut k1) = (Vec::new(), Vec::new());
+            let mut rng = Prg::new(&seed, 2);
+            gen_into(
+                n,
+                &alphas,
+                &mut rng,
+                Parallelism::new(2, 1),
+                &mut k0,
+                &mut k1,
+            )
+            .expect("valid");
+            for k in [&k0, &k1] {
+                let v = parse(k).expect("valid");
+                let (mut a, mut b) = (vec![0; count], vec![0; count]);
+                eval_range(&v, 0, &xs, &mut a);
+                eval_range_body(&v, 0, &xs, &mut b);
+                assert_eq!(a, b, "outputs, n={n} count={count}");
+            }
+        }
     }
 
     #[test]
