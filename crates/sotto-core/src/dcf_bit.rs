@@ -837,7 +837,8 @@ mod tests {
     }
 
     /// The AVX-512 build of the evaluation (where this processor has it) against the portable
-    /// build, called directly, for both parties' keys, widths 3 to 64 and every window tail.
+    /// build, called directly, for both parties' keys, widths 3 to 64 and counts that end
+    /// windows and AES chunks at different places.
     #[test]
     fn wider_build_equals_portable_build() {
         eprintln!(

@@ -49,7 +49,8 @@ fn enabled() -> bool {
     }
 }
 
-/// The wider build the ring product runs on this processor, if any: `"avx512"` or `None`
+/// The wider build the ring product and the one-bit key evaluation run on this processor, if
+/// any: `"avx512"` or `None`
 /// (portable code, also when [`set_enabled`] turned it off).
 pub fn kernel() -> Option<&'static str> {
     (enabled() && avx512()).then_some("avx512")
