@@ -50,8 +50,7 @@ fn enabled() -> bool {
 }
 
 /// The wider build the ring product and the one-bit key evaluation run on this processor, if
-/// any: `"avx512"` or `None`
-/// (portable code, also when [`set_enabled`] turned it off).
+/// any: `"avx512"` or `None` (portable code, also when [`set_enabled`] turned it off).
 pub fn kernel() -> Option<&'static str> {
     (enabled() && avx512()).then_some("avx512")
 }
