@@ -836,6 +836,15 @@ mod tests {
         assert_eq!(BitKeys::from_vec(e0.to_bytes()).expect("valid"), e0);
     }
 
+    /// `count` random thresholds and as many random inputs on `n` bits, from stream 1 of `seed`.
+    fn thresholds_and_inputs(seed: &Seed, n: u32, count: usize) -> (Vec<u64>, Vec<u64>) {
+        let mut data = Prg::new(seed, 1);
+        let t = top(n);
+        let alphas = data.vec_u64(count).iter().map(|a| a & t).collect();
+        let xs = data.vec_u64(count).iter().map(|a| a & t).collect();
+        (alphas, xs)
+    }
+
     /// The AVX-512 build of the evaluation (where this processor has it) against the portable
     /// build, called directly, for both parties' keys, widths 3 to 64 and counts that end
     /// windows and AES chunks at different places.
@@ -854,23 +863,11 @@ mod tests {
             (7, 100),
             (3, 17),
         ] {
-            let mut data = Prg::new(&seed, 1);
-            let t = top(n);
-            let alphas: Vec<u64> = data.vec_u64(count).iter().map(|a| a & t).collect();
-            let xs: Vec<u64> = data.vec_u64(count).iter().map(|a| a & t).collect();
-            let (mut k0, mut k1) = (Vec::new(), Vec::new());
-            let mut rng = Prg::new(&seed, 2);
-            gen_into(
-                n,
-                &alphas,
-                &mut rng,
-                Parallelism::new(2, 1),
-                &mut k0,
-                &mut k1,
-            )
-            .expect("valid");
+            let (alphas, xs) = thresholds_and_inputs(&seed, n, count);
+            let par = Parallelism::SEQUENTIAL;
+            let (k0, k1) = gen_with(n, &alphas, &mut Prg::new(&seed, 2), par).expect("valid");
             for k in [&k0, &k1] {
-                let v = parse(k).expect("valid");
+                let v = k.view();
                 let (mut a, mut b) = (vec![0; count], vec![0; count]);
                 eval_range(&v, 0, &xs, &mut a);
                 eval_range_body(&v, 0, &xs, &mut b);
@@ -889,10 +886,7 @@ mod tests {
             (7, 700),
             (3, 130),
         ] {
-            let mut data = Prg::new(&seed, 1);
-            let t = top(n);
-            let alphas: Vec<u64> = data.vec_u64(count).iter().map(|a| a & t).collect();
-            let xs: Vec<u64> = data.vec_u64(count).iter().map(|a| a & t).collect();
+            let (alphas, xs) = thresholds_and_inputs(&seed, n, count);
             let seq = gen_with(n, &alphas, &mut Prg::new(&seed, 2), Parallelism::SEQUENTIAL)
                 .expect("valid");
             for threads in [1usize, 2, 3, 7] {
