@@ -60,6 +60,7 @@ pub fn run(a: DemoArgs) -> Result<(), String> {
             web: web.clone(),
             timeout: Duration::from_secs(5),
             fewer_rounds: false,
+            compact_comparisons: false,
         })
         .await?;
         let up = t.elapsed();

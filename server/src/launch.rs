@@ -38,6 +38,8 @@ pub struct LaunchOptions {
     /// The opt-in "fewer rounds" plan setting (`sotto bench --fewer-rounds`; private weights
     /// only): one set of files carries it to all three parties.
     pub fewer_rounds: bool,
+    /// The opt-in "compact comparisons" plan setting (`sotto bench --compact-comparisons`).
+    pub compact_comparisons: bool,
 }
 
 /// Three running parties.
@@ -109,19 +111,21 @@ pub fn dealing_bytes(plan: &Plan, private: bool, batch: usize) -> u64 {
         .saturating_add(step.saturating_mul(6))
 }
 
-/// Imports `path`, makes the three files of a set in memory (with the "fewer rounds" plan
-/// setting when `fewer_rounds`), and reads each party's.
+/// Imports `path`, makes the three files of a set in memory (with the "fewer rounds" and
+/// "compact comparisons" plan settings when asked), and reads each party's.
 pub fn model_entries(
     path: &Path,
     id: &str,
     private: bool,
     fewer_rounds: bool,
+    compact_comparisons: bool,
 ) -> Result<(Model, Plan, [ModelEntry; 3]), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let model = import(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     let plan = Plan::new(&model, FixedPoint::default(), 1.0)
         .map_err(|e| e.to_string())?
         .with_fewer_rounds(fewer_rounds)
+        .with_compact_comparisons(compact_comparisons)
         .for_weights(private);
     let files = make_set(&plan, &bytes, private).map_err(|e| e.to_string())?;
     let mut entries = Vec::new();
@@ -151,7 +155,13 @@ pub async fn launch_linked(
     o: &LaunchOptions,
     links: Option<(LinkSpec, Shaping)>,
 ) -> Result<Launched, String> {
-    let (model, plan, [e0, e1, eh]) = model_entries(&o.model, &o.id, o.private, o.fewer_rounds)?;
+    let (model, plan, [e0, e1, eh]) = model_entries(
+        &o.model,
+        &o.id,
+        o.private,
+        o.fewer_rounds,
+        o.compact_comparisons,
+    )?;
     // The default in-flight budget, or enough for two requests of the largest batch asked
     // for (`sotto bench --batch 100` must not be refused as too large), dealt whole: with
     // exactly twice a request's material the admission's KiB rounding left a request a few

@@ -96,6 +96,9 @@ struct Header {
     /// must know it to run the same gates.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     fewer_rounds: bool,
+    /// [`Plan::compact_comparisons`]: written only when on, like `fewer_rounds`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    compact_comparisons: bool,
 }
 
 /// A decoded model file.
@@ -169,6 +172,10 @@ pub struct SetRecord {
     /// True when the files plan the opt-in "fewer rounds" gates ([`Plan::fewer_rounds`]).
     #[serde(default)]
     pub fewer_rounds: bool,
+    /// True when the files plan the opt-in compact comparisons
+    /// ([`Plan::compact_comparisons`]).
+    #[serde(default)]
+    pub compact_comparisons: bool,
     /// When the set was made (UTC, RFC 3339).
     pub created_utc: String,
 }
@@ -290,6 +297,7 @@ pub fn make_set_with(plan: &Plan, model_bytes: &[u8], opts: SetOptions) -> Resul
             steps,
             has_weights: weights.is_some(),
             fewer_rounds: plan.fewer_rounds && opts.private,
+            compact_comparisons: plan.compact_comparisons,
         };
         let json = serde_json::to_vec(&header).map_err(|e| ModelError::Graph(e.to_string()))?;
         let mut bytes = Vec::new();
@@ -325,6 +333,7 @@ pub fn make_set_with(plan: &Plan, model_bytes: &[u8], opts: SetOptions) -> Resul
         node_names_in_server_files: opts.keep_node_names,
         file_version: VERSION,
         fewer_rounds: plan.fewer_rounds && opts.private,
+        compact_comparisons: plan.compact_comparisons,
         created_utc: utc_rfc3339(secs),
     };
     Ok(ModelSet {
@@ -471,6 +480,7 @@ pub fn read_file(bytes: &[u8], expected: Role) -> Result<PartyFile> {
         output_len: header.output_len,
         weights: Vec::new(),
         fewer_rounds: header.fewer_rounds,
+        compact_comparisons: header.compact_comparisons,
     };
     let blob = &body[15 + hlen..];
     if header.has_weights {

@@ -69,6 +69,9 @@ pub enum Gate {
         shape: PoolShape,
         /// Comparison width.
         bits: u32,
+        /// How the comparisons are made: `Fast` unless the plan's opt-in
+        /// [`Plan::compact_comparisons`] is on.
+        mode: Comparisons,
     },
     /// Average pooling: window sums times a reciprocal, then one exact truncation by
     /// [`AVG_RECIP_BITS`].
@@ -124,6 +127,16 @@ pub enum Gate {
 }
 
 impl Gate {
+    /// Makes the gate's comparisons `Compact` where it has a mode ([`Plan::compact_comparisons`]):
+    /// a max pool's tree and a ReLU without truncation then compare with one-bit keys (about
+    /// 2.4 times smaller, half the evaluation) and take one more round per comparison; a
+    /// truncating ReLU's fused gate is `Compact` already. Other gates are left as they are.
+    pub fn compact(&mut self) {
+        if let Gate::MaxPool { mode, .. } | Gate::Relu { mode, .. } = self {
+            *mode = Comparisons::Compact;
+        }
+    }
+
     /// Whether a server prepares the gate ahead of the input ([`crate::private::prepare_predict`]
     /// stops at the first gate without such a part, and the rest runs online, in order).
     pub fn has_offline_part(&self) -> bool {
@@ -154,13 +167,30 @@ impl Gate {
                 helper_bytes: 8 * op.out_len() as u64,
             },
             Gate::Product { .. } => Cost::default(),
-            Gate::MaxPool { shape, bits } => {
+            Gate::MaxPool { shape, bits, mode } => {
                 let k = shape.kernel_h * shape.kernel_w;
                 let cmps = (k.saturating_sub(1) * shape.windows()) as u64;
-                Cost {
-                    rounds: max_tree_rounds(k),
-                    online_bytes: 8 * cmps,
-                    helper_bytes: cmps * (key_bytes(*bits, 2) + 16),
+                match mode {
+                    Comparisons::Fast => Cost {
+                        rounds: max_tree_rounds(k),
+                        online_bytes: 8 * cmps,
+                        helper_bytes: cmps * (key_bytes(*bits, 2) + 16),
+                    },
+                    Comparisons::Compact => {
+                        // Each level opens its masked differences, then their packed bits.
+                        let mut bits_opened = 0;
+                        let mut left = k;
+                        while left > 1 {
+                            bits_opened += ((left / 2) * shape.windows()).div_ceil(8) as u64;
+                            left = left.div_ceil(2);
+                        }
+                        Cost {
+                            rounds: 2 * max_tree_rounds(k),
+                            online_bytes: 8 * cmps + bits_opened,
+                            helper_bytes: cmps
+                                * (dcf_bit::key_bytes(bits.saturating_sub(1)) as u64 + 16),
+                        }
+                    }
                 }
             }
             Gate::AvgPool { shape } => truncate_cost(shape.windows() as u64, AVG_RECIP_BITS),
@@ -391,6 +421,7 @@ impl Step {
             StepKind::MaxPool { params, bits } => gate(Gate::MaxPool {
                 shape: params.core_shape(batch),
                 bits,
+                mode: Comparisons::Fast,
             }),
             StepKind::AvgPool { params } => gate(Gate::AvgPool {
                 shape: params.core_shape(batch),
@@ -518,6 +549,9 @@ impl Plan {
             .iter()
             .map(|st| st.lower(batch, f))
             .collect::<Result<Vec<_>>>()?;
+        if self.compact_comparisons {
+            low.iter_mut().for_each(|l| l.gate.compact());
+        }
         fuse(&mut low, &self.relu_dense_pairs(), |l| &mut l.gate)?;
         Ok(low)
     }
@@ -540,6 +574,9 @@ impl Plan {
             .iter()
             .map(|st| st.gate(1, f).unwrap_or(Gate::Local))
             .collect();
+        if self.compact_comparisons {
+            gates.iter_mut().for_each(Gate::compact);
+        }
         if private && fuse(&mut gates, &self.relu_dense_pairs(), |g| g).is_err() {
             // (not reached: the pairs are ReLU and dense steps)
             return self.steps.iter().map(|_| Cost::default()).collect();

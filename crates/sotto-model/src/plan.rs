@@ -225,6 +225,14 @@ pub struct Plan {
     /// `7·inputs·outputs` more words of helper material per example. It changes the protocol:
     /// the three parties' files carry it, and loading a model checks that they agree.
     pub fewer_rounds: bool,
+    /// The opt-in "compact comparisons" setting (either weights mode; off by default): max
+    /// pools and ReLUs without a truncation compare with one-bit keys
+    /// ([`sotto_core::protocols::Comparisons::Compact`]), about 2.4 times smaller and half the
+    /// evaluation of the default keys, for one more round per comparison (per level of a max
+    /// tree). It pays where computation costs more than a round (parties on one host or a
+    /// LAN), not over a WAN. Truncating ReLUs use one-bit keys either way. It changes the
+    /// protocol: the three parties' files carry it, and loading a model checks that they agree.
+    pub compact_comparisons: bool,
 }
 
 impl std::fmt::Debug for Plan {
@@ -237,6 +245,7 @@ impl std::fmt::Debug for Plan {
             .field("out_frac", &self.out_frac)
             .field("weight_tensors", &self.weights.len())
             .field("fewer_rounds", &self.fewer_rounds)
+            .field("compact_comparisons", &self.compact_comparisons)
             .finish()
     }
 }
@@ -866,6 +875,7 @@ impl Plan {
             output_len: out.per,
             weights: dense,
             fewer_rounds: false,
+            compact_comparisons: false,
         };
         plan.validate()?;
         Ok(plan)
@@ -1397,6 +1407,14 @@ impl Plan {
     /// weights: [`Plan::for_weights`]`(false)` turns it off.
     pub fn with_fewer_rounds(mut self, on: bool) -> Plan {
         self.fewer_rounds = on;
+        self
+    }
+
+    /// The plan with the opt-in "compact comparisons" setting on or off
+    /// ([`Plan::compact_comparisons`]; `sotto inspect|bench|share-model|eval
+    /// --compact-comparisons`), in either weights mode.
+    pub fn with_compact_comparisons(mut self, on: bool) -> Plan {
+        self.compact_comparisons = on;
         self
     }
 

@@ -85,18 +85,18 @@ pub async fn deal_load<T: Transport>(
         for len in plan.weight_lens() {
             masks.push(p::deal_weight_mask(d, len).await.map_err(core_err)?);
         }
-        // The settings that change the protocol, for the servers to check against theirs.
-        p::deal_word(d, protocol_word(plan))
-            .await
-            .map_err(core_err)?;
     }
+    // The settings that change the protocol, for the servers to check against theirs.
+    p::deal_word(d, protocol_word(plan))
+        .await
+        .map_err(core_err)?;
     Ok(HelperLoaded { private, masks })
 }
 
 /// The plan's settings that change which gates run, as one word all three parties must
-/// hold the same (bit 0: [`Plan::fewer_rounds`]).
+/// hold the same (bit 0: [`Plan::fewer_rounds`], bit 1: [`Plan::compact_comparisons`]).
 fn protocol_word(plan: &Plan) -> u64 {
-    u64::from(plan.fewer_rounds)
+    u64::from(plan.fewer_rounds) | u64::from(plan.compact_comparisons) << 1
 }
 
 /// Opens the word the helper dealt at load ([`protocol_word`] of its plan) and refuses to go
@@ -109,14 +109,20 @@ async fn check_protocol_word<T: Transport>(s: &mut Server<T>, plan: &Plan) -> Re
         return Ok(());
     }
     let says = |w: u64| {
-        if w & 1 == 1 {
-            "plans the \"fewer rounds\" gates"
-        } else {
-            "does not plan the \"fewer rounds\" gates"
-        }
+        let on = |bit: u64, name: &str| {
+            format!(
+                "{} {name}",
+                if w >> bit & 1 == 1 { "with" } else { "without" }
+            )
+        };
+        format!(
+            "{} and {}",
+            on(0, "the \"fewer rounds\" gates"),
+            on(1, "compact comparisons")
+        )
     };
     Err(ModelError::File(format!(
-        "the helper's model file {} and {:?}'s {}; make the three files with one `sotto share-model` run (with --fewer-rounds for all or for none)",
+        "the helper's model file plans {} but {:?}'s plans {}; make the three files with one `sotto share-model` run (--fewer-rounds and --compact-comparisons for all or for none)",
         says(theirs),
         s.id(),
         says(mine)
@@ -148,8 +154,8 @@ pub async fn load<T: Transport>(
         for (w, _) in &weights.dense {
             private.push(p::load_private_weight(s, w).await.map_err(core_err)?);
         }
-        check_protocol_word(s, plan).await?;
     }
+    check_protocol_word(s, plan).await?;
     Ok(Loaded { weights, private })
 }
 
@@ -180,7 +186,7 @@ async fn deal_gate<T: Transport>(d: &mut Dealer<T>, h: &HelperLoaded, gate: &Gat
             let mask = h.masks.get(*weight).ok_or_else(|| no_weight(*weight))?;
             p::deal_bilinear_private(d, op, mask).await
         }
-        Gate::MaxPool { shape, bits } => p::deal_maxpool(d, shape, *bits).await,
+        Gate::MaxPool { shape, bits, mode } => p::deal_maxpool_with(d, shape, *bits, *mode).await,
         Gate::AvgPool { shape } => p::deal_avgpool(d, shape).await,
         Gate::Truncate { n, f } => p::deal_truncate(d, *n, *f).await,
         Gate::Relu {
@@ -324,8 +330,8 @@ async fn prepare_gate<T: Transport>(
                 .await
                 .map_err(core_err)?,
         )),
-        Gate::MaxPool { shape, bits } => PreparedStep::MaxPool(
-            p::prepare_maxpool(s, shape, *bits)
+        Gate::MaxPool { shape, bits, mode } => PreparedStep::MaxPool(
+            p::prepare_maxpool_with(s, shape, *bits, *mode)
                 .await
                 .map_err(core_err)?,
         ),
@@ -472,9 +478,9 @@ impl<T: Transport> Backend for ServerRun<'_, T> {
                     p::bilinear_public(op, x, w)
                 }
             }
-            Gate::MaxPool { shape, bits } => match ready {
+            Gate::MaxPool { shape, bits, mode } => match ready {
                 Some(PreparedStep::MaxPool(pm)) => p::finish_maxpool(s, pm, x).await,
-                _ => p::maxpool(s, x, shape, *bits).await,
+                _ => p::maxpool_with(s, x, shape, *bits, *mode).await,
             },
             Gate::AvgPool { shape } => match ready {
                 Some(PreparedStep::Truncate(pt)) => p::finish_avgpool(s, pt, x, shape).await,
