@@ -4,17 +4,18 @@
 //!
 //! - `p0.sotto`, `p1.sotto`: the plan (step kinds, shapes, comparison widths, shifts,
 //!   fractional bits, input shape and declared input bound, output length, whether the client
-//!   applies a softmax, the opt-in "fewer rounds" setting [`Plan::fewer_rounds`]) and, in
+//!   applies a softmax, the opt-in settings [`Plan::fewer_rounds`] and
+//!   [`Plan::compact_comparisons`]) and, in
 //!   private-weights mode, an additive share of every weight (in public mode, the plain
 //!   weights). Steps are named `step0`, `step1`, ... unless the operator asks to keep the
 //!   ONNX node names ([`SetOptions::keep_node_names`]).
 //! - `helper.sotto`: only what the helper needs to deal material: the step kinds and shapes,
 //!   comparison widths, shifts, fractional bits, input and output lengths, the weights mode,
-//!   the "fewer rounds" setting (which changes the gates it deals; loading a model checks
-//!   that the helper's setting is the servers'). No weights, no node names, no input bound
+//!   the "fewer rounds" and "compact comparisons" settings (which change the gates it deals;
+//!   loading a model checks that the helper's settings are the servers'). No weights, no node names, no input bound
 //!   (written 0.0), no softmax flag, a flat input shape.
 //! - `set.json` ([`SetRecord`]): the set id, the SHA-256 of the ONNX file, the fractional
-//!   bits, the weights mode, the "fewer rounds" setting and the date. It stays with the model owner and is not copied to
+//!   bits, the weights mode, the two opt-in settings and the date. It stays with the model owner and is not copied to
 //!   the parties' hosts.
 //!
 //! No party file carries a step's value bound (an aggregate of the weights' magnitudes: every
