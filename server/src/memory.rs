@@ -65,11 +65,26 @@ pub fn fit(plan: &Plan, private: bool, asked: usize, budget: u64) -> Result<Fit,
     let step = plan.largest_step_material(private).max(1).saturating_mul(4);
     let batch = ((budget - 2 * window) / step).min(asked as u64) as usize;
     if batch == 0 {
-        let need = (step + step / 3).div_ceil(1 << 20) + 1;
+        let need = |plan: &Plan| {
+            let step = plan.largest_step_material(private).max(1).saturating_mul(4);
+            (step + step / 3).div_ceil(1 << 20) + 1
+        };
+        // Where one-bit keys make the heaviest step smaller (a max pool), say so.
+        let compact = plan.clone().with_compact_comparisons(true);
+        let hint = if !plan.compact_comparisons && need(&compact) < need(plan) {
+            format!(
+                " (with --compact-comparisons, one-bit keys for max pools at one more round per level, it needs {:.0} MiB: --memory-budget-mb {} or more)",
+                compact.largest_step_material(private) as f64 / (1 << 20) as f64,
+                need(&compact)
+            )
+        } else {
+            String::new()
+        };
         return Err(format!(
-            "one input's heaviest step needs {:.0} MiB of helper material per server, more than --memory-budget-mb {} allows: give at least --memory-budget-mb {need}",
+            "one input's heaviest step needs {:.0} MiB of helper material per server, more than --memory-budget-mb {} allows{hint}: give at least --memory-budget-mb {}",
             plan.largest_step_material(private) as f64 / (1 << 20) as f64,
-            budget >> 20
+            budget >> 20,
+            need(plan)
         ));
     }
     Ok(Fit {
@@ -127,5 +142,26 @@ mod tests {
             .and_then(|v| v.parse().ok())
             .expect("a number at the end");
         assert_eq!(fit(&p, true, 1, need << 20).expect("enough").batch, 1);
+        // The bundled CNN's heaviest step is its max pool: the message names the setting
+        // that shrinks it, and the budget it names for it is enough with it.
+        assert!(e.contains("--compact-comparisons"), "{e}");
+        let compact_need: u64 = e
+            .split("--compact-comparisons")
+            .nth(1)
+            .and_then(|t| t.split("--memory-budget-mb ").nth(1))
+            .and_then(|t| t.split(' ').next())
+            .and_then(|v| v.parse().ok())
+            .expect("a budget for the setting");
+        assert!(compact_need < need, "{e}");
+        let compact = p.clone().with_compact_comparisons(true);
+        assert_eq!(
+            fit(&compact, true, 1, compact_need << 20)
+                .expect("enough")
+                .batch,
+            1
+        );
+        // With the setting on, no hint.
+        let e = fit(&compact, true, 1, 1 << 10).expect_err("too small");
+        assert!(!e.contains("--compact-comparisons"), "{e}");
     }
 }
