@@ -514,8 +514,11 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
                 pairs.len()
             );
         }
-    } else if numbers.fewer_rounds {
-        println!("fewer rounds: no effect with public weights (their products are local)");
+    } else {
+        println!("once per loaded model: 1 round of 8 B (the helper's protocol settings checked)");
+        if numbers.fewer_rounds {
+            println!("fewer rounds: no effect with public weights (their products are local)");
+        }
     }
     if plan.compact_comparisons {
         println!(

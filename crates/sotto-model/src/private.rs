@@ -129,8 +129,9 @@ async fn check_protocol_word<T: Transport>(s: &mut Server<T>, plan: &Plan) -> Re
     )))
 }
 
-/// Loads a model on a server (private mode: opens `W − B` once per dense layer, then the
-/// word of the helper's protocol settings, which must equal this plan's: one more round).
+/// Loads a model on a server: in private mode opens `W − B` once per dense layer; in either
+/// mode then opens the word of the helper's protocol settings, which must equal this plan's
+/// (one round of 8 bytes).
 pub async fn load<T: Transport>(
     s: &mut Server<T>,
     plan: &Plan,
