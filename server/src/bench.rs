@@ -518,6 +518,33 @@ fn plan_pools(
     model_file_bytes: u64,
     budget_mb: u64,
 ) -> Result<(Vec<Pool>, Vec<Pool>, Value), String> {
+    let pools =
+        |plan: &Plan| plan_pools_of(plan, private, first, sustained, model_file_bytes, budget_mb);
+    pools(plan).map_err(|e| {
+        // One-bit keys for max pools may be what makes the sessions fit: say so.
+        let compact = plan.clone().with_compact_comparisons(true);
+        if !plan.compact_comparisons
+            && compact.material_per_input(private) < plan.material_per_input(private)
+            && pools(&compact).is_ok()
+        {
+            format!(
+                "{e} (or --compact-comparisons: with one-bit keys for max pools this budget fits)"
+            )
+        } else {
+            e
+        }
+    })
+}
+
+/// [`plan_pools`] for `plan` as it is.
+fn plan_pools_of(
+    plan: &Plan,
+    private: bool,
+    first: &[(usize, usize)],
+    sustained: &[(usize, usize)],
+    model_file_bytes: u64,
+    budget_mb: u64,
+) -> Result<(Vec<Pool>, Vec<Pool>, Value), String> {
     let launches = if sustained.is_empty() { 1 } else { 2 };
     let fixed = crate::launch::fixed_bytes(model_file_bytes).saturating_mul(launches);
     let max_batch = first.iter().map(|p| p.0).max().unwrap_or(1);
@@ -928,5 +955,23 @@ mod tests {
         )
         .expect("fits");
         assert_eq!(pools[0].sessions, 400);
+    }
+
+    #[test]
+    fn a_refusal_names_compact_comparisons_where_they_make_the_pools_fit() {
+        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/cnn.onnx"))
+            .expect("bundled cnn");
+        let m = sotto_model::import(&bytes).expect("imports");
+        let plan = Plan::new(&m, sotto_core::fixed::FixedPoint::default(), 1.0).expect("plans");
+        let first = [(1, 40), (100, 4)];
+        let len = bytes.len() as u64;
+        let budget = DEFAULT_MEMORY_BUDGET_MB;
+        let e = plan_pools(&plan, true, &first, &[], len, budget).expect_err("too small");
+        assert!(e.contains("--compact-comparisons"), "{e}");
+        let compact = plan.clone().with_compact_comparisons(true);
+        plan_pools(&compact, true, &first, &[], len, budget).expect("fits with one-bit keys");
+        // Where the setting would not help, no hint.
+        let e = plan_pools(&plan, true, &first, &[], len, 64).expect_err("too small");
+        assert!(!e.contains("--compact-comparisons"), "{e}");
     }
 }
