@@ -524,6 +524,22 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
         println!(
             "compact comparisons: max pools and ReLUs without a truncation compare with one-bit keys (one more round per comparison)"
         );
+    } else {
+        // What the opt-in setting would change, where it applies.
+        let compact = plan.clone().with_compact_comparisons(true);
+        let sum = |p: &Plan| {
+            p.step_costs(private)
+                .iter()
+                .fold((0u32, 0u64), |(r, h), c| (r + c.rounds, h + c.helper_bytes))
+        };
+        let ((r0, h0), (r1, h1)) = (sum(&plan), sum(&compact));
+        if h1 < h0 {
+            println!(
+                "with --compact-comparisons (one-bit keys for max pools and untruncated ReLUs): {r1} server rounds (+{}), {h1} B of helper material per server (−{:.1} %): less computation, more round trips",
+                r1 - r0,
+                100.0 * (h0 - h1) as f64 / h0 as f64
+            );
+        }
     }
     for st in &plan.steps {
         // What an approximated activation costs in accuracy.

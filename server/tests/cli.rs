@@ -40,6 +40,38 @@ fn inspect_prints_every_layer_and_totals() {
 }
 
 #[test]
+fn inspect_says_what_compact_comparisons_change_and_eval_runs_with_them() {
+    let (ok, out, err) = sotto(&["inspect", &m("cnn.onnx")]);
+    assert!(ok, "{err}");
+    assert!(out.contains("11 server rounds"), "{out}");
+    assert!(
+        out.contains("with --compact-comparisons") && out.contains("13 server rounds (+2)"),
+        "{out}"
+    );
+    let (ok, out, err) = sotto(&["inspect", &m("cnn.onnx"), "--compact-comparisons"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("13 server rounds"), "{out}");
+    assert!(out.contains("MaxPool: FSS max tree, one-bit keys"), "{out}");
+    // The same predictions, privately, with the setting.
+    let (ok, out, err) = sotto(&[
+        "eval",
+        "--model",
+        &m("cnn.onnx"),
+        "--input",
+        &m("mnist_test_images.npy"),
+        "--labels",
+        &m("mnist_test_labels.npy"),
+        "--limit",
+        "20",
+        "--compact-comparisons",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(v["n"], 20);
+    assert_eq!(v["argmax_agreement"], 1.0, "{out}");
+}
+
+#[test]
 fn eval_reports_json_and_agrees_with_tensorflow() {
     let (ok, out, err) = sotto(&[
         "eval",
