@@ -4,17 +4,17 @@
 //! bit, with both weights modes, in the predicted rounds and with less helper material; the
 //! files of a set carry the setting, and parties whose files disagree on it are refused.
 
+mod common;
+
 use proptest::prelude::*;
 use sotto_core::fixed::FixedPoint;
-use sotto_core::local::{no_client, run_local, LocalTransport};
 use sotto_core::prg::Prg;
 use sotto_core::protocols::max_tree_rounds;
-use sotto_core::session::{Dealer, Server};
 use sotto_core::transport::PartyId;
 use sotto_model::files::{make_set, read_file, Role};
 use sotto_model::ir::{Dim, Layer, Model, Named, PoolParams};
 use sotto_model::plan::StepKind;
-use sotto_model::private::{deal_load, load, run_in_process, share_weights};
+use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Plan};
 
 fn root() -> std::path::PathBuf {
@@ -148,26 +148,8 @@ fn parties_whose_files_disagree_on_the_setting_are_refused() {
             (&plan, [&compact, &plan]),
         ] {
             // Loading alone: each server that disagrees with the helper says why.
-            let run = run_local(
-                |mut d: Dealer<LocalTransport>| async move {
-                    deal_load(&mut d, helper, private).await.map_err(m2c)?;
-                    Ok(())
-                },
-                |mut s: Server<LocalTransport>| {
-                    let w = &w;
-                    async move {
-                        let i = s.id().index();
-                        Ok(load(&mut s, servers[i], w[i].clone())
-                            .await
-                            .err()
-                            .map(|e| e.to_string()))
-                    }
-                },
-                no_client,
-                true,
-            )
-            .expect("runs");
-            for (i, e) in [run.p0, run.p1].into_iter().enumerate() {
+            let errors = common::load_errors(helper, servers, &w, private);
+            for (i, e) in errors.into_iter().enumerate() {
                 if servers[i].compact_comparisons == helper.compact_comparisons {
                     assert_eq!(e, None);
                 } else {
@@ -261,10 +243,6 @@ fn pool_model(
         softmax_at_client: false,
         output_name: "y".into(),
     }
-}
-
-fn m2c(e: sotto_model::ModelError) -> sotto_core::CoreError {
-    sotto_core::CoreError::Protocol(e.to_string())
 }
 
 fn cfg() -> ProptestConfig {

@@ -3,16 +3,16 @@
 //! (`Gate::ReluDense`). Private predictions equal the plaintext twin and the plan without the
 //! setting bit for bit, in fewer rounds; parties whose files disagree on it are refused.
 
+mod common;
+
 use proptest::prelude::*;
 use sotto_core::fixed::FixedPoint;
-use sotto_core::local::{no_client, run_local, LocalTransport};
 use sotto_core::prg::Prg;
-use sotto_core::session::{Dealer, Server};
 use sotto_core::transport::PartyId;
 use sotto_model::files::{make_set, read_file, Role};
 use sotto_model::interp::Gate;
 use sotto_model::ir::{Dim, Layer, Model, Named};
-use sotto_model::private::{deal_load, load, run_in_process, share_weights};
+use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Plan};
 
 fn root() -> std::path::PathBuf {
@@ -129,26 +129,8 @@ fn parties_whose_files_disagree_on_the_setting_are_refused() {
         (&fewer, [&plan, &fewer]),
         (&plan, [&plan, &fewer]),
     ] {
-        let run = run_local(
-            |mut d: Dealer<LocalTransport>| async move {
-                deal_load(&mut d, helper, true).await.map_err(m2c)?;
-                Ok(())
-            },
-            |mut s: Server<LocalTransport>| {
-                let w = &w;
-                async move {
-                    let i = s.id().index();
-                    Ok(load(&mut s, servers[i], w[i].clone())
-                        .await
-                        .err()
-                        .map(|e| e.to_string()))
-                }
-            },
-            no_client,
-            true,
-        )
-        .expect("runs");
-        for (i, e) in [run.p0, run.p1].into_iter().enumerate() {
+        let errors = common::load_errors(helper, servers, &w, true);
+        for (i, e) in errors.into_iter().enumerate() {
             if servers[i].fewer_rounds == helper.fewer_rounds {
                 assert_eq!(e, None);
             } else {
@@ -172,10 +154,6 @@ fn parties_whose_files_disagree_on_the_setting_are_refused() {
         );
         assert!(run_in_process(&plan, servers, &w, &x, 1).is_err() != (servers == [&plan, &plan]));
     }
-}
-
-fn m2c(e: sotto_model::ModelError) -> sotto_core::CoreError {
-    sotto_core::CoreError::Protocol(e.to_string())
 }
 
 /// A dense layer of random weights (at most 1 in magnitude, the first 1, so that a plan with
