@@ -527,12 +527,11 @@ fn inspect(path: &Path, numbers: &Numbers, private: bool) -> Result<(), String> 
     } else {
         // What the opt-in setting would change, where it applies.
         let compact = plan.clone().with_compact_comparisons(true);
-        let sum = |p: &Plan| {
-            p.step_costs(private)
-                .iter()
-                .fold((0u32, 0u64), |(r, h), c| (r + c.rounds, h + c.helper_bytes))
-        };
-        let ((r0, h0), (r1, h1)) = (sum(&plan), sum(&compact));
+        let (r0, h0) = (total.rounds, total.helper_bytes);
+        let (r1, h1) = compact
+            .step_costs(private)
+            .iter()
+            .fold((0u32, 0u64), |(r, h), c| (r + c.rounds, h + c.helper_bytes));
         if h1 < h0 {
             println!(
                 "with --compact-comparisons (one-bit keys for max pools and untruncated ReLUs): {r1} server rounds (+{}), {h1} B of helper material per server (−{:.1} %): less computation, more round trips",

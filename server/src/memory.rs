@@ -62,11 +62,12 @@ pub fn fit(plan: &Plan, private: bool, asked: usize, budget: u64) -> Result<Fit,
     // Streamed: a quarter of the budget for the two windows, the rest for the step being
     // run (four times its material at most, in the two servers).
     let window = budget / 8;
-    let step = plan.largest_step_material(private).max(1).saturating_mul(4);
+    let step_of = |plan: &Plan| plan.largest_step_material(private).max(1).saturating_mul(4);
+    let step = step_of(plan);
     let batch = ((budget - 2 * window) / step).min(asked as u64) as usize;
     if batch == 0 {
         let need = |plan: &Plan| {
-            let step = plan.largest_step_material(private).max(1).saturating_mul(4);
+            let step = step_of(plan);
             (step + step / 3).div_ceil(1 << 20) + 1
         };
         // Where one-bit keys make the heaviest step smaller (a max pool), say so.
