@@ -71,8 +71,9 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with = "public_weights")]
     pub fewer_rounds: bool,
     /// Opt-in plan setting: max pools and ReLUs without a truncation compare with one-bit keys,
-    /// one more round per comparison (CIFAR-10 CNN: 21 → 25 rounds, 23 % less helper material
-    /// and less online CPU; a loss over a WAN)
+    /// one more round per comparison, and ReLUs behind non-overlapping max pools run after them
+    /// (CIFAR-10 CNN: 21 → 25 rounds, 36 % less helper material and less online CPU; a loss
+    /// over a WAN)
     #[arg(long)]
     pub compact_comparisons: bool,
 }

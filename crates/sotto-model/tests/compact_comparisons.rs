@@ -3,6 +3,8 @@
 //! max-tree level). Private predictions equal the plaintext twin and the default plan bit for
 //! bit, with both weights modes, in the predicted rounds and with less helper material; the
 //! files of a set carry the setting, and parties whose files disagree on it are refused.
+//! The setting also moves a ReLU behind a non-overlapping max pool after it
+//! ([`Plan::pool_first`]), with the same numbers bit for bit.
 
 mod common;
 
@@ -12,7 +14,7 @@ use sotto_core::prg::Prg;
 use sotto_core::protocols::max_tree_rounds;
 use sotto_core::transport::PartyId;
 use sotto_model::files::{make_set, read_file, Role};
-use sotto_model::ir::{Dim, Layer, Model, Named, PoolParams};
+use sotto_model::ir::{ConvParams, Dim, Layer, Model, Named, PoolParams};
 use sotto_model::plan::StepKind;
 use sotto_model::private::{run_in_process, share_weights};
 use sotto_model::{import, Plan};
@@ -88,6 +90,21 @@ fn the_bundled_cnn_gives_the_same_outputs_with_one_bit_pool_keys() {
     let compact = plan.clone().with_compact_comparisons(true);
     let added = added_rounds(&plan);
     assert!(added > 0, "the bundled CNN has a max pool");
+    // Its first ReLU moved after the 2×2 pool.
+    let kinds = |p: &Plan| -> Vec<&'static str> {
+        p.steps
+            .iter()
+            .map(|st| match st.kind {
+                StepKind::Relu { .. } => "relu",
+                StepKind::MaxPool { .. } => "pool",
+                _ => "-",
+            })
+            .filter(|k| *k != "-")
+            .collect()
+    };
+    assert_eq!(kinds(&plan), ["relu", "pool", "relu"]);
+    assert_eq!(kinds(&compact), ["pool", "relu", "relu"]);
+    compact.validate().expect("a valid plan");
     let mut prg = Prg::from_os().expect("os rng");
     for private in [true, false] {
         let (plan, compact) = (
@@ -247,7 +264,7 @@ fn pool_model(
 
 fn cfg() -> ProptestConfig {
     ProptestConfig {
-        cases: 16,
+        cases: 24,
         ..ProptestConfig::default()
     }
 }
@@ -288,6 +305,175 @@ proptest! {
         );
         let x = inputs(&plan, batch, &mut prg);
         let twin = plan.eval_fixed(&x, batch).expect("twin");
+        let (out, msgs) = run(&compact, private, &x, batch);
+        prop_assert_eq!(&out, &twin);
+        prop_assert_eq!(
+            msgs,
+            load_messages(&plan, private) + u64::from(rounds(&compact, private))
+        );
+    }
+}
+
+/// A convolution (2 output channels, 3×3, padded by one) of `c` channels of `h × w`, a ReLU
+/// (truncating: the product has `2f` bits), a max pool of the given geometry (its input
+/// padded with `pad` bottom and right rows and columns when `pad > 0`), then a dense layer.
+fn conv_relu_pool(
+    [c, h, w]: [usize; 3],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    pad: usize,
+    prg: &mut Prg,
+) -> Model {
+    let o = 2;
+    let chw = |cc, hh, ww| vec![Dim::Batch, Dim::Fixed(cc), Dim::Fixed(hh), Dim::Fixed(ww)];
+    let rand = |n: usize, scale: f32, prg: &mut Prg| -> Vec<f32> {
+        prg.vec_u64(n)
+            .iter()
+            .map(|v| ((*v >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale)
+            .collect()
+    };
+    let (ph, pw) = (h + pad, w + pad);
+    let (oh, ow) = (
+        (ph - kernel[0]) / stride[0] + 1,
+        (pw - kernel[1]) / stride[1] + 1,
+    );
+    let mut layers = vec![
+        Named {
+            node: "conv".into(),
+            layer: Layer::Conv2d {
+                shape: ConvParams {
+                    in_chw: [c, h, w],
+                    out_channels: o,
+                    kernel: [3, 3],
+                    stride: [1, 1],
+                    pads: [1, 1, 1, 1],
+                    group: 1,
+                },
+                weights: rand(o * c * 9, 0.5, prg),
+                bias: rand(o, 0.25, prg),
+            },
+            out_shape: chw(o, h, w),
+            inputs: vec![0],
+        },
+        Named {
+            node: "relu".into(),
+            layer: Layer::Relu,
+            out_shape: chw(o, h, w),
+            inputs: vec![1],
+        },
+    ];
+    if pad > 0 {
+        layers.push(Named {
+            node: "pad".into(),
+            layer: Layer::Pad {
+                in_chw: [o, h, w],
+                pads: [0, 0, pad, pad],
+                value: f32::NEG_INFINITY,
+            },
+            out_shape: chw(o, ph, pw),
+            inputs: vec![2],
+        });
+    }
+    let n = layers.len();
+    layers.push(Named {
+        node: "pool".into(),
+        layer: Layer::MaxPool(PoolParams {
+            in_chw: [o, ph, pw],
+            kernel,
+            stride,
+        }),
+        out_shape: chw(o, oh, ow),
+        inputs: vec![n],
+    });
+    let feats = o * oh * ow;
+    layers.push(Named {
+        node: "flatten".into(),
+        layer: Layer::Flatten,
+        out_shape: vec![Dim::Batch, Dim::Fixed(feats)],
+        inputs: vec![n + 1],
+    });
+    layers.push(Named {
+        node: "dense".into(),
+        layer: Layer::Dense {
+            inputs: feats,
+            outputs: 3,
+            weights: rand(feats * 3, 1.0 / (feats as f32).sqrt(), prg),
+            bias: vec![0.125; 3],
+        },
+        out_shape: vec![Dim::Batch, Dim::Fixed(3)],
+        inputs: vec![n + 2],
+    });
+    Model {
+        input_name: "x".into(),
+        input_shape: chw(c, h, w),
+        layers,
+        softmax_at_client: false,
+        output_name: "y".into(),
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    /// With the setting, a truncating ReLU behind a max pool whose windows do not overlap
+    /// runs after the pool (padded or not), in the same rounds and with less helper material;
+    /// behind an overlapping pool it stays. Either way the plan computes the default plan's
+    /// numbers bit for bit, and the private run equals that twin.
+    #[test]
+    fn relus_move_after_non_overlapping_pools_with_the_same_numbers(
+        c in 1usize..3,
+        h in 2usize..7,
+        w in 2usize..7,
+        kh in 1usize..4,
+        kw in 1usize..4,
+        dh in 0usize..3,
+        dw in 0usize..3,
+        pad in 0usize..2,
+        private in any::<bool>(),
+        batch in 1usize..3,
+    ) {
+        let (kh, kw) = (kh.min(h).max(pad + 1), kw.min(w).max(pad + 1));
+        // Strides one below the window (overlapping), equal to it or one above.
+        let (sh, sw) = ((kh + dh).saturating_sub(1).max(1), (kw + dw).saturating_sub(1).max(1));
+        let mut prg = Prg::from_os().expect("os rng");
+        let model = conv_relu_pool([c, h, w], [kh, kw], [sh, sw], pad, &mut prg);
+        let plan = Plan::new(&model, FixedPoint::default(), 1.0)
+            .expect("plans")
+            .for_weights(private);
+        let compact = plan.clone().with_compact_comparisons(true);
+        compact.validate().expect("a valid plan");
+        let relu_at = |p: &Plan| {
+            p.steps
+                .iter()
+                .position(|st| matches!(st.kind, StepKind::Relu { shift, .. } if shift > 0))
+                .expect("a truncating ReLU")
+        };
+        let pool_at = |p: &Plan| {
+            p.steps
+                .iter()
+                .position(|st| matches!(st.kind, StepKind::MaxPool { .. }))
+                .expect("a pool")
+        };
+        prop_assert!(relu_at(&plan) < pool_at(&plan));
+        let moved = relu_at(&compact) > pool_at(&compact);
+        // Only behind windows that do not overlap, and only where it saves material: always
+        // behind an unpadded 2×2 pool at stride 2 that covers the input.
+        if moved {
+            prop_assert!(sh >= kh && sw >= kw);
+            let mut unmoved = plan.clone();
+            unmoved.compact_comparisons = true;
+            prop_assert!(compact.material_per_input(private) < unmoved.material_per_input(private));
+        }
+        if (kh, kw, sh, sw, pad, h % 2, w % 2) == (2, 2, 2, 2, 0, 0, 0) {
+            prop_assert!(moved);
+        }
+        prop_assert_eq!(
+            rounds(&compact, private),
+            rounds(&plan, private) + added_rounds(&plan)
+        );
+        let x = inputs(&plan, batch, &mut prg);
+        let twin = plan.eval_fixed(&x, batch).expect("twin");
+        prop_assert_eq!(&compact.eval_fixed(&x, batch).expect("twin"), &twin);
         let (out, msgs) = run(&compact, private, &x, batch);
         prop_assert_eq!(&out, &twin);
         prop_assert_eq!(
