@@ -718,7 +718,7 @@ fn plain(path: &Path, input: &Path, limit: Option<usize>, numbers: &Numbers) -> 
     if let Some(l) = limit {
         x.truncate(l.saturating_mul(per));
     }
-    if x.is_empty() || per == 0 || x.len() % per != 0 {
+    if x.is_empty() || per == 0 || !x.len().is_multiple_of(per) {
         return Err(format!(
             "{} values do not make whole inputs of {per} values each",
             x.len()

@@ -40,7 +40,7 @@ use rand_core::RngCore;
 use crate::error::{CoreError, Result};
 
 /// The fixed, public AES key of the PRG.
-const PRG_KEY: [u8; 16] = *b"sotto-dcf-prg-k1";
+pub(crate) const PRG_KEY: [u8; 16] = *b"sotto-dcf-prg-k1";
 /// Largest payload length.
 pub const MAX_PAYLOAD: usize = 8;
 /// Most comparisons in one batch decoded from bytes.

@@ -69,11 +69,11 @@ const MAGIC: [u8; 4] = *b"DCFB";
 /// Levels replaced by the expanded leaf block (`2^7 = 128` output bits per block).
 pub const LEAF_LEVELS: u32 = 7;
 /// Seeds use bits 3..128; bits 0, 1, 2 of a correction word carry `t_L`, `t_R`, `V_cw`.
-const SEED_MASK: u128 = !7;
+pub(crate) const SEED_MASK: u128 = !7;
 
 /// Levels replaced by the leaf block for an `n`-bit domain.
 #[inline]
-fn nu(n: usize) -> usize {
+pub(crate) fn nu(n: usize) -> usize {
     n.min(LEAF_LEVELS as usize)
 }
 
@@ -118,12 +118,12 @@ impl Layout {
 /// A validated encoding, borrowed: what evaluation reads.
 #[derive(Clone, Copy)]
 pub(crate) struct View<'a> {
-    party: u8,
-    n: usize,
-    count: usize,
-    roots: &'a [u8],
-    cws: &'a [u8],
-    finals: &'a [u8],
+    pub(crate) party: u8,
+    pub(crate) n: usize,
+    pub(crate) count: usize,
+    pub(crate) roots: &'a [u8],
+    pub(crate) cws: &'a [u8],
+    pub(crate) finals: &'a [u8],
 }
 
 impl<'a> View<'a> {
@@ -494,6 +494,12 @@ fn level_step(w: u128, side: u32, cwb: &[u8], s: &mut u128, t: &mut u8, o: &mut 
     *t = (w as u8 ^ (cb >> side & *t)) & 1;
 }
 
+/// The build [`eval`] runs on this processor: `"avx512+vaes"`, `"avx512"` or `"portable"`
+/// (`SOTTO_SIMD=0` forces the portable one; the outputs are the same).
+pub fn eval_build() -> &'static str {
+    crate::simd::key_eval_kernel().unwrap_or("portable")
+}
+
 /// Party evaluation: `out[i]` (0 or 1) receives this party's XOR share of
 /// `[xs[i] < alpha_i]`. Large batches use every core ([`Parallelism::auto`]); the output does
 /// not depend on the split.
@@ -850,10 +856,7 @@ mod tests {
     /// windows and AES chunks at different places.
     #[test]
     fn wider_build_equals_portable_build() {
-        eprintln!(
-            "one-bit DCF build: {}",
-            crate::simd::kernel().unwrap_or("portable")
-        );
+        eprintln!("one-bit DCF build: {}", eval_build());
         let seed = Seed::random().expect("os rng");
         for (n, count) in [
             (39u32, 5000usize),
@@ -872,6 +875,12 @@ mod tests {
                 eval_range(&v, 0, &xs, &mut a);
                 eval_range_body(&v, 0, &xs, &mut b);
                 assert_eq!(a, b, "outputs, n={n} count={count}");
+                // A range that starts inside the keys (as a thread's share does).
+                let from = count / 3;
+                let (mut a, mut b) = (vec![0; count - from], vec![0; count - from]);
+                eval_range(&v, from, &xs[from..], &mut a);
+                eval_range_body(&v, from, &xs[from..], &mut b);
+                assert_eq!(a, b, "outputs from key {from}, n={n} count={count}");
             }
         }
     }

@@ -215,7 +215,7 @@ pub fn add_bias<T: Transport>(
     bias: &[u64],
     public: bool,
 ) -> Result<()> {
-    if bias.is_empty() || x.len() % bias.len() != 0 {
+    if bias.is_empty() || !x.len().is_multiple_of(bias.len()) {
         return Err(CoreError::Shape(format!(
             "bias of {} elements does not divide {} outputs",
             bias.len(),
@@ -241,7 +241,7 @@ pub fn add_channel_bias<T: Transport>(
     public: bool,
 ) -> Result<()> {
     let channels = bias.len();
-    if channels == 0 || plane == 0 || x.len() % (channels * plane) != 0 {
+    if channels == 0 || plane == 0 || !x.len().is_multiple_of(channels * plane) {
         return Err(CoreError::Shape(format!(
             "channel bias of {channels} elements with planes of {plane} for {} outputs",
             x.len()

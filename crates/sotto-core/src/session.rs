@@ -509,7 +509,7 @@ pub(crate) fn unpack_bits(bytes: &[u8], n: usize) -> Option<Vec<u8>> {
     if bytes.len() != n.div_ceil(8) {
         return None;
     }
-    if n % 8 != 0 && bytes[n / 8] >> (n % 8) != 0 {
+    if !n.is_multiple_of(8) && bytes[n / 8] >> (n % 8) != 0 {
         return None;
     }
     Some((0..n).map(|i| (bytes[i / 8] >> (i % 8)) & 1).collect())

@@ -9,8 +9,10 @@
 //! other processor, so only these loops get a second build, and the processor is asked at
 //! run time which one to run. The one-bit DCF's evaluation ([`crate::dcf_bit`]) has such a
 //! build too, for a smaller gain (one thread, 39-bit keys, both builds in one process: 5.2–5.7
-//! against 5.8–6.2 ns per key and level); the packed DCF's evaluation and the one-bit key
-//! generation, measured the same way, gained nothing and have none.
+//! against 5.8–6.2 ns per key and level), and where the processor has VAES a build written
+//! for it, four keys per register through the whole level step (`x86::dcf_bit_eval_vaes`);
+//! the packed DCF's evaluation and the one-bit key generation, measured
+//! the same way, gained nothing from the compiler's build and have none.
 //!
 //! The workspace denies `unsafe` code; this module holds its only exception, one kind of call
 //! in one place per loop: calling a function compiled with `#[target_feature]` is `unsafe`, and
@@ -55,6 +57,17 @@ pub fn kernel() -> Option<&'static str> {
     (enabled() && avx512()).then_some("avx512")
 }
 
+/// The build the one-bit key evaluation runs on this processor: `"avx512+vaes"` (four keys
+/// per register, AES rounds included), `"avx512"` or `None` (portable code, also when
+/// [`set_enabled`] turned the wider builds off).
+pub fn key_eval_kernel() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    if enabled() && vaes() {
+        return Some("avx512+vaes");
+    }
+    kernel()
+}
+
 #[cfg(target_arch = "x86_64")]
 fn avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
@@ -96,14 +109,35 @@ pub(crate) fn gemm_acc(
     false
 }
 
+#[cfg(target_arch = "x86_64")]
+fn vaes() -> bool {
+    avx512()
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("vaes")
+        && std::arch::is_x86_feature_detected!("aes")
+}
+
 /// [`crate::dcf_bit`]'s evaluation of a range of keys in its AVX-512 build when this processor
 /// has it and it is enabled: returns whether it ran (if not, the caller runs the portable one).
+/// With VAES as well, four keys' seeds share one 512-bit register through the whole level
+/// step, the AES rounds included ([`x86::dcf_bit_eval_vaes`]).
 pub(crate) fn dcf_bit_eval(
     v: &crate::dcf_bit::View<'_>,
     first: usize,
     xs: &[u64],
     out: &mut [u8],
 ) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if enabled() && vaes() {
+        #[allow(unsafe_code)]
+        // SAFETY: `dcf_bit_eval_vaes` is safe Rust compiled with `avx512f,avx512dq,avx512vl,
+        // avx512bw,vaes,aes`; calling it is sound because `vaes()` just checked that this
+        // processor has all six.
+        unsafe {
+            x86::dcf_bit_eval_vaes(v, first, xs, out)
+        };
+        return true;
+    }
     #[cfg(target_arch = "x86_64")]
     if enabled() && avx512() {
         #[allow(unsafe_code)]
@@ -121,6 +155,246 @@ pub(crate) fn dcf_bit_eval(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Keys per window of [`dcf_bit_eval_vaes`]: their state (48 bytes each) stays in the L1
+    /// cache while every level's corrections of the window are read in one run.
+    const VWINDOW: usize = 256;
+
+    /// Eight `u64` (four 128-bit blocks) as one register.
+    macro_rules! ld {
+        ($a:expr) => {{
+            let a: &[u64; 8] = $a;
+            _mm512_set_epi64(
+                a[7] as i64,
+                a[6] as i64,
+                a[5] as i64,
+                a[4] as i64,
+                a[3] as i64,
+                a[2] as i64,
+                a[1] as i64,
+                a[0] as i64,
+            )
+        }};
+    }
+
+    /// One register into eight `u64`.
+    macro_rules! st {
+        ($a:expr, $v:expr) => {{
+            let a: &mut [u64; 8] = $a;
+            let v = $v;
+            let lo = _mm512_castsi512_si256(v);
+            let hi = _mm512_extracti64x4_epi64::<1>(v);
+            a[0] = _mm256_extract_epi64::<0>(lo) as u64;
+            a[1] = _mm256_extract_epi64::<1>(lo) as u64;
+            a[2] = _mm256_extract_epi64::<2>(lo) as u64;
+            a[3] = _mm256_extract_epi64::<3>(lo) as u64;
+            a[4] = _mm256_extract_epi64::<0>(hi) as u64;
+            a[5] = _mm256_extract_epi64::<1>(hi) as u64;
+            a[6] = _mm256_extract_epi64::<2>(hi) as u64;
+            a[7] = _mm256_extract_epi64::<3>(hi) as u64;
+        }};
+    }
+
+    /// 64 bytes (four little-endian 128-bit words) as eight `u64`.
+    macro_rules! words {
+        ($b:expr) => {{
+            let b: &[u8] = $b;
+            let mut w = [0u64; 8];
+            for (o, c) in w.iter_mut().zip(b.chunks_exact(8)) {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                *o = u64::from_le_bytes(a);
+            }
+            w
+        }};
+    }
+
+    /// One AES-128 key-expansion step (round constant `R`).
+    macro_rules! expand {
+        ($k:expr, $r:literal) => {{
+            let k = $k;
+            let t = _mm_shuffle_epi32::<0xff>(_mm_aeskeygenassist_si128::<$r>(k));
+            let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+            let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+            let k = _mm_xor_si128(k, _mm_slli_si128::<4>(k));
+            _mm_xor_si128(k, t)
+        }};
+    }
+
+    /// [`crate::dcf_bit::eval_range_body`] with four keys per 512-bit register: the seeds,
+    /// the control bits (as all-ones or all-zeros 128-bit lanes) and the running output bits
+    /// stay in registers through a level, the fixed-key AES runs as VAES rounds on sixteen
+    /// keys at a time, and the corrections of four keys load as one register. It computes
+    /// the portable body's values with the same operations (`wider_build_equals_portable_
+    /// build` compares them); keys beyond a multiple of sixteen run the portable body.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,vaes,aes")]
+    pub(super) fn dcf_bit_eval_vaes(
+        v: &crate::dcf_bit::View<'_>,
+        first: usize,
+        xs: &[u64],
+        out: &mut [u8],
+    ) {
+        let n4 = xs.len() / 16 * 16;
+        let (n, count) = (v.n, v.count);
+        let nu = crate::dcf_bit::nu(n);
+        let levels = n - nu;
+        let low = (1u64 << nu) - 1;
+        // The round keys of the PRG's fixed key, each in all four lanes.
+        let key = u128::from_le_bytes(crate::dcf::PRG_KEY);
+        let k0 = _mm_set_epi64x((key >> 64) as i64, key as i64);
+        let k1 = expand!(k0, 0x01);
+        let k2 = expand!(k1, 0x02);
+        let k3 = expand!(k2, 0x04);
+        let k4 = expand!(k3, 0x08);
+        let k5 = expand!(k4, 0x10);
+        let k6 = expand!(k5, 0x20);
+        let k7 = expand!(k6, 0x40);
+        let k8 = expand!(k7, 0x80);
+        let k9 = expand!(k8, 0x1b);
+        let k10 = expand!(k9, 0x36);
+        let rk = [k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10].map(|k| _mm512_broadcast_i32x4(k));
+        // AES-128 of four registers (sixteen blocks) side by side.
+        let aes = |mut b: [__m512i; 4]| -> [__m512i; 4] {
+            for x in b.iter_mut() {
+                *x = _mm512_xor_si512(*x, rk[0]);
+            }
+            for k in &rk[1..10] {
+                for x in b.iter_mut() {
+                    *x = _mm512_aesenc_epi128(*x, *k);
+                }
+            }
+            for x in b.iter_mut() {
+                *x = _mm512_aesenclast_epi128(*x, rk[10]);
+            }
+            b
+        };
+        let seed_mask = {
+            let m = crate::dcf_bit::SEED_MASK;
+            _mm512_set_epi64(
+                (m >> 64) as i64,
+                m as i64,
+                (m >> 64) as i64,
+                m as i64,
+                (m >> 64) as i64,
+                m as i64,
+                (m >> 64) as i64,
+                m as i64,
+            )
+        };
+        let one_lo = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+        let zero = _mm512_setzero_si512();
+        let party = if v.party == 1 { -1i64 } else { 0 };
+        // Per key: seed (2 words), control mask (2 words), output bit (in word 0 of 2).
+        let mut s = vec![0u64; 2 * VWINDOW];
+        let mut m = vec![0u64; 2 * VWINDOW];
+        let mut o = vec![0u64; 2 * VWINDOW];
+        for (w, (xw, ow)) in xs[..n4]
+            .chunks(VWINDOW)
+            .zip(out[..n4].chunks_mut(VWINDOW))
+            .enumerate()
+        {
+            let base = first + w * VWINDOW;
+            let len = xw.len();
+            for i in 0..len {
+                let r = crate::dcf::read_u128(v.roots, base + i) & crate::dcf_bit::SEED_MASK;
+                s[2 * i] = r as u64;
+                s[2 * i + 1] = (r >> 64) as u64;
+                m[2 * i] = party as u64;
+                m[2 * i + 1] = party as u64;
+                o[2 * i] = 0;
+                o[2 * i + 1] = 0;
+            }
+            for lvl in 0..levels {
+                let shift = n - 1 - lvl;
+                let at = lvl * count + base;
+                let cws = &v.cws[16 * at..16 * (at + len)];
+                // Sixteen keys (four registers) per step.
+                for g in (0..len).step_by(16) {
+                    let mut sides = [zero; 4];
+                    let mut inp = [zero; 4];
+                    for j in 0..4 {
+                        let k = g + 4 * j;
+                        let b = |i: usize| ((xw[k + i] >> shift) & 1) as i64;
+                        let (b0, b1, b2, b3) = (b(0), b(1), b(2), b(3));
+                        sides[j] = _mm512_set_epi64(b3, b3, b2, b2, b1, b1, b0, b0);
+                        // The tweak of side σ: 2 in the low word, σ in the high one.
+                        let tw = _mm512_set_epi64(b3, 2, b2, 2, b1, 2, b0, 2);
+                        let sj = ld!((&s[2 * k..2 * k + 8]).try_into().expect("8 words"));
+                        inp[j] = _mm512_xor_si512(sj, tw);
+                    }
+                    let out_b = aes(inp);
+                    for j in 0..4 {
+                        let k = g + 4 * j;
+                        let wv = _mm512_xor_si512(out_b[j], inp[j]);
+                        let cwv = ld!(&words!(&cws[16 * k..16 * k + 64]));
+                        let mk: &[u64; 8] = (&m[2 * k..2 * k + 8]).try_into().expect("8 words");
+                        let mv = ld!(mk);
+                        let ok: &[u64; 8] = (&o[2 * k..2 * k + 8]).try_into().expect("8 words");
+                        let ov = ld!(ok);
+                        // o ^= (w >> 1) ^ ((cw >> 2) & t)   (bit 0 of the low word)
+                        let ov = _mm512_xor_si512(
+                            ov,
+                            _mm512_xor_si512(
+                                _mm512_srli_epi64::<1>(wv),
+                                _mm512_and_si512(_mm512_srli_epi64::<2>(cwv), mv),
+                            ),
+                        );
+                        // s = (w & SEED_MASK) ^ (cw & SEED_MASK & t)
+                        let sv = _mm512_and_si512(
+                            _mm512_xor_si512(wv, _mm512_and_si512(cwv, mv)),
+                            seed_mask,
+                        );
+                        // t = (w ^ ((cw >> σ) & t)) & 1, spread over the lane
+                        let tv = _mm512_and_si512(
+                            _mm512_xor_si512(
+                                wv,
+                                _mm512_and_si512(_mm512_srlv_epi64(cwv, sides[j]), mv),
+                            ),
+                            one_lo,
+                        );
+                        let mv = _mm512_sub_epi64(zero, _mm512_unpacklo_epi64(tv, tv));
+                        st!((&mut s[2 * k..2 * k + 8]).try_into().expect("8 words"), sv);
+                        st!((&mut m[2 * k..2 * k + 8]).try_into().expect("8 words"), mv);
+                        st!((&mut o[2 * k..2 * k + 8]).try_into().expect("8 words"), ov);
+                    }
+                }
+            }
+            // The leaf block, corrected, and bit `x mod 2^ν` of it.
+            let leaf_tweak = _mm512_set_epi64(2, 2, 2, 2, 2, 2, 2, 2);
+            for g in (0..len).step_by(16) {
+                let mut inp = [zero; 4];
+                for (j, x) in inp.iter_mut().enumerate() {
+                    let k = g + 4 * j;
+                    let sj = ld!((&s[2 * k..2 * k + 8]).try_into().expect("8 words"));
+                    *x = _mm512_xor_si512(sj, leaf_tweak);
+                }
+                let out_b = aes(inp);
+                for j in 0..4 {
+                    let k = g + 4 * j;
+                    let fin = ld!(&words!(&v.finals[16 * (base + k)..16 * (base + k) + 64]));
+                    let mk: &[u64; 8] = (&m[2 * k..2 * k + 8]).try_into().expect("8 words");
+                    let leaf = _mm512_xor_si512(
+                        _mm512_xor_si512(out_b[j], inp[j]),
+                        _mm512_and_si512(fin, ld!(mk)),
+                    );
+                    let mut l = [0u64; 8];
+                    st!(&mut l, leaf);
+                    for i in 0..4 {
+                        let bit = xw[k + i] & low;
+                        let word = if bit < 64 {
+                            l[2 * i] >> bit
+                        } else {
+                            l[2 * i + 1] >> (bit - 64)
+                        };
+                        ow[k + i] = ((o[2 * (k + i)] ^ word) & 1) as u8;
+                    }
+                }
+            }
+        }
+        crate::dcf_bit::eval_range_body(v, first + n4, &xs[n4..], &mut out[n4..]);
+    }
+
     /// [`crate::dcf_bit::eval_range_body`] compiled for AVX-512.
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
     pub(super) fn dcf_bit_eval_avx512(

@@ -455,7 +455,7 @@ impl Run<'_> {
             }
             drop(input);
             let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-            if done % step == 0 || done == self.cases {
+            if done.is_multiple_of(step) || done == self.cases {
                 let secs = self.begin.elapsed().as_secs_f64();
                 println!(
                     "[{tname}] {:>3}% {done}/{} cases, {:.0} cases/s, {:.1} s",

@@ -193,7 +193,7 @@ impl ModelFiles {
                     }
                     j
                 };
-                if rng.next_u32() % 256 == 0 {
+                if rng.next_u32().is_multiple_of(256) {
                     // a header of up to a few megabytes
                     json.extend(std::iter::repeat_n(b' ', 1 + below(rng, 3 << 20)));
                 }

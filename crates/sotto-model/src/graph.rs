@@ -510,7 +510,7 @@ pub(crate) fn conv_shape(
         return Err(format!("expects [{c}, {h}, {w}], got {x:?}"));
     }
     let o = p.out_channels;
-    if group == 0 || c % group != 0 || o % group != 0 || c == 0 || o == 0 {
+    if group == 0 || c % group != 0 || !o.is_multiple_of(group) || c == 0 || o == 0 {
         return Err(format!(
             "{group} groups do not divide {c} input and {o} output channels"
         ));

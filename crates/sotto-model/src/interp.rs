@@ -716,7 +716,7 @@ fn post_local<B: Backend>(post: &Post, mut y: Vec<u64>, backend: &B, p0: bool) -
 
 /// Adds `bias` to every row of `x` (rows of `bias.len()` elements).
 fn add_row_bias(x: &mut [u64], bias: &[u64]) -> Result<()> {
-    if bias.is_empty() || x.len() % bias.len() != 0 {
+    if bias.is_empty() || !x.len().is_multiple_of(bias.len()) {
         return Err(ModelError::Graph(format!(
             "bias of {} elements does not divide {} outputs",
             bias.len(),
@@ -732,7 +732,7 @@ fn add_row_bias(x: &mut [u64], bias: &[u64]) -> Result<()> {
 /// Adds `bias[c]` to every element of channel `c` of an NCHW tensor (`plane` is `H · W`).
 fn add_channel_bias(x: &mut [u64], plane: usize, bias: &[u64]) -> Result<()> {
     let channels = bias.len();
-    if channels == 0 || plane == 0 || x.len() % (channels * plane) != 0 {
+    if channels == 0 || plane == 0 || !x.len().is_multiple_of(channels * plane) {
         return Err(ModelError::Graph(format!(
             "channel bias of {channels} elements with planes of {plane} for {} outputs",
             x.len()

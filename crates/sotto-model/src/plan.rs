@@ -342,7 +342,7 @@ impl Calibration {
             )));
         }
         let per = model.input_len();
-        if per == 0 || x.is_empty() || x.len() % per != 0 {
+        if per == 0 || x.is_empty() || !x.len().is_multiple_of(per) {
             return Err(ModelError::Input(format!(
                 "{} calibration values are not whole inputs of {per} elements",
                 x.len()

@@ -192,7 +192,7 @@ fn predicted_helper_material_is_what_the_dealer_sends_per_step() {
                 // prefix and header, 16 bytes, at most one batch per round.
                 let framing = one[i] - c.helper_bytes;
                 assert!(
-                    framing % 16 == 0 && framing <= 16 * u64::from(c.rounds),
+                    framing.is_multiple_of(16) && framing <= 16 * u64::from(c.rounds),
                     "{at}: {} bytes dealt for {} predicted ({} rounds)",
                     one[i],
                     c.helper_bytes,
