@@ -309,8 +309,18 @@ mod x86 {
                 let shift = n - 1 - lvl;
                 let at = lvl * count + base;
                 let cws = &v.cws[16 * at..16 * (at + len)];
+                // The next level's corrections of the same keys, fetched one level ahead:
+                // a pooled session's keys are long out of the caches, and each level's run
+                // of a window is a separate stream the hardware prefetcher would start cold.
+                let next =
+                    (lvl + 1 < levels).then(|| &v.cws[16 * (at + count)..16 * (at + count + len)]);
                 // Sixteen keys (four registers) per step.
                 for g in (0..len).step_by(16) {
+                    if let Some(nx) = next {
+                        for line in 0..4 {
+                            _mm_prefetch::<_MM_HINT_T0>(nx[16 * g + 64 * line..].as_ptr().cast());
+                        }
+                    }
                     let mut sides = [zero; 4];
                     let mut inp = [zero; 4];
                     for j in 0..4 {
