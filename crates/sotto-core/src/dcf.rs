@@ -238,17 +238,17 @@ impl Layout {
 
 /// A validated encoding, borrowed: what evaluation reads.
 #[derive(Clone, Copy)]
-struct View<'a> {
-    format: Format,
-    party: u8,
-    n: usize,
-    m: usize,
-    count: usize,
-    roots: &'a [u8],
-    cw_s: &'a [u8],
-    cw_t: &'a [u8],
-    cw_v: &'a [u8],
-    cw_final: &'a [u8],
+pub(crate) struct View<'a> {
+    pub(crate) format: Format,
+    pub(crate) party: u8,
+    pub(crate) n: usize,
+    pub(crate) m: usize,
+    pub(crate) count: usize,
+    pub(crate) roots: &'a [u8],
+    pub(crate) cw_s: &'a [u8],
+    pub(crate) cw_t: &'a [u8],
+    pub(crate) cw_v: &'a [u8],
+    pub(crate) cw_final: &'a [u8],
 }
 
 /// Checks an encoding completely (header, length, control-bit range).
@@ -909,6 +909,9 @@ fn eval_view(v: &View<'_>, xs: &[u64], out: &mut [u64], par: Parallelism) -> Res
 /// one after the other (each level's corrections of a window are read in one sequential run),
 /// [`CHUNK`] keys per AES call.
 fn eval_range(v: &View<'_>, first: usize, xs: &[u64], out: &mut [u64]) {
+    if v.m == 2 && v.format == Format::Packed && crate::simd::dcf_packed2_eval(v, first, xs, out) {
+        return;
+    }
     match v.m {
         1 => eval_range_m::<1>(v, first, xs, out),
         2 => eval_range_m::<2>(v, first, xs, out),
@@ -918,7 +921,12 @@ fn eval_range(v: &View<'_>, first: usize, xs: &[u64], out: &mut [u64]) {
 }
 
 /// [`eval_range`] for payloads of `M` elements (`M = 0`: any length, read from the keys).
-fn eval_range_m<const M: usize>(v: &View<'_>, first: usize, xs: &[u64], out: &mut [u64]) {
+pub(crate) fn eval_range_m<const M: usize>(
+    v: &View<'_>,
+    first: usize,
+    xs: &[u64],
+    out: &mut [u64],
+) {
     let (n, count) = (v.n, v.count);
     let m = if M == 0 { v.m } else { M };
     let aes = cipher();
@@ -1210,6 +1218,50 @@ mod tests {
         assert_ne!(k0.to_bytes()[HEADER..], k1.to_bytes()[HEADER..]);
         let (k0b, _) = gen(63, &[5, 1 << 62], &[1, 2, 3, 4], 2, &mut rng).expect("valid");
         assert_ne!(k0.to_bytes(), k0b.to_bytes());
+    }
+
+    #[test]
+    fn vaes_build_equals_portable_build() {
+        eprintln!(
+            "packed two-word DCF build: {}",
+            crate::dcf_bit::eval_build()
+        );
+        let seed = crate::prg::Seed::random().expect("os rng");
+        for (n, count) in [
+            (40u32, 5000usize),
+            (26, 1030),
+            (16, 9),
+            (64, 300),
+            (1, 33),
+            (42, 16),
+        ] {
+            let mut data = Prg::new(&seed, 1);
+            let t = top(n);
+            let alphas: Vec<u64> = data.vec_u64(count).iter().map(|a| a & t).collect();
+            let xs: Vec<u64> = data.vec_u64(count).iter().map(|a| a & t).collect();
+            let pay = data.vec_u64(count * 2);
+            let par = Parallelism::SEQUENTIAL;
+            let (k0, k1) = gen_with(
+                n,
+                &alphas,
+                &pay,
+                2,
+                &mut Prg::new(&seed, 2),
+                par,
+                Format::Packed,
+            )
+            .expect("valid");
+            for k in [&k0, &k1] {
+                let v = k.view();
+                for from in [0, count / 3] {
+                    let len = count - from;
+                    let (mut a, mut b) = (vec![0; 2 * len], vec![0; 2 * len]);
+                    eval_range(&v, from, &xs[from..], &mut a);
+                    eval_range_m::<2>(&v, from, &xs[from..], &mut b);
+                    assert_eq!(a, b, "outputs from key {from}, n={n} count={count}");
+                }
+            }
+        }
     }
 
     #[test]

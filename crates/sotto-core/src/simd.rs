@@ -153,6 +153,30 @@ pub(crate) fn dcf_bit_eval(
     false
 }
 
+/// [`crate::dcf`]'s evaluation of a range of packed keys with two-word payloads (the default
+/// max pools' keys) in a VAES build when this processor has it and it is enabled: returns
+/// whether it ran (if not, the caller runs the portable one).
+pub(crate) fn dcf_packed2_eval(
+    v: &crate::dcf::View<'_>,
+    first: usize,
+    xs: &[u64],
+    out: &mut [u64],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if enabled() && vaes() {
+        #[allow(unsafe_code)]
+        // SAFETY: `dcf_packed2_eval_vaes` is safe Rust compiled with `avx512f,avx512dq,
+        // avx512vl,avx512bw,vaes,aes`; calling it is sound because `vaes()` just checked that
+        // this processor has all six.
+        unsafe {
+            x86::dcf_packed2_eval_vaes(v, first, xs, out)
+        };
+        return true;
+    }
+    let _ = (v, first, xs, out);
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -222,6 +246,198 @@ mod x86 {
         }};
     }
 
+    /// The round keys of the PRG's fixed key ([`crate::dcf::PRG_KEY`]), each in all four
+    /// 128-bit lanes.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,vaes,aes")]
+    fn round_keys() -> [__m512i; 11] {
+        let key = u128::from_le_bytes(crate::dcf::PRG_KEY);
+        let k0 = _mm_set_epi64x((key >> 64) as i64, key as i64);
+        let k1 = expand!(k0, 0x01);
+        let k2 = expand!(k1, 0x02);
+        let k3 = expand!(k2, 0x04);
+        let k4 = expand!(k3, 0x08);
+        let k5 = expand!(k4, 0x10);
+        let k6 = expand!(k5, 0x20);
+        let k7 = expand!(k6, 0x40);
+        let k8 = expand!(k7, 0x80);
+        let k9 = expand!(k8, 0x1b);
+        let k10 = expand!(k9, 0x36);
+        [k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10].map(|k| _mm512_broadcast_i32x4(k))
+    }
+
+    /// AES-128 with the round keys `rk` of four registers (sixteen blocks) side by side.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,vaes,aes")]
+    fn aes4(rk: &[__m512i; 11], mut b: [__m512i; 4]) -> [__m512i; 4] {
+        for x in b.iter_mut() {
+            *x = _mm512_xor_si512(*x, rk[0]);
+        }
+        for k in &rk[1..10] {
+            for x in b.iter_mut() {
+                *x = _mm512_aesenc_epi128(*x, *k);
+            }
+        }
+        for x in b.iter_mut() {
+            *x = _mm512_aesenclast_epi128(*x, rk[10]);
+        }
+        b
+    }
+
+    /// [`crate::dcf::eval_range_m`] for packed keys with two-word payloads, four keys per
+    /// 512-bit register as in [`dcf_bit_eval_vaes`]: per key and level two AES blocks (the
+    /// next seed and control bit; the two payload words), and the payload's running sums in
+    /// the register's two words per key. The same operations as the portable body
+    /// (`vaes_build_equals_portable_build` in `dcf.rs` compares them); keys beyond a multiple
+    /// of sixteen run the portable body.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,vaes,aes")]
+    pub(super) fn dcf_packed2_eval_vaes(
+        v: &crate::dcf::View<'_>,
+        first: usize,
+        xs: &[u64],
+        out: &mut [u64],
+    ) {
+        let n16 = xs.len() / 16 * 16;
+        let (n, count) = (v.n, v.count);
+        let rk = round_keys();
+        let smask = {
+            let m = !3u128;
+            _mm512_set_epi64(
+                (m >> 64) as i64,
+                m as i64,
+                (m >> 64) as i64,
+                m as i64,
+                (m >> 64) as i64,
+                m as i64,
+                (m >> 64) as i64,
+                m as i64,
+            )
+        };
+        let one_lo = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+        let zero = _mm512_setzero_si512();
+        let party = if v.party == 1 { -1i64 } else { 0 };
+        // Per key: seed, control mask and the two payload sums, two words each.
+        let mut s = vec![0u64; 2 * VWINDOW];
+        let mut m = vec![0u64; 2 * VWINDOW];
+        let mut o = vec![0u64; 2 * VWINDOW];
+        for (w, (xw, ow)) in xs[..n16]
+            .chunks(VWINDOW)
+            .zip(out[..2 * n16].chunks_mut(2 * VWINDOW))
+            .enumerate()
+        {
+            let base = first + w * VWINDOW;
+            let len = xw.len();
+            for i in 0..len {
+                let r = crate::dcf::read_u128(v.roots, base + i) & !3u128;
+                s[2 * i] = r as u64;
+                s[2 * i + 1] = (r >> 64) as u64;
+                m[2 * i] = party as u64;
+                m[2 * i + 1] = party as u64;
+                o[2 * i] = 0;
+                o[2 * i + 1] = 0;
+            }
+            for lvl in 0..n {
+                let shift = n - 1 - lvl;
+                let at = lvl * count + base;
+                let cws = &v.cw_s[16 * at..16 * (at + len)];
+                let cwv = &v.cw_v[16 * at..16 * (at + len)];
+                let next = (lvl + 1 < n).then(|| {
+                    (
+                        &v.cw_s[16 * (at + count)..16 * (at + count + len)],
+                        &v.cw_v[16 * (at + count)..16 * (at + count + len)],
+                    )
+                });
+                for g in (0..len).step_by(16) {
+                    if let Some((ns, nv)) = next {
+                        for line in 0..4 {
+                            _mm_prefetch::<_MM_HINT_T0>(ns[16 * g + 64 * line..].as_ptr().cast());
+                            _mm_prefetch::<_MM_HINT_T0>(nv[16 * g + 64 * line..].as_ptr().cast());
+                        }
+                    }
+                    let mut sides = [zero; 4];
+                    let mut in0 = [zero; 4];
+                    let mut in1 = [zero; 4];
+                    for j in 0..4 {
+                        let k = g + 4 * j;
+                        let b = |i: usize| ((xw[k + i] >> shift) & 1) as i64;
+                        let (b0, b1, b2, b3) = (b(0), b(1), b(2), b(3));
+                        sides[j] = _mm512_set_epi64(b3, b3, b2, b2, b1, b1, b0, b0);
+                        let sj = ld!((&s[2 * k..2 * k + 8]).try_into().expect("8 words"));
+                        // tweak(σ, 0) and tweak(σ, 1): 2 or 4 in the low word, σ in the high.
+                        in0[j] = _mm512_xor_si512(sj, _mm512_set_epi64(b3, 2, b2, 2, b1, 2, b0, 2));
+                        in1[j] = _mm512_xor_si512(sj, _mm512_set_epi64(b3, 4, b2, 4, b1, 4, b0, 4));
+                    }
+                    let out0 = aes4(&rk, in0);
+                    let out1 = aes4(&rk, in1);
+                    for j in 0..4 {
+                        let k = g + 4 * j;
+                        let fv = _mm512_xor_si512(out0[j], in0[j]);
+                        let wv = _mm512_xor_si512(out1[j], in1[j]);
+                        let cwsv = ld!(&words!(&cws[16 * k..16 * k + 64]));
+                        let cwvv = ld!(&words!(&cwv[16 * k..16 * k + 64]));
+                        let mk: &[u64; 8] = (&m[2 * k..2 * k + 8]).try_into().expect("8 words");
+                        let mv = ld!(mk);
+                        let ok: &[u64; 8] = (&o[2 * k..2 * k + 8]).try_into().expect("8 words");
+                        // o += w + (cw_v & t), word by word
+                        let ov = _mm512_add_epi64(
+                            ld!(ok),
+                            _mm512_add_epi64(wv, _mm512_and_si512(cwvv, mv)),
+                        );
+                        let sv = _mm512_and_si512(
+                            _mm512_xor_si512(fv, _mm512_and_si512(cwsv, mv)),
+                            smask,
+                        );
+                        let tv = _mm512_and_si512(
+                            _mm512_xor_si512(
+                                fv,
+                                _mm512_and_si512(_mm512_srlv_epi64(cwsv, sides[j]), mv),
+                            ),
+                            one_lo,
+                        );
+                        let mv = _mm512_sub_epi64(zero, _mm512_unpacklo_epi64(tv, tv));
+                        st!((&mut s[2 * k..2 * k + 8]).try_into().expect("8 words"), sv);
+                        st!((&mut m[2 * k..2 * k + 8]).try_into().expect("8 words"), mv);
+                        st!((&mut o[2 * k..2 * k + 8]).try_into().expect("8 words"), ov);
+                    }
+                }
+            }
+            // Convert(s) (tweak(2, 1): 4 in the low word, 2 in the high) and the final
+            // correction, then the party's sign.
+            let conv_tweak = _mm512_set_epi64(2, 4, 2, 4, 2, 4, 2, 4);
+            for g in (0..len).step_by(16) {
+                let mut inp = [zero; 4];
+                for (j, x) in inp.iter_mut().enumerate() {
+                    let k = g + 4 * j;
+                    let sj = ld!((&s[2 * k..2 * k + 8]).try_into().expect("8 words"));
+                    *x = _mm512_xor_si512(sj, conv_tweak);
+                }
+                let outb = aes4(&rk, inp);
+                for j in 0..4 {
+                    let k = g + 4 * j;
+                    let at = 16 * (base + k);
+                    let fin = ld!(&words!(&v.cw_final[at..at + 64]));
+                    let mk: &[u64; 8] = (&m[2 * k..2 * k + 8]).try_into().expect("8 words");
+                    let ok: &[u64; 8] = (&o[2 * k..2 * k + 8]).try_into().expect("8 words");
+                    let sum = _mm512_add_epi64(
+                        ld!(ok),
+                        _mm512_add_epi64(
+                            _mm512_xor_si512(outb[j], inp[j]),
+                            _mm512_and_si512(fin, ld!(mk)),
+                        ),
+                    );
+                    let sum = if v.party == 1 {
+                        _mm512_sub_epi64(zero, sum)
+                    } else {
+                        sum
+                    };
+                    st!(
+                        (&mut ow[2 * k..2 * k + 8]).try_into().expect("8 words"),
+                        sum
+                    );
+                }
+            }
+        }
+        crate::dcf::eval_range_m::<2>(v, first + n16, &xs[n16..], &mut out[2 * n16..]);
+    }
+
     /// [`crate::dcf_bit::eval_range_body`] with four keys per 512-bit register: the seeds,
     /// the control bits (as all-ones or all-zeros 128-bit lanes) and the running output bits
     /// stay in registers through a level, the fixed-key AES runs as VAES rounds on sixteen
@@ -240,35 +456,8 @@ mod x86 {
         let nu = crate::dcf_bit::nu(n);
         let levels = n - nu;
         let low = (1u64 << nu) - 1;
-        // The round keys of the PRG's fixed key, each in all four lanes.
-        let key = u128::from_le_bytes(crate::dcf::PRG_KEY);
-        let k0 = _mm_set_epi64x((key >> 64) as i64, key as i64);
-        let k1 = expand!(k0, 0x01);
-        let k2 = expand!(k1, 0x02);
-        let k3 = expand!(k2, 0x04);
-        let k4 = expand!(k3, 0x08);
-        let k5 = expand!(k4, 0x10);
-        let k6 = expand!(k5, 0x20);
-        let k7 = expand!(k6, 0x40);
-        let k8 = expand!(k7, 0x80);
-        let k9 = expand!(k8, 0x1b);
-        let k10 = expand!(k9, 0x36);
-        let rk = [k0, k1, k2, k3, k4, k5, k6, k7, k8, k9, k10].map(|k| _mm512_broadcast_i32x4(k));
-        // AES-128 of four registers (sixteen blocks) side by side.
-        let aes = |mut b: [__m512i; 4]| -> [__m512i; 4] {
-            for x in b.iter_mut() {
-                *x = _mm512_xor_si512(*x, rk[0]);
-            }
-            for k in &rk[1..10] {
-                for x in b.iter_mut() {
-                    *x = _mm512_aesenc_epi128(*x, *k);
-                }
-            }
-            for x in b.iter_mut() {
-                *x = _mm512_aesenclast_epi128(*x, rk[10]);
-            }
-            b
-        };
+        let rk = round_keys();
+        let aes = |b: [__m512i; 4]| aes4(&rk, b);
         let seed_mask = {
             let m = crate::dcf_bit::SEED_MASK;
             _mm512_set_epi64(
