@@ -153,6 +153,27 @@ pub(crate) fn dcf_bit_eval(
     false
 }
 
+/// [`crate::dcf_bit`]'s generation of the keys `first..` of `job` into `cw` and `fin` in a
+/// VAES build when this processor has it and it is enabled: returns how many keys it made
+/// (a multiple of sixteen, from the first; 0 when it did not run), the caller makes the rest.
+pub(crate) fn dcf_bit_gen(
+    job: &crate::dcf_bit::GenJob<'_>,
+    first: usize,
+    cw: &mut [&mut [u8]],
+    fin: &mut [u8],
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if enabled() && vaes() {
+        #[allow(unsafe_code)]
+        // SAFETY: `dcf_bit_gen_vaes` is safe Rust compiled with `avx512f,avx512dq,avx512vl,
+        // avx512bw,vaes,aes`; calling it is sound because `vaes()` just checked that this
+        // processor has all six.
+        return unsafe { x86::dcf_bit_gen_vaes(job, first, cw, fin) };
+    }
+    let _ = (job, first, cw, fin);
+    0
+}
+
 /// [`crate::dcf`]'s evaluation of a range of packed keys with two-word payloads (the default
 /// max pools' keys) in a VAES build when this processor has it and it is enabled: returns
 /// whether it ran (if not, the caller runs the portable one).
@@ -280,6 +301,217 @@ mod x86 {
             *x = _mm512_aesenclast_epi128(*x, rk[10]);
         }
         b
+    }
+
+    /// [`crate::dcf_bit::GenJob::run_body`] for the first multiple of sixteen keys, four
+    /// keys per 512-bit register: both parties' seeds walk the levels side by side (four AES
+    /// blocks per key and level: each party's left and right child), the threshold's bits
+    /// choose the kept and lost children with lane blends, and each level's corrections of
+    /// four keys are stored as one register. The same values as the portable body
+    /// (`vaes_generation_equals_portable` in `dcf_bit.rs` compares the bytes). Returns the
+    /// number of keys made.
+    #[target_feature(enable = "avx512f,avx512dq,avx512vl,avx512bw,vaes,aes")]
+    pub(super) fn dcf_bit_gen_vaes(
+        job: &crate::dcf_bit::GenJob<'_>,
+        first: usize,
+        cw: &mut [&mut [u8]],
+        fin: &mut [u8],
+    ) -> usize {
+        let len = fin.len() / 16;
+        let n16 = len / 16 * 16;
+        let n = job.n;
+        let nu = crate::dcf_bit::nu(n);
+        let levels = n - nu;
+        let low = (1u64 << nu) - 1;
+        let lmask = crate::dcf_bit::leaf_mask(nu);
+        let rk = round_keys();
+        let sm = crate::dcf_bit::SEED_MASK;
+        let smask = _mm512_set_epi64(
+            (sm >> 64) as i64,
+            sm as i64,
+            (sm >> 64) as i64,
+            sm as i64,
+            (sm >> 64) as i64,
+            sm as i64,
+            (sm >> 64) as i64,
+            sm as i64,
+        );
+        let one_lo = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+        let zero = _mm512_setzero_si512();
+        // tweak(σ, 0): 2 in the low word, σ in the high one.
+        let tw_l = _mm512_set_epi64(0, 2, 0, 2, 0, 2, 0, 2);
+        let tw_r = _mm512_set_epi64(1, 2, 1, 2, 1, 2, 1, 2);
+        let tw_leaf = _mm512_set_epi64(2, 2, 2, 2, 2, 2, 2, 2);
+        // Per key: both parties' seeds and control masks, and V_α (bit 0 of the low word).
+        let mut s0 = vec![0u64; 2 * VWINDOW];
+        let mut s1 = vec![0u64; 2 * VWINDOW];
+        let mut m0 = vec![0u64; 2 * VWINDOW];
+        let mut m1 = vec![0u64; 2 * VWINDOW];
+        let mut va = vec![0u64; 2 * VWINDOW];
+        macro_rules! at8 {
+            ($v:expr, $k:expr) => {
+                (&$v[2 * $k..2 * $k + 8]).try_into().expect("8 words")
+            };
+        }
+        macro_rules! at8m {
+            ($v:expr, $k:expr) => {
+                (&mut $v[2 * $k..2 * $k + 8]).try_into().expect("8 words")
+            };
+        }
+        for w0 in (0..n16).step_by(VWINDOW) {
+            let wl = VWINDOW.min(n16 - w0);
+            for i in 0..wl {
+                let r0 = crate::dcf::read_u128(job.roots0, first + w0 + i) & sm;
+                let r1 = crate::dcf::read_u128(job.roots1, first + w0 + i) & sm;
+                s0[2 * i] = r0 as u64;
+                s0[2 * i + 1] = (r0 >> 64) as u64;
+                s1[2 * i] = r1 as u64;
+                s1[2 * i + 1] = (r1 >> 64) as u64;
+                m0[2 * i] = 0;
+                m0[2 * i + 1] = 0;
+                m1[2 * i] = u64::MAX;
+                m1[2 * i + 1] = u64::MAX;
+                va[2 * i] = 0;
+                va[2 * i + 1] = 0;
+            }
+            for (lvl, out) in cw.iter_mut().enumerate().take(levels) {
+                let shift = n - 1 - lvl;
+                for g in (0..wl).step_by(16) {
+                    let mut in0l = [zero; 4];
+                    let mut in0r = [zero; 4];
+                    let mut in1l = [zero; 4];
+                    let mut in1r = [zero; 4];
+                    // Per register: the threshold bits as a lane mask (two lanes per key) and
+                    // as bit 0 of each key's low word.
+                    let mut ka = [0u8; 4];
+                    let mut abit = [zero; 4];
+                    for j in 0..4 {
+                        let k = g + 4 * j;
+                        let a = |i: usize| ((job.alphas[first + w0 + k + i] >> shift) & 1) as u8;
+                        let (a0, a1, a2, a3) = (a(0), a(1), a(2), a(3));
+                        ka[j] = (a0 * 3) | ((a1 * 3) << 2) | ((a2 * 3) << 4) | ((a3 * 3) << 6);
+                        abit[j] = _mm512_set_epi64(
+                            0, a3 as i64, 0, a2 as i64, 0, a1 as i64, 0, a0 as i64,
+                        );
+                        let p0 = ld!(at8!(s0, k));
+                        let p1 = ld!(at8!(s1, k));
+                        in0l[j] = _mm512_xor_si512(p0, tw_l);
+                        in0r[j] = _mm512_xor_si512(p0, tw_r);
+                        in1l[j] = _mm512_xor_si512(p1, tw_l);
+                        in1r[j] = _mm512_xor_si512(p1, tw_r);
+                    }
+                    let o0l = aes4(&rk, in0l);
+                    let o0r = aes4(&rk, in0r);
+                    let o1l = aes4(&rk, in1l);
+                    let o1r = aes4(&rk, in1r);
+                    for j in 0..4 {
+                        let k = g + 4 * j;
+                        let w0l = _mm512_xor_si512(o0l[j], in0l[j]);
+                        let w0r = _mm512_xor_si512(o0r[j], in0r[j]);
+                        let w1l = _mm512_xor_si512(o1l[j], in1l[j]);
+                        let w1r = _mm512_xor_si512(o1r[j], in1r[j]);
+                        let k_a = ka[j];
+                        // keep = α's bit: the right child where it is 1.
+                        let w0k = _mm512_mask_blend_epi64(k_a, w0l, w0r);
+                        let w1k = _mm512_mask_blend_epi64(k_a, w1l, w1r);
+                        let xl = _mm512_xor_si512(w0l, w1l);
+                        let xr = _mm512_xor_si512(w0r, w1r);
+                        let xlose = _mm512_mask_blend_epi64(k_a, xr, xl);
+                        let xkeep = _mm512_mask_blend_epi64(k_a, xl, xr);
+                        let s_cw = _mm512_and_si512(xlose, smask);
+                        let av = abit[j];
+                        let vav = ld!(at8!(va, k));
+                        // V_cw = v0 ⊕ v1 (losing children) ⊕ V_α ⊕ α's bit; V_α ^= v (kept) ⊕ V_cw
+                        let v_cw = _mm512_and_si512(
+                            _mm512_xor_si512(
+                                _mm512_xor_si512(_mm512_srli_epi64::<1>(xlose), vav),
+                                av,
+                            ),
+                            one_lo,
+                        );
+                        let vav = _mm512_and_si512(
+                            _mm512_xor_si512(
+                                _mm512_xor_si512(vav, _mm512_srli_epi64::<1>(xkeep)),
+                                v_cw,
+                            ),
+                            one_lo,
+                        );
+                        let t_l = _mm512_and_si512(
+                            _mm512_xor_si512(_mm512_xor_si512(xl, av), one_lo),
+                            one_lo,
+                        );
+                        let t_r = _mm512_and_si512(_mm512_xor_si512(xr, av), one_lo);
+                        let t_keep = _mm512_mask_blend_epi64(k_a, t_l, t_r);
+                        let word = _mm512_or_si512(
+                            _mm512_or_si512(s_cw, t_l),
+                            _mm512_or_si512(
+                                _mm512_slli_epi64::<1>(t_r),
+                                _mm512_slli_epi64::<2>(v_cw),
+                            ),
+                        );
+                        let mut ww = [0u64; 8];
+                        st!(&mut ww, word);
+                        for (i, c) in out[16 * (w0 + k)..16 * (w0 + k) + 64]
+                            .chunks_exact_mut(8)
+                            .enumerate()
+                        {
+                            c.copy_from_slice(&ww[i].to_le_bytes());
+                        }
+                        // Each party: s = (w_keep & SEED_MASK) ^ (s_cw & t),
+                        // t = (w_keep ^ (t & t_keep)) & 1, spread over the lane.
+                        let step = |wk: __m512i, mv: __m512i| -> (__m512i, __m512i) {
+                            let sv = _mm512_xor_si512(
+                                _mm512_and_si512(wk, smask),
+                                _mm512_and_si512(s_cw, mv),
+                            );
+                            let tv = _mm512_and_si512(
+                                _mm512_xor_si512(wk, _mm512_and_si512(mv, t_keep)),
+                                one_lo,
+                            );
+                            (sv, _mm512_sub_epi64(zero, _mm512_unpacklo_epi64(tv, tv)))
+                        };
+                        let (sv0, mv0) = step(w0k, ld!(at8!(m0, k)));
+                        let (sv1, mv1) = step(w1k, ld!(at8!(m1, k)));
+                        st!(at8m!(s0, k), sv0);
+                        st!(at8m!(m0, k), mv0);
+                        st!(at8m!(s1, k), sv1);
+                        st!(at8m!(m1, k), mv1);
+                        st!(at8m!(va, k), vav);
+                    }
+                }
+            }
+            // The leaf blocks: CW = Convert(s0) ⊕ Convert(s1) ⊕ V_α·1 ⊕ [j < α mod 2^ν].
+            for g in (0..wl).step_by(16) {
+                let mut in0 = [zero; 4];
+                let mut in1 = [zero; 4];
+                for j in 0..4 {
+                    let k = g + 4 * j;
+                    in0[j] = _mm512_xor_si512(ld!(at8!(s0, k)), tw_leaf);
+                    in1[j] = _mm512_xor_si512(ld!(at8!(s1, k)), tw_leaf);
+                }
+                let o0 = aes4(&rk, in0);
+                let o1 = aes4(&rk, in1);
+                for j in 0..4 {
+                    let k = g + 4 * j;
+                    let c = _mm512_xor_si512(
+                        _mm512_xor_si512(o0[j], in0[j]),
+                        _mm512_xor_si512(o1[j], in1[j]),
+                    );
+                    let mut cc = [0u64; 8];
+                    st!(&mut cc, c);
+                    for i in 0..4 {
+                        let key = w0 + k + i;
+                        let cv = u128::from(cc[2 * i]) | (u128::from(cc[2 * i + 1]) << 64);
+                        let a_low = job.alphas[first + key] & low;
+                        let below = (1u128 << a_low) - 1;
+                        let all = 0u128.wrapping_sub(u128::from(va[2 * (k + i)] as u8 & 1));
+                        let word = (cv ^ all ^ below) & lmask;
+                        fin[16 * key..16 * key + 16].copy_from_slice(&word.to_le_bytes());
+                    }
+                }
+            }
+        }
+        n16
     }
 
     /// [`crate::dcf::eval_range_m`] for packed keys with two-word payloads, four keys per
