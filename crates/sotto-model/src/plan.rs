@@ -1487,7 +1487,14 @@ impl Plan {
         }
         let mut out = Vec::new();
         let (mut xb, mut xp) = (x.bound, x.proven_bound);
-        if let StepKind::Pad { chw, pads, .. } = self.steps[a + 1].kind {
+        if let StepKind::Pad { chw, pads, value } = self.steps[a + 1].kind {
+            // The padding becomes the fill below every value. That keeps the numbers when the
+            // padding was not above the ReLU's outputs (a max pool's own fill, or zeros) and
+            // no window is all padding (each side's padding below the window).
+            let fits = (0..4).all(|k| pads[k] < params.kernel[k % 2]);
+            if value as i64 > 0 || !fits {
+                return None;
+            }
             let fill = pool_fill(xb, scale);
             if fill * 2f64.powi(scale as i32) >= LIMIT / 2.0 {
                 return None;

@@ -316,12 +316,13 @@ proptest! {
 
 /// A convolution (2 output channels, 3×3, padded by one) of `c` channels of `h × w`, a ReLU
 /// (truncating: the product has `2f` bits), a max pool of the given geometry (its input
-/// padded with `pad` bottom and right rows and columns when `pad > 0`), then a dense layer.
+/// padded with `pad` bottom and right rows and columns of `pad_value` when `pad > 0`), then a
+/// dense layer.
 fn conv_relu_pool(
     [c, h, w]: [usize; 3],
     kernel: [usize; 2],
     stride: [usize; 2],
-    pad: usize,
+    (pad, pad_value): (usize, f32),
     prg: &mut Prg,
 ) -> Model {
     let o = 2;
@@ -368,7 +369,7 @@ fn conv_relu_pool(
             layer: Layer::Pad {
                 in_chw: [o, h, w],
                 pads: [0, 0, pad, pad],
-                value: f32::NEG_INFINITY,
+                value: pad_value,
             },
             out_shape: chw(o, ph, pw),
             inputs: vec![2],
@@ -416,8 +417,9 @@ proptest! {
     #![proptest_config(cfg())]
 
     /// With the setting, a truncating ReLU behind a max pool whose windows do not overlap
-    /// runs after the pool (padded or not), in the same rounds and with less helper material;
-    /// behind an overlapping pool it stays. Either way the plan computes the default plan's
+    /// runs after the pool (padded with the pool's fill or zeros, or not padded), in the same
+    /// rounds and with less helper material; behind an overlapping pool, or a padding above
+    /// zero, it stays. Either way the plan computes the default plan's
     /// numbers bit for bit, and the private run equals that twin.
     #[test]
     fn relus_move_after_non_overlapping_pools_with_the_same_numbers(
@@ -429,6 +431,7 @@ proptest! {
         dh in 0usize..3,
         dw in 0usize..3,
         pad in 0usize..2,
+        pad_value in prop_oneof![Just(f32::NEG_INFINITY), Just(0.0f32), Just(0.5f32)],
         private in any::<bool>(),
         batch in 1usize..3,
     ) {
@@ -436,7 +439,7 @@ proptest! {
         // Strides one below the window (overlapping), equal to it or one above.
         let (sh, sw) = ((kh + dh).saturating_sub(1).max(1), (kw + dw).saturating_sub(1).max(1));
         let mut prg = Prg::from_os().expect("os rng");
-        let model = conv_relu_pool([c, h, w], [kh, kw], [sh, sw], pad, &mut prg);
+        let model = conv_relu_pool([c, h, w], [kh, kw], [sh, sw], (pad, pad_value), &mut prg);
         let plan = Plan::new(&model, FixedPoint::default(), 1.0)
             .expect("plans")
             .for_weights(private);
@@ -459,7 +462,8 @@ proptest! {
         // Only behind windows that do not overlap, and only where it saves material: always
         // behind an unpadded 2×2 pool at stride 2 that covers the input.
         if moved {
-            prop_assert!(sh >= kh && sw >= kw);
+            // A padding above zero would win over the ReLU's zeros: it stays in place.
+            prop_assert!(sh >= kh && sw >= kw && (pad == 0 || pad_value <= 0.0));
             let mut unmoved = plan.clone();
             unmoved.compact_comparisons = true;
             prop_assert!(compact.material_per_input(private) < unmoved.material_per_input(private));
