@@ -195,7 +195,7 @@ impl Format {
         Layout::per_key(n_bits as usize, m, self == Format::Packed)
     }
 
-    fn seed_mask(self) -> u128 {
+    pub(crate) fn seed_mask(self) -> u128 {
         match self {
             Format::Bytes => !1,
             Format::Packed => !3,

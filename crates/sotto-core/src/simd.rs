@@ -9,10 +9,13 @@
 //! other processor, so only these loops get a second build, and the processor is asked at
 //! run time which one to run. The one-bit DCF's evaluation ([`crate::dcf_bit`]) has such a
 //! build too, for a smaller gain (one thread, 39-bit keys, both builds in one process: 5.2–5.7
-//! against 5.8–6.2 ns per key and level), and where the processor has VAES a build written
-//! for it, four keys per register through the whole level step (`x86::dcf_bit_eval_vaes`);
-//! the packed DCF's evaluation and the one-bit key generation, measured
-//! the same way, gained nothing from the compiler's build and have none.
+//! against 5.8–6.2 ns per key and level); the packed DCF's evaluation and the one-bit key
+//! generation, measured the same way, gained nothing from such a build and have none. Where
+//! the processor also has VAES, the one-bit keys' evaluation and generation and the packed
+//! two-word keys' evaluation run code written for it instead: four keys' seeds per register
+//! through the whole level step, the AES rounds included (`x86::dcf_bit_eval_vaes`,
+//! `dcf_bit_gen_vaes`, `dcf_packed2_eval_vaes`; about twice as fast, `docs/COMPARISONS.md`
+//! §13).
 //!
 //! The workspace denies `unsafe` code; this module holds its only exception, one kind of call
 //! in one place per loop: calling a function compiled with `#[target_feature]` is `unsafe`, and
@@ -255,6 +258,15 @@ mod x86 {
         }};
     }
 
+    /// A 128-bit word in all four 128-bit lanes of a register.
+    macro_rules! lanes {
+        ($w:expr) => {{
+            let w: u128 = $w;
+            let (lo, hi) = (w as i64, (w >> 64) as i64);
+            _mm512_set_epi64(hi, lo, hi, lo, hi, lo, hi, lo)
+        }};
+    }
+
     /// One AES-128 key-expansion step (round constant `R`).
     macro_rules! expand {
         ($k:expr, $r:literal) => {{
@@ -326,22 +338,12 @@ mod x86 {
         let lmask = crate::dcf_bit::leaf_mask(nu);
         let rk = round_keys();
         let sm = crate::dcf_bit::SEED_MASK;
-        let smask = _mm512_set_epi64(
-            (sm >> 64) as i64,
-            sm as i64,
-            (sm >> 64) as i64,
-            sm as i64,
-            (sm >> 64) as i64,
-            sm as i64,
-            (sm >> 64) as i64,
-            sm as i64,
-        );
-        let one_lo = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+        let smask = lanes!(sm);
+        let one_lo = lanes!(1);
         let zero = _mm512_setzero_si512();
-        // tweak(σ, 0): 2 in the low word, σ in the high one.
-        let tw_l = _mm512_set_epi64(0, 2, 0, 2, 0, 2, 0, 2);
-        let tw_r = _mm512_set_epi64(1, 2, 1, 2, 1, 2, 1, 2);
-        let tw_leaf = _mm512_set_epi64(2, 2, 2, 2, 2, 2, 2, 2);
+        let tw_l = lanes!(crate::dcf::tweak(0, 0));
+        let tw_r = lanes!(crate::dcf::tweak(1, 0));
+        let tw_leaf = lanes!(crate::dcf::tweak(2, 0));
         // Per key: both parties' seeds and control masks, and V_α (bit 0 of the low word).
         let mut s0 = vec![0u64; 2 * VWINDOW];
         let mut s1 = vec![0u64; 2 * VWINDOW];
@@ -530,20 +532,9 @@ mod x86 {
         let n16 = xs.len() / 16 * 16;
         let (n, count) = (v.n, v.count);
         let rk = round_keys();
-        let smask = {
-            let m = !3u128;
-            _mm512_set_epi64(
-                (m >> 64) as i64,
-                m as i64,
-                (m >> 64) as i64,
-                m as i64,
-                (m >> 64) as i64,
-                m as i64,
-                (m >> 64) as i64,
-                m as i64,
-            )
-        };
-        let one_lo = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+        let seed_mask = crate::dcf::Format::Packed.seed_mask();
+        let smask = lanes!(seed_mask);
+        let one_lo = lanes!(1);
         let zero = _mm512_setzero_si512();
         let party = if v.party == 1 { -1i64 } else { 0 };
         // Per key: seed, control mask and the two payload sums, two words each.
@@ -558,7 +549,7 @@ mod x86 {
             let base = first + w * VWINDOW;
             let len = xw.len();
             for i in 0..len {
-                let r = crate::dcf::read_u128(v.roots, base + i) & !3u128;
+                let r = crate::dcf::read_u128(v.roots, base + i) & seed_mask;
                 s[2 * i] = r as u64;
                 s[2 * i + 1] = (r >> 64) as u64;
                 m[2 * i] = party as u64;
@@ -631,9 +622,8 @@ mod x86 {
                     }
                 }
             }
-            // Convert(s) (tweak(2, 1): 4 in the low word, 2 in the high) and the final
-            // correction, then the party's sign.
-            let conv_tweak = _mm512_set_epi64(2, 4, 2, 4, 2, 4, 2, 4);
+            // Convert(s) and the final correction, then the party's sign.
+            let conv_tweak = lanes!(crate::dcf::tweak(2, 1));
             for g in (0..len).step_by(16) {
                 let mut inp = [zero; 4];
                 for (j, x) in inp.iter_mut().enumerate() {
@@ -690,20 +680,8 @@ mod x86 {
         let low = (1u64 << nu) - 1;
         let rk = round_keys();
         let aes = |b: [__m512i; 4]| aes4(&rk, b);
-        let seed_mask = {
-            let m = crate::dcf_bit::SEED_MASK;
-            _mm512_set_epi64(
-                (m >> 64) as i64,
-                m as i64,
-                (m >> 64) as i64,
-                m as i64,
-                (m >> 64) as i64,
-                m as i64,
-                (m >> 64) as i64,
-                m as i64,
-            )
-        };
-        let one_lo = _mm512_set_epi64(0, 1, 0, 1, 0, 1, 0, 1);
+        let seed_mask = lanes!(crate::dcf_bit::SEED_MASK);
+        let one_lo = lanes!(1);
         let zero = _mm512_setzero_si512();
         let party = if v.party == 1 { -1i64 } else { 0 };
         // Per key: seed (2 words), control mask (2 words), output bit (in word 0 of 2).
@@ -792,7 +770,7 @@ mod x86 {
                 }
             }
             // The leaf block, corrected, and bit `x mod 2^ν` of it.
-            let leaf_tweak = _mm512_set_epi64(2, 2, 2, 2, 2, 2, 2, 2);
+            let leaf_tweak = lanes!(crate::dcf::tweak(2, 0));
             for g in (0..len).step_by(16) {
                 let mut inp = [zero; 4];
                 for (j, x) in inp.iter_mut().enumerate() {
