@@ -267,6 +267,60 @@ mod x86 {
         }};
     }
 
+    /// Keys `k..k + 4` of a state array holding two words per key, as one register.
+    macro_rules! ldk {
+        ($a:expr, $k:expr) => {
+            ld!((&$a[2 * $k..2 * $k + 8]).try_into().expect("8 words"))
+        };
+    }
+
+    /// One register into keys `k..k + 4` of a state array holding two words per key.
+    macro_rules! stk {
+        ($a:expr, $k:expr, $v:expr) => {
+            st!(
+                (&mut $a[2 * $k..2 * $k + 8]).try_into().expect("8 words"),
+                $v
+            )
+        };
+    }
+
+    /// Bit `shift` of the inputs `k..k + 4`, in both words of each key's lane.
+    macro_rules! sides {
+        ($x:expr, $k:expr, $shift:expr) => {{
+            let b = |i: usize| (($x[$k + i] >> $shift) & 1) as i64;
+            let (b0, b1, b2, b3) = (b(0), b(1), b(2), b(3));
+            _mm512_set_epi64(b3, b3, b2, b2, b1, b1, b0, b0)
+        }};
+    }
+
+    /// `tweak(σ, j)` of each key's side bit σ (`sides!`): the low word of `tweak(0, j)`, σ in
+    /// the high one.
+    macro_rules! tweaks {
+        ($sides:expr, $j:expr) => {
+            _mm512_xor_si512(
+                lanes!(crate::dcf::tweak(0, $j)),
+                _mm512_and_si512($sides, lanes!(u128::MAX << 64)),
+            )
+        };
+    }
+
+    /// One level's seed and control-bit step of four keys, shared by evaluation and
+    /// generation: from the expanded block `w`, the seed correction `c`, the control-bit
+    /// corrections `bits` (bit 0 of the low word) and the control mask `t` (all-ones lanes
+    /// where the bit is 1), the next seed `(w ^ (c & t)) & mask` and the next control mask,
+    /// `(w ^ (bits & t)) & 1` spread over the lane.
+    macro_rules! advance {
+        ($w:expr, $c:expr, $bits:expr, $t:expr, $mask:expr) => {{
+            let (w, t) = ($w, $t);
+            let s = _mm512_and_si512(_mm512_xor_si512(w, _mm512_and_si512($c, t)), $mask);
+            let tb = _mm512_and_si512(_mm512_xor_si512(w, _mm512_and_si512($bits, t)), lanes!(1));
+            (
+                s,
+                _mm512_sub_epi64(_mm512_setzero_si512(), _mm512_unpacklo_epi64(tb, tb)),
+            )
+        }};
+    }
+
     /// One AES-128 key-expansion step (round constant `R`).
     macro_rules! expand {
         ($k:expr, $r:literal) => {{
@@ -350,16 +404,6 @@ mod x86 {
         let mut m0 = vec![0u64; 2 * VWINDOW];
         let mut m1 = vec![0u64; 2 * VWINDOW];
         let mut va = vec![0u64; 2 * VWINDOW];
-        macro_rules! at8 {
-            ($v:expr, $k:expr) => {
-                (&$v[2 * $k..2 * $k + 8]).try_into().expect("8 words")
-            };
-        }
-        macro_rules! at8m {
-            ($v:expr, $k:expr) => {
-                (&mut $v[2 * $k..2 * $k + 8]).try_into().expect("8 words")
-            };
-        }
         for w0 in (0..n16).step_by(VWINDOW) {
             let wl = VWINDOW.min(n16 - w0);
             for i in 0..wl {
@@ -395,8 +439,8 @@ mod x86 {
                         abit[j] = _mm512_set_epi64(
                             0, a3 as i64, 0, a2 as i64, 0, a1 as i64, 0, a0 as i64,
                         );
-                        let p0 = ld!(at8!(s0, k));
-                        let p1 = ld!(at8!(s1, k));
+                        let p0 = ldk!(s0, k);
+                        let p1 = ldk!(s1, k);
                         in0l[j] = _mm512_xor_si512(p0, tw_l);
                         in0r[j] = _mm512_xor_si512(p0, tw_r);
                         in1l[j] = _mm512_xor_si512(p1, tw_l);
@@ -422,7 +466,7 @@ mod x86 {
                         let xkeep = _mm512_mask_blend_epi64(k_a, xl, xr);
                         let s_cw = _mm512_and_si512(xlose, smask);
                         let av = abit[j];
-                        let vav = ld!(at8!(va, k));
+                        let vav = ldk!(va, k);
                         // V_cw = v0 ⊕ v1 (losing children) ⊕ V_α ⊕ α's bit; V_α ^= v (kept) ⊕ V_cw
                         let v_cw = _mm512_and_si512(
                             _mm512_xor_si512(
@@ -459,26 +503,15 @@ mod x86 {
                         {
                             c.copy_from_slice(&ww[i].to_le_bytes());
                         }
-                        // Each party: s = (w_keep & SEED_MASK) ^ (s_cw & t),
-                        // t = (w_keep ^ (t & t_keep)) & 1, spread over the lane.
-                        let step = |wk: __m512i, mv: __m512i| -> (__m512i, __m512i) {
-                            let sv = _mm512_xor_si512(
-                                _mm512_and_si512(wk, smask),
-                                _mm512_and_si512(s_cw, mv),
-                            );
-                            let tv = _mm512_and_si512(
-                                _mm512_xor_si512(wk, _mm512_and_si512(mv, t_keep)),
-                                one_lo,
-                            );
-                            (sv, _mm512_sub_epi64(zero, _mm512_unpacklo_epi64(tv, tv)))
-                        };
-                        let (sv0, mv0) = step(w0k, ld!(at8!(m0, k)));
-                        let (sv1, mv1) = step(w1k, ld!(at8!(m1, k)));
-                        st!(at8m!(s0, k), sv0);
-                        st!(at8m!(m0, k), mv0);
-                        st!(at8m!(s1, k), sv1);
-                        st!(at8m!(m1, k), mv1);
-                        st!(at8m!(va, k), vav);
+                        // Each party: s = (w_keep & SEED_MASK) ^ (s_cw & t) (s_cw has the
+                        // mask's zero bits already), t = (w_keep ^ (t & t_keep)) & 1.
+                        let (sv0, mv0) = advance!(w0k, s_cw, t_keep, ldk!(m0, k), smask);
+                        let (sv1, mv1) = advance!(w1k, s_cw, t_keep, ldk!(m1, k), smask);
+                        stk!(s0, k, sv0);
+                        stk!(m0, k, mv0);
+                        stk!(s1, k, sv1);
+                        stk!(m1, k, mv1);
+                        stk!(va, k, vav);
                     }
                 }
             }
@@ -488,8 +521,8 @@ mod x86 {
                 let mut in1 = [zero; 4];
                 for j in 0..4 {
                     let k = g + 4 * j;
-                    in0[j] = _mm512_xor_si512(ld!(at8!(s0, k)), tw_leaf);
-                    in1[j] = _mm512_xor_si512(ld!(at8!(s1, k)), tw_leaf);
+                    in0[j] = _mm512_xor_si512(ldk!(s0, k), tw_leaf);
+                    in1[j] = _mm512_xor_si512(ldk!(s1, k), tw_leaf);
                 }
                 let o0 = aes4(&rk, in0);
                 let o1 = aes4(&rk, in1);
@@ -534,7 +567,6 @@ mod x86 {
         let rk = round_keys();
         let seed_mask = crate::dcf::Format::Packed.seed_mask();
         let smask = lanes!(seed_mask);
-        let one_lo = lanes!(1);
         let zero = _mm512_setzero_si512();
         let party = if v.party == 1 { -1i64 } else { 0 };
         // Per key: seed, control mask and the two payload sums, two words each.
@@ -580,13 +612,10 @@ mod x86 {
                     let mut in1 = [zero; 4];
                     for j in 0..4 {
                         let k = g + 4 * j;
-                        let b = |i: usize| ((xw[k + i] >> shift) & 1) as i64;
-                        let (b0, b1, b2, b3) = (b(0), b(1), b(2), b(3));
-                        sides[j] = _mm512_set_epi64(b3, b3, b2, b2, b1, b1, b0, b0);
-                        let sj = ld!((&s[2 * k..2 * k + 8]).try_into().expect("8 words"));
-                        // tweak(σ, 0) and tweak(σ, 1): 2 or 4 in the low word, σ in the high.
-                        in0[j] = _mm512_xor_si512(sj, _mm512_set_epi64(b3, 2, b2, 2, b1, 2, b0, 2));
-                        in1[j] = _mm512_xor_si512(sj, _mm512_set_epi64(b3, 4, b2, 4, b1, 4, b0, 4));
+                        sides[j] = sides!(xw, k, shift);
+                        let sj = ldk!(s, k);
+                        in0[j] = _mm512_xor_si512(sj, tweaks!(sides[j], 0));
+                        in1[j] = _mm512_xor_si512(sj, tweaks!(sides[j], 1));
                     }
                     let out0 = aes4(&rk, in0);
                     let out1 = aes4(&rk, in1);
@@ -596,29 +625,17 @@ mod x86 {
                         let wv = _mm512_xor_si512(out1[j], in1[j]);
                         let cwsv = ld!(&words!(&cws[16 * k..16 * k + 64]));
                         let cwvv = ld!(&words!(&cwv[16 * k..16 * k + 64]));
-                        let mk: &[u64; 8] = (&m[2 * k..2 * k + 8]).try_into().expect("8 words");
-                        let mv = ld!(mk);
-                        let ok: &[u64; 8] = (&o[2 * k..2 * k + 8]).try_into().expect("8 words");
+                        let mv = ldk!(m, k);
                         // o += w + (cw_v & t), word by word
                         let ov = _mm512_add_epi64(
-                            ld!(ok),
+                            ldk!(o, k),
                             _mm512_add_epi64(wv, _mm512_and_si512(cwvv, mv)),
                         );
-                        let sv = _mm512_and_si512(
-                            _mm512_xor_si512(fv, _mm512_and_si512(cwsv, mv)),
-                            smask,
-                        );
-                        let tv = _mm512_and_si512(
-                            _mm512_xor_si512(
-                                fv,
-                                _mm512_and_si512(_mm512_srlv_epi64(cwsv, sides[j]), mv),
-                            ),
-                            one_lo,
-                        );
-                        let mv = _mm512_sub_epi64(zero, _mm512_unpacklo_epi64(tv, tv));
-                        st!((&mut s[2 * k..2 * k + 8]).try_into().expect("8 words"), sv);
-                        st!((&mut m[2 * k..2 * k + 8]).try_into().expect("8 words"), mv);
-                        st!((&mut o[2 * k..2 * k + 8]).try_into().expect("8 words"), ov);
+                        let bits = _mm512_srlv_epi64(cwsv, sides[j]);
+                        let (sv, mv) = advance!(fv, cwsv, bits, mv, smask);
+                        stk!(s, k, sv);
+                        stk!(m, k, mv);
+                        stk!(o, k, ov);
                     }
                 }
             }
@@ -628,21 +645,18 @@ mod x86 {
                 let mut inp = [zero; 4];
                 for (j, x) in inp.iter_mut().enumerate() {
                     let k = g + 4 * j;
-                    let sj = ld!((&s[2 * k..2 * k + 8]).try_into().expect("8 words"));
-                    *x = _mm512_xor_si512(sj, conv_tweak);
+                    *x = _mm512_xor_si512(ldk!(s, k), conv_tweak);
                 }
                 let outb = aes4(&rk, inp);
                 for j in 0..4 {
                     let k = g + 4 * j;
                     let at = 16 * (base + k);
                     let fin = ld!(&words!(&v.cw_final[at..at + 64]));
-                    let mk: &[u64; 8] = (&m[2 * k..2 * k + 8]).try_into().expect("8 words");
-                    let ok: &[u64; 8] = (&o[2 * k..2 * k + 8]).try_into().expect("8 words");
                     let sum = _mm512_add_epi64(
-                        ld!(ok),
+                        ldk!(o, k),
                         _mm512_add_epi64(
                             _mm512_xor_si512(outb[j], inp[j]),
-                            _mm512_and_si512(fin, ld!(mk)),
+                            _mm512_and_si512(fin, ldk!(m, k)),
                         ),
                     );
                     let sum = if v.party == 1 {
@@ -650,10 +664,7 @@ mod x86 {
                     } else {
                         sum
                     };
-                    st!(
-                        (&mut ow[2 * k..2 * k + 8]).try_into().expect("8 words"),
-                        sum
-                    );
+                    stk!(ow, k, sum);
                 }
             }
         }
@@ -681,7 +692,6 @@ mod x86 {
         let rk = round_keys();
         let aes = |b: [__m512i; 4]| aes4(&rk, b);
         let seed_mask = lanes!(crate::dcf_bit::SEED_MASK);
-        let one_lo = lanes!(1);
         let zero = _mm512_setzero_si512();
         let party = if v.party == 1 { -1i64 } else { 0 };
         // Per key: seed (2 words), control mask (2 words), output bit (in word 0 of 2).
@@ -724,48 +734,29 @@ mod x86 {
                     let mut inp = [zero; 4];
                     for j in 0..4 {
                         let k = g + 4 * j;
-                        let b = |i: usize| ((xw[k + i] >> shift) & 1) as i64;
-                        let (b0, b1, b2, b3) = (b(0), b(1), b(2), b(3));
-                        sides[j] = _mm512_set_epi64(b3, b3, b2, b2, b1, b1, b0, b0);
-                        // The tweak of side σ: 2 in the low word, σ in the high one.
-                        let tw = _mm512_set_epi64(b3, 2, b2, 2, b1, 2, b0, 2);
-                        let sj = ld!((&s[2 * k..2 * k + 8]).try_into().expect("8 words"));
-                        inp[j] = _mm512_xor_si512(sj, tw);
+                        sides[j] = sides!(xw, k, shift);
+                        inp[j] = _mm512_xor_si512(ldk!(s, k), tweaks!(sides[j], 0));
                     }
                     let out_b = aes(inp);
                     for j in 0..4 {
                         let k = g + 4 * j;
                         let wv = _mm512_xor_si512(out_b[j], inp[j]);
                         let cwv = ld!(&words!(&cws[16 * k..16 * k + 64]));
-                        let mk: &[u64; 8] = (&m[2 * k..2 * k + 8]).try_into().expect("8 words");
-                        let mv = ld!(mk);
-                        let ok: &[u64; 8] = (&o[2 * k..2 * k + 8]).try_into().expect("8 words");
-                        let ov = ld!(ok);
+                        let mv = ldk!(m, k);
                         // o ^= (w >> 1) ^ ((cw >> 2) & t)   (bit 0 of the low word)
                         let ov = _mm512_xor_si512(
-                            ov,
+                            ldk!(o, k),
                             _mm512_xor_si512(
                                 _mm512_srli_epi64::<1>(wv),
                                 _mm512_and_si512(_mm512_srli_epi64::<2>(cwv), mv),
                             ),
                         );
-                        // s = (w & SEED_MASK) ^ (cw & SEED_MASK & t)
-                        let sv = _mm512_and_si512(
-                            _mm512_xor_si512(wv, _mm512_and_si512(cwv, mv)),
-                            seed_mask,
-                        );
-                        // t = (w ^ ((cw >> σ) & t)) & 1, spread over the lane
-                        let tv = _mm512_and_si512(
-                            _mm512_xor_si512(
-                                wv,
-                                _mm512_and_si512(_mm512_srlv_epi64(cwv, sides[j]), mv),
-                            ),
-                            one_lo,
-                        );
-                        let mv = _mm512_sub_epi64(zero, _mm512_unpacklo_epi64(tv, tv));
-                        st!((&mut s[2 * k..2 * k + 8]).try_into().expect("8 words"), sv);
-                        st!((&mut m[2 * k..2 * k + 8]).try_into().expect("8 words"), mv);
-                        st!((&mut o[2 * k..2 * k + 8]).try_into().expect("8 words"), ov);
+                        // s = (w & SEED_MASK) ^ (cw & SEED_MASK & t), t = (w ^ ((cw >> σ) & t)) & 1
+                        let bits = _mm512_srlv_epi64(cwv, sides[j]);
+                        let (sv, mv) = advance!(wv, cwv, bits, mv, seed_mask);
+                        stk!(s, k, sv);
+                        stk!(m, k, mv);
+                        stk!(o, k, ov);
                     }
                 }
             }
@@ -775,17 +766,15 @@ mod x86 {
                 let mut inp = [zero; 4];
                 for (j, x) in inp.iter_mut().enumerate() {
                     let k = g + 4 * j;
-                    let sj = ld!((&s[2 * k..2 * k + 8]).try_into().expect("8 words"));
-                    *x = _mm512_xor_si512(sj, leaf_tweak);
+                    *x = _mm512_xor_si512(ldk!(s, k), leaf_tweak);
                 }
                 let out_b = aes(inp);
                 for j in 0..4 {
                     let k = g + 4 * j;
                     let fin = ld!(&words!(&v.finals[16 * (base + k)..16 * (base + k) + 64]));
-                    let mk: &[u64; 8] = (&m[2 * k..2 * k + 8]).try_into().expect("8 words");
                     let leaf = _mm512_xor_si512(
                         _mm512_xor_si512(out_b[j], inp[j]),
-                        _mm512_and_si512(fin, ld!(mk)),
+                        _mm512_and_si512(fin, ldk!(m, k)),
                     );
                     let mut l = [0u64; 8];
                     st!(&mut l, leaf);
