@@ -67,6 +67,10 @@ pub type Result<T> = std::result::Result<T, NetError>;
 /// in one message. Client links use sotto-wire's smaller default.
 pub const PARTY_MAX_PAYLOAD: usize = 1 << 30;
 
+/// Most messages a party link's writer hands the socket in one flush (the rest of a longer
+/// queue goes in the next).
+const MAX_BURST: usize = 64;
+
 /// WebSocket limits matching [`PARTY_MAX_PAYLOAD`].
 pub fn party_ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -351,7 +355,20 @@ impl WsTransport {
         }
         let writer = tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
-                if sink.send(bytes).await.is_err() {
+                // The messages already queued behind this one go out with it: one flush (one
+                // system call for the small ones) per burst instead of one per message.
+                let mut burst = Ok(());
+                let mut queued = 1;
+                let mut next = Some(bytes);
+                while let Some(b) = next.take() {
+                    burst = sink.feed(b).await;
+                    if burst.is_err() || queued == MAX_BURST {
+                        break;
+                    }
+                    queued += 1;
+                    next = rx.try_recv().ok();
+                }
+                if burst.is_err() || sink.flush().await.is_err() {
                     // A failed sink is not polled again (not even to close it).
                     return;
                 }
