@@ -357,16 +357,12 @@ impl WsTransport {
             while let Some(bytes) = rx.recv().await {
                 // The messages already queued behind this one go out with it: one flush (one
                 // system call for the small ones) per burst instead of one per message.
-                let mut burst = Ok(());
+                let mut burst = sink.feed(bytes).await;
                 let mut queued = 1;
-                let mut next = Some(bytes);
-                while let Some(b) = next.take() {
+                while burst.is_ok() && queued < MAX_BURST {
+                    let Ok(b) = rx.try_recv() else { break };
                     burst = sink.feed(b).await;
-                    if burst.is_err() || queued == MAX_BURST {
-                        break;
-                    }
                     queued += 1;
-                    next = rx.try_recv().ok();
                 }
                 if burst.is_err() || sink.flush().await.is_err() {
                     // A failed sink is not polled again (not even to close it).
